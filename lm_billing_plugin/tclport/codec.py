@@ -1,0 +1,332 @@
+"""Tcl 8.6 list syntax for TclPort: decode what Tcl's list parser accepts, reject what it rejects.
+
+Encode words so that Tcl's ``lindex``/``llength`` read back exactly the same elements.
+
+Decoding has two backends with identical results: Tcl's own C parser reached through
+``tkinter`` (``BACKEND == "tcl"``), and a pure-Python port of ``TclFindElement`` and
+``TclCopyAndCollapse`` (``BACKEND == "python"``), used when ``tkinter`` is missing or the
+environment sets ``LM_BILLING_PURE_CODEC=1``.  ``decode_list_py`` always uses the latter.
+
+Strings that Tcl 8.6 cannot carry are outside the contract: lone UTF-16 surrogates
+(U+D800..U+DFFF) are not encodable as UTF-8, the protocol's text encoding, so ``encode_*``
+passes them through unchanged and nothing promises Tcl reads them back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+__all__ = [
+    "BACKEND",
+    "TclListError",
+    "decode_dict",
+    "decode_list",
+    "decode_list_py",
+    "encode_dict",
+    "encode_list",
+    "encode_request",
+    "encode_word",
+]
+
+
+class TclListError(ValueError):
+    """Text that is not a well-formed Tcl list; the message names the fault and its offset."""
+
+
+# Tcl's list parser (TclIsSpaceProc) splits on exactly these six characters; U+0085, NBSP
+# and other Unicode spaces are ordinary element characters to Tcl.
+_WS_CHARS = " \t\n\v\f\r"
+_WS_CLASS = r"[ \t\n\v\f\r]"
+
+# ---------------------------------------------------------------------------------------
+# Decoding, pure Python
+# ---------------------------------------------------------------------------------------
+
+# The common case (bare words, braces and quotes without backslashes or nesting) is
+# recognised by two C-level regex passes: fullmatch proves the whole text is made of such
+# items, findall then cuts it with the same item pattern.  The item alternatives start with
+# distinct characters, so both passes necessarily tokenise identically.
+_FAST_ITEM = r'\{([^{}\\]*)\}|"([^"\\]*)"|([^ \t\n\v\f\r{"\\][^ \t\n\v\f\r\\]*)'
+_FAST_WHOLE = re.compile(
+    rf"{_WS_CLASS}*+(?:(?:{_FAST_ITEM})(?:{_WS_CLASS}++|\Z))*+"
+)
+_FAST_ITEMS = re.compile(_FAST_ITEM)
+
+_SKIP_WS = re.compile(rf"{_WS_CLASS}*+")
+# A bare word runs to the next list space; a backslash sequence (TclParseBackslash) is
+# skipped whole, and backslash-newline swallows the spaces and tabs after it, so
+# `a\<LF>   b` is one element.  Possessive quantifiers keep the regexes linear.
+_BARE_END = re.compile(r"(?:[^ \t\n\v\f\r\\]++|\\\n[ \t]*+|\\.|\\\Z)*+", re.S)
+_QUOTED_END = re.compile(r'(?:[^"\\]++|\\\n[ \t]*+|\\.)*+', re.S)
+_BRACE_STOP = re.compile(r"[{}\\]")
+
+# One backslash sequence as TclParseBackslash reads it in Tcl 8.6: \x takes at most 2 hex
+# digits, \u at most 4, \U at most 8 (fewer, see _parse_big_u), octal at most 3 and only while
+# the value stays below 0o400; any other character stands for itself; a final lone
+# backslash is itself.
+_BACKSLASH = re.compile(
+    r"\\(\n[ \t]*|x[0-9A-Fa-f]{1,2}|u[0-9A-Fa-f]{1,4}|U[0-9A-Fa-f]{1,8}"
+    r"|[0-3][0-7]{2}|[0-7]{1,2}|.|)",
+    re.S,
+)
+_SIMPLE_ESCAPES = {
+    "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+}
+
+
+def _parse_big_u(digits: str) -> str:
+    # TclParseHex stops taking digits once the value exceeds 0x10FFF (so the next digit
+    # would pass U+10FFFF); Tcl 8.6 built with TCL_UTF_MAX=3 (the default, and 8.6.13
+    # as shipped) then turns anything above the BMP into U+FFFD.  Verified with tclsh.
+    value = 0
+    used = 0
+    for ch in digits:
+        if value > 0x10FFF:
+            break
+        value = value * 16 + int(ch, 16)
+        used += 1
+    return ("\ufffd" if value > 0xFFFF else chr(value)) + digits[used:]
+
+
+def _substitute(match: re.Match[str]) -> str:
+    seq = match.group(1)
+    if not seq:
+        return "\\"
+    first = seq[0]
+    if first == "\n":
+        return " "
+    if first in "01234567":
+        return chr(int(seq, 8))
+    if len(seq) == 1:
+        return _SIMPLE_ESCAPES.get(first, first)
+    if first == "U":
+        return _parse_big_u(seq[1:])
+    return chr(int(seq[1:], 16))  # \x or \u
+
+
+def _collapse(raw: str) -> str:
+    """TclCopyAndCollapse: the value of a bare or quoted element's source text."""
+    if "\\" not in raw:
+        return raw
+    value = _BACKSLASH.sub(_substitute, raw)
+    if "\\u" in raw or "\\U" in raw:
+        # Tcl 8.6 keeps \uD83D\uDE00 as a surrogate pair and writes it out as one UTF-8
+        # character (U+1F600); a lone surrogate stays lone.  A UTF-16 round trip pairs
+        # exactly the adjacent high+low surrogates, as Tcl's UTF-8 output does.
+        value = value.encode("utf-16-le", "surrogatepass").decode(
+            "utf-16-le", "surrogatepass"
+        )
+    return value
+
+
+def _excerpt(text: str, pos: int) -> str:
+    # Tcl quotes up to 20 characters of the junk, stopping at the next space.
+    end = pos
+    limit = min(len(text), pos + 20)
+    while end < limit and text[end] not in _WS_CHARS:
+        end += 1
+    return text[pos:end]
+
+
+def _decode_full(text: str) -> list[str]:
+    """The complete TclFindElement state machine; used when the fast path does not apply."""
+    out: list[str] = []
+    n = len(text)
+    pos = _SKIP_WS.match(text).end()  # type: ignore[union-attr]  # `*` always matches
+    while pos < n:
+        first = text[pos]
+        if first == "{":
+            depth = 1
+            scan = pos + 1
+            while True:
+                stop = _BRACE_STOP.search(text, scan)
+                if stop is None:
+                    raise TclListError(
+                        f"unmatched open brace in list (brace at offset {pos})"
+                    )
+                scan = stop.start()
+                ch = text[scan]
+                if ch == "\\":
+                    # Inside braces a backslash only hides the next character from the
+                    # brace count; longer sequences (\x41, \<LF><spaces>) hold no braces.
+                    scan += 2
+                    continue
+                depth += 1 if ch == "{" else -1
+                scan += 1
+                if depth == 0:
+                    break
+            # Braced elements are literal: no backslash substitution at all.
+            out.append(text[pos + 1 : scan - 1])
+            end = scan
+            if end < n and text[end] not in _WS_CHARS:
+                raise TclListError(
+                    f'list element in braces followed by "{_excerpt(text, end)}" '
+                    f"instead of space (at offset {end})"
+                )
+        elif first == '"':
+            body = _QUOTED_END.match(text, pos + 1)
+            assert body is not None  # `*` always matches
+            close = body.end()
+            if close >= n:
+                raise TclListError(f"unmatched open quote in list (quote at offset {pos})")
+            out.append(_collapse(text[pos + 1 : close]))
+            end = close + 1
+            if end < n and text[end] not in _WS_CHARS:
+                raise TclListError(
+                    f'list element in quotes followed by "{_excerpt(text, end)}" '
+                    f"instead of space (at offset {end})"
+                )
+        else:
+            body = _BARE_END.match(text, pos)
+            assert body is not None
+            end = body.end()
+            out.append(_collapse(text[pos:end]))
+        pos = _SKIP_WS.match(text, end).end()  # type: ignore[union-attr]
+    return out
+
+
+def decode_list_py(text: str) -> list[str]:
+    """Decode a Tcl list with the pure-Python parser (same results as Tcl 8.6)."""
+    if _FAST_WHOLE.fullmatch(text) is not None:
+        return [a or b or c for a, b, c in _FAST_ITEMS.findall(text)]
+    return _decode_full(text)
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding through Tcl's C parser
+# ---------------------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _make_tcl_splitlist() -> Callable[[str], tuple[str, ...]] | None:
+    try:
+        import tkinter
+    except ImportError:
+        return None
+
+    def splitlist(text: str) -> tuple[str, ...]:
+        # Tcl interpreters belong to the thread that made them, so each thread gets its
+        # own, made on first use (never at import time).
+        interp = getattr(_local, "interp", None)
+        if interp is None:
+            interp = _local.interp = tkinter.Tcl()
+        result: tuple[str, ...] = interp.splitlist(text)
+        return result
+
+    return splitlist
+
+
+_tcl_splitlist = (
+    None if os.environ.get("LM_BILLING_PURE_CODEC") == "1" else _make_tcl_splitlist()
+)
+BACKEND = "python" if _tcl_splitlist is None else "tcl"
+
+
+def _decode_tcl(text: str) -> list[str]:
+    assert _tcl_splitlist is not None
+    if "\x00" in text or "\\u" in text or "\\U" in text:
+        # _tkinter refuses NUL and hands back Tcl's CESU-8 for lone surrogates made by \u
+        # escapes as mojibake; the Python parser gets both right.
+        return decode_list_py(text)
+    try:
+        return list(_tcl_splitlist(text))
+    except UnicodeEncodeError:
+        # Lone surrogates in the input: not UTF-8, Tcl never sees such text.
+        return decode_list_py(text)
+    except Exception as exc:  # _tkinter.TclError: the list is malformed
+        # Re-parse in Python for a message with the offset; it raises the same verdict.
+        decode_list_py(text)
+        raise TclListError(str(exc)) from exc
+
+
+def decode_list(text: str) -> list[str]:
+    """Decode a Tcl list exactly as Tcl 8.6 does; raise ``TclListError`` if Tcl would."""
+    if _tcl_splitlist is None:
+        return decode_list_py(text)
+    return _decode_tcl(text)
+
+
+def decode_dict(text: str) -> dict[str, str]:
+    """Decode a Tcl dict (a list of even length); a repeated key keeps its last value."""
+    words = decode_list(text)
+    if len(words) % 2:
+        raise TclListError(f"missing value to go with key (dict of {len(words)} words)")
+    return dict(zip(words[::2], words[1::2], strict=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------
+
+# Characters that keep a word from going out bare.  Only the spaces, a leading brace or
+# quote and backslashes matter to the list parser; the rest ([ ] $ ;) are quoted as Tcl's
+# own `list` quotes them, so the result is also a safe Tcl command.
+_NEEDS_QUOTING = re.compile(r'[ \t\n\v\f\r{}\[\]$;"\\]')
+_BRACE_TOKENS = re.compile(r"\\\n|\\.|\\\Z|[{}]", re.S)
+_ESCAPES = str.maketrans(
+    {c: "\\" + c for c in ' {}[]$;"\\'}
+    | {"\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"}
+)
+
+
+def _braces_ok(word: str) -> bool:
+    # A braced word is taken literally, so braces work unless the brace count breaks
+    # (backslash hides the next character from the count, as in TclFindElement), a final
+    # backslash would hide the closing brace, or there is a backslash-newline, which Tcl's
+    # own `list` refuses to brace because a Tcl script would substitute it.
+    depth = 0
+    for match in _BRACE_TOKENS.finditer(word):
+        piece = match.group()
+        if piece == "{":
+            depth += 1
+        elif piece == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif piece in ("\\", "\\\n"):
+            return False
+    return depth == 0
+
+
+def _escaped(word: str) -> str:
+    # Every special character gets a backslash, so the word is one bare element; a
+    # leading `#` is escaped too so a list is never read as a comment in a script.
+    out = word.translate(_ESCAPES)
+    return "\\" + out if out.startswith("#") else out
+
+
+def encode_word(word: str) -> str:
+    """Quote one element so that Tcl reads it back unchanged."""
+    if not word:
+        return "{}"
+    if _NEEDS_QUOTING.search(word) is None and word[0] != "#":
+        return word
+    if _braces_ok(word):
+        return "{" + word + "}"
+    return _escaped(word)
+
+
+def _encode_request_word(word: str) -> str:
+    if "\n" in word or "\r" in word:
+        # A braced word would carry the raw line end; the escaped form spells it `\n`.
+        return _escaped(word)
+    return encode_word(word)
+
+
+def encode_list(words: Iterable[str]) -> str:
+    """Join words into a Tcl list that ``lindex``/``llength`` read back exactly."""
+    return " ".join([encode_word(w) for w in words])
+
+
+def encode_request(words: Iterable[str]) -> str:
+    """Like ``encode_list``, but never emits a raw LF or CR: fit for one request line."""
+    return " ".join([_encode_request_word(w) for w in words])
+
+
+def encode_dict(mapping: Mapping[str, str]) -> str:
+    """Encode a mapping as a Tcl dict: key value key value ..."""
+    return " ".join([encode_word(s) for kv in mapping.items() for s in kv])
