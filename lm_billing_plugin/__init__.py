@@ -1,0 +1,20 @@
+"""ListManager Billing: Servers for Flask admin portals.
+Add hosting servers, check them, validate, sync and fix them, by hand and on a schedule."""
+
+from __future__ import annotations
+
+from .access import requires
+from .extension import LMBilling, get_state
+from .migrate import alembic_include_object, downgrade, upgrade
+from .models import Base as BillingBase
+
+__all__ = [
+    "BillingBase",
+    "LMBilling",
+    "alembic_include_object",
+    "downgrade",
+    "get_state",
+    "requires",
+    "upgrade",
+]
+__version__ = "0.1.0"

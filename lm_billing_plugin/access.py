@@ -1,0 +1,77 @@
+"""Deny-by-default access to the plugin's pages: login first, then the host's permission
+callback decides each action (view, edit, run)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import abort, current_app, g, request
+
+ACTIONS = ("view", "edit", "run")
+
+PermissionCheck = Callable[[Any, str], bool]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ACTION_ATTR = "_lm_billing_action"
+
+
+def requires(action: str) -> Callable[[F], F]:
+    """Mark a view with the action it needs; unmarked views need `view`."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; one of {ACTIONS}")
+
+    def mark(view: F) -> F:
+        setattr(view, _ACTION_ATTR, action)
+        return view
+
+    return mark
+
+
+def action_of(view: Callable[..., Any] | None) -> str:
+    return str(getattr(view, _ACTION_ATTR, "view"))
+
+
+def current_user() -> Any:
+    """The host's user: Flask-Login's current_user when the host uses it, else g.user."""
+    if getattr(current_app, "login_manager", None) is not None:
+        from flask_login import current_user as login_user
+
+        return login_user._get_current_object()
+    return g.get("user")
+
+
+def actor_name() -> str:
+    """How the audit log names the person behind this request."""
+    user = current_user()
+    if user is None:
+        return "anonymous"
+    for attr in ("username", "email", "name"):
+        value = getattr(user, attr, None)
+        if value:
+            return str(value)
+    get_id = getattr(user, "get_id", None)
+    return f"user:{get_id()}" if callable(get_id) else str(user)
+
+
+def is_allowed(action: str) -> bool:
+    from .extension import get_state
+
+    state = get_state()
+    check = state.extension.permission_check
+    if check is None:
+        return state.settings.allow_all
+    return bool(check(current_user(), action))
+
+
+def guard_request() -> Any:
+    """Blueprint before_request: login, then permission for the endpoint's action."""
+    login_manager = getattr(current_app, "login_manager", None)
+    if login_manager is not None:
+        user = current_user()
+        if not getattr(user, "is_authenticated", False):
+            return login_manager.unauthorized()
+    view = current_app.view_functions.get(request.endpoint or "")
+    if not is_allowed(action_of(view)):
+        abort(403)
+    return None

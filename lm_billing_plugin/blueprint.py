@@ -1,0 +1,44 @@
+"""The `lm_billing` blueprint: access guard, security headers and template context shared
+by every page; the pages themselves live in views/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response
+
+from .access import guard_request, is_allowed
+from .extension import get_state
+
+blueprint = Blueprint(
+    "lm_billing",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+blueprint.before_request(guard_request)
+
+
+@blueprint.after_request
+def security_headers(response: Response) -> Response:
+    # Plugin pages may sit in the host's own frames, never in anyone else's.
+    response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'self'")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+@blueprint.context_processor
+def template_context() -> dict[str, Any]:
+    return {
+        "lm_billing_base_template": get_state().settings.base_template,
+        "lm_billing_can": is_allowed,
+    }
+
+
+from .views import register as _register_views  # noqa: E402
+
+_register_views(blueprint)

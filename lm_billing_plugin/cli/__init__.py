@@ -1,0 +1,20 @@
+"""The `flask lm-billing` command group: database, servers, validate/sync/fix, schedule.
+Each subject has its own module; commands call the same services as the pages."""
+
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+
+from ..secrets import generate_key
+
+cli = AppGroup("lm-billing", help="ListManager Billing: Servers.")
+
+
+@cli.command("generate-key")
+def generate_key_command() -> None:
+    """Print a new key for LM_BILLING_ENCRYPTION_KEYS."""
+    click.echo(generate_key())
+
+
+from . import db as _db  # noqa: E402,F401  (registers its commands on cli)

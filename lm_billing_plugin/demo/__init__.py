@@ -1,0 +1,118 @@
+"""A small admin portal of its own that mounts the Billing plugin: login, menu, SQLite in the
+instance folder. `create_app` only builds the app; `python -m lm_billing_plugin.demo` serves it."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, flash, redirect, render_template, request, url_for
+from flask_login import LoginManager, UserMixin, login_required, login_user, logout_user
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFProtect
+from wtforms import PasswordField, StringField
+from wtforms.validators import DataRequired
+
+from .. import LMBilling
+from ..secrets import generate_key
+
+# The demo's accounts: an operator who may do everything, a viewer who may only look.
+DEMO_PASSWORD = "billing-demo"
+DEMO_ACCOUNTS: dict[str, tuple[str, ...]] = {
+    "operator": ("view", "edit", "run"),
+    "viewer": ("view",),
+}
+
+
+class DemoUser(UserMixin):
+    def __init__(self, username: str) -> None:
+        self.id = username
+        self.username = username
+        self.actions = DEMO_ACCOUNTS[username]
+
+
+class LoginForm(FlaskForm):
+    username = StringField("User name", validators=[DataRequired()])
+    password = PasswordField("Password", validators=[DataRequired()])
+
+
+def _instance_secret(app: Flask, filename: str, make: Any) -> str:
+    """A secret made once and kept in the instance folder, so restarts keep sessions and
+    the stored TclPort passwords readable."""
+    path = Path(app.instance_path) / filename
+    if not path.exists():
+        path.write_text(make(), encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.update(
+        SECRET_KEY=_instance_secret(app, "secret_key", lambda: secrets.token_hex(32)),
+        SQLALCHEMY_DATABASE_URI="sqlite:///" + os.path.join(app.instance_path, "demo.sqlite"),
+        LM_BILLING_ENCRYPTION_KEYS=[_instance_secret(app, "fernet_key", generate_key)],
+        LM_BILLING_BASE_TEMPLATE="demo/base.html",
+        # Short timeouts: the simulated servers are local, and the refused one should
+        # show its guidance at once.
+        LM_BILLING_CONNECT_TIMEOUT=3.0,
+        LM_BILLING_VALIDATE_INTERVAL=600.0,
+    )
+    app.config.from_prefixed_env()
+    if test_config:
+        app.config.update(test_config)
+
+    db = SQLAlchemy()
+    db.init_app(app)
+    CSRFProtect(app)
+
+    login_manager = LoginManager(app)
+    login_manager.login_view = "login"
+
+    @login_manager.user_loader
+    def load_user(user_id: str) -> DemoUser | None:
+        return DemoUser(user_id) if user_id in DEMO_ACCOUNTS else None
+
+    billing = LMBilling()
+
+    @billing.permission_checker
+    def may(user: Any, action: str) -> bool:
+        return bool(getattr(user, "is_authenticated", False)) and action in user.actions
+
+    billing.init_app(app)
+
+    @app.get("/")
+    @login_required
+    def home() -> str:
+        return render_template("demo/home.html")
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login() -> Any:
+        form = LoginForm()
+        if form.validate_on_submit():
+            username = form.username.data or ""
+            if username in DEMO_ACCOUNTS and hmac.compare_digest(
+                (form.password.data or "").encode(), DEMO_PASSWORD.encode()
+            ):
+                login_user(DemoUser(username))
+                target = request.args.get("next", "")
+                # Only local paths: an open redirect would make the login page a phishing aid.
+                if not target.startswith("/") or target.startswith("//"):
+                    target = url_for("home")
+                return redirect(target)
+            form.password.errors.append("Unknown user name or wrong password.")
+        return render_template("demo/login.html", form=form)
+
+    @app.post("/logout")
+    @login_required
+    def logout() -> Any:
+        logout_user()
+        flash("Logged out.")
+        return redirect(url_for("login"))
+
+    return app

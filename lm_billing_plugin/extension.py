@@ -1,0 +1,106 @@
+"""The LMBilling extension object: init_app wires settings, database, blueprint, CLI and menu
+into a host app; per-app state lives in app.extensions["lm_billing"]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, current_app
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Session
+
+from .access import PermissionCheck
+from .secrets import SecretBox
+from .settings import DEFAULTS, Settings
+
+EXTENSION_KEY = "lm_billing"
+
+
+@dataclass
+class BillingState:
+    """What one app's plugin needs at run time; built once by init_app."""
+
+    extension: LMBilling
+    settings: Settings
+    db: SQLAlchemy
+    secrets: SecretBox
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def session(self) -> Session:
+        return self.db.session  # type: ignore[return-value]
+
+
+class LMBilling:
+    """The ListManager Billing: Servers plugin.
+
+    ``LMBilling(app)`` or ``billing = LMBilling(); billing.init_app(app)``. Access is denied
+    until the host grants it, with ``permission_check=`` or the ``permission_checker``
+    decorator: a callable ``(user, action) -> bool`` for the actions view, edit and run.
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, permission_check: PermissionCheck | None = None
+    ) -> None:
+        self.permission_check = permission_check
+        if app is not None:
+            self.init_app(app)
+
+    def permission_checker(self, func: PermissionCheck) -> PermissionCheck:
+        """Decorator form of ``permission_check=``."""
+        self.permission_check = func
+        return func
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "lm_billing_plugin is already registered on this app; call init_app once per app"
+            )
+        for key, default in DEFAULTS.items():
+            app.config.setdefault(key, default)
+        settings = Settings.from_config(app.config)
+        app.extensions[EXTENSION_KEY] = BillingState(
+            extension=self,
+            settings=settings,
+            db=_host_db(app),
+            secrets=SecretBox(settings.encryption_keys),
+        )
+
+        from .blueprint import blueprint
+        from .cli import cli
+        from .menu import menu_entries
+
+        app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
+        app.cli.add_command(cli)
+        app.jinja_env.globals["lm_billing_menu"] = menu_entries
+
+        from .scheduler import install_autostart
+
+        install_autostart(app)
+
+
+def _host_db(app: Flask) -> SQLAlchemy:
+    """The host's Flask-SQLAlchemy instance; one of our own only when the host has none."""
+    db = app.extensions.get("sqlalchemy")
+    if db is None:
+        if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+            raise RuntimeError(
+                "lm_billing_plugin needs a database: initialise the host's Flask-SQLAlchemy "
+                "before LMBilling, or set SQLALCHEMY_DATABASE_URI"
+            )
+        db = SQLAlchemy()
+        db.init_app(app)
+    assert isinstance(db, SQLAlchemy)
+    return db
+
+
+def get_state(app: Flask | None = None) -> BillingState:
+    """The plugin's state for ``app`` (default: the current app)."""
+    target = app if app is not None else current_app
+    try:
+        state = target.extensions[EXTENSION_KEY]
+    except KeyError:
+        raise RuntimeError("lm_billing_plugin is not registered on this app") from None
+    assert isinstance(state, BillingState)
+    return state

@@ -1,0 +1,44 @@
+"""The "Billing" menu a host portal shows: entries for Jinja, and adapters that mount it in
+Flask-Admin and Flask-AppBuilder portals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app, url_for
+
+from .access import is_allowed
+
+
+@dataclass(frozen=True, slots=True)
+class MenuEntry:
+    label: str
+    endpoint: str
+
+    @property
+    def url(self) -> str:
+        return url_for(self.endpoint)
+
+
+MENU: tuple[MenuEntry, ...] = (
+    MenuEntry("Servers", "lm_billing.servers"),
+    MenuEntry("Errors", "lm_billing.problems"),
+    MenuEntry("Customers", "lm_billing.customers"),
+    MenuEntry("Hosting Plans", "lm_billing.plans"),
+    MenuEntry("Background validation", "lm_billing.background"),
+)
+
+
+def menu_entries() -> list[MenuEntry]:
+    """The Billing menu for the current user: empty when they may not view billing.
+
+    Exposed to templates as ``lm_billing_menu()``.
+    """
+    try:
+        allowed = is_allowed("view")
+    except Exception:  # an app without a request user (e.g. rendering outside a request)
+        return []
+    if not allowed:
+        return []
+    # Pages a host has switched off (or that a later version adds) simply drop out.
+    return [entry for entry in MENU if entry.endpoint in current_app.view_functions]

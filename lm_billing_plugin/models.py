@@ -1,0 +1,453 @@
+"""The plugin's tables (all prefixed lm_billing_): hosting servers and what they hold,
+customers, billing groups, hosting plans, assignments, runs, problems, schedule and audit."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    Stored as naive UTC because SQLite and MariaDB have no zone-aware type; handed back
+    aware, so no caller ever compares naive with aware datetimes.
+    """
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use an aware datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+def _name_type(length: int = 255) -> sa.types.TypeEngine[str]:
+    # Server, site and list names are compared exactly (case- and trailing-space
+    # sensitive): MariaDB's default collations would merge "Lists" with "lists " in a
+    # unique index, so names use a binary NO PAD collation there.
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_nopad_bin"), "mysql", "mariadb"
+    )
+
+
+NameType = _name_type
+TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the plugin's own tables, separate from the host's models."""
+
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+# --- Hosting servers and what they hold -------------------------------------------------
+
+SERVER_STATUSES = (
+    "unchecked",  # not checked yet
+    "ok",  # reachable, logging on
+    "logging_off",  # reachable, Enable Logging is not "Yes, Log All Messages ..."
+    "host_denied",  # refused: not in TCLPORT Hosts
+    "auth_failed",  # password rejected
+    "unreachable",  # DNS, refused, timeout
+    "error",  # protocol error or unexpected failure
+    "interrupted",  # the last run died with its process
+)
+
+
+class Server(Base):
+    __tablename__ = "lm_billing_server"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(NameType(100), unique=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    port: Mapped[int] = mapped_column(default=2021, server_default="2021")
+    comments: Mapped[str] = mapped_column(sa.Text, default="")
+    # Fernet token of the TclPort password; None = ListManager's default password.
+    password_encrypted: Mapped[str | None] = mapped_column(sa.Text)
+    active: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
+    version: Mapped[str | None] = mapped_column(sa.String(40))
+    hostname_reported: Mapped[str | None] = mapped_column(sa.String(255))
+    validated_at: Mapped[datetime | None]
+    synced_at: Mapped[datetime | None]
+    checked_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(sa.String(20), default="unchecked")
+    status_message: Mapped[str] = mapped_column(sa.Text, default="")
+    logging_mode: Mapped[str | None] = mapped_column(sa.String(40))
+    logging_label: Mapped[str | None] = mapped_column(sa.String(255))
+    # The lease: which process runs this server now, and until when its claim holds.
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(200))
+    lease_expires_at: Mapped[datetime | None]
+    lease_run_id: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    sites: Mapped[list[Site]] = relationship(back_populates="server", lazy="raise_on_sql")
+    lists: Mapped[list[MailingList]] = relationship(back_populates="server", lazy="raise_on_sql")
+
+    def __repr__(self) -> str:
+        return f"<Server {self.name!r} {self.host}:{self.port}>"
+
+
+OBJECT_STATUSES = ("active", "removed")
+
+
+class Site(Base):
+    __tablename__ = "lm_billing_site"
+    __table_args__ = (sa.UniqueConstraint("server_id", "name"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"), index=True)
+    name: Mapped[str] = mapped_column(NameType())
+    title: Mapped[str] = mapped_column(sa.Text, default="")
+    status: Mapped[str] = mapped_column(sa.String(10), default="active")
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    removed_at: Mapped[datetime | None]
+
+    server: Mapped[Server] = relationship(back_populates="sites", lazy="raise_on_sql")
+
+
+class MailingList(Base):
+    __tablename__ = "lm_billing_list"
+    __table_args__ = (sa.UniqueConstraint("server_id", "name"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"), index=True)
+    name: Mapped[str] = mapped_column(NameType())
+    # The site's name as the server reports it ("" = no site); matched to Site.name.
+    site_name: Mapped[str] = mapped_column(NameType(), default="")
+    descr: Mapped[str] = mapped_column(sa.Text, default="")
+    created: Mapped[date | None]
+    members: Mapped[int] = mapped_column(default=0)
+    admin: Mapped[str] = mapped_column(sa.String(320), default="")
+    status: Mapped[str] = mapped_column(sa.String(10), default="active")
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    removed_at: Mapped[datetime | None]
+
+    server: Mapped[Server] = relationship(back_populates="lists", lazy="raise_on_sql")
+
+
+class Usage(Base):
+    """Sending-log figures of one list for one month (period = first day of the month)."""
+
+    __tablename__ = "lm_billing_usage"
+    __table_args__ = (sa.UniqueConstraint("list_id", "period"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"), index=True)
+    list_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_list.id"))
+    period: Mapped[date]
+    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    recipients: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Customers, plans, billing groups ------------------------------------------------------
+
+
+class Customer(Base):
+    __tablename__ = "lm_billing_customer"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    company: Mapped[str] = mapped_column(sa.String(200))
+    contact_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    email: Mapped[str] = mapped_column(sa.String(320), default="")
+    is_active: Mapped[bool] = mapped_column(default=True)
+    payment_method: Mapped[str] = mapped_column(sa.String(100), default="")
+    notes: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    groups: Mapped[list[BillingGroup]] = relationship(
+        back_populates="customer", lazy="raise_on_sql"
+    )
+
+
+BILLING_METHODS = ("standard", "bandwidth")
+
+
+class HostingPlan(Base):
+    """A hosting plan: limits (0 = unlimited) and the prices of its billing method."""
+
+    __tablename__ = "lm_billing_plan"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    max_members: Mapped[int] = mapped_column(default=0)
+    max_members_per_list: Mapped[int] = mapped_column(default=0)
+    max_lists: Mapped[int] = mapped_column(default=0)
+    max_lists_per_site: Mapped[int] = mapped_column(default=0)
+    max_sites: Mapped[int] = mapped_column(default=0)
+    bill_by_list: Mapped[bool] = mapped_column(default=False)
+    billing_method: Mapped[str] = mapped_column(sa.String(20), default="standard")
+    monthly_price: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2), default=Decimal("0"))
+    overage_cpm: Mapped[Decimal] = mapped_column(sa.Numeric(12, 4), default=Decimal("0"))
+    included_messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    max_message_size_kb: Mapped[int] = mapped_column(default=0)
+    monthly_price_per_server: Mapped[Decimal] = mapped_column(
+        sa.Numeric(12, 2), default=Decimal("0")
+    )
+    cost_per_gb: Mapped[Decimal] = mapped_column(sa.Numeric(12, 4), default=Decimal("0"))
+    included_gb: Mapped[Decimal] = mapped_column(sa.Numeric(12, 3), default=Decimal("0"))
+
+
+class BillingGroup(Base):
+    """One contract of a customer: a hosting plan and the objects it pays for."""
+
+    __tablename__ = "lm_billing_group"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_customer.id"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    plan_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_plan.id"))
+    plan_start: Mapped[date | None]
+    plan_end: Mapped[date | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    customer: Mapped[Customer] = relationship(back_populates="groups", lazy="raise_on_sql")
+    plan: Mapped[HostingPlan | None] = relationship(lazy="raise_on_sql")
+
+
+ASSIGNMENT_TYPES = ("server", "site", "list")
+
+
+class Assignment(Base):
+    """A server, site or list paid for by a billing group from start_date to end_date.
+
+    Ended assignments are kept (end_date set) so a list's billing history survives.
+    """
+
+    __tablename__ = "lm_billing_assignment"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "(object_type = 'server' AND site_id IS NULL AND list_id IS NULL)"
+            " OR (object_type = 'site' AND site_id IS NOT NULL AND list_id IS NULL)"
+            " OR (object_type = 'list' AND list_id IS NOT NULL AND site_id IS NULL)",
+            name="object",
+        ),
+        sa.Index("ix_lm_billing_assignment_server_end", "server_id", "end_date"),
+        TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_group.id"), index=True)
+    object_type: Mapped[str] = mapped_column(sa.String(10))
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"))
+    site_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_site.id"))
+    list_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_list.id"))
+    start_date: Mapped[date]
+    end_date: Mapped[date | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    group: Mapped[BillingGroup] = relationship(lazy="raise_on_sql")
+
+
+# --- Runs, problems, schedule, audit --------------------------------------------------------
+
+RUN_KINDS = ("check", "validate", "sync", "fix", "enable_logging")
+RUN_STATUSES = ("running", "ok", "problems", "failed", "interrupted", "skipped")
+
+
+class Batch(Base):
+    """One request to validate or sync several servers; its runs report progress here."""
+
+    __tablename__ = "lm_billing_batch"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    status: Mapped[str] = mapped_column(sa.String(20), default="running")
+    total: Mapped[int] = mapped_column(default=0)
+    done: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    dry_run: Mapped[bool] = mapped_column(default=False)
+    triggered_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    host: Mapped[str] = mapped_column(sa.String(200), default="")
+    pid: Mapped[int | None]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Run(Base):
+    """One validate / sync / fix / check of one server, with its outcome."""
+
+    __tablename__ = "lm_billing_run"
+    __table_args__ = (
+        sa.Index("ix_lm_billing_run_server_started", "server_id", "started_at"),
+        TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_batch.id"), index=True)
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"))
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    status: Mapped[str] = mapped_column(sa.String(20), default="running")
+    triggered_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    host: Mapped[str] = mapped_column(sa.String(200), default="")
+    pid: Mapped[int | None]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    error_code: Mapped[str | None] = mapped_column(sa.String(40))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    lists_seen: Mapped[int] = mapped_column(default=0)
+    created: Mapped[int] = mapped_column(default=0)
+    updated: Mapped[int] = mapped_column(default=0)
+    removed: Mapped[int] = mapped_column(default=0)
+    problems_open: Mapped[int] = mapped_column(default=0)
+    problems_new: Mapped[int] = mapped_column(default=0)
+
+
+PROBLEM_KINDS = (
+    "unknown_site",
+    "unknown_list",
+    "missing_site",
+    "missing_list",
+    "changed_list",
+    "unassigned_list",
+    "over_max_lists",
+    "over_max_members",
+    "over_max_members_per_list",
+    "over_max_lists_per_site",
+    "over_max_sites",
+    "inactive_customer_has_lists",
+    "logging_off",
+)
+PROBLEM_STATUSES = ("open", "resolved", "fixed")
+
+
+class Problem(Base):
+    """One validation error. The fingerprint (kind + object) keeps it one row across runs:
+    found again, it stays the same problem; no longer found, it is resolved."""
+
+    __tablename__ = "lm_billing_problem"
+    __table_args__ = (
+        sa.Index("ix_lm_billing_problem_status_server", "status", "server_id"),
+        TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    server_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_server.id"))
+    group_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_group.id"))
+    kind: Mapped[str] = mapped_column(sa.String(40))
+    object_type: Mapped[str] = mapped_column(sa.String(10))
+    object_name: Mapped[str] = mapped_column(sa.Text, default="")
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    status: Mapped[str] = mapped_column(sa.String(10), default="open")
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+    first_run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_run.id"))
+    last_run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_run.id"))
+
+
+class TaskState(Base):
+    """The schedule of one background task; the single source of truth across processes.
+
+    A process claims a due run with one conditional UPDATE of this row (lease_owner and
+    lease_expires_at), so exactly one process in the deployment runs it.
+    """
+
+    __tablename__ = "lm_billing_task"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    name: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    next_run_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(200))
+    lease_expires_at: Mapped[datetime | None]
+    current_run_id: Mapped[int | None]
+    last_run_id: Mapped[int | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class TaskRun(Base):
+    __tablename__ = "lm_billing_task_run"
+    __table_args__ = (
+        sa.Index("ix_lm_billing_task_run_task_started", "task", "started_at"),
+        TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task: Mapped[str] = mapped_column(sa.String(50))
+    scheduled_for: Mapped[datetime]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(sa.String(20), default="running")
+    host: Mapped[str] = mapped_column(sa.String(200), default="")
+    pid: Mapped[int | None]
+    batch_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_batch.id"))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    summary: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+
+
+class AuditEntry(Base):
+    """Who changed what, when: every validate, sync, fix, enable-logging and assignment."""
+
+    __tablename__ = "lm_billing_audit"
+    __table_args__ = (sa.Index("ix_lm_billing_audit_at", "at"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    action: Mapped[str] = mapped_column(sa.String(50))
+    object_type: Mapped[str] = mapped_column(sa.String(20), default="")
+    object_id: Mapped[int | None]
+    server_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_server.id"))
+    detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+
+
+__all__ = [
+    "Assignment",
+    "AuditEntry",
+    "Base",
+    "Batch",
+    "BillingGroup",
+    "Customer",
+    "HostingPlan",
+    "MailingList",
+    "Problem",
+    "Run",
+    "Server",
+    "Site",
+    "TaskRun",
+    "TaskState",
+    "Usage",
+    "UTCDateTime",
+    "utcnow",
+]

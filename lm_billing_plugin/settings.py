@@ -1,0 +1,165 @@
+"""The plugin's LM_BILLING_* configuration: defaults, parsing and the typed settings object.
+Read once at init_app; services take the Settings object, never current_app.config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .tclport.client import ClientSettings
+
+# One row per key: (key, default, description). The README's configuration table is
+# checked against this tuple by a test, so the two cannot drift apart.
+CONFIG: tuple[tuple[str, Any, str], ...] = (
+    ("LM_BILLING_URL_PREFIX", "/billing", "Where the Billing pages are mounted."),
+    (
+        "LM_BILLING_BASE_TEMPLATE",
+        "lm_billing/base.html",
+        "Template every page extends; it must define the blocks `title` and `content` "
+        "(optional: `head`, `scripts`).",
+    ),
+    (
+        "LM_BILLING_ALLOW_ALL",
+        False,
+        "Let every request in without a permission callback. For demos and development "
+        "only: never in production.",
+    ),
+    (
+        "LM_BILLING_ENCRYPTION_KEYS",
+        (),
+        "Fernet keys (newest first; list or comma-separated string) that encrypt TclPort "
+        "passwords at rest. Without one, passwords cannot be stored.",
+    ),
+    ("LM_BILLING_CONNECT_TIMEOUT", 5.0, "Seconds to wait for a TCP connection to a hosting server."),
+    ("LM_BILLING_READ_TIMEOUT", 10.0, "Seconds to wait for the next bytes of a reply."),
+    (
+        "LM_BILLING_OPERATION_TIMEOUT",
+        30.0,
+        "Seconds one TclPort operation (connect+greeting+auth, or one command) may take in all.",
+    ),
+    (
+        "LM_BILLING_MAX_REPLY_BYTES",
+        64 * 1024 * 1024,
+        "Largest reply body accepted from a hosting server; a larger one is refused unread.",
+    ),
+    ("LM_BILLING_LIST_PAGE_SIZE", 5000, "Lists fetched per `lists OFFSET LIMIT` request (1-5000)."),
+    (
+        "LM_BILLING_SERVER_DEADLINE",
+        300.0,
+        "Seconds one server's validate or sync may take before it is recorded as failed.",
+    ),
+    ("LM_BILLING_MAX_PARALLEL", 16, "Servers validated or synced at once."),
+    (
+        "LM_BILLING_LEASE_SECONDS",
+        900.0,
+        "How long a run's claim on a server (or on the schedule) lasts before another "
+        "process may take it over as interrupted.",
+    ),
+    ("LM_BILLING_PAGE_SIZE", 50, "Rows per page in the Billing tables."),
+    ("LM_BILLING_SCHEDULER_ENABLED", True, "Run scheduled background validation."),
+    ("LM_BILLING_VALIDATE_INTERVAL", 3600.0, "Seconds between scheduled validations of all servers."),
+    (
+        "LM_BILLING_SCHEDULED_SYNC",
+        False,
+        "Scheduled runs also sync (apply drift). Off: drift is shown, not applied.",
+    ),
+    (
+        "LM_BILLING_SCHEDULER_AUTOSTART",
+        True,
+        "Start the scheduler lazily in a serving web process (never under tests or CLI "
+        "commands). Turn off when a dedicated `flask lm-billing scheduler` runs.",
+    ),
+    ("LM_BILLING_NOTIFY_EMAILS", (), "Addresses mailed when a scheduled run finds new trouble."),
+    ("LM_BILLING_SMTP_HOST", "localhost", "SMTP server for notifications."),
+    ("LM_BILLING_SMTP_PORT", 25, "SMTP port."),
+    ("LM_BILLING_SMTP_USERNAME", None, "SMTP login, if the server needs one."),
+    ("LM_BILLING_SMTP_PASSWORD", None, "SMTP password, if the server needs one."),
+    ("LM_BILLING_SMTP_STARTTLS", False, "Use STARTTLS."),
+    ("LM_BILLING_SMTP_SENDER", "billing@localhost", "From address of notifications."),
+    ("LM_BILLING_SMTP_TIMEOUT", 10.0, "Seconds to wait for the SMTP server."),
+)
+
+DEFAULTS: dict[str, Any] = {key: default for key, default, _ in CONFIG}
+
+
+def _as_tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(str(v) for v in value)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Typed view of the LM_BILLING_* keys, built once per app."""
+
+    url_prefix: str
+    base_template: str
+    allow_all: bool
+    encryption_keys: tuple[str, ...]
+    client: ClientSettings
+    server_deadline: float
+    max_parallel: int
+    lease_seconds: float
+    page_size: int
+    scheduler_enabled: bool
+    validate_interval: float
+    scheduled_sync: bool
+    scheduler_autostart: bool
+    notify_emails: tuple[str, ...]
+    smtp_host: str
+    smtp_port: int
+    smtp_username: str | None
+    smtp_password: str | None
+    smtp_starttls: bool
+    smtp_sender: str
+    smtp_timeout: float
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        def get(key: str) -> Any:
+            return config.get(key, DEFAULTS[key])
+
+        page_size = int(get("LM_BILLING_LIST_PAGE_SIZE"))
+        if not 1 <= page_size <= 5000:
+            raise ValueError("LM_BILLING_LIST_PAGE_SIZE must be between 1 and 5000")
+        max_parallel = int(get("LM_BILLING_MAX_PARALLEL"))
+        if max_parallel < 1:
+            raise ValueError("LM_BILLING_MAX_PARALLEL must be at least 1")
+        return cls(
+            url_prefix=str(get("LM_BILLING_URL_PREFIX")),
+            base_template=str(get("LM_BILLING_BASE_TEMPLATE")),
+            allow_all=_as_bool(get("LM_BILLING_ALLOW_ALL")),
+            encryption_keys=_as_tuple(get("LM_BILLING_ENCRYPTION_KEYS")),
+            client=ClientSettings(
+                connect_timeout=float(get("LM_BILLING_CONNECT_TIMEOUT")),
+                read_timeout=float(get("LM_BILLING_READ_TIMEOUT")),
+                operation_timeout=float(get("LM_BILLING_OPERATION_TIMEOUT")),
+                max_reply_bytes=int(get("LM_BILLING_MAX_REPLY_BYTES")),
+                page_size=page_size,
+            ),
+            server_deadline=float(get("LM_BILLING_SERVER_DEADLINE")),
+            max_parallel=max_parallel,
+            lease_seconds=float(get("LM_BILLING_LEASE_SECONDS")),
+            page_size=int(get("LM_BILLING_PAGE_SIZE")),
+            scheduler_enabled=_as_bool(get("LM_BILLING_SCHEDULER_ENABLED")),
+            validate_interval=float(get("LM_BILLING_VALIDATE_INTERVAL")),
+            scheduled_sync=_as_bool(get("LM_BILLING_SCHEDULED_SYNC")),
+            scheduler_autostart=_as_bool(get("LM_BILLING_SCHEDULER_AUTOSTART")),
+            notify_emails=_as_tuple(get("LM_BILLING_NOTIFY_EMAILS")),
+            smtp_host=str(get("LM_BILLING_SMTP_HOST")),
+            smtp_port=int(get("LM_BILLING_SMTP_PORT")),
+            smtp_username=get("LM_BILLING_SMTP_USERNAME"),
+            smtp_password=get("LM_BILLING_SMTP_PASSWORD"),
+            smtp_starttls=_as_bool(get("LM_BILLING_SMTP_STARTTLS")),
+            smtp_sender=str(get("LM_BILLING_SMTP_SENDER")),
+            smtp_timeout=float(get("LM_BILLING_SMTP_TIMEOUT")),
+        )

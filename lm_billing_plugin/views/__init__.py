@@ -1,0 +1,11 @@
+"""The Billing pages, one module per subject, all on the lm_billing blueprint."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+
+def register(blueprint: Blueprint) -> None:
+    from . import servers
+
+    servers.register(blueprint)

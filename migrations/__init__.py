@@ -1,0 +1,1 @@
+"""The plugin's Alembic history, shipped as lm_billing_plugin.migrations."""

@@ -1,0 +1,48 @@
+"""Alembic environment of the plugin: its own version table, only its own tables, batch mode
+on SQLite. The connection is handed in by lm_billing_plugin.migrate (config.attributes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from lm_billing_plugin.migrate import TABLE_PREFIX, VERSION_TABLE
+from lm_billing_plugin.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    # The host's tables share the database: never autogenerate anything for them.
+    if type_ == "table":
+        return bool(name and name.startswith(TABLE_PREFIX))
+    return True
+
+
+def run_migrations(connection: Any) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        version_table=VERSION_TABLE,
+        include_object=include_object,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    run_migrations(connection)
+else:
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("run the plugin's migrations with `flask lm-billing db upgrade`")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        run_migrations(conn)
+    engine.dispose()

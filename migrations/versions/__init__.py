@@ -1,0 +1,1 @@
+"""Revisions of the plugin's schema, oldest first by down_revision."""

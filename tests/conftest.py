@@ -1,0 +1,129 @@
+"""Shared fixtures: a small host app per test, built with the plugin's factory pattern, on
+SQLite always and on PostgreSQL / MariaDB when their URLs are set."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from flask_sqlalchemy import SQLAlchemy
+from jinja2 import StrictUndefined
+
+from lm_billing_plugin import LMBilling
+from lm_billing_plugin.migrate import VERSION_TABLE
+from lm_billing_plugin.models import Base
+from lm_billing_plugin.secrets import generate_key
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+TEST_KEY = generate_key()
+
+EXTERNAL_DATABASES = {
+    "postgresql": "LM_BILLING_TEST_POSTGRES_URL",
+    "mariadb": "LM_BILLING_TEST_MARIADB_URL",
+}
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with a visible reason on a developer machine; under CI=true a missing part fails."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: this must not be skipped)")
+    pytest.skip(reason)
+
+
+def reset_schema(url: str) -> None:
+    """Drop whatever an earlier (maybe crashed) test left, so each test starts empty."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL, once per backend: SQLite always, the others when configured."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'billing.sqlite'}"
+        return
+    env = EXTERNAL_DATABASES[request.param]
+    url = os.environ.get(env)
+    if not url:
+        skip_or_fail(f"{request.param}: set {env} to run this test there")
+        return
+    try:
+        reset_schema(url)
+    except sa.exc.OperationalError as exc:
+        skip_or_fail(f"{request.param} at {env} is unreachable: {exc.orig}")
+        return
+    yield url
+    reset_schema(url)
+
+
+def build_app(
+    db_url: str, *, permission_check: Any = "allow", create_tables: bool = True, **config: Any
+) -> Flask:
+    """A minimal host app: its own Flask-SQLAlchemy, then the plugin."""
+    app = Flask("host_app")
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY="test-secret",
+        SQLALCHEMY_DATABASE_URI=db_url,
+        LM_BILLING_ENCRYPTION_KEYS=[TEST_KEY],
+        LM_BILLING_SCHEDULER_AUTOSTART=False,
+    )
+    app.config.update(config)
+    app.jinja_env.undefined = StrictUndefined
+    db = SQLAlchemy()
+    db.init_app(app)
+    if permission_check == "allow":
+        permission_check = lambda user, action: True  # noqa: E731
+    LMBilling(app, permission_check=permission_check)
+    if create_tables:
+        with app.app_context():
+            Base.metadata.create_all(db.engine)
+    return app
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    """Factory for host apps on SQLite in tmp_path; disposes their engines afterwards."""
+    made: list[Flask] = []
+
+    def make(db_url: str | None = None, **kwargs: Any) -> Flask:
+        app = build_app(db_url or f"sqlite:///{tmp_path / 'billing.sqlite'}", **kwargs)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def any_db_app(make_app: Callable[..., Flask], db_url: str) -> Flask:
+    """The host app on each database backend in turn."""
+    return make_app(db_url)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
