@@ -1,0 +1,716 @@
+"""TclPort client: framing, limits, deadlines and typed errors for one hosting server.
+
+One client is one connection and is not thread-safe; use one client per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date
+from types import MappingProxyType, TracebackType
+from typing import Any, Final, NoReturn
+
+from .codec import decode_dict, decode_list, encode_request
+from .errors import (
+    CLOSED,
+    DNS,
+    MALFORMED,
+    NOT_TCLPORT,
+    OVERSIZED,
+    REFUSED,
+    REQUEST_TOO_LONG,
+    TIMEOUT,
+    UNREACHABLE,
+    TclPortError,
+    guidance,
+    host_port,
+)
+from .records import (
+    ListRecord,
+    LoggingState,
+    RecordError,
+    ServerInfo,
+    SiteRecord,
+    UsageRecord,
+    parse_int,
+)
+
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_PASSWORD",
+    "DEFAULT_PORT",
+    "MAX_HEADER_BYTES",
+    "MAX_PAGE_SIZE",
+    "MAX_REQUEST_BYTES",
+    "ClientSettings",
+    "TclPortClient",
+]
+
+# The one place that names the wire commands. A deployment whose server build spells them
+# differently passes its own mapping as ``TclPortClient(commands=...)``; keys are logical names.
+COMMANDS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "auth": "auth",
+        "server_info": "server_info",
+        "logging": "logging",
+        "logging_set": "logging_set",
+        "sites": "sites",
+        "lists": "lists",
+        "usage": "usage",
+        "quit": "quit",
+    }
+)
+
+DEFAULT_PORT: Final = 2021
+DEFAULT_PASSWORD: Final = "TCLPORTPasswd"  # noqa: S105 - ListManager's documented default
+PROTOCOL: Final = "1"
+MAX_HEADER_BYTES: Final = 64
+MAX_REQUEST_BYTES: Final = 65_536
+MAX_PAGE_SIZE: Final = 5000
+# Bodies are read in bounded chunks so one recv never asks for more than this.
+_CHUNK: Final = 256 * 1024
+# How long close() waits for the server to acknowledge quit; closing must stay quick.
+_QUIT_WAIT: Final = 1.0
+# Restarts of a full list read when the server's total changes under it (live edits).
+_LIST_ATTEMPTS: Final = 3
+
+_HEADER_RE = re.compile(rb"(OK|ERR) ([0-9]{1,20})")
+_ANY_HEADER_RE = re.compile(rb"(\S{1,20}) ([0-9]{1,20})")
+
+log = logging.getLogger("lm_billing_plugin.tclport")
+
+StepCallback = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Timeouts (seconds) and limits; the Flask layer fills it from ``LM_BILLING_*``."""
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    operation_timeout: float = 30.0
+    max_reply_bytes: int = 64 * 1024 * 1024
+    page_size: int = 5000
+
+    def __post_init__(self) -> None:
+        for field in ("connect_timeout", "read_timeout", "operation_timeout"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"ClientSettings.{field} must be positive")
+        if self.max_reply_bytes < 1:
+            raise ValueError("ClientSettings.max_reply_bytes must be positive")
+        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"ClientSettings.page_size must be between 1 and {MAX_PAGE_SIZE}")
+
+
+class _Reply:
+    __slots__ = ("body", "status")
+
+    def __init__(self, status: str, body: str) -> None:
+        self.status = status
+        self.body = body
+
+
+def _snippet(data: bytes) -> str:
+    """A short printable rendering of bytes a peer sent, for messages."""
+    text = data[:40].decode("utf-8", "replace")
+    return repr(text + ("..." if len(data) > 40 else ""))
+
+
+def _size(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n:,} bytes ({n / (1024 * 1024):.1f} MiB)"
+    return f"{n:,} bytes"
+
+
+class TclPortClient:
+    """A connection to one hosting server's TclPort.
+
+    ``connect()`` resolves, connects, reads the greeting and authenticates within one
+    ``operation_timeout``; each command then gets its own ``operation_timeout``, and every
+    single read its ``read_timeout``. Any failure raises :class:`TclPortError`; after a
+    protocol error or timeout the connection is closed and a new client is needed.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        password: str = DEFAULT_PASSWORD,
+        *,
+        name: str | None = None,
+        settings: ClientSettings | None = None,
+        commands: Mapping[str, str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._password = password
+        self.name = name
+        self.settings = settings if settings is not None else ClientSettings()
+        merged = dict(COMMANDS)
+        if commands:
+            unknown = set(commands) - set(COMMANDS)
+            if unknown:
+                raise ValueError(f"unknown logical command names: {sorted(unknown)}")
+            merged.update(commands)
+        self.commands: Mapping[str, str] = MappingProxyType(merged)
+        where = host_port(host, port)
+        self.label = f"{name} ({where})" if name else where
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._greeted = False
+        self._authenticated = False
+        #: Milliseconds spent in each connect step (resolve, connect, greeting, auth).
+        self.timings: dict[str, float] = {}
+        #: Address actually connected to, and the product named in the greeting.
+        self.peer: tuple[Any, ...] | None = None
+        self.product: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<TclPortClient {self.label} connected={self.connected}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None and self._authenticated
+
+    def __enter__(self) -> TclPortClient:
+        if self._sock is None:
+            self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _error(
+        self,
+        phase: str,
+        code: str,
+        *,
+        detail: str = "",
+        server_message: str = "",
+        timeout: float | None = None,
+        abort: bool = True,
+    ) -> TclPortError:
+        local_ip = None
+        if self._sock is not None and code == "HOST_DENIED":
+            # Fallback when the server's message names no IP: the address we connect from.
+            with contextlib.suppress(OSError):
+                local_ip = str(self._sock.getsockname()[0])
+        if abort:
+            self._abort()
+        command = phase.partition(":")[2]
+        message = guidance(
+            code,
+            host=self.host,
+            port=self.port,
+            command=command,
+            server_message=server_message,
+            detail=detail,
+            timeout=timeout,
+            local_ip=local_ip,
+        )
+        err = TclPortError(self.label, phase, code, message, detail=detail or server_message)
+        log.debug("%s: %s failed: %s (%s)", self.label, phase, code, detail or server_message)
+        return err
+
+    def _abort(self) -> None:
+        sock, self._sock = self._sock, None
+        self._authenticated = False
+        self._buf.clear()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # -- connecting -----------------------------------------------------------------------
+
+    def connect(self, on_step: StepCallback | None = None) -> TclPortClient:
+        """Resolve, connect, read the greeting and authenticate; one deadline for all.
+
+        ``on_step(step, elapsed_ms)`` is called after each step that succeeds, with step
+        ``resolve``, ``connect``, ``greeting`` and ``auth``.
+        """
+        self._abort()
+        self._greeted = False
+        self.timings = {}
+        deadline = time.monotonic() + self.settings.operation_timeout
+
+        def done(step: str, started: float) -> None:
+            elapsed = (time.monotonic() - started) * 1000.0
+            self.timings[step] = elapsed
+            if on_step is not None:
+                on_step(step, elapsed)
+
+        started = time.monotonic()
+        infos = self._resolve(deadline)
+        done("resolve", started)
+        started = time.monotonic()
+        self._sock = self._open(infos, deadline)
+        done("connect", started)
+        started = time.monotonic()
+        self._read_greeting(deadline)
+        done("greeting", started)
+        started = time.monotonic()
+        self._auth(deadline)
+        done("auth", started)
+        log.debug(
+            "%s: connected to %s in %.1f ms", self.label, self.peer, sum(self.timings.values())
+        )
+        return self
+
+    def _resolve(self, deadline: float) -> list[tuple[Any, ...]]:
+        host = self.host.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not host:
+            raise self._error("resolve", DNS, detail="no host name")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            # An IP literal needs no DNS; AI_NUMERICHOST keeps getaddrinfo from blocking.
+            try:
+                return list(
+                    socket.getaddrinfo(
+                        host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+                    )
+                )
+            except socket.gaierror as exc:
+                raise self._error("resolve", DNS, detail=str(exc)) from exc
+        # getaddrinfo has no timeout of its own; a helper thread lets the deadline win.
+        result: list[tuple[Any, ...]] = []
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                result.extend(socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM))
+            except BaseException as exc:
+                failure.append(exc)
+
+        wait = max(0.0, min(self.settings.connect_timeout, deadline - time.monotonic()))
+        worker = threading.Thread(target=work, name="lm-billing-resolve", daemon=True)
+        worker.start()
+        worker.join(wait)
+        if worker.is_alive():
+            raise self._error(
+                "resolve", TIMEOUT, detail="resolving the host name", timeout=wait
+            )
+        if failure:
+            problem = failure[0]
+            if isinstance(problem, socket.gaierror | UnicodeError):
+                raise self._error("resolve", DNS, detail=str(problem)) from problem
+            raise self._error("resolve", UNREACHABLE, detail=str(problem)) from problem
+        if not result:
+            raise self._error("resolve", DNS, detail="no addresses")
+        return result
+
+    def _open(self, infos: list[tuple[Any, ...]], deadline: float) -> socket.socket:
+        # Try every address (IPv6 and IPv4); report the most telling failure.
+        rank = {REFUSED: 0, TIMEOUT: 1, UNREACHABLE: 2}
+        best: tuple[str, str, float | None] | None = None
+        for family, socktype, proto, _canon, sockaddr in infos:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                best = best or (TIMEOUT, "connecting", self.settings.operation_timeout)
+                break
+            wait = min(self.settings.connect_timeout, remaining)
+            sock = socket.socket(family, socktype, proto)
+            try:
+                sock.settimeout(wait)
+                sock.connect(sockaddr)
+            except TimeoutError:
+                sock.close()
+                found: tuple[str, str, float | None] = (TIMEOUT, "connecting", wait)
+            except ConnectionRefusedError:
+                sock.close()
+                found = (REFUSED, "connection refused", None)
+            except OSError as exc:
+                sock.close()
+                found = (UNREACHABLE, exc.strerror or str(exc), None)
+            except BaseException:
+                sock.close()
+                raise
+            else:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.peer = tuple(sockaddr)
+                return sock
+            if best is None or rank[found[0]] < rank[best[0]]:
+                best = found
+        code, detail, timeout = best or (UNREACHABLE, "no usable address", None)
+        raise self._error("connect", code, detail=detail, timeout=timeout)
+
+    def _read_greeting(self, deadline: float) -> None:
+        try:
+            reply = self._read_reply("greeting", deadline)
+        except TclPortError as exc:
+            if exc.code in (MALFORMED, OVERSIZED):
+                # Spec 3.1: a greeting that is not a valid reply means "not a TclPort".
+                raise self._error("greeting", NOT_TCLPORT, detail=exc.detail) from None
+            raise
+        if reply.status == "ERR":
+            self._raise_err("greeting", reply.body)
+        try:
+            greeting = decode_dict(reply.body)
+        except ValueError:
+            raise self._error(
+                "greeting", NOT_TCLPORT, detail=f"greeting {reply.body[:40]!r} is not a dict"
+            ) from None
+        protocol = greeting.get("protocol")
+        if protocol != PROTOCOL:
+            detail = (
+                f"it speaks protocol {protocol!r}, this client speaks {PROTOCOL}"
+                if protocol is not None
+                else "its greeting names no protocol"
+            )
+            raise self._error("greeting", NOT_TCLPORT, detail=detail)
+        self.product = greeting.get("product")
+        self._greeted = True
+
+    def _auth(self, deadline: float) -> None:
+        # The password goes only into the request line, never into logs or messages.
+        self._send("auth", deadline, [self.commands["auth"], self._password])
+        reply = self._read_reply("auth", deadline)
+        if reply.status == "ERR":
+            self._raise_err("auth", reply.body)
+        self._authenticated = True
+
+    # -- framing --------------------------------------------------------------------------
+
+    def _timeout_for(self, deadline: float) -> tuple[float, bool]:
+        """Seconds the next socket call may wait, and whether the deadline is what limits it."""
+        remaining = deadline - time.monotonic()
+        if remaining <= self.settings.read_timeout:
+            return remaining, True
+        return self.settings.read_timeout, False
+
+    def _timed_out(self, phase: str, by_deadline: bool) -> TclPortError:
+        if by_deadline:
+            return self._error(
+                phase, TIMEOUT, detail="the reply was not complete in time",
+                timeout=self.settings.operation_timeout,
+            )
+        return self._error(phase, TIMEOUT, timeout=self.settings.read_timeout)
+
+    def _send(self, phase: str, deadline: float, words: list[str]) -> None:
+        sock = self._sock
+        if sock is None:
+            raise self._closed(phase)
+        line = encode_request(words).encode("utf-8", "surrogatepass")
+        if len(line) > MAX_REQUEST_BYTES:
+            # Nothing was sent, so the connection stays usable.
+            raise self._error(
+                phase, REQUEST_TOO_LONG, abort=False,
+                detail=f"it is {len(line):,} bytes, more than the {MAX_REQUEST_BYTES:,} "
+                "bytes a TclPort request line may have",
+            )
+        if b"\n" in line or b"\r" in line:
+            raise ValueError("encode_request produced a raw line break")
+        wait, by_deadline = self._timeout_for(deadline)
+        if wait <= 0:
+            raise self._timed_out(phase, True)
+        try:
+            sock.settimeout(wait)
+            sock.sendall(line + b"\n")
+        except TimeoutError:
+            raise self._timed_out(phase, by_deadline) from None
+        except OSError as exc:
+            raise self._error(
+                phase, CLOSED, detail=f"sending failed: {exc.strerror or exc}"
+            ) from None
+
+    def _recv(self, phase: str, deadline: float, want: int) -> bytes:
+        sock = self._sock
+        if sock is None:
+            raise self._closed(phase)
+        wait, by_deadline = self._timeout_for(deadline)
+        if wait <= 0:
+            raise self._timed_out(phase, True)
+        try:
+            sock.settimeout(wait)
+            return sock.recv(want)
+        except TimeoutError:
+            raise self._timed_out(phase, by_deadline) from None
+        except ConnectionResetError:
+            raise self._error(phase, CLOSED, detail="the server reset the connection") from None
+        except OSError as exc:
+            raise self._error(
+                phase, CLOSED, detail=f"receiving failed: {exc.strerror or exc}"
+            ) from None
+
+    def _read_reply(self, phase: str, deadline: float) -> _Reply:
+        buf = self._buf
+        # Header: never look past 64 bytes (+ the LF) for the end of the line.
+        while True:
+            end = buf.find(b"\n", 0, MAX_HEADER_BYTES + 1)
+            if end >= 0:
+                break
+            if len(buf) > MAX_HEADER_BYTES:
+                raise self._error(
+                    phase, OVERSIZED,
+                    detail=f"a header line longer than {MAX_HEADER_BYTES} bytes, "
+                    f"starting {_snippet(bytes(buf))}",
+                )
+            data = self._recv(phase, deadline, MAX_HEADER_BYTES + 1 - len(buf))
+            if not data:
+                if buf:
+                    raise self._error(
+                        phase, MALFORMED,
+                        detail=f"the reply ended inside its header line {_snippet(bytes(buf))}",
+                    )
+                raise self._error(phase, CLOSED, detail="it sent no reply")
+            buf += data
+        header = bytes(buf[:end])
+        del buf[: end + 1]
+        match = _HEADER_RE.fullmatch(header)
+        if match is None:
+            other = _ANY_HEADER_RE.fullmatch(header)
+            if other is not None:
+                detail = f"status {_snippet(other.group(1))} is neither OK nor ERR"
+            else:
+                detail = f"header line {_snippet(header)} is not 'STATUS LENGTH'"
+            raise self._error(phase, MALFORMED, detail=detail)
+        status = match.group(1).decode("ascii")
+        length = int(match.group(2))
+        if length > self.settings.max_reply_bytes:
+            # Refused before reading: the body never reaches memory.
+            raise self._error(
+                phase, OVERSIZED,
+                detail=f"it announced a reply of {_size(length)}, more than the "
+                f"{_size(self.settings.max_reply_bytes)} limit (LM_BILLING_MAX_REPLY_BYTES)",
+            )
+        need = length + 1
+        body = bytearray(buf[:need])
+        del buf[:need]
+        while len(body) < need:
+            data = self._recv(phase, deadline, min(_CHUNK, need - len(body)))
+            if not data:
+                raise self._error(
+                    phase, MALFORMED,
+                    detail=f"the reply ended after {min(len(body), length):,} of the "
+                    f"{length:,} bytes it announced",
+                )
+            body += data
+        if body[length] != 0x0A:
+            raise self._error(
+                phase, MALFORMED,
+                detail=f"the {length:,}-byte reply body is not followed by LF",
+            )
+        try:
+            text = str(memoryview(body)[:length], "utf-8", "strict")
+        except UnicodeDecodeError as exc:
+            raise self._error(
+                phase, MALFORMED,
+                detail=f"the {length:,}-byte reply is not valid UTF-8 (at byte {exc.start:,})",
+            ) from None
+        del body
+        return _Reply(status, text)
+
+    def _raise_err(self, phase: str, body: str) -> NoReturn:
+        try:
+            parts = decode_list(body)
+        except ValueError:
+            parts = []
+        if len(parts) != 2 or not parts[0]:
+            raise self._error(
+                phase, MALFORMED,
+                detail=f"an ERR reply must be {{CODE message}}, got {_snippet(body.encode())}",
+            )
+        code, server_message = parts
+        # The server closes after these; the socket is of no further use.
+        abort = code in ("HOST_DENIED", "AUTH_FAILED", "BAD_REQUEST")
+        raise self._error(phase, code, server_message=server_message, abort=abort)
+
+    def _closed(self, phase: str) -> TclPortError:
+        return self._error(
+            phase, CLOSED, abort=False,
+            detail="the connection is not open (not connected, or closed after an error)",
+        )
+
+    # -- commands -------------------------------------------------------------------------
+
+    def call(self, command: str, *args: str) -> str:
+        """Send one command by its logical name and return the OK body; ERR raises."""
+        wire = self.commands[command]
+        phase = f"command:{command}"
+        if not self.connected:
+            raise self._closed(phase)
+        deadline = time.monotonic() + self.settings.operation_timeout
+        started = time.monotonic()
+        self._send(phase, deadline, [wire, *args])
+        reply = self._read_reply(phase, deadline)
+        log.debug(
+            "%s: %s -> %s %d chars in %.1f ms", self.label, command, reply.status,
+            len(reply.body), (time.monotonic() - started) * 1000.0,
+        )
+        if reply.status == "ERR":
+            self._raise_err(phase, reply.body)
+        return reply.body
+
+    def _malformed(self, command: str, what: str) -> TclPortError:
+        return self._error(f"command:{command}", MALFORMED, detail=what)
+
+    def _dict(self, command: str, body: str) -> dict[str, str]:
+        try:
+            return decode_dict(body)
+        except ValueError as exc:
+            raise self._malformed(
+                command, f"the {command} reply is not a Tcl dict ({exc})"
+            ) from None
+
+    def _dicts(self, command: str, body: str) -> list[dict[str, str]]:
+        try:
+            return [decode_dict(item) for item in decode_list(body)]
+        except ValueError as exc:
+            raise self._malformed(
+                command, f"the {command} reply is not a list of Tcl dicts ({exc})"
+            ) from None
+
+    def server_info(self) -> ServerInfo:
+        data = self._dict("server_info", self.call("server_info"))
+        try:
+            return ServerInfo.from_dict(data)
+        except RecordError as exc:
+            raise self._malformed("server_info", str(exc)) from None
+
+    def logging(self) -> LoggingState:
+        data = self._dict("logging", self.call("logging"))
+        try:
+            return LoggingState.from_dict(data)
+        except RecordError as exc:
+            raise self._malformed("logging", str(exc)) from None
+
+    def logging_set(self, mode: str) -> LoggingState:
+        data = self._dict("logging_set", self.call("logging_set", mode))
+        try:
+            return LoggingState.from_dict(data)
+        except RecordError as exc:
+            raise self._malformed("logging_set", str(exc)) from None
+
+    def sites(self) -> list[SiteRecord]:
+        try:
+            return [SiteRecord.from_dict(d) for d in self._dicts("sites", self.call("sites"))]
+        except RecordError as exc:
+            raise self._malformed("sites", str(exc)) from None
+
+    def usage(self, from_date: date, to_date: date) -> list[UsageRecord]:
+        """Per-list sending totals for the inclusive range ``from_date`` .. ``to_date``."""
+        if from_date > to_date:
+            raise ValueError("usage: from_date is after to_date")
+        body = self.call("usage", from_date.isoformat(), to_date.isoformat())
+        try:
+            return [UsageRecord.from_dict(d) for d in self._dicts("usage", body)]
+        except RecordError as exc:
+            raise self._malformed("usage", str(exc)) from None
+
+    def lists_page(self, offset: int, limit: int) -> tuple[int, list[ListRecord]]:
+        """One ``lists OFFSET LIMIT`` call: the server's total and this page's lists."""
+        data = self._dict("lists", self.call("lists", str(offset), str(limit)))
+        try:
+            total = parse_int("lists", "total", data.get("total", ""))
+            if "items" not in data:
+                raise RecordError("lists", "items", "is missing")
+            items = [ListRecord.from_dict(d) for d in self._dicts("lists", data["items"])]
+        except RecordError as exc:
+            raise self._malformed("lists", str(exc)) from None
+        return total, items
+
+    def _pages(self) -> Iterator[tuple[int, list[ListRecord]]]:
+        limit = self.settings.page_size
+        offset = 0
+        pages = 0
+        max_pages: int | None = None
+        while True:
+            total, items = self.lists_page(offset, limit)
+            pages += 1
+            if max_pages is None:
+                # Slack for lists added while paging; a server that keeps announcing more
+                # pages than its first total allows is inconsistent, not just busy.
+                max_pages = -(-total // limit) + 2
+            if pages > max_pages:
+                raise self._malformed(
+                    "lists", f"the server kept announcing more lists after {pages - 1} pages"
+                )
+            if len(items) > limit:
+                raise self._malformed(
+                    "lists", f"a page asked for {limit} lists held {len(items)}"
+                )
+            keys = [item.name.encode("utf-8", "surrogatepass") for item in items]
+            if any(a >= b for a, b in itertools.pairwise(keys)):
+                raise self._malformed("lists", "a page of lists is not sorted by name")
+            if not items and offset < total:
+                raise self._malformed(
+                    "lists",
+                    f"the server announced {total:,} lists but returned none at offset {offset:,}",
+                )
+            yield total, items
+            offset += len(items)
+            if offset >= total:
+                return
+
+    def iter_lists(self) -> Iterator[ListRecord]:
+        """All lists, sorted by name, fetched ``page_size`` at a time."""
+        last: bytes | None = None
+        for _total, items in self._pages():
+            for item in items:
+                key = item.name.encode("utf-8", "surrogatepass")
+                # A list created while paging shifts later pages; skip what was already seen.
+                if last is not None and key <= last:
+                    continue
+                last = key
+                yield item
+
+    def lists(self) -> list[ListRecord]:
+        """All lists as one consistent snapshot (re-read if they change while paging)."""
+        for attempt in range(1, _LIST_ATTEMPTS + 1):
+            totals: set[int] = set()
+            out: list[ListRecord] = []
+            last: bytes | None = None
+            for total, items in self._pages():
+                totals.add(total)
+                for item in items:
+                    key = item.name.encode("utf-8", "surrogatepass")
+                    if last is not None and key <= last:
+                        continue
+                    last = key
+                    out.append(item)
+            if len(totals) == 1 and len(out) == totals.pop():
+                return out
+            log.debug("%s: lists changed while paging (attempt %d)", self.label, attempt)
+        raise self._error(
+            "command:lists", "BUSY", abort=False,
+            server_message="its lists kept changing while they were read",
+        )
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Say quit if the session is healthy, then close the socket. Never raises."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            if self._greeted:
+                deadline = time.monotonic() + min(_QUIT_WAIT, self.settings.read_timeout)
+                self._send("command:quit", deadline, [self.commands["quit"]])
+                self._read_reply("command:quit", deadline)
+        except Exception:  # noqa: S110 - closing must not fail; the socket closes below
+            pass
+        finally:
+            self._abort()
+            self._greeted = False

@@ -1,0 +1,189 @@
+"""Typed records for what a TclPort hosting server returns.
+
+Parsing is strict: a field that is missing or not in the profile's format is a protocol error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+__all__ = [
+    "LOGGING_LABELS",
+    "LOGGING_LISTS",
+    "LOGGING_NO",
+    "ListRecord",
+    "LoggingState",
+    "RecordError",
+    "ServerInfo",
+    "SiteRecord",
+    "UsageRecord",
+]
+
+LOGGING_NO = "no"
+LOGGING_LISTS = "lists"
+# The labels ListManager's users know from Server Settings: Automatic Maintenance: Logging.
+LOGGING_LABELS: Mapping[str, str] = {
+    LOGGING_NO: "No",
+    LOGGING_LISTS: "Yes, Log All Messages that ListManager Sends to Mailing Lists",
+}
+
+# Python's int() and fromisoformat() accept more than the profile does (signs, underscores,
+# Unicode digits, other ISO forms), so the shapes are checked with ASCII-only patterns first.
+_INT_RE = re.compile(r"[0-9]{1,19}", re.ASCII)
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z", re.ASCII)
+
+
+class RecordError(ValueError):
+    """A reply field is missing or malformed; the client turns it into a MALFORMED error."""
+
+    def __init__(self, record: str, field: str, problem: str) -> None:
+        self.record = record
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{record} field {field!r} {problem}")
+
+
+def _text(record: str, data: Mapping[str, str], field: str) -> str:
+    try:
+        return data[field]
+    except KeyError:
+        raise RecordError(record, field, "is missing") from None
+
+
+def _short(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def parse_int(record: str, field: str, value: str) -> int:
+    """Parse a non-negative decimal ASCII integer, as the profile writes counts."""
+    if not _INT_RE.fullmatch(value):
+        raise RecordError(record, field, f"is not a decimal count: {_short(value)}")
+    return int(value)
+
+
+def parse_date(record: str, field: str, value: str) -> date:
+    """Parse a ``YYYY-MM-DD`` date."""
+    if _DATE_RE.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise RecordError(record, field, f"is not a YYYY-MM-DD date: {_short(value)}")
+
+
+def parse_time(record: str, field: str, value: str) -> datetime:
+    """Parse a ``YYYY-MM-DDTHH:MM:SSZ`` UTC time into an aware datetime."""
+    if _TIME_RE.fullmatch(value):
+        try:
+            return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    raise RecordError(record, field, f"is not a YYYY-MM-DDTHH:MM:SSZ time: {_short(value)}")
+
+
+def format_time(value: datetime) -> str:
+    """Write a time the way the profile does (UTC, whole seconds, ``Z``)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """Reply of ``server_info``; ``started`` is None when the server leaves it empty."""
+
+    product: str
+    version: str
+    hostname: str
+    started: datetime | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> ServerInfo:
+        name = "server_info"
+        started = _text(name, data, "started")
+        return cls(
+            product=_text(name, data, "product"),
+            version=_text(name, data, "version"),
+            hostname=_text(name, data, "hostname"),
+            started=parse_time(name, "started", started) if started else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingState:
+    """The server's "Enable Logging" setting: a mode token and the label to show for it."""
+
+    mode: str
+    label: str
+
+    @property
+    def counts_messages(self) -> bool:
+        # Only "log all messages sent to mailing lists" fills the log_ table billing reads.
+        return self.mode == LOGGING_LISTS
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> LoggingState:
+        return cls(mode=_text("logging", data, "mode"), label=_text("logging", data, "label"))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRecord:
+    """One site of a hosting server."""
+
+    name: str
+    title: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> SiteRecord:
+        return cls(name=_text("site", data, "name"), title=_text("site", data, "title"))
+
+
+@dataclass(frozen=True, slots=True)
+class ListRecord:
+    """One mailing list; ``site`` and ``admin`` may be empty, ``created`` may be unknown."""
+
+    name: str
+    site: str
+    descr: str
+    created: date | None
+    members: int
+    admin: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> ListRecord:
+        name = "list"
+        created = _text(name, data, "created")
+        return cls(
+            name=_text(name, data, "name"),
+            site=_text(name, data, "site"),
+            descr=_text(name, data, "descr"),
+            created=parse_date(name, "created", created) if created else None,
+            members=parse_int(name, "members", _text(name, data, "members")),
+            admin=_text(name, data, "admin"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """Sending totals of one list over a date range, from the server's ``log_`` table."""
+
+    list: str
+    site: str
+    messages: int
+    recipients: int
+    bytes: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> UsageRecord:
+        name = "usage"
+        return cls(
+            list=_text(name, data, "list"),
+            site=_text(name, data, "site"),
+            messages=parse_int(name, "messages", _text(name, data, "messages")),
+            recipients=parse_int(name, "recipients", _text(name, data, "recipients")),
+            bytes=parse_int(name, "bytes", _text(name, data, "bytes")),
+        )
