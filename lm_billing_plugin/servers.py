@@ -1,0 +1,660 @@
+"""The hosting-server registry: create, edit, delete, check and enable logging, with audit.
+Pages and CLI both call these functions; none of them ever returns or logs a password."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from . import checks
+from .checks import ConnectionReport, LoggingReport
+from .extension import get_state
+from .models import (
+    Assignment,
+    AuditEntry,
+    MailingList,
+    Problem,
+    Run,
+    Server,
+    Site,
+    Usage,
+    utcnow,
+)
+from .secrets import SecretsError
+from .tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT
+from .tclport.errors import DNS, REFUSED, TIMEOUT, UNREACHABLE
+
+__all__ = [
+    "MAX_COMMENTS",
+    "MAX_HOST",
+    "MAX_NAME",
+    "MAX_PASSWORD",
+    "ServerError",
+    "ServerFieldError",
+    "ServerNotFound",
+    "UnknownServers",
+    "check_server",
+    "create_server",
+    "delete_server",
+    "enable_logging",
+    "get_server",
+    "server_password",
+    "servers_by_name",
+    "status_for",
+    "update_server",
+    "validate_host_name",
+    "validate_server_fields",
+]
+
+log = logging.getLogger("lm_billing_plugin.servers")
+
+MAX_NAME: Final = 100
+MAX_HOST: Final = 253
+MAX_COMMENTS: Final = 2000
+MAX_PASSWORD: Final = 256
+
+_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Connection failures that mean "nothing usable answered at that address".
+_UNREACHABLE_CODES: Final = frozenset({DNS, REFUSED, TIMEOUT, UNREACHABLE})
+_HOST_CHANGED: Final = (
+    "The host name changed: enter the TclPort password for the new host again "
+    "(the stored one is not sent to a different host unasked)."
+)
+
+
+class ServerError(Exception):
+    """A registry operation cannot be done; ``str()`` says why and what to do."""
+
+
+class ServerNotFound(ServerError, LookupError):
+    """No server with that id (or name)."""
+
+
+class UnknownServers(ServerError, LookupError):
+    """Some of the named servers do not exist; ``names`` lists them as given."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        shown = ", ".join(repr(n) for n in self.names)
+        noun = "server" if len(self.names) == 1 else "servers"
+        super().__init__(
+            f"unknown {noun}: {shown} (see `flask lm-billing servers list` for the names)"
+        )
+
+
+class ServerFieldError(ServerError, ValueError):
+    """Input that cannot be saved; ``errors`` maps a form field name to its message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{field}: {msg}" for field, msg in self.errors.items()))
+
+
+# --- field rules ----------------------------------------------------------------------------
+
+
+def validate_host_name(value: str) -> str | None:
+    """Why ``value`` is not a host name or IP address (None when it is one).
+
+    Accepts a DNS name of RFC 1123 labels (an optional final dot) or an IPv4/IPv6 address;
+    refuses URLs, paths, ports and spaces, with a message that says what to type instead.
+    """
+    if not value:
+        return "Enter the hosting server's host name or IP address."
+    if len(value) > MAX_HOST:
+        return f"A host name has at most {MAX_HOST} characters."
+    if any(ch.isspace() for ch in value) or _CONTROL_RE.search(value):
+        return "A host name has no spaces or control characters."
+    if "://" in value:
+        return "Enter only the host name (e.g. lists.example.com), not a URL."
+    if "/" in value or "\\" in value:
+        return "Enter only the host name, without a path."
+    if value.startswith("[") and value.endswith("]"):
+        return "Write an IPv6 address without brackets (e.g. 2001:db8::1)."
+    if "@" in value:
+        return "Enter only the host name, without a user name."
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            return "Enter the host name without a port; the port has its own field."
+        return None
+    if not value.isascii():
+        return "Write an international domain name in its ASCII (xn--) form."
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(value.rstrip("."))
+        except ValueError:
+            return f"{value!r} is not a valid IPv4 address."
+        return None
+    for label in labels:
+        if not label:
+            return "A host name has no empty parts (two dots in a row, or a leading dot)."
+        if not _LABEL_RE.fullmatch(label):
+            return (
+                f"{label!r} is not a valid part of a host name: letters, digits and hyphens "
+                "only, at most 63, not starting or ending with a hyphen."
+            )
+    return None
+
+
+def _name_error(session: Session, name: str, server_id: int | None) -> str | None:
+    if not name:
+        return "Enter a name for this server."
+    if len(name) > MAX_NAME:
+        return f"A server name has at most {MAX_NAME} characters."
+    if _CONTROL_RE.search(name):
+        return "A server name has no control characters (tabs, line breaks)."
+    clash = session.execute(sa.select(Server.id, Server.active).where(Server.name == name)).first()
+    if clash is not None and clash.id != server_id:
+        if not clash.active:
+            return (
+                f"A deactivated server is still called {name!r} (its billing history is "
+                "kept); choose another name."
+            )
+        return f"A server named {name!r} already exists; choose another name."
+    return None
+
+
+def validate_server_fields(
+    *,
+    name: str,
+    host: str,
+    port: int | str | None,
+    comments: str = "",
+    password: str | None = None,
+    server_id: int | None = None,
+    session: Session | None = None,
+) -> dict[str, str]:
+    """Field-keyed errors for a server's fields (empty when all is well).
+
+    ``server_id`` is the server being edited, so its own name does not count as a duplicate.
+    """
+    session = session if session is not None else get_state().session
+    errors: dict[str, str] = {}
+    name_error = _name_error(session, name, server_id)
+    if name_error:
+        errors["name"] = name_error
+    host_error = validate_host_name(host)
+    if host_error:
+        errors["host"] = host_error
+    port_value = _port(port)
+    if port_value is None:
+        errors["port"] = "The port is a number from 1 to 65535 (TclPort's default is 2021)."
+    if len(comments) > MAX_COMMENTS:
+        errors["comments"] = f"Comments have at most {MAX_COMMENTS} characters."
+    if password is not None:
+        if len(password) > MAX_PASSWORD:
+            errors["password"] = f"A TclPort password has at most {MAX_PASSWORD} characters."
+        elif "\n" in password or "\r" in password:
+            errors["password"] = "A TclPort password is one line (no line breaks)."  # noqa: S105
+    return errors
+
+
+def _port(value: int | str | None) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        if not value.isascii() or not value.isdigit():
+            return None
+    if value is None:
+        return None
+    number = int(value)
+    return number if 1 <= number <= 65535 else None
+
+
+# --- lookups --------------------------------------------------------------------------------
+
+
+def get_server(server_id: int, *, session: Session | None = None) -> Server:
+    session = session if session is not None else get_state().session
+    server = session.get(Server, server_id)
+    if server is None:
+        raise ServerNotFound(f"no hosting server with id {server_id}")
+    return server
+
+
+def servers_by_name(
+    names: Iterable[str], *, include_inactive: bool = False, session: Session | None = None
+) -> list[Server]:
+    """The servers with exactly these names, in the order given; raises UnknownServers."""
+    session = session if session is not None else get_state().session
+    wanted = list(dict.fromkeys(names))
+    query = sa.select(Server).where(Server.name.in_(wanted))
+    if not include_inactive:
+        query = query.where(Server.active.is_(True))
+    found = {s.name: s for s in session.scalars(query)}
+    # The database may compare names case-insensitively; billing compares them exactly.
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise UnknownServers(missing)
+    return [found[n] for n in wanted]
+
+
+def server_password(server: Server) -> str:
+    """The TclPort password to use for ``server``: its stored one, else ListManager's default."""
+    if server.password_encrypted is None:
+        return DEFAULT_PASSWORD
+    return get_state().secrets.decrypt(server.password_encrypted)
+
+
+# --- create, update, delete -----------------------------------------------------------------
+
+
+def _audit(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    server_id: int | None,
+    object_id: int | None,
+    detail: dict[str, Any],
+) -> None:
+    session.add(
+        AuditEntry(
+            actor=actor,
+            action=action,
+            object_type="server",
+            object_id=object_id,
+            server_id=server_id,
+            detail=detail,
+        )
+    )
+
+
+def _encrypt(password: str) -> str:
+    try:
+        return get_state().secrets.encrypt(password)
+    except SecretsError as exc:
+        raise ServerFieldError({"password": str(exc)}) from None
+
+
+def create_server(
+    name: str,
+    host: str,
+    port: int = DEFAULT_PORT,
+    comments: str = "",
+    password: str | None = None,
+    *,
+    actor: str,
+) -> Server:
+    """Register a hosting server; ``password`` None or "" = ListManager's default (nothing stored).
+
+    Raises ServerFieldError with field-keyed messages when the input cannot be saved.
+    """
+    session = get_state().session
+    name, host, comments = name.strip(), host.strip(), comments.strip()
+    errors = validate_server_fields(
+        name=name, host=host, port=port, comments=comments, password=password, session=session
+    )
+    if errors:
+        raise ServerFieldError(errors)
+    server = Server(
+        name=name,
+        host=host,
+        port=int(port),
+        comments=comments,
+        password_encrypted=_encrypt(password) if password else None,
+        status="unchecked",
+        status_message="",
+    )
+    session.add(server)
+    session.flush()
+    _audit(
+        session,
+        actor=actor,
+        action="server_create",
+        server_id=server.id,
+        object_id=server.id,
+        detail={
+            "name": name,
+            "host": host,
+            "port": int(port),
+            "password": "set" if password else "default",
+        },
+    )
+    _commit_or_field_error(session, name)
+    log.info("server %r (%s:%s) created by %s", name, host, port, actor)
+    return server
+
+
+def _commit_or_field_error(session: Session, name: str) -> None:
+    # Two requests may race past the duplicate check; the unique index then decides.
+    try:
+        session.commit()
+    except sa.exc.IntegrityError:
+        session.rollback()
+        raise ServerFieldError(
+            {"name": f"A server named {name!r} already exists; choose another name."}
+        ) from None
+
+
+_UNSET: Any = object()
+
+
+def update_server(
+    server_id: int,
+    *,
+    name: str = _UNSET,
+    host: str = _UNSET,
+    port: int = _UNSET,
+    comments: str = _UNSET,
+    password: str | None = None,
+    keep_password: bool = False,
+    actor: str,
+) -> Server:
+    """Change a server's fields; arguments left out stay as they are.
+
+    ``password``: None = unchanged, "" = back to ListManager's default (the stored one is
+    erased), text = the new password. A stored password is never sent to a new host unasked:
+    when ``host`` changes while a password is stored, pass the password again (or "" for the
+    default), or ``keep_password=True`` to keep the stored one; otherwise ServerFieldError on
+    ``password``.
+    """
+    session = get_state().session
+    server = get_server(server_id, session=session)
+    new_name = server.name if name is _UNSET else name.strip()
+    new_host = server.host if host is _UNSET else host.strip()
+    new_port = server.port if port is _UNSET else port
+    new_comments = server.comments if comments is _UNSET else comments.strip()
+    errors = validate_server_fields(
+        name=new_name,
+        host=new_host,
+        port=new_port,
+        comments=new_comments,
+        password=password,
+        server_id=server.id,
+        session=session,
+    )
+    host_changed = new_host != server.host
+    if (
+        host_changed
+        and password is None
+        and not keep_password
+        and server.password_encrypted is not None
+        and "host" not in errors
+    ):
+        errors["password"] = _HOST_CHANGED
+    if errors:
+        session.rollback()
+        raise ServerFieldError(errors)
+    changes: dict[str, Any] = {}
+    for field, new in (
+        ("name", new_name),
+        ("host", new_host),
+        ("port", int(new_port)),
+        ("comments", new_comments),
+    ):
+        old = getattr(server, field)
+        if old != new:
+            changes[field] = {"old": old, "new": new}
+            setattr(server, field, new)
+    if password is not None:
+        server.password_encrypted = _encrypt(password) if password else None
+        changes["password"] = "changed" if password else "reset to default"
+    if host_changed or "port" in changes:
+        # The last check was of another address: say so instead of showing its result.
+        server.status = "unchecked"
+        server.status_message = ""
+    if changes:
+        _audit(
+            session,
+            actor=actor,
+            action="server_update",
+            server_id=server.id,
+            object_id=server.id,
+            detail={"name": server.name, "changes": changes},
+        )
+    _commit_or_field_error(session, new_name)
+    return server
+
+
+def _lease_held(server: Server, now: datetime) -> bool:
+    return (
+        server.lease_owner is not None
+        and server.lease_expires_at is not None
+        and server.lease_expires_at > now
+    )
+
+
+def delete_server(server_id: int, *, actor: str) -> str:
+    """Delete a server; returns "deactivated" or "erased".
+
+    A server that is or ever was paid for by a billing group (any assignment of it, its sites
+    or its lists, ended or not) is deactivated (``active=False``) so its billing history and
+    assignments stay. A server that never was is erased with its sites, lists, usage,
+    problems and runs; its audit entries stay (their detail names the server).
+    """
+    session = get_state().session
+    server = get_server(server_id, session=session)
+    if _lease_held(server, utcnow()):
+        session.rollback()
+        raise ServerError(
+            f"a validate or sync of {server.name!r} is running now; delete it when that run "
+            "has finished."
+        )
+    name = server.name
+    assigned = session.execute(
+        sa.select(sa.func.count()).select_from(Assignment).where(Assignment.server_id == server.id)
+    ).scalar_one()
+    detail = {"name": name, "host": server.host, "port": server.port}
+    if assigned:
+        if not server.active:
+            session.rollback()
+            raise ServerError(f"server {name!r} is already deactivated")
+        server.active = False
+        _audit(
+            session,
+            actor=actor,
+            action="server_deactivate",
+            server_id=server.id,
+            object_id=server.id,
+            detail={**detail, "assignments": int(assigned)},
+        )
+        session.commit()
+        log.info("server %r deactivated by %s (it has billing history)", name, actor)
+        return "deactivated"
+    sid = server.id
+    # Children first (foreign keys); audit rows are kept but let go of the server.
+    session.execute(sa.update(AuditEntry).where(AuditEntry.server_id == sid).values(server_id=None))
+    session.execute(sa.delete(Usage).where(Usage.server_id == sid))
+    session.execute(sa.delete(Problem).where(Problem.server_id == sid))
+    session.execute(sa.delete(MailingList).where(MailingList.server_id == sid))
+    session.execute(sa.delete(Site).where(Site.server_id == sid))
+    session.execute(sa.delete(Run).where(Run.server_id == sid))
+    session.execute(sa.delete(Server).where(Server.id == sid))
+    _audit(
+        session, actor=actor, action="server_delete", server_id=None, object_id=sid, detail=detail
+    )
+    session.commit()
+    log.info("server %r erased by %s", name, actor)
+    return "erased"
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def status_for(connection: ConnectionReport, logging_report: LoggingReport | None) -> str:
+    """The Server.status a check's outcome stands for."""
+    if connection.error is not None:
+        code = connection.error.code
+        if code == "HOST_DENIED":
+            return "host_denied"
+        if code == "AUTH_FAILED":
+            return "auth_failed"
+        if code in _UNREACHABLE_CODES:
+            return "unreachable"
+        return "error"
+    if logging_report is None or logging_report.mode is None:
+        return "error"
+    return "ok" if logging_report.ok else "logging_off"
+
+
+def _address(server: Server) -> tuple[str, int, str, str]:
+    """What a network call needs, read before the transaction is closed."""
+    try:
+        password = server_password(server)
+    except SecretsError as exc:
+        raise ServerError(f"server {server.name!r}: {exc}") from None
+    return server.host, server.port, password, server.name
+
+
+def _run_row(
+    server_id: int,
+    kind: str,
+    status: str,
+    actor: str,
+    started: datetime,
+    message: str | None,
+    code: str | None,
+) -> Run:
+    return Run(
+        server_id=server_id,
+        kind=kind,
+        status=status,
+        triggered_by=actor,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started_at=started,
+        finished_at=utcnow(),
+        error_code=code,
+        error_message=message,
+    )
+
+
+def check_server(server_id: int, *, actor: str) -> tuple[ConnectionReport, LoggingReport | None]:
+    """Connection check step by step, then the Enable Logging check; records the outcome.
+
+    The network part runs with no transaction open; then one short transaction updates the
+    server's status, version and logging, and adds a ``check`` run and an audit entry.
+    """
+    state = get_state()
+    session = state.session
+    server = get_server(server_id, session=session)
+    host, port, password, name = _address(server)
+    session.commit()  # no transaction stays open during the network I/O below
+    started = utcnow()
+    result = checks.check_server(host, port, password, name=name, settings=state.settings.client)
+    connection, logging_report = result.connection, result.logging
+    status = status_for(connection, logging_report)
+    message: str
+    code: str | None
+    if connection.error is not None:
+        message, code = connection.error.message, connection.error.code
+    elif logging_report is not None:
+        message, code = logging_report.message, logging_report.code
+    else:  # pragma: no cover - checks always reports logging after a good connection
+        message, code = connection.message, None
+
+    server = get_server(server_id, session=session)
+    server.status = status
+    server.status_message = message
+    server.checked_at = utcnow()
+    if connection.version is not None:
+        server.version = connection.version
+        server.hostname_reported = connection.hostname
+    if logging_report is not None and logging_report.mode is not None:
+        server.logging_mode = logging_report.mode
+        server.logging_label = logging_report.label
+    run_status = {"ok": "ok", "logging_off": "problems"}.get(status, "failed")
+    session.add(
+        _run_row(
+            server.id,
+            "check",
+            run_status,
+            actor,
+            started,
+            None if status == "ok" else message,
+            None if status == "ok" else code or status,
+        )
+    )
+    _audit(
+        session,
+        actor=actor,
+        action="server_check",
+        server_id=server.id,
+        object_id=server.id,
+        detail={
+            "name": server.name,
+            "status": status,
+            "code": code,
+            "version": connection.version,
+            "logging_mode": logging_report.mode if logging_report else None,
+        },
+    )
+    session.commit()
+    return connection, logging_report
+
+
+def enable_logging(server_id: int, *, actor: str) -> LoggingReport:
+    """Switch the server's Enable Logging to "Yes, Log All Messages ..." over TclPort.
+
+    A server that does not allow remote changes answers NOT_PERMITTED: the report says so
+    (``code == "NOT_PERMITTED"``) with what to do on the hosting server itself.
+    """
+    state = get_state()
+    session = state.session
+    server = get_server(server_id, session=session)
+    host, port, password, name = _address(server)
+    session.commit()
+    started = utcnow()
+    report = checks.enable_logging(host, port, password, name=name, settings=state.settings.client)
+
+    server = get_server(server_id, session=session)
+    if report.mode is not None:
+        server.logging_mode = report.mode
+        server.logging_label = report.label
+    if report.ok:
+        server.status = "ok"
+        server.status_message = report.message
+        server.checked_at = utcnow()
+    elif report.code is not None and report.code != "NOT_PERMITTED":
+        # It could not even be asked: the connection failure is the server's state now.
+        server.status = {
+            "HOST_DENIED": "host_denied",
+            "AUTH_FAILED": "auth_failed",
+        }.get(report.code, "unreachable" if report.code in _UNREACHABLE_CODES else "error")
+        server.status_message = report.message
+        server.checked_at = utcnow()
+    else:
+        server.status = "logging_off"
+        server.status_message = report.message
+    session.add(
+        _run_row(
+            server.id,
+            "enable_logging",
+            "ok" if report.ok else "failed",
+            actor,
+            started,
+            None if report.ok else report.message,
+            None if report.ok else report.code or "logging_off",
+        )
+    )
+    _audit(
+        session,
+        actor=actor,
+        action="enable_logging",
+        server_id=server.id,
+        object_id=server.id,
+        detail={
+            "name": server.name,
+            "ok": report.ok,
+            "changed": report.changed,
+            "mode": report.mode,
+            "code": report.code,
+        },
+    )
+    session.commit()
+    return report
