@@ -36,6 +36,13 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = sa.DateTime
     cache_ok = True
 
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        # MariaDB's plain DATETIME drops the microseconds, which would reorder runs and
+        # leases started within one second; DATETIME(6) keeps them.
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime())
+
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
@@ -447,7 +454,7 @@ __all__ = [
     "Site",
     "TaskRun",
     "TaskState",
-    "Usage",
     "UTCDateTime",
+    "Usage",
     "utcnow",
 ]
