@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -54,6 +55,11 @@ def downgrade(app: Flask | None = None, revision: str = "base") -> None:
     """Take the plugin's tables down to ``revision`` (``base`` drops them all)."""
     with _engine(app).begin() as connection:
         command.downgrade(_config(connection), revision)
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        if context.get_current_revision() is None:
+            # At base nothing of the plugin should remain, its version table included, so
+            # a host that uninstalls the plugin is left with a clean database.
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
 
 
 def current(app: Flask | None = None) -> str | None:
@@ -65,10 +71,25 @@ def current(app: Flask | None = None) -> str | None:
         return context.get_current_revision()
 
 
+def _table_name(obj: Any, name: str | None, type_: str) -> str:
+    if type_ == "table":
+        return name or ""
+    # Columns, indexes and constraints belong to a table; judge them by it.
+    return str(getattr(getattr(obj, "table", None), "name", "") or "")
+
+
+def include_own_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """``include_object=`` of the plugin's own env.py: only the plugin's tables (the host's
+    share the database and are none of our migrations' business)."""
+    return _table_name(obj, name, type_).startswith(TABLE_PREFIX)
+
+
 def alembic_include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
     """For a host's env.py ``include_object=``: skip the plugin's tables, so the host's
     autogenerate never proposes to drop or alter them."""
-    table_name = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", "")
-    return not (table_name or "").startswith(TABLE_PREFIX) and name != VERSION_TABLE
+    table_name = _table_name(obj, name, type_)
+    return not table_name.startswith(TABLE_PREFIX) and table_name != VERSION_TABLE

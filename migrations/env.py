@@ -8,18 +8,12 @@ from typing import Any
 from alembic import context
 from sqlalchemy import create_engine
 
-from lm_billing_plugin.migrate import TABLE_PREFIX, VERSION_TABLE
+from lm_billing_plugin.migrate import VERSION_TABLE, include_own_object
 from lm_billing_plugin.models import Base
 
 config = context.config
+# The env (not the revisions) may use the models: autogenerate compares against them.
 target_metadata = Base.metadata
-
-
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    # The host's tables share the database: never autogenerate anything for them.
-    if type_ == "table":
-        return bool(name and name.startswith(TABLE_PREFIX))
-    return True
 
 
 def run_migrations(connection: Any) -> None:
@@ -27,7 +21,7 @@ def run_migrations(connection: Any) -> None:
         connection=connection,
         target_metadata=target_metadata,
         version_table=VERSION_TABLE,
-        include_object=include_object,
+        include_object=include_own_object,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
