@@ -83,8 +83,8 @@ _QUIT_WAIT: Final = 1.0
 # Restarts of a full list read when the server's total changes under it (live edits).
 _LIST_ATTEMPTS: Final = 3
 
-_HEADER_RE = re.compile(rb"(OK|ERR) ([0-9]{1,20})")
-_ANY_HEADER_RE = re.compile(rb"(\S{1,20}) ([0-9]{1,20})")
+_HEADER_RE = re.compile(rb"(OK|ERR) ([0-9]+)")
+_ANY_HEADER_RE = re.compile(rb"(\S{1,20}) ([0-9]+)")
 
 log = logging.getLogger("lm_billing_plugin.tclport")
 
