@@ -1,0 +1,78 @@
+"""Shared output helpers of the `flask lm-billing` commands: plain-text tables, times, JSON,
+errors with their exit status, and who the audit log names for a command-line change."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+import click
+
+# Exit statuses shared by every command of the group (documented in the README).
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_FAILED = 2
+
+
+def actor() -> str:
+    """Who a change made from the command line is recorded as in the audit log."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"cli:{user}"
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """Print ``Error: message`` on stderr and exit with ``code``."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "never"
+
+
+def iso(value: datetime | None) -> str | None:
+    """A UTC time for JSON: ``YYYY-MM-DDTHH:MM:SSZ`` (the protocol's time format)."""
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+
+
+def emit_json(document: Any) -> None:
+    # ensure_ascii=False keeps non-ASCII names byte for byte as the server sent them.
+    click.echo(json.dumps(document, ensure_ascii=False, indent=2))
+
+
+def _printable(value: str) -> str:
+    # Control characters (a list name may hold a newline or tab) would break the table's
+    # rows; show them escaped. JSON output keeps them as they are.
+    if not any(unicodedata.category(ch) == "Cc" for ch in value):
+        return value
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in value)
+
+
+def _width(value: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with a header rule; cells are str()-ed and control chars escaped."""
+    cells = [[_printable("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [_width(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], _width(cell))
+
+    def line(values: Sequence[str]) -> str:
+        padded = [v + " " * (widths[i] - _width(v)) for i, v in enumerate(values)]
+        return "  ".join(padded).rstrip()
+
+    out = [line(list(headers)), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)

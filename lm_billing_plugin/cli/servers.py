@@ -1,0 +1,279 @@
+"""`flask lm-billing servers add|list|check|enable-logging`: the hosting-server registry from
+the command line, through the same service functions as the pages (lm_billing_plugin.servers)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+import sqlalchemy as sa
+
+from .. import servers as registry
+from ..checks import ConnectionReport, LoggingReport
+from ..extension import get_state
+from ..models import Server
+from ..tclport.client import DEFAULT_PORT
+from . import cli
+from .output import EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, actor, emit_json, fail, iso, table, when
+
+PASSWORD_ENV = "LM_BILLING_TCLPORT_PASSWORD"  # noqa: S105 - the variable's name, not a password
+# Form field -> the option a command-line user typed it with.
+_OPTION = {"name": "--name", "host": "--host", "port": "--port", "comments": "--comments"}
+
+
+@cli.group("servers")
+def servers_group() -> None:
+    """Hosting servers: add, list, check the connection, enable logging.
+
+    Exit status: 0 = done (and, for check, every step passed with logging on);
+    1 = check/enable-logging: reachable but Enable Logging is off;
+    2 = invalid input, unknown server, or the server could not be reached.
+    """
+
+
+def _read_password(password_file: Path | None, ask: bool) -> str | None:
+    """The TclPort password from a file, a hidden prompt or the environment; None = default."""
+    if password_file is not None and ask:
+        fail("give either --password-file or --ask-password, not both")
+    if password_file is not None:
+        try:
+            text = password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read the password file {str(password_file)!r}: {exc}")
+        # A file written by `echo` ends with a newline that is not part of the password.
+        password = text.rstrip("\r\n")
+        if not password:
+            fail(f"the password file {str(password_file)!r} is empty")
+        return password
+    if ask:
+        value: str = click.prompt(
+            "TclPort password", hide_input=True, confirmation_prompt=True, err=True
+        )
+        return value
+    env = os.environ.get(PASSWORD_ENV)
+    return env if env else None
+
+
+@servers_group.command("add")
+@click.option("--name", required=True, help="Name shown in billing (unique).")
+@click.option("--host", required=True, help="Host name or IP address (no URL, no port).")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="TclPort port.")
+@click.option("--comments", default="", help="Free text shown on the Servers page.")
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the TclPort password from this file (first line).",
+)
+@click.option(
+    "--ask-password", is_flag=True, help="Prompt for the TclPort password (hidden input)."
+)
+def add_command(
+    name: str,
+    host: str,
+    port: int,
+    comments: str,
+    password_file: Path | None,
+    ask_password: bool,
+) -> None:
+    """Register a hosting server.
+
+    The TclPort password comes from --password-file, from --ask-password, or from the
+    environment variable LM_BILLING_TCLPORT_PASSWORD; with none of them the server uses
+    ListManager's default password (TCLPORTPasswd) and nothing is stored.
+    """
+    password = _read_password(password_file, ask_password)
+    try:
+        server = registry.create_server(name, host, port, comments, password, actor=actor())
+    except registry.ServerFieldError as exc:
+        for field, message in exc.errors.items():
+            click.echo(f"Error: {_OPTION.get(field, field)}: {message}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    source = "stored (encrypted)" if password else "ListManager's default"
+    click.echo(
+        f"Added server {server.name!r} ({server.host}:{server.port}); password: {source}.\n"
+        f"Next: flask lm-billing servers check {_shell_word(server.name)}"
+    )
+
+
+def _shell_word(value: str) -> str:
+    return shlex.quote(value)
+
+
+def _server_dict(server: Server) -> dict[str, Any]:
+    # Never the password: only whether one is stored.
+    return {
+        "id": server.id,
+        "name": server.name,
+        "host": server.host,
+        "port": server.port,
+        "comments": server.comments,
+        "active": server.active,
+        "password_set": server.password_encrypted is not None,
+        "status": server.status,
+        "status_message": server.status_message,
+        "version": server.version,
+        "logging_mode": server.logging_mode,
+        "logging_label": server.logging_label,
+        "checked_at": iso(server.checked_at),
+        "validated_at": iso(server.validated_at),
+        "synced_at": iso(server.synced_at),
+    }
+
+
+@servers_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--all", "show_all", is_flag=True, help="Include deactivated servers.")
+def list_command(as_json: bool, show_all: bool) -> None:
+    """List hosting servers (whether a password is set, never the password)."""
+    session = get_state().session
+    query = sa.select(Server).order_by(Server.name)
+    if not show_all:
+        query = query.where(Server.active.is_(True))
+    rows = list(session.scalars(query))
+    if as_json:
+        emit_json([_server_dict(s) for s in rows])
+        return
+    if not rows:
+        click.echo("No hosting servers yet: add one with `flask lm-billing servers add`.")
+        return
+    headers = [
+        "Name",
+        "Host Name",
+        "Port",
+        "Status",
+        "Version",
+        "Validated",
+        "Synced",
+        "Password",
+        "Comments",
+    ]
+    if show_all:
+        headers.append("Active")
+    body = []
+    for s in rows:
+        row: list[Any] = [
+            s.name,
+            s.host,
+            s.port,
+            s.status,
+            s.version or "",
+            when(s.validated_at),
+            when(s.synced_at),
+            "set" if s.password_encrypted else "default",
+            s.comments,
+        ]
+        if show_all:
+            row.append("yes" if s.active else "no")
+        body.append(row)
+    click.echo(table(headers, body))
+
+
+def _one(name: str) -> Server:
+    try:
+        return registry.servers_by_name([name])[0]
+    except registry.UnknownServers as exc:
+        fail(str(exc))
+
+
+def _check_exit(status: str) -> int:
+    if status == "ok":
+        return EXIT_OK
+    if status == "logging_off":
+        return EXIT_PROBLEMS
+    return EXIT_FAILED
+
+
+def _print_check(
+    server: Server, connection: ConnectionReport, logging_report: LoggingReport | None
+) -> None:
+    click.echo(f"Server {server.name} ({connection.host}:{connection.port})")
+    rows = []
+    for step in connection.steps:
+        elapsed = "" if step.elapsed_ms is None else f"{step.elapsed_ms:.1f} ms"
+        # A failed step's guidance is long: it is printed in full below the table.
+        detail = f"{step.code}: see below" if step.status == "failed" else step.message
+        rows.append([step.step, step.status.replace("_", " "), elapsed, detail])
+    if logging_report is not None:
+        rows.append(
+            ["logging", "ok" if logging_report.ok else "failed", "", logging_report.label or ""]
+        )
+    click.echo(table(["Step", "Result", "Time", "Detail"], rows))
+    click.echo("")
+    if connection.error is not None:
+        failed = connection.failed_step
+        where = failed.step if failed else "connection"
+        click.echo(f"FAILED at {where} ({connection.error.code}): {connection.error.message}")
+    elif logging_report is not None:
+        prefix = "OK: " if logging_report.ok else "LOGGING OFF: "
+        if logging_report.mode is None:
+            prefix = f"FAILED ({logging_report.code}): "
+        click.echo(prefix + logging_report.message)
+
+
+@servers_group.command("check")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def check_command(name: str, as_json: bool) -> None:
+    """Check the connection (resolve, connect, greeting, password, version) and Enable Logging.
+
+    Exit status: 0 = every step passed and logging is on; 1 = reachable but Enable Logging
+    is off; 2 = the server could not be reached, refused us, or answered wrongly.
+    """
+    server = _one(name)
+    try:
+        connection, logging_report = registry.check_server(server.id, actor=actor())
+    except registry.ServerError as exc:
+        fail(str(exc))
+    status = get_state().session.get(Server, server.id)
+    assert status is not None
+    code = _check_exit(status.status)
+    if as_json:
+        doc = {
+            "name": server.name,
+            "host": connection.host,
+            "port": connection.port,
+            "ok": code == EXIT_OK,
+            "status": status.status,
+            "message": status.status_message,
+            "connection": connection.as_dict(),
+            "logging": logging_report.as_dict() if logging_report else None,
+        }
+        emit_json(doc)
+    else:
+        _print_check(server, connection, logging_report)
+    raise SystemExit(code)
+
+
+@servers_group.command("enable-logging")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def enable_logging_command(name: str, as_json: bool) -> None:
+    """Switch Enable Logging to "Yes, Log All Messages that ListManager Sends to Mailing
+    Lists" over TclPort.
+
+    Exit status: 0 = logging is on now; 1 = the server does not allow the change
+    (NOT_PERMITTED: do it on the hosting server); 2 = the server could not be reached.
+    """
+    server = _one(name)
+    try:
+        report = registry.enable_logging(server.id, actor=actor())
+    except registry.ServerError as exc:
+        fail(str(exc))
+    if report.ok:
+        code = EXIT_OK
+    elif report.code in (None, "NOT_PERMITTED"):
+        code = EXIT_PROBLEMS
+    else:
+        code = EXIT_FAILED
+    if as_json:
+        emit_json({"name": server.name, **report.as_dict(), "server": server.name})
+    else:
+        if report.ok:
+            verb = "switched on" if report.changed else "already on"
+            click.echo(f"{server.name}: Enable Logging {verb}: {report.label}")
+        else:
+            click.echo(f"{server.name}: {report.message}", err=code == EXIT_FAILED)
+    raise SystemExit(code)
