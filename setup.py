@@ -21,16 +21,18 @@ setup(
     python_requires=">=3.11",
     # The top-level migrations/ folder ships inside the wheel as
     # lm_billing_plugin.migrations, so installed hosts can upgrade without a checkout.
-    packages=find_packages(include=["lm_billing_plugin", "lm_billing_plugin.*"])
-    + ["lm_billing_plugin.migrations", "lm_billing_plugin.migrations.versions"],
+    packages=[
+        *find_packages(include=["lm_billing_plugin", "lm_billing_plugin.*"]),
+        "lm_billing_plugin.migrations",
+        "lm_billing_plugin.migrations.versions",
+    ],
     package_dir={"lm_billing_plugin.migrations": "migrations"},
     package_data={
         "lm_billing_plugin": [
             "py.typed",
-            "templates/lm_billing/*.html",
-            "templates/lm_billing/*/*.html",
-            "static/lm_billing/*",
-            "demo/templates/demo/*.html",
+            "templates/lm_billing/**/*.html",
+            "static/lm_billing/**/*",
+            "demo/templates/demo/**/*.html",
         ],
         "lm_billing_plugin.migrations": ["script.py.mako", "README"],
     },
@@ -63,6 +65,8 @@ setup(
             "aiosmtpd>=1.4",
             "gunicorn>=22",
             "build>=1.2",
+            # tests/test_packaging.py builds with --no-isolation, so the backend must be here.
+            "setuptools>=70.1",
             "ruff>=0.5",
             "mypy>=1.10",
         ],
