@@ -50,8 +50,20 @@ def _instance_secret(app: Flask, filename: str, make: Any) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    app = Flask(__name__, instance_relative_config=True)
+def create_app(
+    test_config: dict[str, Any] | None = None, *, instance_path: str | None = None
+) -> Flask:
+    """The demo portal. Its instance folder (SQLite database, secret key, encryption key) is
+    ``instance_path``, else ``$FLASK_INSTANCE_PATH``, else Flask's default; other settings
+    come from ``FLASK_*`` variables (``FLASK_SQLALCHEMY_DATABASE_URI``), then ``test_config``.
+    Builds the app only: no threads, servers or simulators start here."""
+    chosen = instance_path or os.environ.get("FLASK_INSTANCE_PATH")
+    app = Flask(
+        __name__,
+        # Flask insists on an absolute path; a relative one is taken from the cwd.
+        instance_path=os.path.abspath(chosen) if chosen else None,
+        instance_relative_config=True,
+    )
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.update(
         SECRET_KEY=_instance_secret(app, "secret_key", lambda: secrets.token_hex(32)),
