@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, abort, current_app, request
+from flask_wtf.csrf import validate_csrf
+from wtforms.validators import ValidationError
 
 from .access import guard_request, is_allowed
 from .extension import get_state
@@ -19,6 +21,23 @@ blueprint = Blueprint(
 )
 
 blueprint.before_request(guard_request)
+
+
+@blueprint.before_request
+def guard_csrf() -> None:
+    """Every change needs the CSRF token, whether or not the host registered CSRFProtect:
+    a form that forgot to check it cannot become a cross-site write. Runs after the access
+    guard, so strangers still get the login page or 403 first."""
+    if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+        return
+    if not current_app.config.get("WTF_CSRF_ENABLED", True):
+        return
+    field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    token = request.form.get(field) or request.headers.get("X-CSRFToken")
+    try:
+        validate_csrf(token)
+    except ValidationError as exc:
+        abort(400, description=f"{exc.args[0]} Reload the page and submit the form again.")
 
 
 @blueprint.after_request
