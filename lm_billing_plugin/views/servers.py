@@ -1,19 +1,651 @@
-"""Billing: Servers — the plugin's index."""
+"""Billing: Servers — the plugin's index, the create/edit/delete forms, the per-server detail page
+and the POST actions on servers (check, enable logging, validate, sync, assign lists)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
-from sqlalchemy import select
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
 
+import sqlalchemy as sa
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+from werkzeug.wrappers import Response
+
+from .. import servers as service
+from ..access import actor_name, requires
 from ..extension import get_state
-from ..models import Server
+from ..forms import ActionForm, AssignForm, ServerForm, ServerSelectionForm
+from ..models import (
+    Assignment,
+    BillingGroup,
+    Customer,
+    MailingList,
+    Problem,
+    Run,
+    Server,
+    Site,
+    TaskRun,
+    TaskState,
+    Usage,
+)
+from ..servers import ServerError
+from ..tclport.client import DEFAULT_PORT
+from .paging import Page, clamp, order_by, page_from_request
+
+log = logging.getLogger("lm_billing_plugin.views.servers")
+
+# Server.status in the words of the Servers table.
+STATUS_WORDS: dict[str, str] = {
+    "unchecked": "not checked yet",
+    "ok": "reachable",
+    "logging_off": "logging off",
+    "host_denied": "refused: not in TCLPORT Hosts",
+    "auth_failed": "password rejected",
+    "unreachable": "unreachable",
+    "error": "protocol error",
+    "interrupted": "interrupted",
+}
+STATUS_CLASS: dict[str, str] = {
+    "unchecked": "lmb-st-none",
+    "ok": "lmb-st-ok",
+    "logging_off": "lmb-st-warn",
+}
+
+RUN_KIND_WORDS = {
+    "check": "Check connection",
+    "validate": "Validate",
+    "sync": "Sync",
+    "fix": "Fix",
+    "enable_logging": "Enable logging",
+}
+
+
+def status_words(server: Server) -> str:
+    if not server.active:
+        return "deactivated"
+    return STATUS_WORDS.get(server.status, server.status)
+
+
+def status_class(server: Server) -> str:
+    if not server.active:
+        return "lmb-st-none"
+    return STATUS_CLASS.get(server.status, "lmb-st-bad")
+
+
+def _open_problem_counts() -> Any:
+    return (
+        select(Problem.server_id.label("server_id"), func.count().label("n"))
+        .where(Problem.status == "open")
+        .group_by(Problem.server_id)
+        .subquery("open_problems")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundSummary:
+    """What the Servers page says about scheduled validation."""
+
+    last_started: datetime | None
+    last_status: str | None
+    next_run: datetime | None
+    link: str | None
+
+
+def background_summary() -> BackgroundSummary | None:
+    """Last and next scheduled run, from the schedule tables (two small queries)."""
+    session = get_state().session
+    next_run = session.scalar(select(func.min(TaskState.next_run_at)))
+    last = session.execute(
+        select(TaskRun.started_at, TaskRun.status).order_by(TaskRun.started_at.desc()).limit(1)
+    ).first()
+    link = None
+    if "lm_billing.background" in current_app.view_functions:
+        link = url_for("lm_billing.background")
+    if next_run is None and last is None and link is None:
+        return None
+    return BackgroundSummary(
+        last_started=last.started_at if last else None,
+        last_status=last.status if last else None,
+        next_run=next_run,
+        link=link,
+    )
+
+
+# --- Servers index ------------------------------------------------------------------------
 
 
 def servers() -> str:
+    """The Servers table: one query for the page's rows (with their open-problem counts and
+    the total), one for the banner's count of open problems."""
+    state = get_state()
+    session = state.session
+    counts = _open_problem_counts()
+    problems_col = func.coalesce(counts.c.n, 0)
+    sort_keys: dict[str, Any] = {
+        "name": Server.name,
+        "host": Server.host,
+        "comments": Server.comments,
+        "version": Server.version,
+        "validated": Server.validated_at,
+        "synced": Server.synced_at,
+        "status": Server.status,
+        "problems": problems_col,
+    }
+    page = page_from_request(
+        "lm_billing.servers", sort_keys, default_sort="name", size=state.settings.page_size
+    )
+
+    def fetch() -> list[Any]:
+        stmt = (
+            select(Server, problems_col.label("problems"), func.count().over().label("total"))
+            .outerjoin(counts, counts.c.server_id == Server.id)
+            .order_by(*order_by(page, sort_keys, Server.id))
+            .limit(page.size)
+            .offset(page.offset)
+        )
+        return list(session.execute(stmt).all())
+
+    rows = fetch()
+    if rows:
+        page.total = int(rows[0].total)
+    elif page.number > 1:
+        # Past the end (a bookmark after deletions): show the last page instead.
+        page.total = int(session.scalar(select(func.count()).select_from(Server)) or 0)
+        clamp(page)
+        rows = fetch()
+    open_total = int(
+        session.scalar(select(func.count()).select_from(Problem).where(Problem.status == "open"))
+        or 0
+    )
+    return render_template(
+        "lm_billing/servers.html",
+        rows=rows,
+        page=page,
+        open_total=open_total,
+        form=ServerSelectionForm(),
+        background=background_summary(),
+        status_words=status_words,
+        status_class=status_class,
+    )
+
+
+# --- Create / edit / delete -----------------------------------------------------------------
+
+
+def _server_or_404(server_id: int) -> Server:
+    server = get_state().session.get(Server, server_id)
+    if server is None:
+        abort(404)
+    return server
+
+
+def _apply_field_errors(form: ServerForm, exc: ServerError) -> None:
+    """Put the service's messages next to their fields; the rest above the form."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, dict):
+        for name, message in errors.items():
+            field = getattr(form, name, None)
+            if field is not None and hasattr(field, "errors"):
+                field.errors = [*field.errors, message]
+            else:
+                form.form_errors.append(message)
+        return
+    form.form_errors.append(str(exc))
+
+
+@requires("edit")
+def server_new() -> str | Response:
+    form = ServerForm()
+    if form.validate_on_submit():
+        name = (form.name.data or "").strip()
+        try:
+            server = service.create_server(
+                name,
+                (form.host.data or "").strip(),
+                int(form.port.data or DEFAULT_PORT),
+                form.comments.data or "",
+                form.password.data or None,
+                actor=actor_name(),
+            )
+        except ServerError as exc:
+            get_state().session.rollback()
+            _apply_field_errors(form, exc)
+        else:
+            flash(
+                f'Server "{name}" created. Tick it on the Servers page and click "Validate '
+                'Selected Servers" (or click Validate here) to read its lists.',
+                "message",
+            )
+            return redirect(url_for("lm_billing.server_detail", server_id=server.id))
+    # Write-only: whatever was typed is never sent back.
+    form.password.data = ""
+    return render_template("lm_billing/server_form.html", form=form, server=None)
+
+
+@requires("edit")
+def server_edit(server_id: int) -> str | Response:
+    server = _server_or_404(server_id)
+    form = ServerForm(obj=None if request.method == "POST" else server)
+    if form.validate_on_submit():
+        name = (form.name.data or "").strip()
+        password: str | None = form.password.data or None
+        if form.default_password.data:
+            password = ""
+        try:
+            service.update_server(
+                server.id,
+                name=name,
+                host=(form.host.data or "").strip(),
+                port=int(form.port.data or DEFAULT_PORT),
+                comments=form.comments.data or "",
+                password=password,
+                actor=actor_name(),
+            )
+        except ServerError as exc:
+            get_state().session.rollback()
+            _apply_field_errors(form, exc)
+            server = _server_or_404(server_id)
+        else:
+            flash(f'Server "{name}" saved.', "message")
+            return redirect(url_for("lm_billing.server_detail", server_id=server.id))
+    form.password.data = ""
+    return render_template("lm_billing/server_form.html", form=form, server=server)
+
+
+@requires("edit")
+def server_delete(server_id: int) -> str | Response:
+    server = _server_or_404(server_id)
+    form = ActionForm()
     session = get_state().session
-    rows = session.scalars(select(Server).order_by(Server.name)).all()
-    return render_template("lm_billing/servers.html", servers=rows)
+    if form.validate_on_submit():
+        name = server.name
+        try:
+            outcome = service.delete_server(server.id, actor=actor_name())
+        except ServerError as exc:
+            session.rollback()
+            flash(f"Server {name!r} was not deleted: {exc}", "error")
+            return redirect(url_for("lm_billing.server_detail", server_id=server_id))
+        if outcome == "deactivated":
+            flash(
+                f'Server "{name}" has billing history (assigned lists), so it was deactivated, '
+                "not erased: its lists, assignments and history stay.",
+                "message",
+            )
+        else:
+            flash(f'Server "{name}" deleted.', "message")
+        return redirect(url_for("lm_billing.servers"))
+    assigned = session.scalar(
+        select(func.count()).select_from(Assignment).where(Assignment.server_id == server.id)
+    )
+    lists = session.scalar(
+        select(func.count()).select_from(MailingList).where(MailingList.server_id == server.id)
+    )
+    return render_template(
+        "lm_billing/server_delete.html",
+        server=server,
+        form=form,
+        assigned=int(assigned or 0),
+        lists=int(lists or 0),
+    )
+
+
+# --- Detail ---------------------------------------------------------------------------------
+
+
+def _first_of_month(today: date) -> date:
+    return today.replace(day=1)
+
+
+def _active_assignments(server_id: int, today: date) -> list[Any]:
+    """This server's assignments in force today, with group and customer, in one query."""
+    stmt = (
+        select(
+            Assignment.object_type,
+            Assignment.site_id,
+            Assignment.list_id,
+            BillingGroup.id.label("group_id"),
+            BillingGroup.name.label("group_name"),
+            Customer.company.label("customer"),
+        )
+        .join(BillingGroup, BillingGroup.id == Assignment.group_id)
+        .join(Customer, Customer.id == BillingGroup.customer_id)
+        .where(
+            Assignment.server_id == server_id,
+            Assignment.start_date <= today,
+            sa.or_(Assignment.end_date.is_(None), Assignment.end_date >= today),
+        )
+    )
+    return list(get_state().session.execute(stmt).all())
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    group_id: int
+    group: str
+    customer: str
+    via: str  # "list", "site" or "server"
+
+
+def _owners(server_id: int, today: date) -> tuple[dict[int, Owner], dict[int, Owner], Owner | None]:
+    by_list: dict[int, Owner] = {}
+    by_site: dict[int, Owner] = {}
+    whole: Owner | None = None
+    for row in _active_assignments(server_id, today):
+        owner = Owner(row.group_id, row.group_name, row.customer, row.object_type)
+        if row.object_type == "list" and row.list_id is not None:
+            by_list[row.list_id] = owner
+        elif row.object_type == "site" and row.site_id is not None:
+            by_site[row.site_id] = owner
+        elif row.object_type == "server":
+            whole = owner
+    return by_list, by_site, whole
+
+
+def detail_context(server: Server, check: Any = None) -> dict[str, Any]:
+    """Everything the detail page shows; a fixed number of queries whatever the list count."""
+    state = get_state()
+    session = state.session
+    size = state.settings.page_size
+    q = request.args.get("q", "").strip()
+    today = datetime.now(UTC).date()
+
+    list_sort: dict[str, Any] = {
+        "name": MailingList.name,
+        "site": MailingList.site_name,
+        "members": MailingList.members,
+        "status": MailingList.status,
+    }
+    lpage = page_from_request(
+        "lm_billing.server_detail",
+        list_sort,
+        default_sort="name",
+        size=size,
+        keep={"q": q},
+        view_args={"server_id": server.id},
+        page_arg="lpage",
+    )
+    list_stmt = select(MailingList, func.count().over().label("total")).where(
+        MailingList.server_id == server.id
+    )
+    if q:
+        list_stmt = list_stmt.where(MailingList.name.contains(q, autoescape=True))
+    list_rows = session.execute(
+        list_stmt.order_by(*order_by(lpage, list_sort, MailingList.id))
+        .limit(lpage.size)
+        .offset(lpage.offset)
+    ).all()
+    lpage.total = int(list_rows[0].total) if list_rows else 0
+    lists = [row[0] for row in list_rows]
+
+    site_stmt = select(Site, func.count().over().label("total")).where(Site.server_id == server.id)
+    if q:
+        site_stmt = site_stmt.where(Site.name.contains(q, autoescape=True))
+    try:
+        spage_number = max(1, int(request.args.get("spage", "1")))
+    except ValueError:
+        spage_number = 1
+    spage = Page(
+        endpoint="lm_billing.server_detail",
+        sort=lpage.sort,
+        direction=lpage.direction,
+        number=spage_number,
+        size=size,
+        keep={"q": q, "lpage": lpage.number},
+        view_args={"server_id": server.id},
+        page_arg="spage",
+    )
+    site_rows = session.execute(
+        site_stmt.order_by(Site.name, Site.id).limit(spage.size).offset(spage.offset)
+    ).all()
+    spage.total = int(site_rows[0].total) if site_rows else 0
+    sites = [row[0] for row in site_rows]
+    site_ids_by_name = dict(
+        session.execute(select(Site.name, Site.id).where(Site.server_id == server.id)).all()
+    ) if lists else {}
+
+    by_list, by_site, whole = _owners(server.id, today)
+    usage: dict[int, tuple[int, int]] = {}
+    if lists:
+        usage = {
+            row.list_id: (int(row.messages), int(row.recipients))
+            for row in session.execute(
+                select(Usage.list_id, Usage.messages, Usage.recipients).where(
+                    Usage.server_id == server.id,
+                    Usage.period == _first_of_month(today),
+                    Usage.list_id.in_([ml.id for ml in lists]),
+                )
+            )
+        }
+
+    def owner_of_list(ml: MailingList) -> Owner | None:
+        site_id = site_ids_by_name.get(ml.site_name)
+        return by_list.get(ml.id) or (by_site.get(site_id) if site_id else None) or whole
+
+    runs = session.scalars(
+        select(Run).where(Run.server_id == server.id).order_by(Run.started_at.desc()).limit(20)
+    ).all()
+    problems = session.scalars(
+        select(Problem)
+        .where(Problem.server_id == server.id, Problem.status == "open")
+        .order_by(Problem.kind, Problem.id)
+        .limit(100)
+    ).all()
+    problems_total = int(
+        session.scalar(
+            select(func.count())
+            .select_from(Problem)
+            .where(Problem.server_id == server.id, Problem.status == "open")
+        )
+        or 0
+    )
+    groups = session.execute(
+        select(BillingGroup.id, BillingGroup.name, Customer.company)
+        .join(Customer, Customer.id == BillingGroup.customer_id)
+        .order_by(Customer.company, BillingGroup.name, BillingGroup.id)
+    ).all()
+    assign_form = AssignForm()
+    assign_form.group_id.choices = [(g.id, f"{g.company}: {g.name}") for g in groups]
+    return {
+        "server": server,
+        "check": check,
+        "lists": lists,
+        "lpage": lpage,
+        "sites": sites,
+        "spage": spage,
+        "q": q,
+        "usage": usage,
+        "owner_of_list": owner_of_list,
+        "site_owner": lambda site: by_site.get(site.id) or whole,
+        "whole_owner": whole,
+        "runs": runs,
+        "run_words": RUN_KIND_WORDS,
+        "problems": problems,
+        "problems_total": problems_total,
+        "action_form": ActionForm(),
+        "assign_form": assign_form,
+        "has_groups": bool(groups),
+        "status_words": status_words,
+        "status_class": status_class,
+        "logging_off": _logging_off(server),
+        "month": _first_of_month(today),
+        "lm_billing_endpoints": current_app.view_functions,
+    }
+
+
+def _logging_off(server: Server) -> bool:
+    if server.status == "logging_off":
+        return True
+    return server.logging_mode is not None and server.logging_mode != "lists"
+
+
+def server_detail(server_id: int) -> str:
+    server = _server_or_404(server_id)
+    return render_template("lm_billing/server_detail.html", **detail_context(server))
+
+
+@requires("run")
+def server_check(server_id: int) -> str | Response:
+    """Check connection step by step; the page is answered directly (the steps are not stored)."""
+    server = _server_or_404(server_id)
+    form = ActionForm()
+    if not form.validate_on_submit():
+        flash("The form expired; click Check connection again.", "error")
+        return redirect(url_for("lm_billing.server_detail", server_id=server_id))
+    try:
+        connection, logging_report = service.check_server(server.id, actor=actor_name())
+    except ServerError as exc:
+        get_state().session.rollback()
+        flash(f"The connection was not checked: {exc}", "error")
+        return redirect(url_for("lm_billing.server_detail", server_id=server_id))
+    session = get_state().session
+    session.expire_all()
+    server = _server_or_404(server_id)
+    check = {"connection": connection, "logging": logging_report}
+    return render_template("lm_billing/server_detail.html", **detail_context(server, check))
+
+
+@requires("run")
+def server_enable_logging(server_id: int) -> Response:
+    server = _server_or_404(server_id)
+    form = ActionForm()
+    if not form.validate_on_submit():
+        flash("The form expired; click the button again.", "error")
+        return redirect(url_for("lm_billing.server_detail", server_id=server_id))
+    try:
+        report = service.enable_logging(server.id, actor=actor_name())
+    except ServerError as exc:
+        get_state().session.rollback()
+        flash(f"Enable Logging was not changed: {exc}", "error")
+        return redirect(url_for("lm_billing.server_detail", server_id=server_id))
+    flash(report.message, "message" if report.ok else "error")
+    return redirect(url_for("lm_billing.server_detail", server_id=server_id))
+
+
+@requires("edit")
+def server_assign(server_id: int) -> Response:
+    """Assign the ticked lists of this server to a billing group (through the engine's gate)."""
+    server = _server_or_404(server_id)
+    session = get_state().session
+    form = AssignForm()
+    form.group_id.choices = [
+        (gid, "") for gid in session.scalars(select(BillingGroup.id)).all()
+    ]
+    back = redirect(url_for("lm_billing.server_detail", server_id=server_id) + "#lists")
+    if not form.validate_on_submit():
+        for errors in form.errors.values():
+            for message in errors:
+                flash(f"Nothing was assigned: {message}", "error")
+        return back
+    if not form.list_ids.data:
+        flash("Nothing was assigned: tick at least one list first.", "error")
+        return back
+    valid_ids = set(
+        session.scalars(
+            select(MailingList.id).where(
+                MailingList.server_id == server.id, MailingList.id.in_(form.list_ids.data)
+            )
+        ).all()
+    )
+    list_ids = [i for i in form.list_ids.data if i in valid_ids]
+    if not list_ids:
+        flash("Nothing was assigned: the ticked lists are not on this server.", "error")
+        return back
+    from .. import runner
+
+    try:
+        runner.assign(
+            int(form.group_id.data or 0), "list", list_ids, actor=actor_name()
+        )
+    except runner.GateError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+        return back
+    group = session.get(BillingGroup, form.group_id.data)
+    flash(
+        f"{len(list_ids)} list(s) assigned to the billing group "
+        f'"{group.name if group else form.group_id.data}".',
+        "message",
+    )
+    return back
+
+
+# --- Validate / sync (background) -----------------------------------------------------------
+
+
+def _selected_server_ids(form: ServerSelectionForm) -> list[int]:
+    ids = form.server_ids.data or []
+    if not ids:
+        return []
+    known = set(
+        get_state().session.scalars(select(Server.id).where(Server.id.in_(ids))).all()
+    )
+    return [i for i in ids if i in known]
+
+
+def _start(kind: str, server_ids: list[int] | None) -> Response:
+    from .runs import start_batch
+
+    batch_id = start_batch(kind, server_ids)
+    return redirect(url_for("lm_billing.batch", batch_id=batch_id))
+
+
+@requires("run")
+def servers_validate() -> Response:
+    """Validate All Servers (scope=all) or Validate Selected Servers, in the background."""
+    form = ServerSelectionForm()
+    if not form.validate_on_submit():
+        flash("Nothing was started: the form expired or the selection is not valid; try again.",
+              "error")
+        return redirect(url_for("lm_billing.servers"))
+    if request.form.get("scope") == "all":
+        return _start("validate", None)
+    ids = _selected_server_ids(form)
+    if not ids:
+        flash("Nothing was validated: tick the servers to validate first "
+              '(or click "Validate All Servers").', "error")
+        return redirect(url_for("lm_billing.servers"))
+    return _start("validate", ids)
+
+
+@requires("run")
+def servers_sync() -> Response:
+    """Sync Selected Servers, in the background."""
+    form = ServerSelectionForm()
+    if not form.validate_on_submit():
+        flash("Nothing was started: the form expired or the selection is not valid; try again.",
+              "error")
+        return redirect(url_for("lm_billing.servers"))
+    ids = _selected_server_ids(form)
+    if not ids:
+        flash("Nothing was synced: tick the servers to sync first.", "error")
+        return redirect(url_for("lm_billing.servers"))
+    return _start("sync", ids)
 
 
 def register(blueprint: Blueprint) -> None:
     blueprint.add_url_rule("/", "servers", servers)
+    blueprint.add_url_rule("/servers/new", "server_new", server_new, methods=["GET", "POST"])
+    blueprint.add_url_rule("/servers/<int:server_id>", "server_detail", server_detail)
+    blueprint.add_url_rule(
+        "/servers/<int:server_id>/edit", "server_edit", server_edit, methods=["GET", "POST"]
+    )
+    blueprint.add_url_rule(
+        "/servers/<int:server_id>/delete", "server_delete", server_delete, methods=["GET", "POST"]
+    )
+    blueprint.add_url_rule(
+        "/servers/<int:server_id>/check", "server_check", server_check, methods=["POST"]
+    )
+    blueprint.add_url_rule(
+        "/servers/<int:server_id>/enable-logging",
+        "server_enable_logging",
+        server_enable_logging,
+        methods=["POST"],
+    )
+    blueprint.add_url_rule(
+        "/servers/<int:server_id>/assign", "server_assign", server_assign, methods=["POST"]
+    )
+    blueprint.add_url_rule("/servers/validate", "servers_validate", servers_validate,
+                           methods=["POST"])
+    blueprint.add_url_rule("/servers/sync", "servers_sync", servers_sync, methods=["POST"])

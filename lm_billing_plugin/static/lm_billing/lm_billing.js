@@ -1,0 +1,53 @@
+/* Progressive enhancement for the Billing pages; every core action works without it.
+   - tables in a form marked data-lmb-select-form get a "select all" checkbox;
+   - the batch page polls its JSON and reloads when the batch has finished. */
+(function () {
+  "use strict";
+
+  function addSelectAll(form) {
+    var table = form.querySelector("table");
+    if (!table) { return; }
+    var head = table.querySelector("thead th");
+    var boxes = table.querySelectorAll("tbody input[type=checkbox]");
+    if (!head || boxes.length === 0) { return; }
+    var all = document.createElement("input");
+    all.type = "checkbox";
+    all.id = "lmb-select-all-" + Math.random().toString(36).slice(2);
+    var label = document.createElement("label");
+    label.htmlFor = all.id;
+    label.className = "lmb-sr";
+    label.textContent = "Select all rows on this page";
+    all.addEventListener("change", function () {
+      boxes.forEach(function (box) { box.checked = all.checked; });
+    });
+    head.textContent = "";
+    head.appendChild(all);
+    head.appendChild(label);
+  }
+
+  function pollBatch(node) {
+    if (node.getAttribute("data-lmb-finished") === "true") { return; }
+    var url = node.getAttribute("data-lmb-batch-json");
+    var status = document.getElementById("lmb-progress");
+    var bar = node.querySelector("progress");
+    function tick() {
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+        .then(function (data) {
+          if (data.finished) { window.location.reload(); return; }
+          if (status) {
+            status.textContent = "Running: " + data.done + " of " + data.total + " server(s) done" +
+              (data.failed ? ", " + data.failed + " failed" : "") + ".";
+          }
+          if (bar) { bar.max = data.total || 1; bar.value = data.done; }
+          window.setTimeout(tick, 1000);
+        })
+        .catch(function () { /* the meta refresh still updates the page */ });
+    }
+    window.setTimeout(tick, 1000);
+  }
+
+  document.querySelectorAll("form[data-lmb-select-form]").forEach(addSelectAll);
+  var batch = document.getElementById("lmb-batch");
+  if (batch) { pollBatch(batch); }
+})();

@@ -1,0 +1,216 @@
+"""Billing: Errors ("Errors Were Found, Click Here to Fix") — every open problem, filtered by
+server and kind, and "Fix Selected Objects" through the engine's fix_problems."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+from werkzeug.wrappers import Response
+
+from ..access import actor_name, requires
+from ..extension import get_state
+from ..forms import FixForm
+from ..models import PROBLEM_KINDS, Problem, Server
+from .paging import clamp, order_by, page_from_request
+
+log = logging.getLogger("lm_billing_plugin.views.problems")
+
+KIND_WORDS: dict[str, str] = {
+    "unknown_site": "site not in billing",
+    "unknown_list": "list not in billing",
+    "missing_site": "site gone from the server",
+    "missing_list": "list gone from the server",
+    "changed_list": "list changed on the server",
+    "unassigned_list": "list has no owner",
+    "over_max_lists": "more lists than the plan permits",
+    "over_max_members": "more members than the plan permits",
+    "over_max_members_per_list": "a list has more members than the plan permits",
+    "over_max_lists_per_site": "a site has more lists than the plan permits",
+    "over_max_sites": "more sites than the plan permits",
+    "inactive_customer_has_lists": "inactive customer still has lists",
+    "logging_off": "Enable Logging is off",
+}
+
+_PLAN_FIX = "Fixing cannot change a contract: change the group's hosting plan."
+# What "Fix Selected Objects" does with a problem of each kind.
+FIX_WORDS: dict[str, str] = {
+    "unknown_site": "Fixing adds the site to billing.",
+    "unknown_list": "Fixing adds the list to billing (unassigned); then assign an owner.",
+    "missing_site": "Fixing marks the site removed in billing; its history stays.",
+    "missing_list": "Fixing marks the list removed in billing; its history and assignments stay.",
+    "changed_list": "Fixing updates billing with the server's values.",
+    "unassigned_list": "Fixing cannot choose an owner: assign the list to a billing group.",
+    "over_max_lists": "Fixing cannot change a contract: change the group's hosting plan "
+    "or move lists to another group.",
+    "over_max_members": _PLAN_FIX,
+    "over_max_members_per_list": _PLAN_FIX,
+    "over_max_lists_per_site": _PLAN_FIX,
+    "over_max_sites": _PLAN_FIX,
+    "inactive_customer_has_lists": "Fixing cannot decide this: reactivate the customer or "
+    "unassign its lists.",
+    "logging_off": "Fixing switches Enable Logging on through TclPort — only when you tick "
+    '"also switch Enable Logging on through TclPort" below.',
+}
+
+DRIFT_KINDS = ("unknown_site", "unknown_list", "missing_site", "missing_list", "changed_list")
+PLAN_KINDS = (
+    "over_max_lists",
+    "over_max_members",
+    "over_max_members_per_list",
+    "over_max_lists_per_site",
+    "over_max_sites",
+)
+# Endpoints of the catalog pages, by the names they may carry; the first registered wins.
+GROUP_EDIT_ENDPOINTS = ("lm_billing.group_edit", "lm_billing.billing_group_edit")
+CUSTOMER_EDIT_ENDPOINTS = ("lm_billing.customer_edit",)
+
+
+def _endpoint(candidates: tuple[str, ...]) -> str | None:
+    return next((e for e in candidates if e in current_app.view_functions), None)
+
+
+def solve_link(problem: Problem) -> tuple[str, str] | None:
+    """(label, url) of the page that solves a billing-rule problem, when there is one."""
+    if problem.kind == "unassigned_list" and problem.server_id is not None:
+        url = url_for(
+            "lm_billing.server_detail", server_id=problem.server_id, q=problem.object_name
+        )
+        return ("Assign an owner", url + "#lists")
+    if problem.kind in PLAN_KINDS and problem.group_id is not None:
+        endpoint = _endpoint(GROUP_EDIT_ENDPOINTS)
+        if endpoint:
+            return ("Change the plan", url_for(endpoint, group_id=problem.group_id))
+    if problem.kind == "inactive_customer_has_lists":
+        customer_id = (problem.data or {}).get("customer_id")
+        endpoint = _endpoint(CUSTOMER_EDIT_ENDPOINTS)
+        if endpoint and customer_id:
+            return ("Edit the customer", url_for(endpoint, customer_id=customer_id))
+        endpoint = _endpoint(GROUP_EDIT_ENDPOINTS)
+        if endpoint and problem.group_id is not None:
+            return ("Open the billing group", url_for(endpoint, group_id=problem.group_id))
+    return None
+
+
+def problems() -> str:
+    state = get_state()
+    session = state.session
+    server_arg = request.args.get("server", "")
+    kind = request.args.get("kind", "")
+    if kind not in PROBLEM_KINDS:
+        kind = ""
+    server_id: int | None
+    try:
+        server_id = int(server_arg) if server_arg else None
+    except ValueError:
+        server_id = None
+
+    sort_keys: dict[str, Any] = {
+        "server": Server.name,
+        "kind": Problem.kind,
+        "object": Problem.object_name,
+        "seen": Problem.first_seen_at,
+    }
+    page = page_from_request(
+        "lm_billing.problems",
+        sort_keys,
+        default_sort="server",
+        size=state.settings.page_size,
+        keep={"server": server_id, "kind": kind},
+    )
+    stmt = (
+        select(Problem, Server.name.label("server_name"), func.count().over().label("total"))
+        .outerjoin(Server, Server.id == Problem.server_id)
+        .where(Problem.status == "open")
+    )
+    if server_id is not None:
+        stmt = stmt.where(Problem.server_id == server_id)
+    if kind:
+        stmt = stmt.where(Problem.kind == kind)
+
+    def fetch() -> list[Any]:
+        return list(
+            session.execute(
+                stmt.order_by(*order_by(page, sort_keys, Problem.id))
+                .limit(page.size)
+                .offset(page.offset)
+            ).all()
+        )
+
+    rows = fetch()
+    if rows:
+        page.total = int(rows[0].total)
+    elif page.number > 1:
+        page.total = int(
+            session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+        )
+        clamp(page)
+        rows = fetch()
+    servers = session.execute(select(Server.id, Server.name).order_by(Server.name)).all()
+    return render_template(
+        "lm_billing/problems.html",
+        rows=rows,
+        page=page,
+        servers=servers,
+        server_id=server_id,
+        kind=kind,
+        kinds=PROBLEM_KINDS,
+        kind_words=KIND_WORDS,
+        fix_words=FIX_WORDS,
+        solve_link=solve_link,
+        form=FixForm(),
+        any_logging_off=any(row[0].kind == "logging_off" for row in rows),
+    )
+
+
+def _summary(result: Any) -> str:
+    """One line from the engine's FixResult, whatever fields it carries."""
+    parts: list[str] = []
+    for attr, words in (
+        ("fixed", "fixed"),
+        ("skipped", "left as they are"),
+        ("failed", "failed"),
+    ):
+        value = getattr(result, attr, None)
+        if value is None:
+            continue
+        count = value if isinstance(value, int) else len(value)
+        if count:
+            parts.append(f"{count} {words}")
+    return ", ".join(parts) if parts else "nothing needed fixing"
+
+
+@requires("run")
+def problems_fix() -> Response:
+    form = FixForm()
+    back_args: dict[str, Any] = {
+        k: v for k, v in request.args.items() if k in ("server", "kind")
+    }
+    back = redirect(url_for("lm_billing.problems", **back_args))
+    if not form.validate_on_submit():
+        flash("Nothing was fixed: the form expired or the selection is not valid; try again.",
+              "error")
+        return back
+    ids = form.problem_ids.data or []
+    if not ids:
+        flash('Nothing was fixed: tick the problems to fix, then click "Fix Selected Objects".',
+              "error")
+        return back
+    from .. import runner
+
+    result = runner.fix_problems(
+        ids, actor=actor_name(), enable_logging=bool(form.enable_logging.data)
+    )
+    flash(f"Fix Selected Objects: {_summary(result)}.", "message")
+    for message in getattr(result, "messages", None) or []:
+        flash(str(message), "message")
+    for message in getattr(result, "errors", None) or []:
+        flash(str(message), "error")
+    return back
+
+
+def register(blueprint: Blueprint) -> None:
+    blueprint.add_url_rule("/errors", "problems", problems)
+    blueprint.add_url_rule("/errors/fix", "problems_fix", problems_fix, methods=["POST"])

@@ -1,0 +1,153 @@
+"""Background batches for the pages: a small in-process executor that runs validate/sync batches
+outside the request, and the batch progress page (HTML with refresh, and JSON for the script)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from flask import Blueprint, Flask, abort, current_app, jsonify, render_template, url_for
+from sqlalchemy import func, select
+from werkzeug.wrappers import Response
+
+from ..access import actor_name
+from ..extension import get_state
+from ..models import Batch, Problem, Run, Server
+
+log = logging.getLogger("lm_billing_plugin.views.runs")
+
+EXECUTOR_KEY = "pages.executor"
+FUTURES_KEY = "pages.futures"
+_LOCK = threading.Lock()
+# Batches run one or two at a time here: each one already validates its servers in parallel
+# (LM_BILLING_MAX_PARALLEL), so more workers would only compete for the same database.
+WORKERS = 2
+
+
+def _executor(app: Flask) -> ThreadPoolExecutor:
+    extras = get_state(app).extras
+    with _LOCK:
+        executor = extras.get(EXECUTOR_KEY)
+        if executor is None:
+            executor = ThreadPoolExecutor(
+                max_workers=WORKERS, thread_name_prefix="lm-billing-batch"
+            )
+            extras[EXECUTOR_KEY] = executor
+            extras[FUTURES_KEY] = []
+        assert isinstance(executor, ThreadPoolExecutor)
+        return executor
+
+
+def _run_in_app(app: Flask, batch_id: int) -> None:
+    from .. import runner
+
+    with app.app_context():
+        try:
+            runner.run_batch(batch_id)
+        except Exception:
+            # The batch row keeps the failure (the runner records its runs); the page shows it.
+            log.exception("background batch %s failed", batch_id)
+            _mark_failed(batch_id)
+        finally:
+            # The worker thread's scoped session goes with it.
+            get_state(app).db.session.remove()
+
+
+def _mark_failed(batch_id: int) -> None:
+    from ..models import utcnow
+
+    session = get_state().session
+    session.rollback()
+    batch = session.get(Batch, batch_id)
+    if batch is not None and batch.finished_at is None:
+        batch.status = "failed"
+        batch.finished_at = utcnow()
+        session.commit()
+
+
+def start_batch(kind: str, server_ids: list[int] | None) -> int:
+    """Create the batch now (so the page has something to show) and run it in the background."""
+    from .. import runner
+
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    batch_id = int(runner.create_batch(kind, server_ids, actor=actor_name()))
+    future = _executor(app).submit(_run_in_app, app, batch_id)
+    with _LOCK:
+        futures: list[Future[None]] = get_state(app).extras[FUTURES_KEY]
+        futures[:] = [f for f in futures if not f.done()]
+        futures.append(future)
+    return batch_id
+
+
+def wait_for_batches(app: Flask, timeout: float | None = 30.0) -> None:
+    """Block until the batches started so far have finished (for tests and CLI-less shutdown)."""
+    with _LOCK:
+        futures = list(get_state(app).extras.get(FUTURES_KEY, []))
+    for future in futures:
+        future.result(timeout=timeout)
+
+
+def shutdown_executor(app: Flask, *, wait: bool = True) -> None:
+    """Stop the background executor of ``app`` (tests call it so no thread outlives them)."""
+    with _LOCK:
+        executor = get_state(app).extras.pop(EXECUTOR_KEY, None)
+        get_state(app).extras.pop(FUTURES_KEY, None)
+    if executor is not None:
+        executor.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def _batch_or_404(batch_id: int) -> Batch:
+    batch = get_state().session.get(Batch, batch_id)
+    if batch is None:
+        abort(404)
+    return batch
+
+
+def _progress(batch: Batch) -> dict[str, Any]:
+    session = get_state().session
+    runs = session.execute(
+        select(Run, Server.name)
+        .join(Server, Server.id == Run.server_id)
+        .where(Run.batch_id == batch.id)
+        .order_by(Server.name, Run.id)
+    ).all()
+    finished = batch.finished_at is not None or batch.status not in ("running", "pending")
+    open_problems = 0
+    if finished:
+        open_problems = int(
+            session.scalar(
+                select(func.count()).select_from(Problem).where(Problem.status == "open")
+            )
+            or 0
+        )
+    return {"runs": runs, "finished": finished, "open_problems": open_problems}
+
+
+def batch(batch_id: int) -> str:
+    record = _batch_or_404(batch_id)
+    return render_template("lm_billing/batch.html", batch=record, **_progress(record))
+
+
+def batch_json(batch_id: int) -> Response:
+    record = _batch_or_404(batch_id)
+    progress = _progress(record)
+    return jsonify(
+        {
+            "id": record.id,
+            "kind": record.kind,
+            "status": record.status,
+            "total": record.total,
+            "done": record.done,
+            "failed": record.failed,
+            "finished": progress["finished"],
+            "open_problems": progress["open_problems"],
+            "url": url_for("lm_billing.batch", batch_id=record.id),
+        }
+    )
+
+
+def register(blueprint: Blueprint) -> None:
+    blueprint.add_url_rule("/batches/<int:batch_id>", "batch", batch)
+    blueprint.add_url_rule("/batches/<int:batch_id>.json", "batch_json", batch_json)
