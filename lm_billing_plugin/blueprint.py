@@ -16,7 +16,9 @@ blueprint = Blueprint(
     "lm_billing",
     __name__,
     template_folder="templates",
-    static_folder="static",
+    # static/lm_billing/ in the package (a namespaced path, like the templates), served
+    # at <prefix>/static/.
+    static_folder="static/lm_billing",
     static_url_path="/static",
 )
 
