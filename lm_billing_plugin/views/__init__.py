@@ -11,6 +11,3 @@ def register(blueprint: Blueprint) -> None:
     servers.register(blueprint)
     problems.register(blueprint)
     runs.register(blueprint)
-    from . import catalog
-
-    catalog.register(blueprint)
