@@ -1,0 +1,213 @@
+"""Forms of the customer, billing group, hosting plan and assignment pages: fields, labels
+and help text as ListManager users know them, and field-level validation."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    BooleanField,
+    DateField,
+    DecimalField,
+    Field,
+    Form,
+    HiddenField,
+    IntegerField,
+    RadioField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
+from wtforms.validators import ValidationError as WTFValidationError
+
+UNLIMITED_HELP = "0 = unlimited."
+# Integer columns are 32-bit on every backend; BigInteger ones hold more.
+MAX_INT = 2_147_483_647
+MAX_BIGINT = 9_223_372_036_854_775_807
+# Numeric(12, s): 12 digits in all.
+_EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;.]+$")
+
+
+def email_address(form: Form, field: Field) -> None:
+    """A plain address check (no DNS): name@domain.tld, no spaces or list separators."""
+    value = (field.data or "").strip()
+    if value and not _EMAIL.match(value):
+        raise WTFValidationError("Enter an email address like billing@example.com.")
+
+
+def _decimal_places(places: int, digits: int = 12) -> Any:
+    """The column's precision: no more decimals than it stores, no more digits than fit."""
+
+    def check(form: Form, field: Field) -> None:
+        value = field.data
+        if value is None:
+            return
+        assert isinstance(value, Decimal)
+        if not value.is_finite():
+            raise WTFValidationError("Enter a number, like 19.95.")
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)
+        if -exponent > places:
+            raise WTFValidationError(f"Use at most {places} decimal places.")
+        if value >= Decimal(10) ** (digits - places):
+            raise WTFValidationError(f"Enter a value below {Decimal(10) ** (digits - places)}.")
+
+    return check
+
+
+def _count(label: str, help_text: str, maximum: int = MAX_INT) -> IntegerField:
+    return IntegerField(
+        label,
+        default=0,
+        validators=[
+            InputRequired("Enter a whole number (0 or more)."),
+            NumberRange(min=0, max=maximum, message=f"Enter a whole number from 0 to {maximum}."),
+        ],
+        description=help_text,
+    )
+
+
+def _money(label: str, help_text: str, places: int) -> DecimalField:
+    return DecimalField(
+        label,
+        default=Decimal("0"),
+        places=places,
+        validators=[
+            InputRequired("Enter an amount (0 or more)."),
+            NumberRange(min=0, message="Enter 0 or more."),
+            _decimal_places(places),
+        ],
+        description=help_text,
+    )
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+class CustomerForm(FlaskForm):  # type: ignore[misc]
+    company = StringField(
+        "Company",
+        filters=[_strip],
+        validators=[DataRequired("Enter the company name."), Length(max=200)],
+    )
+    contact_name = StringField("Contact Name", filters=[_strip], validators=[Length(max=200)])
+    email = StringField(
+        "Email Address",
+        filters=[_strip],
+        validators=[Length(max=320), email_address],
+        description="Where bills for this customer are sent.",
+    )
+    is_active = BooleanField(
+        "Is Active",
+        default=True,
+        description="Untick to deactivate a customer who has left: their history is kept.",
+    )
+    payment_method = StringField(
+        "Payment Method",
+        filters=[_strip],
+        validators=[Length(max=100)],
+        description="For example: Invoice, Credit Card, Check.",
+    )
+    notes = TextAreaField("Notes", validators=[Length(max=10_000)])
+
+
+class PlanForm(FlaskForm):  # type: ignore[misc]
+    name = StringField(
+        "Name",
+        filters=[_strip],
+        validators=[DataRequired("Enter the plan's name."), Length(max=200)],
+    )
+    description = TextAreaField("Description", validators=[Length(max=10_000)])
+    max_members = _count(
+        "Max Members", "Members in all the group's lists together. " + UNLIMITED_HELP
+    )
+    max_members_per_list = _count("Max Members Per List", UNLIMITED_HELP)
+    max_lists = _count("Max Lists", UNLIMITED_HELP)
+    max_lists_per_site = _count("Max Lists Per Site", UNLIMITED_HELP)
+    max_sites = _count("Max Sites", UNLIMITED_HELP)
+    bill_by_list = BooleanField(
+        "Bill by List", description="The limits and prices apply to each list separately."
+    )
+    billing_method = RadioField(
+        "Billing Method",
+        choices=[("standard", "Standard"), ("bandwidth", "Bandwidth")],
+        default="standard",
+        validators=[InputRequired("Choose Standard or Bandwidth.")],
+    )
+    # Standard
+    monthly_price = _money("Monthly Price", "Charged every month.", 2)
+    overage_cpm = _money(
+        "Overage CPM", "Price per thousand message units above the included messages.", 4
+    )
+    included_messages = _count(
+        "Included Messages", "Message units included in the monthly price.", MAX_BIGINT
+    )
+    max_message_size_kb = _count(
+        "Max Message Size in KB",
+        "Size of one message unit: a larger message counts as several units. " + UNLIMITED_HELP,
+    )
+    # Bandwidth
+    monthly_price_per_server = _money("Monthly Price Per Server", "Charged every month.", 2)
+    cost_per_gb = _money("Cost Per GB", "Price of each GB sent above the included GB.", 4)
+    included_gb = _money("Included GB", "GB sent included in the monthly price.", 3)
+
+
+class GroupForm(FlaskForm):  # type: ignore[misc]
+    name = StringField(
+        "Name",
+        filters=[_strip],
+        validators=[DataRequired("Enter the billing group's name."), Length(max=200)],
+        description="One group per contract, e.g. 'Newsletters 2026'.",
+    )
+    plan_id = SelectField("Hosting Plan", coerce=int, default=0)
+    plan_start = DateField(
+        "Start Date", validators=[Optional()], description="When the plan starts (YYYY-MM-DD)."
+    )
+    plan_end = DateField(
+        "End Date",
+        validators=[Optional()],
+        description="Leave blank while the contract runs (YYYY-MM-DD).",
+    )
+
+    def validate_plan_end(self, field: DateField) -> None:
+        start = self.plan_start.data
+        if field.data is not None and start is not None and field.data <= start:
+            raise WTFValidationError("The end date must be after the start date.")
+
+    def validate_plan_id(self, field: SelectField) -> None:
+        if field.data == 0 and (self.plan_start.data or self.plan_end.data):
+            raise WTFValidationError("Choose a hosting plan for these dates, or clear the dates.")
+
+
+class AssignForm(FlaskForm):  # type: ignore[misc]
+    """Bulk assignment; the chosen lists and sites come as repeated list_id / site_id fields."""
+
+    group_id = SelectField(
+        "Billing Group", coerce=int, validators=[DataRequired("Choose a billing group.")]
+    )
+    server_id = HiddenField(validators=[DataRequired("Choose a server first.")])
+    whole_server = BooleanField(
+        "Assign the whole server",
+        description="The group pays for every list on this server, present and future.",
+    )
+    start = DateField(
+        "Start Date",
+        validators=[Optional()],
+        description="Billing starts on this date (YYYY-MM-DD); blank = today.",
+    )
+
+
+class UnassignForm(FlaskForm):  # type: ignore[misc]
+    """Ends the chosen assignments (repeated assignment_id fields); history is kept."""
+
+    customer_id = HiddenField()
+    end = DateField(
+        "End Date",
+        validators=[Optional()],
+        description="The last day billed (YYYY-MM-DD); blank = today.",
+    )
