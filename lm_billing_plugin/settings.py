@@ -78,6 +78,12 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ("LM_BILLING_SMTP_STARTTLS", False, "Use STARTTLS."),
     ("LM_BILLING_SMTP_SENDER", "billing@localhost", "From address of notifications."),
     ("LM_BILLING_SMTP_TIMEOUT", 10.0, "Seconds to wait for the SMTP server."),
+    (
+        "LM_BILLING_NOTIFY_BASE_URL",
+        None,
+        "Absolute URL of the Billing pages (e.g. `https://portal.example.com/billing`) for "
+        "the link in notification emails; without it the email names the page instead.",
+    ),
 )
 
 DEFAULTS: dict[str, Any] = {key: default for key, default, _ in CONFIG}
@@ -122,6 +128,7 @@ class Settings:
     smtp_starttls: bool
     smtp_sender: str
     smtp_timeout: float
+    notify_base_url: str | None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -162,4 +169,5 @@ class Settings:
             smtp_starttls=_as_bool(get("LM_BILLING_SMTP_STARTTLS")),
             smtp_sender=str(get("LM_BILLING_SMTP_SENDER")),
             smtp_timeout=float(get("LM_BILLING_SMTP_TIMEOUT")),
+            notify_base_url=get("LM_BILLING_NOTIFY_BASE_URL") or None,
         )
