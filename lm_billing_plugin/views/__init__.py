@@ -6,9 +6,11 @@ from flask import Blueprint
 
 
 def register(blueprint: Blueprint) -> None:
-    from . import servers
+    from . import problems, runs, servers
 
     servers.register(blueprint)
+    problems.register(blueprint)
+    runs.register(blueprint)
     from . import catalog
 
     catalog.register(blueprint)
