@@ -6,11 +6,9 @@ from flask import Blueprint
 
 
 def register(blueprint: Blueprint) -> None:
-    from . import problems, runs, servers
+    from . import catalog, problems, runs, servers
 
     servers.register(blueprint)
     problems.register(blueprint)
     runs.register(blueprint)
-    from . import catalog
-
     catalog.register(blueprint)
