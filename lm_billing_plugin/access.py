@@ -44,7 +44,8 @@ def current_user() -> Any:
 def actor_name() -> str:
     """How the audit log names the person behind this request."""
     user = current_user()
-    if user is None:
+    # Flask-Login's anonymous user is an object, not None.
+    if user is None or getattr(user, "is_anonymous", False):
         return "anonymous"
     for attr in ("username", "email", "name"):
         value = getattr(user, attr, None)
@@ -66,6 +67,9 @@ def is_allowed(action: str) -> bool:
 
 def guard_request() -> Any:
     """Blueprint before_request: login, then permission for the endpoint's action."""
+    if request.endpoint == "lm_billing.static":
+        # The stylesheet is public (the host's login page may use it); data never is.
+        return None
     login_manager = getattr(current_app, "login_manager", None)
     if login_manager is not None:
         user = current_user()
