@@ -14,6 +14,7 @@ passes them through unchanged and nothing promises Tcl reads them back.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -30,6 +31,8 @@ __all__ = [
     "encode_request",
     "encode_word",
 ]
+
+logger = logging.getLogger("lm_billing_plugin.tclport.codec")
 
 
 class TclListError(ValueError):
@@ -101,6 +104,10 @@ def _substitute(match: re.Match[str]) -> str:
     if first in "01234567":
         return chr(int(seq, 8))
     if len(seq) == 1:
+        if first > "\uffff":
+            # Tcl 8.6 (16-bit Tcl_UniChar) reads a backslashed non-BMP character as
+            # U+FFFD; verified with tclsh 8.6.13.
+            return "\ufffd"
         return _SIMPLE_ESCAPES.get(first, first)
     if first == "U":
         return _parse_big_u(seq[1:])
@@ -170,7 +177,7 @@ def _decode_full(text: str) -> list[str]:
             body = _QUOTED_END.match(text, pos + 1)
             assert body is not None  # `*` always matches
             close = body.end()
-            if close >= n:
+            if close >= n or text[close] != '"':  # the end, or a final backslash
                 raise TclListError(f"unmatched open quote in list (quote at offset {pos})")
             out.append(_collapse(text[pos + 1 : close]))
             end = close + 1
@@ -199,53 +206,77 @@ def decode_list_py(text: str) -> list[str]:
 # Decoding through Tcl's C parser
 # ---------------------------------------------------------------------------------------
 
-_local = threading.local()
+_Split = Callable[[str], "tuple[str, ...]"]
 
 
-def _make_tcl_splitlist() -> Callable[[str], tuple[str, ...]] | None:
+def _split_in_python(text: str) -> tuple[str, ...]:
+    return tuple(decode_list_py(text))
+
+
+def _load_tcl() -> tuple[Callable[[], _Split], type[Exception]] | None:
+    if os.environ.get("LM_BILLING_PURE_CODEC") == "1":
+        return None
     try:
-        import tkinter
+        import _tkinter
     except ImportError:
         return None
 
-    def splitlist(text: str) -> tuple[str, ...]:
-        # Tcl interpreters belong to the thread that made them, so each thread gets its
-        # own, made on first use (never at import time).
-        interp = getattr(_local, "interp", None)
-        if interp is None:
-            interp = _local.interp = tkinter.Tcl()
-        result: tuple[str, ...] = interp.splitlist(text)
-        return result
+    def new_splitter() -> _Split:
+        # The bare _tkinter app, not tkinter.Tcl(): that one is a Python object with
+        # reference cycles, so the garbage collector may free it in another thread, and
+        # Tcl aborts the process when an interpreter is deleted outside its own thread.
+        # The bare app dies with its thread's locals, in that thread.
+        try:
+            app = _tkinter.create(None, "lm_billing_codec", "Tcl", False, False, False)
+        except _tkinter.TclError:
+            # Tcl is there but cannot start (e.g. no init.tcl): stay correct, go slower.
+            logger.warning("Tcl would not start; decoding Tcl lists in pure Python")
+            return _split_in_python
+        split: _Split = app.splitlist
+        return split
 
-    return splitlist
+    return new_splitter, _tkinter.TclError
 
 
-_tcl_splitlist = (
-    None if os.environ.get("LM_BILLING_PURE_CODEC") == "1" else _make_tcl_splitlist()
-)
-BACKEND = "python" if _tcl_splitlist is None else "tcl"
+_tcl = _load_tcl()
+BACKEND = "python" if _tcl is None else "tcl"
+
+
+class _PerThread(threading.local):
+    # A Tcl interpreter belongs to the thread that made it, so each thread makes its own
+    # on first use (never at import time) and it goes away with the thread.
+    split: _Split | None = None
+
+
+_per_thread = _PerThread()
 
 
 def _decode_tcl(text: str) -> list[str]:
-    assert _tcl_splitlist is not None
     if "\x00" in text or "\\u" in text or "\\U" in text:
         # _tkinter refuses NUL and hands back Tcl's CESU-8 for lone surrogates made by \u
         # escapes as mojibake; the Python parser gets both right.
         return decode_list_py(text)
+    assert _tcl is not None
+    new_splitter, tcl_error = _tcl
+    # No local variable may hold the interpreter (or its bound method): a traceback
+    # keeps frames alive, the garbage collector could then free the interpreter in
+    # another thread, and Tcl aborts the process when that happens.
+    if _per_thread.split is None:
+        _per_thread.split = new_splitter()
     try:
-        return list(_tcl_splitlist(text))
+        return list(_per_thread.split(text))
     except UnicodeEncodeError:
         # Lone surrogates in the input: not UTF-8, Tcl never sees such text.
         return decode_list_py(text)
-    except Exception as exc:  # _tkinter.TclError: the list is malformed
+    except tcl_error as exc:  # the list is malformed
         # Re-parse in Python for a message with the offset; it raises the same verdict.
         decode_list_py(text)
-        raise TclListError(str(exc)) from exc
+        raise TclListError(str(exc)) from None
 
 
 def decode_list(text: str) -> list[str]:
     """Decode a Tcl list exactly as Tcl 8.6 does; raise ``TclListError`` if Tcl would."""
-    if _tcl_splitlist is None:
+    if _tcl is None:
         return decode_list_py(text)
     return _decode_tcl(text)
 
