@@ -1,9 +1,857 @@
-"""Scheduled background validation (APScheduler ticker + database claim)."""
+"""Scheduled background validation: an APScheduler ticker in each process, and a claim on the
+task's database row (conditional UPDATE with a lease) so exactly one process runs each due run.
+
+How it fits together
+--------------------
+* ``TaskState`` (one row per task) is the single source of truth: ``next_run_at`` says when
+  the next run is due, ``lease_owner``/``lease_expires_at`` say who runs it now.
+* Every process that takes part runs a light **ticker** (an APScheduler interval job, memory
+  job store, ``coalesce=True``, ``max_instances=1``) every ``tick_seconds``. A tick reads the
+  row and, when a run is due and nobody holds a live lease, claims it with ONE conditional
+  UPDATE (compare-and-set on the ``next_run_at`` it read): the UPDATE sets the lease and moves
+  ``next_run_at`` to the first slot after now, so runs missed while every process was down
+  coalesce into one. Only the process whose UPDATE hit a row runs the work.
+* While a run works, a heartbeat renews its lease, so a run longer than the interval never
+  overlaps itself. A process that dies mid-run stops renewing; once its lease has expired the
+  next tick anywhere marks that run ``interrupted`` and the schedule goes on.
+* A failure during the run (the database going away included) fails that run with a logged
+  error; if even that cannot be written, the outcome is kept and written by a later tick.
+
+Nothing starts at import time or in ``init_app``: ``install_autostart`` only arranges a lazy
+start on the first request of a serving process (see ``should_autostart``).
+"""
 
 from __future__ import annotations
 
-from flask import Flask
+import atexit
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, current_app
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .extension import get_state
+from .models import Batch, TaskRun, TaskState, utcnow
+from .settings import Settings
+
+log = logging.getLogger("lm_billing_plugin.scheduler")
+# APScheduler's executor logs every job execution at INFO; with a tick every second that would
+# flood a host's INFO log. The ticker jobs log to this logger, quiet unless a host lowers it.
+TICKER_LOGGER = "lm_billing_plugin.scheduler.ticker"
+if logging.getLogger(TICKER_LOGGER).level == logging.NOTSET:
+    logging.getLogger(TICKER_LOGGER).setLevel(logging.WARNING)
+
+TASK = "scheduled_validation"
+ACTOR = "scheduler"
+SERVICE_EXTRA = "scheduler.service"
+# Internal seam: a callable(WorkRequest) -> result that replaces the runner call. Tests use it
+# to make runs slow or failing on purpose; hosts have no reason to set it.
+WORK_EXTRA = "scheduler.work"
+# How often a failing tick is logged again while the database stays unreachable.
+ERROR_LOG_EVERY = 60.0
+
+
+# --- Pure schedule arithmetic -------------------------------------------------------------
+
+
+def tick_seconds(interval: float) -> float:
+    """How often a process looks at the schedule: at most every second, at least five times
+    per interval, so a due run starts well within its own interval."""
+    return max(0.05, min(1.0, interval / 5.0))
+
+
+def next_slot(due: datetime, now: datetime, interval: float) -> tuple[datetime, int]:
+    """The first slot after ``now`` on the grid ``due + k*interval``, and how many slots
+    between ``due`` (exclusive) and that one were missed (they are coalesced into this run)."""
+    step_us = max(1, round(interval * 1_000_000))
+    late_us = (now - due) // timedelta(microseconds=1)
+    if late_us < 0:
+        return due, 0
+    slots = late_us // step_us + 1
+    return due + timedelta(microseconds=slots * step_us), slots - 1
+
+
+def owner_id() -> str:
+    """This process's name in leases: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+# --- Database operations (each in its own short transaction) -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run this process has claimed and must execute."""
+
+    run_id: int
+    owner: str
+    scheduled_for: datetime
+    missed: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The outcome of a run, kept until it is written."""
+
+    run_id: int
+    owner: str
+    status: str
+    summary: dict[str, Any]
+    error: str | None
+    finished_at: datetime
+
+
+def ensure_task(session: Session, now: datetime) -> bool:
+    """Create the task's row (first run due now) when it does not exist yet; True when it
+    was created. Two processes may race here: the loser's commit fails with IntegrityError,
+    which its caller treats as "exists"."""
+    exists = session.scalar(sa.select(TaskState.name).where(TaskState.name == TASK))
+    if exists is not None:
+        return False
+    session.add(TaskState(name=TASK, next_run_at=now))
+    session.flush()
+    return True
+
+
+def reap_expired(session: Session, now: datetime) -> int | None:
+    """Release a lease whose holder died (it stopped renewing) and mark its run interrupted.
+    Returns the interrupted run's id."""
+    row = session.execute(
+        sa.select(TaskState.lease_owner, TaskState.lease_expires_at, TaskState.current_run_id)
+        .where(TaskState.name == TASK)
+    ).one_or_none()
+    if row is None or row.lease_owner is None:
+        return None
+    if row.lease_expires_at is not None and row.lease_expires_at >= now:
+        return None
+    hit = session.execute(
+        sa.update(TaskState)
+        .where(
+            TaskState.name == TASK,
+            TaskState.lease_owner == row.lease_owner,
+            TaskState.lease_expires_at < now,
+        )
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            current_run_id=None,
+            last_run_id=sa.func.coalesce(row.current_run_id, TaskState.last_run_id),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(hit) != 1:
+        return None
+    run_id: int | None = row.current_run_id
+    if run_id is not None:
+        session.execute(
+            sa.update(TaskRun)
+            .where(TaskRun.id == run_id, TaskRun.status == "running")
+            .values(
+                status="interrupted",
+                finished_at=now,
+                error_message=(
+                    f"The process running it ({row.lease_owner}) stopped renewing its lease "
+                    "(it crashed, was killed or lost the database); the schedule continues."
+                ),
+            )
+            .execution_options(synchronize_session=False)
+        )
+    log.warning(
+        "scheduled run %s of %s: lease expired at %s, marked interrupted",
+        run_id,
+        row.lease_owner,
+        row.lease_expires_at,
+    )
+    return run_id
+
+
+def try_claim(
+    session: Session,
+    *,
+    owner: str,
+    now: datetime,
+    interval: float,
+    lease_seconds: float,
+    kind: str,
+) -> Claim | None:
+    """Claim the due run if there is one and nobody runs it: one conditional UPDATE that
+    sets the lease and advances next_run_at past now. The caller commits."""
+    row = session.execute(
+        sa.select(TaskState.next_run_at, TaskState.lease_owner, TaskState.lease_expires_at)
+        .where(TaskState.name == TASK)
+    ).one_or_none()
+    if row is None:
+        return None
+    due = row.next_run_at
+    step = timedelta(seconds=interval)
+    if due - now > step:
+        # The interval was shortened since this slot was set: do not wait out the old one.
+        session.execute(
+            sa.update(TaskState)
+            .where(TaskState.name == TASK, TaskState.next_run_at == due)
+            .values(next_run_at=now + step)
+            .execution_options(synchronize_session=False)
+        )
+        return None
+    if due > now:
+        return None
+    if row.lease_owner is not None and (
+        row.lease_expires_at is None or row.lease_expires_at >= now
+    ):
+        return None
+    upcoming, missed = next_slot(due, now, interval)
+    hit = session.execute(
+        sa.update(TaskState)
+        .where(
+            TaskState.name == TASK,
+            TaskState.next_run_at == due,
+            TaskState.next_run_at <= now,
+            sa.or_(TaskState.lease_owner.is_(None), TaskState.lease_expires_at < now),
+        )
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            next_run_at=upcoming,
+            current_run_id=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(hit) != 1:
+        return None  # another process claimed it first
+    host, pid, _ = owner.rsplit(":", 2)
+    run = TaskRun(
+        task=TASK,
+        scheduled_for=due,
+        started_at=now,
+        status="running",
+        host=host,
+        pid=int(pid),
+        summary={"kind": kind, "missed": missed},
+    )
+    session.add(run)
+    session.flush()
+    session.execute(
+        sa.update(TaskState)
+        .where(TaskState.name == TASK, TaskState.lease_owner == owner)
+        .values(current_run_id=run.id)
+        .execution_options(synchronize_session=False)
+    )
+    return Claim(run_id=run.id, owner=owner, scheduled_for=due, missed=missed, kind=kind)
+
+
+def renew_lease(session: Session, *, owner: str, now: datetime, lease_seconds: float) -> bool:
+    """Heartbeat: push our lease's expiry forward. False when the lease is no longer ours."""
+    hit = session.execute(
+        sa.update(TaskState)
+        .where(TaskState.name == TASK, TaskState.lease_owner == owner)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(hit) == 1
+
+
+def write_finish(session: Session, finish: Finish) -> bool:
+    """Record a run's outcome and release the lease. False when the lease had been taken
+    over meanwhile (the outcome is recorded all the same: it is the truth)."""
+    session.execute(
+        sa.update(TaskRun)
+        .where(TaskRun.id == finish.run_id)
+        .values(
+            status=finish.status,
+            finished_at=finish.finished_at,
+            summary=finish.summary,
+            error_message=finish.error,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    hit = session.execute(
+        sa.update(TaskState)
+        .where(TaskState.name == TASK, TaskState.lease_owner == finish.owner)
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            current_run_id=None,
+            last_run_id=finish.run_id,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(hit) == 1
+
+
+def record_batch(session: Session, run_id: int, batch_id: int) -> None:
+    session.execute(
+        sa.update(TaskRun)
+        .where(TaskRun.id == run_id)
+        .values(batch_id=batch_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def request_run_now(session: Session, now: datetime | None = None) -> datetime:
+    """"Run now": make the next run due at once. Only moves next_run_at; the scheduler
+    process does the work. The caller commits."""
+    now = now or utcnow()
+    if not ensure_task(session, now):
+        session.execute(
+            sa.update(TaskState)
+            .where(TaskState.name == TASK)
+            .values(next_run_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return now
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- What the pages show -------------------------------------------------------------------
+
+
+def schedule_summary(session: Session, settings: Settings | None = None) -> dict[str, Any]:
+    """The schedule at a glance, for the Background validation and Servers pages.
+
+    Keys: ``enabled``, ``kind`` ("validate" or "sync"), ``interval`` (seconds),
+    ``next_run_at`` (aware datetime or None), ``overdue`` (True when a run is due for longer
+    than a scheduler would take to start it: no scheduler process seems to be running),
+    ``running`` (None or {id, host, pid, started_at, scheduled_for, batch_id, done, total,
+    failed}) and ``last_run`` (None or {id, status, started_at, finished_at, duration, error,
+    summary}).
+    """
+    settings = settings or get_state().settings
+    now = utcnow()
+    state = session.get(TaskState, TASK)
+    running: dict[str, Any] | None = None
+    if state is not None and state.current_run_id is not None and state.lease_owner:
+        run = session.get(TaskRun, state.current_run_id)
+        if run is not None and run.status == "running":
+            running = _run_dict(run)
+            running["lease_expires_at"] = state.lease_expires_at
+            batch = session.get(Batch, run.batch_id) if run.batch_id is not None else None
+            running.update(
+                done=batch.done if batch else 0,
+                total=batch.total if batch else 0,
+                failed=batch.failed if batch else 0,
+            )
+    last = session.scalars(
+        sa.select(TaskRun)
+        .where(TaskRun.task == TASK, TaskRun.finished_at.is_not(None))
+        .order_by(TaskRun.finished_at.desc(), TaskRun.id.desc())
+        .limit(1)
+    ).first()
+    next_run_at = state.next_run_at if state is not None else None
+    grace = timedelta(seconds=max(60.0, 3 * tick_seconds(settings.validate_interval)))
+    overdue = bool(
+        settings.scheduler_enabled
+        and next_run_at is not None
+        and running is None
+        and next_run_at < now - grace
+    )
+    return {
+        "enabled": settings.scheduler_enabled,
+        "kind": "sync" if settings.scheduled_sync else "validate",
+        "interval": settings.validate_interval,
+        "next_run_at": next_run_at,
+        "overdue": overdue,
+        "running": running,
+        "last_run": _run_dict(last) if last is not None else None,
+    }
+
+
+def _run_dict(run: TaskRun) -> dict[str, Any]:
+    duration = None
+    if run.finished_at is not None:
+        duration = (run.finished_at - run.started_at).total_seconds()
+    return {
+        "id": run.id,
+        "status": run.status,
+        "host": run.host,
+        "pid": run.pid,
+        "scheduled_for": run.scheduled_for,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "duration": duration,
+        "batch_id": run.batch_id,
+        "error": run.error_message,
+        "summary": dict(run.summary or {}),
+    }
+
+
+# --- The work of one run -------------------------------------------------------------------
+
+
+@dataclass
+class WorkRequest:
+    """What a run asks the engine to do; ``record_batch(batch_id)`` links the engine's batch
+    (its progress: done/total) to the run as soon as it exists."""
+
+    kind: str
+    run_id: int
+    record_batch: Callable[[int], None]
+
+
+Work = Callable[[WorkRequest], Any]
+
+
+def default_work(request: WorkRequest) -> Any:
+    """Validate (or sync) every server through the engine, as the "scheduler" actor."""
+    import importlib
+
+    # The engine, imported late so the scheduler (and the pages) load without it.
+    runner: Any = importlib.import_module("lm_billing_plugin.runner")
+
+    batch_id = runner.create_batch(request.kind, None, actor=ACTOR, dry_run=False)
+    request.record_batch(batch_id)
+    return runner.run_batch(batch_id)
+
+
+def summarize(result: Any, missed: int, kind: str) -> tuple[str, dict[str, Any]]:
+    """A run's status and the summary stored with it, from the engine's BatchResult."""
+    servers = list(getattr(result, "servers", None) or [])
+    failed = [s for s in servers if not getattr(s, "ok", False)]
+    problems_open = sum(_count(getattr(s, "problems", 0)) for s in servers)
+    problems_new = sum(_count(getattr(s, "new_problems", 0)) for s in servers)
+    changes = [
+        {
+            "server_id": getattr(s, "server_id", None),
+            "server": str(getattr(s, "name", "")),
+            "previous": getattr(s, "previous_status", None),
+            "status": getattr(s, "status", None),
+        }
+        for s in servers
+        if getattr(s, "previous_status", None) != getattr(s, "status", None)
+    ]
+    summary: dict[str, Any] = {
+        "kind": kind,
+        "missed": missed,
+        "servers": len(servers),
+        "ok": len(servers) - len(failed),
+        "failed": len(failed),
+        "failed_servers": [str(getattr(s, "name", "")) for s in failed][:50],
+        "problems_open": problems_open,
+        "problems_new": problems_new,
+        "status_changes": changes[:200],
+    }
+    batch_id = getattr(result, "batch_id", None)
+    if batch_id is not None:
+        summary["batch_id"] = batch_id
+    if servers and len(failed) == len(servers):
+        status = "failed"
+    elif failed or problems_open:
+        status = "problems"
+    else:
+        status = "ok"
+    return status, summary
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    try:
+        return len(value)
+    except TypeError:
+        return 0
+
+
+# --- One process's scheduler -----------------------------------------------------------------
+
+
+@dataclass
+class _LocalRun:
+    claim: Claim
+    thread: threading.Thread | None = None
+    stop_heartbeat: threading.Event = field(default_factory=threading.Event)
+
+
+class SchedulerService:
+    """The ticker of one process: claims due runs and executes them in a worker thread.
+
+    ``tick()`` is what the APScheduler job calls; it never raises. ``run_due()`` is one
+    synchronous tick (for cron). ``start(blocking=...)`` drives ``tick`` with APScheduler.
+    """
+
+    def __init__(self, app: Flask, *, work: Work | None = None) -> None:
+        state = get_state(app)
+        self.app = app
+        self.settings = state.settings
+        with app.app_context():
+            self.engine: Engine = state.db.engine
+        self.work: Work = work or state.extras.get(WORK_EXTRA) or default_work
+        self.owner = owner_id()
+        self.kind = "sync" if self.settings.scheduled_sync else "validate"
+        self._lock = threading.Lock()
+        self._local: _LocalRun | None = None
+        self._pending: Finish | None = None
+        self._scheduler: Any = None
+        self._error_logged_at: float | None = None
+        self._stopping = False
+        self._task_ensured = False
+        # The run this process executed last and its status (for `run-due`'s report).
+        self.last_run: tuple[int, str] | None = None
+
+    # -- ticking --
+
+    @property
+    def tick_seconds(self) -> float:
+        return tick_seconds(self.settings.validate_interval)
+
+    def tick(self, *, synchronous: bool = False) -> str:
+        """Look at the schedule once. Returns what happened: "disabled", "stopping", "busy"
+        (a run of ours is going on), "pending" (an earlier outcome still to write), "idle"
+        (nothing due, or someone else runs it), "ran"/"started" (we claimed a run) or "error"."""
+        if not self.settings.scheduler_enabled:
+            return "disabled"
+        with self._lock:
+            if self._stopping:
+                return "stopping"
+            if self._local is not None:
+                return "busy"
+        try:
+            if self._pending is not None:
+                with Session(self.engine) as session, session.begin():
+                    write_finish(session, self._pending)
+                log.info("scheduled run %s: outcome %s recorded late", self._pending.run_id,
+                         self._pending.status)
+                self._pending = None
+            now = utcnow()
+            if not self._task_ensured:
+                try:
+                    with Session(self.engine) as session, session.begin():
+                        ensure_task(session, now)
+                except sa.exc.IntegrityError:
+                    pass  # another process created the row at the same moment
+                self._task_ensured = True
+            with Session(self.engine) as session, session.begin():
+                reap_expired(session, now)
+                claim = try_claim(
+                    session,
+                    owner=self.owner,
+                    now=now,
+                    interval=self.settings.validate_interval,
+                    lease_seconds=self.settings.lease_seconds,
+                    kind=self.kind,
+                )
+        except Exception as exc:
+            self._log_tick_error(exc)
+            return "error"
+        self._tick_ok()
+        if claim is None:
+            return "pending" if self._pending is not None else "idle"
+        log.info(
+            "scheduled %s run %s claimed by %s (slot %s%s)",
+            claim.kind,
+            claim.run_id,
+            self.owner,
+            claim.scheduled_for.isoformat(),
+            f", {claim.missed} missed slot(s) coalesced" if claim.missed else "",
+        )
+        local = _LocalRun(claim=claim)
+        with self._lock:
+            self._local = local
+        if synchronous:
+            self._execute(local)
+            return "ran"
+        local.thread = threading.Thread(
+            target=self._execute, args=(local,), name="lm-billing-scheduled-run", daemon=True
+        )
+        local.thread.start()
+        return "started"
+
+    def _log_tick_error(self, exc: Exception) -> None:
+        if _is_lock_contention(exc):
+            # SQLite: another process is writing the schedule right now; try next tick.
+            log.debug("schedule busy (database locked); next tick retries")
+            return
+        now = time.monotonic()
+        if self._error_logged_at is None or now - self._error_logged_at >= ERROR_LOG_EVERY:
+            log.error(
+                "scheduler tick failed: %s. Scheduled validation waits until the database is "
+                "reachable again; it retries every %.1f s.",
+                exc,
+                self.tick_seconds,
+                exc_info=not isinstance(exc, sa.exc.OperationalError),
+            )
+            self._error_logged_at = now
+
+    def _tick_ok(self) -> None:
+        if self._error_logged_at is not None:
+            log.warning("scheduler: database reachable again, schedule resumed")
+            self._error_logged_at = None
+
+    # -- one run --
+
+    def _execute(self, local: _LocalRun) -> None:
+        claim = local.claim
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(local,), name="lm-billing-lease", daemon=True
+        )
+        heartbeat.start()
+        status, summary, error = "failed", {"kind": claim.kind, "missed": claim.missed}, None
+        result: Any = None
+        try:
+            request = WorkRequest(
+                kind=claim.kind, run_id=claim.run_id, record_batch=self._record_batch(claim)
+            )
+            with self.app.app_context():
+                result = self.work(request)
+            status, summary = summarize(result, claim.missed, claim.kind)
+        except Exception as exc:
+            log.error("scheduled %s run %s failed: %s", claim.kind, claim.run_id, exc,
+                      exc_info=True)
+            error = (
+                f"The scheduled {claim.kind} failed: {type(exc).__name__}: {exc}. "
+                "The next run is scheduled as usual; if this repeats, check the database "
+                "and the log of the scheduler process."
+            )[:4000]
+            result = None
+        finally:
+            local.stop_heartbeat.set()
+            heartbeat.join(timeout=5)
+        finish = Finish(
+            run_id=claim.run_id,
+            owner=claim.owner,
+            status=status,
+            summary=summary,
+            error=error,
+            finished_at=utcnow(),
+        )
+        try:
+            with Session(self.engine) as session, session.begin():
+                if not write_finish(session, finish):
+                    log.warning(
+                        "scheduled run %s finished after its lease was taken over; it ran "
+                        "longer than LM_BILLING_LEASE_SECONDS without a heartbeat",
+                        claim.run_id,
+                    )
+        except Exception as exc:
+            log.error(
+                "scheduled run %s: could not record its outcome (%s): %s; kept, and written "
+                "when the database is back",
+                claim.run_id,
+                finish.status,
+                exc,
+            )
+            self._pending = finish
+        with self._lock:
+            self._local = None
+            self.last_run = (claim.run_id, status)
+        log.info("scheduled %s run %s: %s", claim.kind, claim.run_id, status)
+        if result is not None:
+            from .notify import notify_run
+
+            notify_run(self.app, run_id=claim.run_id, status=status, summary=summary,
+                       result=result)
+
+    def _record_batch(self, claim: Claim) -> Callable[[int], None]:
+        def record(batch_id: int) -> None:
+            with Session(self.engine) as session, session.begin():
+                record_batch(session, claim.run_id, batch_id)
+
+        return record
+
+    def _heartbeat(self, local: _LocalRun) -> None:
+        every = max(0.05, self.settings.lease_seconds / 3.0)
+        while not local.stop_heartbeat.wait(every):
+            try:
+                with Session(self.engine) as session, session.begin():
+                    mine = renew_lease(
+                        session,
+                        owner=local.claim.owner,
+                        now=utcnow(),
+                        lease_seconds=self.settings.lease_seconds,
+                    )
+                if not mine:
+                    log.error(
+                        "scheduled run %s lost its lease (another process took it over as "
+                        "expired); raise LM_BILLING_LEASE_SECONDS if the database is slow",
+                        local.claim.run_id,
+                    )
+                    return
+            except Exception as exc:
+                log.warning("scheduled run %s: lease heartbeat failed: %s",
+                            local.claim.run_id, exc)
+
+    # -- cron: one tick --
+
+    def run_due(self) -> str:
+        """One synchronous tick (for cron): claim and run the due run if there is one.
+        Returns the tick's outcome; ``last_run`` then holds the run's id and status."""
+        return self.tick(synchronous=True)
+
+    # -- driving the ticker --
+
+    def start(self, *, blocking: bool) -> None:
+        """Run the ticker with APScheduler: ``BlockingScheduler`` (returns after ``stop()``) or
+        ``BackgroundScheduler`` (returns at once; stopped at interpreter exit)."""
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.schedulers.blocking import BlockingScheduler
+
+        class _QuietExecutor(ThreadPoolExecutor):  # type: ignore[misc]
+            def start(self, scheduler: Any, alias: str) -> None:
+                super().start(scheduler, alias)
+                self._logger = logging.getLogger(TICKER_LOGGER)
+
+        cls = BlockingScheduler if blocking else BackgroundScheduler
+        scheduler = cls(
+            timezone=UTC,
+            executors={"default": _QuietExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.tick_seconds,
+            id="lm_billing_ticker",
+            name="lm-billing schedule ticker",
+            next_run_time=datetime.now(UTC),
+        )
+        self._scheduler = scheduler
+        log.info(
+            "scheduler %s started (%s every %.0f s, tick %.2f s)",
+            self.owner,
+            self.kind,
+            self.settings.validate_interval,
+            self.tick_seconds,
+        )
+        if not blocking:
+            atexit.register(self.shutdown, abandon=True)
+        scheduler.start()
+
+    def stop(self) -> None:
+        """Stop ticking (safe from a signal handler); a run of ours keeps going."""
+        with self._lock:
+            self._stopping = True
+        scheduler = self._scheduler
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=False)
+
+    @property
+    def running_run(self) -> Claim | None:
+        with self._lock:
+            return self._local.claim if self._local is not None else None
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait for a run of ours to finish; True when none is left."""
+        with self._lock:
+            local = self._local
+        if local is None or local.thread is None:
+            return local is None
+        local.thread.join(timeout)
+        return not local.thread.is_alive()
+
+    def shutdown(self, *, abandon: bool) -> None:
+        """Stop ticking; with ``abandon`` a run still going on is marked interrupted and its
+        lease released at once, so another process need not wait for the lease to expire."""
+        self.stop()
+        with self._lock:
+            local = self._local
+        if local is None or not abandon:
+            return
+        local.stop_heartbeat.set()
+        finish = Finish(
+            run_id=local.claim.run_id,
+            owner=local.claim.owner,
+            status="interrupted",
+            summary={"kind": local.claim.kind, "missed": local.claim.missed},
+            error="The scheduler process was stopped during the run; the next run is "
+            "scheduled as usual.",
+            finished_at=utcnow(),
+        )
+        try:
+            with Session(self.engine) as session, session.begin():
+                write_finish(session, finish)
+            log.warning("scheduled run %s abandoned at shutdown", local.claim.run_id)
+        except Exception as exc:
+            log.error("scheduled run %s: could not record the interruption: %s",
+                      local.claim.run_id, exc)
+
+
+def _is_lock_contention(exc: Exception) -> bool:
+    return isinstance(exc, sa.exc.OperationalError) and "database is locked" in str(exc)
+
+
+# --- Lazy start in serving processes ---------------------------------------------------------
+
+
+def should_autostart(app: Flask) -> bool:
+    """Whether this process should run the ticker for ``app`` on its first request.
+
+    Yes in a serving process (gunicorn/uWSGI worker, ``flask run``) when
+    LM_BILLING_SCHEDULER_AUTOSTART and LM_BILLING_SCHEDULER_ENABLED are on. No under tests
+    (``app.testing``) and under ``flask`` CLI commands other than ``flask run``. The Werkzeug
+    reloader's parent process never serves a request, so it never starts one either (only
+    the child, with WERKZEUG_RUN_MAIN=true, does).
+    """
+    settings = get_state(app).settings
+    if not (settings.scheduler_autostart and settings.scheduler_enabled):
+        return False
+    if app.testing:
+        return False
+    return not _under_cli_command()
+
+
+def _under_cli_command() -> bool:
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.command.name != "run":
+        return True
+    argv = sys.argv
+    script = os.path.basename(argv[0]) if argv else ""
+    is_flask = script in ("flask", "flask.exe") or (
+        script == "__main__.py" and os.path.basename(os.path.dirname(argv[0])) == "flask"
+    )
+    return is_flask and "run" not in argv[1:]
+
+
+_AUTOSTART_LOCK = threading.Lock()
 
 
 def install_autostart(app: Flask) -> None:
     """Arrange for the scheduler to start lazily in a serving process (never here)."""
+
+    def start_on_first_request() -> None:
+        state = get_state(app)
+        if SERVICE_EXTRA in state.extras:
+            return
+        with _AUTOSTART_LOCK:
+            if SERVICE_EXTRA in state.extras:
+                return
+            if not should_autostart(current_app):
+                state.extras[SERVICE_EXTRA] = None
+                return
+            service = SchedulerService(app)
+            state.extras[SERVICE_EXTRA] = service
+            service.start(blocking=False)
+
+    app.before_request(start_on_first_request)
+
+
+__all__ = [
+    "ACTOR",
+    "TASK",
+    "SchedulerService",
+    "WorkRequest",
+    "default_work",
+    "install_autostart",
+    "next_slot",
+    "request_run_now",
+    "schedule_summary",
+    "should_autostart",
+    "tick_seconds",
+]
