@@ -19,3 +19,4 @@ def generate_key_command() -> None:
 
 from . import db as _db  # noqa: E402,F401  (registers its commands on cli)
 from . import servers as _servers  # noqa: E402,F401
+from . import scheduler as _scheduler  # noqa: E402,F401

@@ -6,9 +6,10 @@ from flask import Blueprint
 
 
 def register(blueprint: Blueprint) -> None:
-    from . import catalog, problems, runs, servers
+    from . import background, catalog, problems, runs, servers
 
     servers.register(blueprint)
     problems.register(blueprint)
     runs.register(blueprint)
     catalog.register(blueprint)
+    background.register(blueprint)
