@@ -1,0 +1,587 @@
+"""Pure reconciliation: (what billing holds for one server, what the server has) → problems and
+the changes a sync would make. No Flask, no SQLAlchemy, no sockets: plain dataclasses in and out.
+
+Rules users can rely on (documented in the README, tested in tests/test_reconcile.py):
+
+* Drift compares the server with billing's *active* rows. A name on the server that billing
+  does not hold (or holds as ``removed``) is ``unknown_*``; sync creates it (or reactivates the
+  removed row, keeping its id, history and assignments). A billing row the server no longer
+  has is ``missing_*``; sync marks it ``removed``, never deletes it. ``changed_list`` compares
+  site, description, admin and member count, and carries ``{"old": ..., "new": ...}``.
+* Billing rules judge billing's own rows, never the server's: a list billing does not hold
+  yet cannot be assigned, so it is drift (``unknown_list``), not ``unassigned_list``. After a
+  sync the new lists are billing's, and show as ``unassigned_list`` until an owner is assigned.
+  Member counts are billing's stored ones (what the next bill uses); sync refreshes them.
+* The owner of a list is the most specific active assignment: the list itself, else its site,
+  else its whole server; at one level the lowest group id wins (deterministic).
+* Plan limits of 0 mean unlimited; a group without a plan has no limits. Group-wide limits
+  (lists, members, sites) count the group's lists on every server: this server's from the
+  snapshot plus ``elsewhere`` (the group's counts on other servers, from billing). A group's
+  sites are the distinct non-empty sites of the lists it owns.
+* Fingerprints: sha256 of kind + server id + object key for server, site and list problems;
+  kind + group id for group-wide rules (their problem rows have no server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from .tclport.records import LOGGING_LABELS, LOGGING_LISTS, ListRecord, LoggingState, SiteRecord
+
+__all__ = [
+    "ALL_KINDS",
+    "DRIFT_KINDS",
+    "GROUP_KINDS",
+    "RULE_KINDS",
+    "SERVER_KINDS",
+    "AssignmentRow",
+    "BillingSnapshot",
+    "Changes",
+    "Found",
+    "GroupCounts",
+    "GroupRow",
+    "ListRow",
+    "PlanLimits",
+    "Reconciliation",
+    "SiteRow",
+    "apply_to_snapshot",
+    "drift",
+    "fingerprint",
+    "owners",
+    "reconcile",
+    "rule_problems",
+]
+
+DRIFT_KINDS: Final = (
+    "unknown_site", "unknown_list", "missing_site", "missing_list", "changed_list"
+)
+RULE_KINDS: Final = (
+    "unassigned_list",
+    "over_max_lists",
+    "over_max_members",
+    "over_max_members_per_list",
+    "over_max_lists_per_site",
+    "over_max_sites",
+    "inactive_customer_has_lists",
+)
+SERVER_KINDS: Final = ("logging_off",)
+ALL_KINDS: Final = DRIFT_KINDS + RULE_KINDS + SERVER_KINDS
+#: Rules about a whole billing group across servers; their problems belong to no server.
+GROUP_KINDS: Final = ("over_max_lists", "over_max_members", "over_max_sites",
+                      "inactive_customer_has_lists")
+
+LISTS_LABEL: Final = LOGGING_LABELS[LOGGING_LISTS]
+# The list fields drift compares (the issue's "site, description, admin or member count").
+_COMPARED: Final = ("site", "descr", "admin", "members")
+
+
+# --- billing's side ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRow:
+    """A site as billing holds it (``status`` active or removed)."""
+
+    id: int
+    name: str
+    title: str = ""
+    status: str = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class ListRow:
+    """A mailing list as billing holds it (``status`` active or removed)."""
+
+    id: int
+    name: str
+    site_name: str = ""
+    descr: str = ""
+    members: int = 0
+    admin: str = ""
+    status: str = "active"
+
+    def fields(self) -> dict[str, Any]:
+        return {"site": self.site_name, "descr": self.descr, "admin": self.admin,
+                "members": self.members}
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """A hosting plan's limits; 0 = unlimited."""
+
+    id: int
+    name: str
+    max_members: int = 0
+    max_members_per_list: int = 0
+    max_lists: int = 0
+    max_lists_per_site: int = 0
+    max_sites: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """A billing group, its customer and its plan (None = no plan, no limits)."""
+
+    id: int
+    name: str
+    customer_id: int
+    customer_name: str
+    customer_active: bool = True
+    plan: PlanLimits | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentRow:
+    """An assignment active today that covers this server, one of its sites or lists."""
+
+    id: int
+    group_id: int
+    object_type: str  # server | site | list
+    site_id: int | None = None
+    list_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCounts:
+    """A group's lists, members and sites (for group-wide limits)."""
+
+    lists: int = 0
+    members: int = 0
+    sites: int = 0
+
+    def __add__(self, other: GroupCounts) -> GroupCounts:
+        return GroupCounts(self.lists + other.lists, self.members + other.members,
+                           self.sites + other.sites)
+
+
+@dataclass(frozen=True)
+class BillingSnapshot:
+    """What billing holds about one server, plus the groups whose rules it can judge.
+
+    ``sites``/``lists`` include removed rows; ``assignments`` are those active today;
+    ``groups`` are the groups involved on this server (and groups with open group-wide
+    problems, so a group that left the server can still be judged); ``elsewhere`` is each of
+    those groups' counts on other servers.
+    """
+
+    server_id: int
+    server_name: str
+    sites: tuple[SiteRow, ...] = ()
+    lists: tuple[ListRow, ...] = ()
+    assignments: tuple[AssignmentRow, ...] = ()
+    groups: Mapping[int, GroupRow] = field(default_factory=dict)
+    elsewhere: Mapping[int, GroupCounts] = field(default_factory=dict)
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One problem found by a run. ``server_scoped`` False = a group-wide rule."""
+
+    kind: str
+    object_type: str  # server | site | list | group | customer
+    object_name: str
+    detail: str
+    data: Mapping[str, Any]
+    fingerprint: str
+    group_id: int | None = None
+    server_scoped: bool = True
+
+    @property
+    def is_drift(self) -> bool:
+        return self.kind in DRIFT_KINDS
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a sync writes. Ids are billing's row ids; new rows carry the server's record."""
+
+    create_sites: tuple[SiteRecord, ...] = ()
+    reactivate_sites: tuple[tuple[int, SiteRecord], ...] = ()
+    update_sites: tuple[tuple[int, SiteRecord], ...] = ()
+    remove_sites: tuple[tuple[int, str], ...] = ()
+    create_lists: tuple[ListRecord, ...] = ()
+    reactivate_lists: tuple[tuple[int, ListRecord], ...] = ()
+    update_lists: tuple[tuple[int, ListRecord], ...] = ()
+    remove_lists: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def created(self) -> int:
+        return (len(self.create_sites) + len(self.reactivate_sites) + len(self.create_lists)
+                + len(self.reactivate_lists))
+
+    @property
+    def updated(self) -> int:
+        return len(self.update_sites) + len(self.update_lists)
+
+    @property
+    def removed(self) -> int:
+        return len(self.remove_sites) + len(self.remove_lists)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.created or self.updated or self.removed)
+
+    def counts(self) -> dict[str, int]:
+        return {"created": self.created, "updated": self.updated, "removed": self.removed}
+
+    def select(self, keys: Collection[tuple[str, str]]) -> Changes:
+        """Only the changes for the given ``(object_type, name)`` keys (fix selected objects)."""
+        want = set(keys)
+
+        def site(name: str) -> bool:
+            return ("site", name) in want
+
+        def lst(name: str) -> bool:
+            return ("list", name) in want
+
+        return Changes(
+            create_sites=tuple(s for s in self.create_sites if site(s.name)),
+            reactivate_sites=tuple(x for x in self.reactivate_sites if site(x[1].name)),
+            update_sites=tuple(x for x in self.update_sites if site(x[1].name)),
+            remove_sites=tuple(x for x in self.remove_sites if site(x[1])),
+            create_lists=tuple(r for r in self.create_lists if lst(r.name)),
+            reactivate_lists=tuple(x for x in self.reactivate_lists if lst(x[1].name)),
+            update_lists=tuple(x for x in self.update_lists if lst(x[1].name)),
+            remove_lists=tuple(x for x in self.remove_lists if lst(x[1])),
+        )
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """Problems found (drift, billing rules, server) and the changes sync would apply.
+
+    ``judged_groups`` are the groups whose group-wide rules this run evaluated: their open
+    problems that were not found again are resolved.
+    """
+
+    problems: list[Found]
+    changes: Changes
+    judged_groups: frozenset[int] = frozenset()
+
+    @property
+    def drift(self) -> list[Found]:
+        return [p for p in self.problems if p.kind in DRIFT_KINDS]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def fingerprint(kind: str, *, server_id: int | None = None, group_id: int | None = None,
+                key: Iterable[str] = ()) -> str:
+    """Stable identity of a problem: sha256 hex of kind, server/group id and object key."""
+    parts = [kind, "" if server_id is None else str(server_id),
+             "" if group_id is None else str(group_id), *key]
+    # \x1f cannot be confused with text inside names (a name holding it still differs in
+    # the number of parts, which is fixed per kind).
+    raw = "\x1f".join(parts).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _q(name: str) -> str:
+    # Names are shown quoted with repr-like escaping only for control characters, so a
+    # name with spaces or quotes reads unambiguously in a detail line.
+    shown = name.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f"'{shown}'"
+
+
+def _record_fields(rec: ListRecord) -> dict[str, Any]:
+    return {"site": rec.site, "descr": rec.descr, "admin": rec.admin, "members": rec.members}
+
+
+# --- drift ---------------------------------------------------------------------------------
+
+
+def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
+          lists: Iterable[ListRecord]) -> tuple[list[Found], Changes]:
+    """Compare the server's sites and lists with billing's rows: drift problems and changes."""
+    sid = snapshot.server_id
+    server = snapshot.server_name
+    problems: list[Found] = []
+    billing_sites = {s.name: s for s in snapshot.sites}
+    billing_lists = {row.name: row for row in snapshot.lists}
+
+    create_sites: list[SiteRecord] = []
+    reactivate_sites: list[tuple[int, SiteRecord]] = []
+    update_sites: list[tuple[int, SiteRecord]] = []
+    seen_sites: set[str] = set()
+    for rec in sites:
+        if rec.name in seen_sites:
+            continue
+        seen_sites.add(rec.name)
+        row = billing_sites.get(rec.name)
+        if row is None or row.status != "active":
+            if row is None:
+                create_sites.append(rec)
+            else:
+                reactivate_sites.append((row.id, rec))
+            problems.append(Found(
+                "unknown_site", "site", rec.name,
+                f"Site {_q(rec.name)} is on server {_q(server)} but not in billing; "
+                "sync (or fix) adds it.",
+                {"title": rec.title, "reactivate": row is not None},
+                fingerprint("unknown_site", server_id=sid, key=("site", rec.name)),
+            ))
+        elif row.title != rec.title:
+            # A new site title is not a problem users act on; sync just keeps it current.
+            update_sites.append((row.id, rec))
+    remove_sites = [
+        (row.id, row.name) for row in snapshot.sites
+        if row.status == "active" and row.name not in seen_sites
+    ]
+    for _id, name in remove_sites:
+        problems.append(Found(
+            "missing_site", "site", name,
+            f"Site {_q(name)} is in billing but no longer on server {_q(server)}; sync (or "
+            "fix) marks it removed and keeps its history.",
+            {}, fingerprint("missing_site", server_id=sid, key=("site", name)),
+        ))
+
+    create_lists: list[ListRecord] = []
+    reactivate_lists: list[tuple[int, ListRecord]] = []
+    update_lists: list[tuple[int, ListRecord]] = []
+    seen_lists: set[str] = set()
+    for item in lists:
+        if item.name in seen_lists:
+            continue
+        seen_lists.add(item.name)
+        lrow = billing_lists.get(item.name)
+        if lrow is None or lrow.status != "active":
+            if lrow is None:
+                create_lists.append(item)
+            else:
+                reactivate_lists.append((lrow.id, item))
+            problems.append(Found(
+                "unknown_list", "list", item.name,
+                f"List {_q(item.name)} is on server {_q(server)} but not in billing; sync (or "
+                "fix) adds it, then assign it an owner.",
+                {"new": _record_fields(item), "reactivate": lrow is not None},
+                fingerprint("unknown_list", server_id=sid, key=("list", item.name)),
+            ))
+            continue
+        old = lrow.fields()
+        new = _record_fields(item)
+        differs = [k for k in _COMPARED if old[k] != new[k]]
+        if differs:
+            update_lists.append((lrow.id, item))
+            shown = "; ".join(f"{k}: {old[k]!r} → {new[k]!r}" for k in differs)
+            problems.append(Found(
+                "changed_list", "list", item.name,
+                f"List {_q(item.name)} changed on server {_q(server)}: {shown}.",
+                {"old": {k: old[k] for k in differs}, "new": {k: new[k] for k in differs}},
+                fingerprint("changed_list", server_id=sid, key=("list", item.name)),
+            ))
+    remove_lists = [
+        (row.id, row.name) for row in snapshot.lists
+        if row.status == "active" and row.name not in seen_lists
+    ]
+    for _id, name in remove_lists:
+        problems.append(Found(
+            "missing_list", "list", name,
+            f"List {_q(name)} is in billing but no longer on server {_q(server)}; sync (or "
+            "fix) marks it removed and keeps its history and assignments.",
+            {}, fingerprint("missing_list", server_id=sid, key=("list", name)),
+        ))
+    changes = Changes(
+        create_sites=tuple(create_sites),
+        reactivate_sites=tuple(reactivate_sites),
+        update_sites=tuple(update_sites),
+        remove_sites=tuple(remove_sites),
+        create_lists=tuple(create_lists),
+        reactivate_lists=tuple(reactivate_lists),
+        update_lists=tuple(update_lists),
+        remove_lists=tuple(remove_lists),
+    )
+    return problems, changes
+
+
+# --- billing rules -------------------------------------------------------------------------
+
+
+def owners(snapshot: BillingSnapshot) -> dict[int, int]:
+    """Owning group id of each active list of the snapshot (unowned lists are absent)."""
+    by_list: dict[int, int] = {}
+    by_site: dict[int, int] = {}
+    whole: int | None = None
+    for a in snapshot.assignments:
+        if a.object_type == "list" and a.list_id is not None:
+            by_list[a.list_id] = min(by_list.get(a.list_id, a.group_id), a.group_id)
+        elif a.object_type == "site" and a.site_id is not None:
+            by_site[a.site_id] = min(by_site.get(a.site_id, a.group_id), a.group_id)
+        elif a.object_type == "server":
+            whole = a.group_id if whole is None else min(whole, a.group_id)
+    site_ids = {s.name: s.id for s in snapshot.sites}
+    out: dict[int, int] = {}
+    for row in snapshot.lists:
+        if row.status != "active":
+            continue
+        owner = by_list.get(row.id)
+        if owner is None:
+            site_id = site_ids.get(row.site_name) if row.site_name else None
+            owner = by_site.get(site_id) if site_id is not None else None
+        if owner is None:
+            owner = whole
+        if owner is not None:
+            out[row.id] = owner
+    return out
+
+
+def _limit_text(group: GroupRow) -> str:
+    plan = group.plan
+    assert plan is not None
+    return (f"billing group {_q(group.name)} of customer {_q(group.customer_name)} "
+            f"(hosting plan {_q(plan.name)})")
+
+
+def rule_problems(snapshot: BillingSnapshot) -> list[Found]:
+    """Billing-rule problems of billing's own rows (see the module docstring)."""
+    sid = snapshot.server_id
+    server = snapshot.server_name
+    owner_of = owners(snapshot)
+    problems: list[Found] = []
+    active = [row for row in snapshot.lists if row.status == "active"]
+    for row in active:
+        if row.id not in owner_of:
+            problems.append(Found(
+                "unassigned_list", "list", row.name,
+                f"List {_q(row.name)} on server {_q(server)} has no owner: assign it (or its "
+                "site or server) to a billing group.",
+                {"site": row.site_name},
+                fingerprint("unassigned_list", server_id=sid, key=("list", row.name)),
+            ))
+    owned: dict[int, list[ListRow]] = defaultdict(list)
+    for row in active:
+        group_id = owner_of.get(row.id)
+        if group_id is not None:
+            owned[group_id].append(row)
+    for group_id in sorted(snapshot.groups):
+        group = snapshot.groups[group_id]
+        mine = owned.get(group_id, [])
+        local = GroupCounts(
+            lists=len(mine),
+            members=sum(r.members for r in mine),
+            sites=len({r.site_name for r in mine if r.site_name}),
+        )
+        total = local + snapshot.elsewhere.get(group_id, GroupCounts())
+        if not group.customer_active and total.lists:
+            problems.append(Found(
+                "inactive_customer_has_lists", "customer", group.customer_name,
+                f"Customer {_q(group.customer_name)} is inactive but its billing group "
+                f"{_q(group.name)} still has {total.lists} list(s): unassign them or make the "
+                "customer active again.",
+                {"group_id": group_id, "group": group.name, "lists": total.lists},
+                fingerprint("inactive_customer_has_lists", group_id=group_id),
+                group_id=group_id, server_scoped=False,
+            ))
+        plan = group.plan
+        if plan is None:
+            continue
+        for kind, count, limit, what in (
+            ("over_max_lists", total.lists, plan.max_lists, "lists"),
+            ("over_max_members", total.members, plan.max_members, "members"),
+            ("over_max_sites", total.sites, plan.max_sites, "sites"),
+        ):
+            if limit and count > limit:
+                problems.append(Found(
+                    kind, "group", group.name,
+                    f"The {_limit_text(group)} has {count} {what}; the plan permits {limit}. "
+                    "Change the group's hosting plan or move some of its lists.",
+                    {"group_id": group_id, "count": count, "limit": limit, "plan": plan.name},
+                    fingerprint(kind, group_id=group_id),
+                    group_id=group_id, server_scoped=False,
+                ))
+        if plan.max_members_per_list:
+            for row in mine:
+                if row.members > plan.max_members_per_list:
+                    problems.append(Found(
+                        "over_max_members_per_list", "list", row.name,
+                        f"List {_q(row.name)} on server {_q(server)} has {row.members} members; "
+                        f"the {_limit_text(group)} permits {plan.max_members_per_list} per list. "
+                        "Change the plan or the list.",
+                        {"group_id": group_id, "count": row.members,
+                         "limit": plan.max_members_per_list, "plan": plan.name},
+                        fingerprint("over_max_members_per_list", server_id=sid,
+                                    key=("list", row.name)),
+                        group_id=group_id,
+                    ))
+        if plan.max_lists_per_site:
+            per_site = Counter(r.site_name for r in mine if r.site_name)
+            for site_name in sorted(per_site):
+                count = per_site[site_name]
+                if count > plan.max_lists_per_site:
+                    problems.append(Found(
+                        "over_max_lists_per_site", "site", site_name,
+                        f"Site {_q(site_name)} on server {_q(server)} has {count} lists of the "
+                        f"{_limit_text(group)}, which permits {plan.max_lists_per_site} per "
+                        "site. Change the plan or move lists.",
+                        {"group_id": group_id, "count": count,
+                         "limit": plan.max_lists_per_site, "plan": plan.name},
+                        fingerprint("over_max_lists_per_site", server_id=sid, group_id=group_id,
+                                    key=("site", site_name)),
+                        group_id=group_id,
+                    ))
+    return problems
+
+
+def logging_problem(snapshot: BillingSnapshot, state: LoggingState,
+                    usage_error: str | None = None) -> Found | None:
+    """``logging_off`` when Enable Logging is not "Yes, Log All Messages ...", else None."""
+    if state.counts_messages:
+        return None
+    return Found(
+        "logging_off", "server", snapshot.server_name,
+        f"Enable Logging on server {_q(snapshot.server_name)} is {state.label!r}; it must be "
+        f"{LISTS_LABEL!r} (Server Settings: Automatic Maintenance: Logging), else billing "
+        "cannot count this server's mail.",
+        {"mode": state.mode, "label": state.label, "usage_error": usage_error},
+        fingerprint("logging_off", server_id=snapshot.server_id, key=("server",)),
+    )
+
+
+def reconcile(snapshot: BillingSnapshot, inventory: Any) -> Reconciliation:
+    """Everything one run finds for one server.
+
+    ``inventory`` is an :class:`lm_billing_plugin.inventory.Inventory` (typed loosely so this
+    module stays free of the network layer's imports): ``sites``, ``lists``, ``logging``,
+    ``usage_error``.
+    """
+    problems, changes = drift(snapshot, inventory.sites, inventory.lists)
+    problems.extend(rule_problems(snapshot))
+    off = logging_problem(snapshot, inventory.logging, getattr(inventory, "usage_error", None))
+    if off is not None:
+        problems.append(off)
+    return Reconciliation(problems, changes, frozenset(snapshot.groups))
+
+
+def apply_to_snapshot(snapshot: BillingSnapshot, changes: Changes) -> BillingSnapshot:
+    """The snapshot as it would be after ``changes`` (new rows get negative ids).
+
+    Used by dry-run sync to report the problems billing would have afterwards, and by the
+    property tests (a second reconcile after applying finds no drift).
+    """
+    next_id = -1
+    sites = {s.id: s for s in snapshot.sites}
+    for sid, rec in changes.reactivate_sites + changes.update_sites:
+        sites[sid] = replace(sites[sid], title=rec.title, status="active")
+    for sid, _name in changes.remove_sites:
+        sites[sid] = replace(sites[sid], status="removed")
+    for rec in changes.create_sites:
+        sites[next_id] = SiteRow(next_id, rec.name, rec.title)
+        next_id -= 1
+    lists = {r.id: r for r in snapshot.lists}
+    for lid, lrec in changes.reactivate_lists + changes.update_lists:
+        lists[lid] = replace(lists[lid], site_name=lrec.site, descr=lrec.descr,
+                             admin=lrec.admin, members=lrec.members, status="active")
+    for lid, _name in changes.remove_lists:
+        lists[lid] = replace(lists[lid], status="removed")
+    for lrec in changes.create_lists:
+        lists[next_id] = ListRow(next_id, lrec.name, lrec.site, lrec.descr, lrec.members,
+                                 lrec.admin)
+        next_id -= 1
+    return replace(snapshot, sites=tuple(sites.values()), lists=tuple(lists.values()))

@@ -1,0 +1,570 @@
+"""Billing's side of reconciliation in the database: load one server's snapshot in a fixed few
+queries, apply a sync in bulk, upsert problems by fingerprint, and the per-server run lease.
+
+Every function takes the caller's session and does set-based work; the statement count does
+not grow with a server's number of lists. Only claim/release/expire commit by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .inventory import Inventory
+from .models import (
+    Assignment,
+    Batch,
+    BillingGroup,
+    Customer,
+    HostingPlan,
+    MailingList,
+    Problem,
+    Run,
+    Server,
+    Site,
+    Usage,
+)
+from .reconcile import (
+    DRIFT_KINDS,
+    AssignmentRow,
+    BillingSnapshot,
+    Changes,
+    Found,
+    GroupCounts,
+    GroupRow,
+    ListRow,
+    PlanLimits,
+    SiteRow,
+)
+
+__all__ = [
+    "ChangeCounts",
+    "ProblemCounts",
+    "active_assignment",
+    "apply_sync",
+    "claim_server",
+    "expire_leases",
+    "hold_lease",
+    "load_snapshot",
+    "open_drift_problems",
+    "record_problems",
+    "release_server",
+]
+
+log = logging.getLogger("lm_billing_plugin.store")
+
+# Core tables: bulk statements go through Core (executemany), not the ORM unit of work.
+SERVER = cast(sa.Table, Server.__table__)
+SITE = cast(sa.Table, Site.__table__)
+LIST = cast(sa.Table, MailingList.__table__)
+USAGE = cast(sa.Table, Usage.__table__)
+ASSIGNMENT = cast(sa.Table, Assignment.__table__)
+GROUP = cast(sa.Table, BillingGroup.__table__)
+CUSTOMER = cast(sa.Table, Customer.__table__)
+PLAN = cast(sa.Table, HostingPlan.__table__)
+PROBLEM = cast(sa.Table, Problem.__table__)
+RUN = cast(sa.Table, Run.__table__)
+BATCH = cast(sa.Table, Batch.__table__)
+
+INTERRUPTED_MESSAGE = (
+    "the process running this stopped before finishing (its lease expired); run it again"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeCounts:
+    """What apply_sync wrote: created/updated/removed sites+lists and usage rows written."""
+
+    created: int = 0
+    updated: int = 0
+    removed: int = 0
+    usage: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"created": self.created, "updated": self.updated, "removed": self.removed}
+
+
+ProblemCounts = tuple[int, int]
+
+
+def active_assignment(table: Any, today: date) -> sa.ColumnElement[bool]:
+    """An assignment covers ``today``: started, and not ended (``end_date`` is exclusive:
+    the first day it no longer covers)."""
+    return sa.and_(
+        table.c.start_date <= today,
+        sa.or_(table.c.end_date.is_(None), table.c.end_date > today),
+    )
+
+
+# --- snapshot ------------------------------------------------------------------------------
+
+
+def load_snapshot(
+    session: Session, server_id: int, *, today: date | None = None
+) -> BillingSnapshot:
+    """Billing's view of one server in at most six queries, whatever its size.
+
+    Server name; its sites; its lists; assignments active ``today`` on it; the groups involved
+    (those assignments' groups and groups with open group-wide problems) with customer and
+    plan; and those groups' counts on other servers (one aggregate query).
+    """
+    today = today or datetime.now(UTC).date()
+    name = session.execute(sa.select(SERVER.c.name).where(SERVER.c.id == server_id)).scalar_one()
+    sites = tuple(
+        SiteRow(r.id, r.name, r.title, r.status)
+        for r in session.execute(
+            sa.select(SITE.c.id, SITE.c.name, SITE.c.title, SITE.c.status).where(
+                SITE.c.server_id == server_id
+            )
+        )
+    )
+    lists = tuple(
+        ListRow(r.id, r.name, r.site_name, r.descr, r.members, r.admin, r.status)
+        for r in session.execute(
+            sa.select(
+                LIST.c.id, LIST.c.name, LIST.c.site_name, LIST.c.descr, LIST.c.members,
+                LIST.c.admin, LIST.c.status,
+            ).where(LIST.c.server_id == server_id)
+        )
+    )
+    assignments = tuple(
+        AssignmentRow(r.id, r.group_id, r.object_type, r.site_id, r.list_id)
+        for r in session.execute(
+            sa.select(
+                ASSIGNMENT.c.id, ASSIGNMENT.c.group_id, ASSIGNMENT.c.object_type,
+                ASSIGNMENT.c.site_id, ASSIGNMENT.c.list_id,
+            ).where(ASSIGNMENT.c.server_id == server_id, active_assignment(ASSIGNMENT, today))
+        )
+    )
+    involved = {a.group_id for a in assignments}
+    with_problems = sa.select(PROBLEM.c.group_id).where(
+        PROBLEM.c.server_id.is_(None), PROBLEM.c.status == "open",
+        PROBLEM.c.group_id.is_not(None),
+    )
+    group_filter: sa.ColumnElement[bool] = GROUP.c.id.in_(with_problems)
+    if involved:
+        group_filter = sa.or_(GROUP.c.id.in_(sorted(involved)), group_filter)
+    groups: dict[int, GroupRow] = {}
+    for r in session.execute(
+        sa.select(
+            GROUP.c.id, GROUP.c.name, CUSTOMER.c.id.label("customer_id"), CUSTOMER.c.company,
+            CUSTOMER.c.is_active, PLAN.c.id.label("plan_id"), PLAN.c.name.label("plan_name"),
+            PLAN.c.max_members, PLAN.c.max_members_per_list, PLAN.c.max_lists,
+            PLAN.c.max_lists_per_site, PLAN.c.max_sites,
+        )
+        .select_from(GROUP.join(CUSTOMER, GROUP.c.customer_id == CUSTOMER.c.id)
+                     .outerjoin(PLAN, GROUP.c.plan_id == PLAN.c.id))
+        .where(group_filter)
+    ):
+        plan = None
+        if r.plan_id is not None:
+            plan = PlanLimits(r.plan_id, r.plan_name, r.max_members, r.max_members_per_list,
+                              r.max_lists, r.max_lists_per_site, r.max_sites)
+        groups[r.id] = GroupRow(r.id, r.name, r.customer_id, r.company, bool(r.is_active), plan)
+    elsewhere = _elsewhere(session, server_id, sorted(groups), today) if groups else {}
+    return BillingSnapshot(server_id, name, sites, lists, assignments, groups, elsewhere)
+
+
+def _elsewhere(
+    session: Session, server_id: int, group_ids: Sequence[int], today: date
+) -> dict[int, GroupCounts]:
+    """Each group's lists, members and sites on servers other than ``server_id``, with the
+    same most-specific-owner rule as reconcile.owners, in one query."""
+    a1, a2, a3 = ASSIGNMENT.alias("a1"), ASSIGNMENT.alias("a2"), ASSIGNMENT.alias("a3")
+    s2 = SITE.alias("s2")
+    list_owner = (
+        sa.select(sa.func.min(a1.c.group_id))
+        .where(a1.c.list_id == LIST.c.id, active_assignment(a1, today))
+        .scalar_subquery()
+    )
+    site_owner = (
+        sa.select(sa.func.min(a2.c.group_id))
+        .select_from(a2.join(s2, a2.c.site_id == s2.c.id))
+        .where(
+            s2.c.server_id == LIST.c.server_id, s2.c.name == LIST.c.site_name,
+            LIST.c.site_name != "", active_assignment(a2, today),
+        )
+        .scalar_subquery()
+    )
+    server_owner = (
+        sa.select(sa.func.min(a3.c.group_id))
+        .where(a3.c.object_type == "server", a3.c.server_id == LIST.c.server_id,
+               active_assignment(a3, today))
+        .scalar_subquery()
+    )
+    # Only servers where one of these groups holds an assignment can have lists it owns.
+    servers = sa.select(ASSIGNMENT.c.server_id).where(
+        ASSIGNMENT.c.group_id.in_(group_ids), active_assignment(ASSIGNMENT, today)
+    )
+    per_list = (
+        sa.select(
+            sa.func.coalesce(list_owner, site_owner, server_owner).label("owner"),
+            LIST.c.server_id, LIST.c.site_name, LIST.c.members,
+        )
+        .where(LIST.c.status == "active", LIST.c.server_id != server_id,
+               LIST.c.server_id.in_(servers))
+        .subquery("per_list")
+    )
+    per_site = (
+        sa.select(
+            per_list.c.owner, per_list.c.server_id, per_list.c.site_name,
+            sa.func.count().label("n"), sa.func.sum(per_list.c.members).label("m"),
+        )
+        .where(per_list.c.owner.in_(group_ids))
+        .group_by(per_list.c.owner, per_list.c.server_id, per_list.c.site_name)
+        .subquery("per_site")
+    )
+    query = sa.select(
+        per_site.c.owner,
+        sa.func.sum(per_site.c.n),
+        sa.func.sum(per_site.c.m),
+        sa.func.sum(sa.case((per_site.c.site_name != "", 1), else_=0)),
+    ).group_by(per_site.c.owner)
+    return {
+        int(owner): GroupCounts(int(n or 0), int(m or 0), int(s or 0))
+        for owner, n, m, s in session.execute(query)
+    }
+
+
+# --- applying a sync -----------------------------------------------------------------------
+
+
+def apply_sync(
+    session: Session,
+    server_id: int,
+    changes: Changes,
+    inventory: Inventory,
+    now: datetime,
+    *,
+    with_usage: bool = True,
+) -> ChangeCounts:
+    """Write ``changes`` in bulk (one executemany per kind of write) and this month's usage.
+
+    New sites and lists are created unassigned; removed ones are marked ``removed`` with
+    ``removed_at`` and never deleted. Rows that did not change are not written, so a second
+    sync of an unchanged server writes no list rows. An active row's "last seen" is its
+    server's Validated time; ``last_seen_at`` is the last time billing wrote it after seeing it.
+    Does not commit.
+    """
+    if changes.create_sites:
+        session.execute(
+            SITE.insert(),
+            [{"server_id": server_id, "name": s.name, "title": s.title, "status": "active",
+              "first_seen_at": now, "last_seen_at": now} for s in changes.create_sites],
+        )
+    site_updates = [
+        {"b_id": sid, "b_title": rec.title}
+        for sid, rec in changes.reactivate_sites + changes.update_sites
+    ]
+    if site_updates:
+        session.execute(
+            SITE.update().where(SITE.c.id == sa.bindparam("b_id")).values(
+                title=sa.bindparam("b_title"), status="active", removed_at=None,
+                last_seen_at=now,
+            ),
+            site_updates,
+        )
+    if changes.remove_sites:
+        session.execute(
+            SITE.update().where(SITE.c.id == sa.bindparam("b_id")).values(
+                status="removed", removed_at=now
+            ),
+            [{"b_id": sid} for sid, _name in changes.remove_sites],
+        )
+    if changes.create_lists:
+        session.execute(
+            LIST.insert(),
+            [{"server_id": server_id, "name": r.name, "site_name": r.site, "descr": r.descr,
+              "created": r.created, "members": r.members, "admin": r.admin,
+              "status": "active", "first_seen_at": now, "last_seen_at": now}
+             for r in changes.create_lists],
+        )
+    list_updates = [
+        {"b_id": lid, "b_site": r.site, "b_descr": r.descr, "b_members": r.members,
+         "b_admin": r.admin}
+        for lid, r in changes.reactivate_lists + changes.update_lists
+    ]
+    if list_updates:
+        session.execute(
+            LIST.update().where(LIST.c.id == sa.bindparam("b_id")).values(
+                site_name=sa.bindparam("b_site"), descr=sa.bindparam("b_descr"),
+                members=sa.bindparam("b_members"), admin=sa.bindparam("b_admin"),
+                status="active", removed_at=None, last_seen_at=now,
+            ),
+            list_updates,
+        )
+    if changes.remove_lists:
+        session.execute(
+            LIST.update().where(LIST.c.id == sa.bindparam("b_id")).values(
+                status="removed", removed_at=now
+            ),
+            [{"b_id": lid} for lid, _name in changes.remove_lists],
+        )
+    usage = 0
+    if with_usage and inventory.usage_available and inventory.usage:
+        usage = _store_usage(session, server_id, inventory, now)
+    return ChangeCounts(changes.created, changes.updated, changes.removed, usage)
+
+
+def _store_usage(session: Session, server_id: int, inventory: Inventory, now: datetime) -> int:
+    """Upsert this period's usage rows (two reads, at most one insert and one update)."""
+    ids = {
+        name: lid
+        for lid, name in session.execute(
+            sa.select(LIST.c.id, LIST.c.name).where(LIST.c.server_id == server_id)
+        )
+    }
+    existing = {
+        r.list_id: r
+        for r in session.execute(
+            sa.select(USAGE.c.id, USAGE.c.list_id, USAGE.c.messages, USAGE.c.recipients,
+                      USAGE.c.bytes)
+            .where(USAGE.c.server_id == server_id, USAGE.c.period == inventory.period)
+        )
+    }
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    unknown = 0
+    for rec in inventory.usage:
+        lid = ids.get(rec.list)
+        if lid is None:
+            unknown += 1
+            continue
+        row = existing.get(lid)
+        if row is None:
+            inserts.append({"server_id": server_id, "list_id": lid, "period": inventory.period,
+                            "messages": rec.messages, "recipients": rec.recipients,
+                            "bytes": rec.bytes, "updated_at": now})
+        elif (row.messages, row.recipients, row.bytes) != (rec.messages, rec.recipients,
+                                                           rec.bytes):
+            updates.append({"b_id": row.id, "b_messages": rec.messages,
+                            "b_recipients": rec.recipients, "b_bytes": rec.bytes})
+    if unknown:
+        log.warning("server %s: usage of %d list(s) unknown to billing was not stored",
+                    server_id, unknown)
+    if inserts:
+        session.execute(USAGE.insert(), inserts)
+    if updates:
+        session.execute(
+            USAGE.update().where(USAGE.c.id == sa.bindparam("b_id")).values(
+                messages=sa.bindparam("b_messages"), recipients=sa.bindparam("b_recipients"),
+                bytes=sa.bindparam("b_bytes"), updated_at=now,
+            ),
+            updates,
+        )
+    return len(inserts) + len(updates)
+
+
+# --- problems ------------------------------------------------------------------------------
+
+
+def record_problems(
+    session: Session,
+    server_id: int,
+    run_id: int | None,
+    found: Iterable[Found],
+    now: datetime,
+    *,
+    groups: Collection[int] = (),
+    kinds: Collection[str] | None = None,
+    fixed: Collection[str] = (),
+) -> ProblemCounts:
+    """Upsert the problems a run found; resolve the ones it judged and did not find again.
+
+    A problem is one row per fingerprint: found again it keeps its row (``last_seen_at`` and
+    ``last_run_id`` move, ``detail``/``data`` refresh, a resolved or fixed one reopens). The
+    run's scope is this server's problems plus the group-wide problems of ``groups``,
+    restricted to ``kinds`` (None = every kind): only those can be resolved; a run that could
+    not judge a kind leaves its problems alone. Fingerprints in ``fixed`` close as ``fixed``
+    instead of ``resolved``. Returns ``(new, open)``: rows created or reopened, and found.
+    Does not commit.
+    """
+    found = list({f.fingerprint: f for f in found}.values())
+    scope = PROBLEM.c.server_id == server_id
+    if groups:
+        scope = sa.or_(scope, sa.and_(PROBLEM.c.server_id.is_(None),
+                                      PROBLEM.c.group_id.in_(sorted(groups))))
+    existing = {
+        r.fingerprint: r
+        for r in session.execute(
+            sa.select(PROBLEM.c.id, PROBLEM.c.fingerprint, PROBLEM.c.kind, PROBLEM.c.status,
+                      PROBLEM.c.detail, PROBLEM.c.data, PROBLEM.c.server_id,
+                      PROBLEM.c.group_id).where(scope)
+        )
+    }
+    judged = set(kinds) if kinds is not None else None
+    fixed_set = set(fixed)
+    seen = {f.fingerprint for f in found}
+    inserts: list[dict[str, Any]] = []
+    refresh: list[dict[str, Any]] = []
+    new = 0
+    for f in found:
+        row = existing.get(f.fingerprint)
+        if row is None:
+            inserts.append({
+                "fingerprint": f.fingerprint,
+                "server_id": server_id if f.server_scoped else None,
+                "group_id": f.group_id, "kind": f.kind, "object_type": f.object_type,
+                "object_name": f.object_name, "detail": f.detail, "data": dict(f.data),
+                "status": "open", "first_seen_at": now, "last_seen_at": now,
+                "first_run_id": run_id, "last_run_id": run_id,
+            })
+            new += 1
+            continue
+        reopened = row.status != "open"
+        if reopened:
+            new += 1
+        if reopened or row.detail != f.detail or (row.data or {}) != dict(f.data):
+            refresh.append({"b_id": row.id, "b_detail": f.detail, "b_data": dict(f.data),
+                            "b_group": f.group_id})
+    closing = [
+        {"b_id": row.id, "b_status": "fixed" if fp in fixed_set else "resolved"}
+        for fp, row in existing.items()
+        if row.status == "open" and fp not in seen and (judged is None or row.kind in judged)
+    ]
+    if closing:
+        session.execute(
+            PROBLEM.update().where(PROBLEM.c.id == sa.bindparam("b_id")).values(
+                status=sa.bindparam("b_status"), closed_at=now
+            ),
+            closing,
+        )
+    if refresh:
+        session.execute(
+            PROBLEM.update().where(PROBLEM.c.id == sa.bindparam("b_id")).values(
+                detail=sa.bindparam("b_detail"), data=sa.bindparam("b_data"),
+                group_id=sa.bindparam("b_group"), status="open", closed_at=None,
+            ),
+            refresh,
+        )
+    if len(seen) > len(inserts):
+        # Everything still open in scope was found again (the rest was just closed): one
+        # statement moves last seen / last run for all of them, however many there are.
+        session.execute(
+            PROBLEM.update().where(scope, PROBLEM.c.status == "open").values(
+                last_seen_at=now, last_run_id=run_id
+            )
+        )
+    if inserts:
+        session.execute(PROBLEM.insert(), inserts)
+    return new, len(found)
+
+
+def open_drift_problems(session: Session, server_id: int) -> list[tuple[str, str]]:
+    """(kind, object name) of the server's open drift problems (the gate's question)."""
+    return [
+        (r.kind, r.object_name)
+        for r in session.execute(
+            sa.select(PROBLEM.c.kind, PROBLEM.c.object_name)
+            .where(PROBLEM.c.server_id == server_id, PROBLEM.c.status == "open",
+                   PROBLEM.c.kind.in_(DRIFT_KINDS))
+            .order_by(PROBLEM.c.id)
+        )
+    ]
+
+
+# --- the lease -----------------------------------------------------------------------------
+
+
+def claim_server(
+    session: Session,
+    server_id: int,
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+    *,
+    run_id: int | None = None,
+) -> bool:
+    """Claim the server for one run with ONE conditional UPDATE; commit. False = taken.
+
+    The claim succeeds when the server has no lease or its lease expired; in the second case
+    the run that held it is marked ``interrupted`` (its process died or hung).
+    """
+    previous = session.execute(
+        sa.select(SERVER.c.lease_owner, SERVER.c.lease_expires_at, SERVER.c.lease_run_id)
+        .where(SERVER.c.id == server_id)
+    ).one_or_none()
+    result = session.execute(
+        SERVER.update()
+        .where(SERVER.c.id == server_id,
+               sa.or_(SERVER.c.lease_owner.is_(None), SERVER.c.lease_expires_at < now))
+        .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                lease_run_id=run_id)
+    )
+    claimed = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if claimed and previous is not None and previous.lease_owner is not None:
+        if previous.lease_run_id is not None:
+            _interrupt_runs(session, [previous.lease_run_id], now)
+        log.warning("server %s: lease of %s expired; its run is marked interrupted",
+                    server_id, previous.lease_owner)
+    session.commit()
+    return claimed
+
+
+def hold_lease(session: Session, server_id: int, owner: str) -> bool:
+    """Check (and row-lock, on PostgreSQL and MariaDB) that ``owner`` still holds the lease.
+
+    The first statement of a run's write transaction: a run whose lease was taken over (it
+    outlived its lease) must not write. Does not commit.
+    """
+    result = session.execute(
+        SERVER.update()
+        .where(SERVER.c.id == server_id, SERVER.c.lease_owner == owner)
+        .values(lease_owner=owner)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def release_server(session: Session, server_id: int, owner: str, *, commit: bool = True) -> bool:
+    """Give the lease back (only if ``owner`` still holds it)."""
+    result = session.execute(
+        SERVER.update()
+        .where(SERVER.c.id == server_id, SERVER.c.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None, lease_run_id=None)
+    )
+    released = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if commit:
+        session.commit()
+    return released
+
+
+def _interrupt_runs(session: Session, run_ids: Sequence[int], now: datetime) -> None:
+    session.execute(
+        RUN.update()
+        .where(RUN.c.id.in_(list(run_ids)), RUN.c.status.in_(("running", "queued")))
+        .values(status="interrupted", finished_at=now, error_code="INTERRUPTED",
+                error_message=INTERRUPTED_MESSAGE)
+    )
+
+
+def expire_leases(session: Session, now: datetime) -> int:
+    """Free every expired lease and mark its run interrupted; commit. Returns how many.
+
+    Claimants do this for their own server; pages and the scheduler may call it to clean up
+    after a crashed process without waiting for the next run of each server.
+    """
+    rows = session.execute(
+        sa.select(SERVER.c.id, SERVER.c.lease_owner, SERVER.c.lease_run_id)
+        .where(SERVER.c.lease_owner.is_not(None), SERVER.c.lease_expires_at < now)
+    ).all()
+    freed = 0
+    for row in rows:
+        result = session.execute(
+            SERVER.update()
+            .where(SERVER.c.id == row.id, SERVER.c.lease_owner == row.lease_owner,
+                   SERVER.c.lease_expires_at < now)
+            .values(lease_owner=None, lease_expires_at=None, lease_run_id=None,
+                    status="interrupted", status_message=INTERRUPTED_MESSAGE)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            freed += 1
+            if row.lease_run_id is not None:
+                _interrupt_runs(session, [row.lease_run_id], now)
+    session.commit()
+    return freed
