@@ -257,6 +257,39 @@ class FixResult:
             return 1
         return 0
 
+    @property
+    def fixed(self) -> list[FixItem]:
+        """Problems this call fixed."""
+        return [i for i in self.items if i.outcome == "fixed"]
+
+    @property
+    def skipped(self) -> list[FixItem]:
+        """Problems left as they are: fixed before, gone, or needing a person."""
+        return [i for i in self.items
+                if i.outcome in ("already_fixed", "gone", "not_fixable", "needs_confirmation")]
+
+    @property
+    def failed(self) -> list[FixItem]:
+        """Problems that could not be fixed now (server unreachable, busy, unknown id)."""
+        return [i for i in self.items if i.outcome in ("failed", "not_found")]
+
+    @staticmethod
+    def _line(item: FixItem) -> str:
+        what = f"{item.kind} {item.object!r}" if item.kind else f"problem {item.problem_id}"
+        where = f" on server {item.server!r}" if item.server else ""
+        action = f" {item.action}" if item.action else ""
+        return f"{what}{where}: {item.message}.{action}"
+
+    @property
+    def messages(self) -> list[str]:
+        """One line per problem that was not a failure (what happened, what to do next)."""
+        return [self._line(i) for i in self.items if i.outcome not in ("failed", "not_found")]
+
+    @property
+    def errors(self) -> list[str]:
+        """One line per failed problem, with what to do."""
+        return [self._line(i) for i in self.failed]
+
     def to_json(self) -> dict[str, Any]:
         return {"problems": [i.to_json() for i in self.items],
                 "changes": {k: dict(v) for k, v in self.changes.items()}}
