@@ -11,6 +11,7 @@ from _sim import FAST, blackhole, closed_port
 
 from lm_billing_plugin.checks import (
     CONNECTION_STEPS,
+    ConnectionReport,
     check_connection,
     check_logging,
     check_server,
@@ -41,8 +42,8 @@ def test_healthy_server_passes_every_step(sim: HostSim) -> None:
     assert SECRET not in report.to_json()
 
 
-def statuses(report: object) -> dict[str, str]:
-    return {s.step: s.status for s in report.steps}  # type: ignore[attr-defined]
+def statuses(report: ConnectionReport) -> dict[str, str]:
+    return {s.step: s.status for s in report.steps}
 
 
 @pytest.mark.parametrize(

@@ -453,6 +453,18 @@ def test_auth_failed_says_the_password_was_rejected_and_never_shows_it(sim: Host
     assert WRONG not in repr(TclPortClient("h", password=WRONG))
 
 
+def test_a_server_echoing_the_password_does_not_put_it_on_screen() -> None:
+    echo = frame("ERR", encode_list(["BAD_ARGS", f"auth {WRONG} rejected"]).encode())
+    with scripted_server([GREETING, echo]) as address:
+        client = TclPortClient(*address, WRONG, settings=FAST)
+        with pytest.raises(TclPortError) as info:
+            client.connect()
+        client.close()
+    assert info.value.code == "BAD_ARGS"
+    assert WRONG not in str(info.value) and WRONG not in info.value.detail
+    assert "***" in str(info.value)
+
+
 def test_unknown_command_and_command_mapping(dataset: Dataset) -> None:
     with HostSim(dataset, commands={"sites": "site_list"}) as sim:
         with client_for(sim) as client:

@@ -120,6 +120,15 @@ def test_request_line_limit_is_65536_bytes(sim: HostSim) -> None:
         assert conn.is_closed()
 
 
+def test_huge_request_line_still_gets_its_bad_request_reply(sim: HostSim) -> None:
+    with RawConn(sim.address) as conn:
+        conn.login()
+        # The server stops reading at the limit but drains the rest, so no reset loses the reply.
+        conn.send_line(b"lists " + b"9" * 2_000_000)
+        assert conn.err()[0] == "BAD_REQUEST"
+        assert conn.is_closed()
+
+
 def test_request_that_is_not_a_list_gets_bad_request(sim: HostSim) -> None:
     with RawConn(sim.address) as conn:
         conn.login()

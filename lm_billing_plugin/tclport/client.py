@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Self
 
 from .codec import decode_dict, decode_list, encode_request
 from .errors import (
@@ -181,7 +181,7 @@ class TclPortClient:
     def connected(self) -> bool:
         return self._sock is not None and self._authenticated
 
-    def __enter__(self) -> TclPortClient:
+    def __enter__(self) -> Self:
         if self._sock is None:
             self.connect()
         return self
@@ -224,7 +224,13 @@ class TclPortClient:
             timeout=timeout,
             local_ip=local_ip,
         )
-        err = TclPortError(self.label, phase, code, message, detail=detail or server_message)
+        detail = detail or server_message
+        secret = self._password
+        if len(secret) >= 4 and (secret in message or secret in detail):
+            # A server that echoes the request back must not put the password on screen.
+            message = message.replace(secret, "***")
+            detail = detail.replace(secret, "***")
+        err = TclPortError(self.label, phase, code, message, detail=detail)
         log.debug("%s: %s failed: %s (%s)", self.label, phase, code, detail or server_message)
         return err
 
@@ -238,7 +244,7 @@ class TclPortClient:
 
     # -- connecting -----------------------------------------------------------------------
 
-    def connect(self, on_step: StepCallback | None = None) -> TclPortClient:
+    def connect(self, on_step: StepCallback | None = None) -> Self:
         """Resolve, connect, read the greeting and authenticate; one deadline for all.
 
         ``on_step(step, elapsed_ms)`` is called after each step that succeeds, with step

@@ -104,7 +104,8 @@ class ServerInfo:
     @classmethod
     def from_dict(cls, data: Mapping[str, str]) -> ServerInfo:
         name = "server_info"
-        started = _text(name, data, "started")
+        # "started" is informational: a build that leaves it out still identifies itself.
+        started = data.get("started", "")
         return cls(
             product=_text(name, data, "product"),
             version=_text(name, data, "version"),

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from .client import COMMANDS, DEFAULT_PASSWORD, DEFAULT_PORT, MAX_PAGE_SIZE, MAX_REQUEST_BYTES
 from .codec import decode_list, encode_dict, encode_list
@@ -350,7 +350,7 @@ class HostSim:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> HostSim:
+    def start(self) -> Self:
         if self._listener is not None:
             raise RuntimeError("simulator already started")
         infos = socket.getaddrinfo(
@@ -399,7 +399,7 @@ class HostSim:
         self._listener = self._wake_r = self._wake_w = None
         self._acceptor = None
 
-    def __enter__(self) -> HostSim:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -730,6 +730,20 @@ class _Session:
             except OSError:
                 raise _Closed from None
 
+    def close_gracefully(self) -> None:
+        """Close after an error without a reset: a peer still sending must get the reply.
+
+        Closing with unread input would send RST, and the peer could lose the ERR reply.
+        """
+        try:
+            self.conn.shutdown(socket.SHUT_WR)
+            self.conn.settimeout(1.0)
+            while self.conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        raise _Closed
+
     def read_line(self) -> bytes | None:
         limit = MAX_REQUEST_BYTES + 1  # a CR before the LF does not count
         while True:
@@ -818,7 +832,7 @@ class _Session:
             line = self.read_line()
             if line is None:
                 self.error("BAD_REQUEST", f"request line longer than {MAX_REQUEST_BYTES} bytes")
-                raise _Closed
+                self.close_gracefully()
             try:
                 words = decode_list(line.decode("utf-8"))
             except ValueError:
