@@ -185,18 +185,19 @@ def _summary(result: Any) -> str:
 @requires("run")
 def problems_fix() -> Response:
     form = FixForm()
-    back_args: dict[str, Any] = {
-        k: v for k, v in request.args.items() if k in ("server", "kind")
-    }
+    back_args: dict[str, Any] = {k: v for k, v in request.args.items() if k in ("server", "kind")}
     back = redirect(url_for("lm_billing.problems", **back_args))
     if not form.validate_on_submit():
-        flash("Nothing was fixed: the form expired or the selection is not valid; try again.",
-              "error")
+        flash(
+            "Nothing was fixed: the form expired or the selection is not valid; try again.", "error"
+        )
         return back
     ids = form.problem_ids.data or []
     if not ids:
-        flash('Nothing was fixed: tick the problems to fix, then click "Fix Selected Objects".',
-              "error")
+        flash(
+            'Nothing was fixed: tick the problems to fix, then click "Fix Selected Objects".',
+            "error",
+        )
         return back
     from .. import runner
 

@@ -401,9 +401,11 @@ def detail_context(server: Server, check: Any = None) -> dict[str, Any]:
     ).all()
     spage.total = int(site_rows[0].total) if site_rows else 0
     sites = [row[0] for row in site_rows]
-    site_ids_by_name = dict(
-        session.execute(select(Site.name, Site.id).where(Site.server_id == server.id)).all()
-    ) if lists else {}
+    site_ids_by_name = (
+        dict(session.execute(select(Site.name, Site.id).where(Site.server_id == server.id)).all())
+        if lists
+        else {}
+    )
 
     by_list, by_site, whole = _owners(server.id, today)
     usage: dict[int, tuple[int, int]] = {}
@@ -529,9 +531,7 @@ def server_assign(server_id: int) -> Response:
     server = _server_or_404(server_id)
     session = get_state().session
     form = AssignForm()
-    form.group_id.choices = [
-        (gid, "") for gid in session.scalars(select(BillingGroup.id)).all()
-    ]
+    form.group_id.choices = [(gid, "") for gid in session.scalars(select(BillingGroup.id)).all()]
     back = redirect(url_for("lm_billing.server_detail", server_id=server_id) + "#lists")
     if not form.validate_on_submit():
         for errors in form.errors.values():
@@ -555,9 +555,7 @@ def server_assign(server_id: int) -> Response:
     from .. import runner
 
     try:
-        runner.assign(
-            int(form.group_id.data or 0), "list", list_ids, actor=actor_name()
-        )
+        runner.assign(int(form.group_id.data or 0), "list", list_ids, actor=actor_name())
     except runner.GateError as exc:
         session.rollback()
         flash(str(exc), "error")
@@ -578,9 +576,7 @@ def _selected_server_ids(form: ServerSelectionForm) -> list[int]:
     ids = form.server_ids.data or []
     if not ids:
         return []
-    known = set(
-        get_state().session.scalars(select(Server.id).where(Server.id.in_(ids))).all()
-    )
+    known = set(get_state().session.scalars(select(Server.id).where(Server.id.in_(ids))).all())
     return [i for i in ids if i in known]
 
 
@@ -596,15 +592,20 @@ def servers_validate() -> Response:
     """Validate All Servers (scope=all) or Validate Selected Servers, in the background."""
     form = ServerSelectionForm()
     if not form.validate_on_submit():
-        flash("Nothing was started: the form expired or the selection is not valid; try again.",
-              "error")
+        flash(
+            "Nothing was started: the form expired or the selection is not valid; try again.",
+            "error",
+        )
         return redirect(url_for("lm_billing.servers"))
     if request.form.get("scope") == "all":
         return _start("validate", None)
     ids = _selected_server_ids(form)
     if not ids:
-        flash("Nothing was validated: tick the servers to validate first "
-              '(or click "Validate All Servers").', "error")
+        flash(
+            "Nothing was validated: tick the servers to validate first "
+            '(or click "Validate All Servers").',
+            "error",
+        )
         return redirect(url_for("lm_billing.servers"))
     return _start("validate", ids)
 
@@ -614,8 +615,10 @@ def servers_sync() -> Response:
     """Sync Selected Servers, in the background."""
     form = ServerSelectionForm()
     if not form.validate_on_submit():
-        flash("Nothing was started: the form expired or the selection is not valid; try again.",
-              "error")
+        flash(
+            "Nothing was started: the form expired or the selection is not valid; try again.",
+            "error",
+        )
         return redirect(url_for("lm_billing.servers"))
     ids = _selected_server_ids(form)
     if not ids:
@@ -646,6 +649,7 @@ def register(blueprint: Blueprint) -> None:
     blueprint.add_url_rule(
         "/servers/<int:server_id>/assign", "server_assign", server_assign, methods=["POST"]
     )
-    blueprint.add_url_rule("/servers/validate", "servers_validate", servers_validate,
-                           methods=["POST"])
+    blueprint.add_url_rule(
+        "/servers/validate", "servers_validate", servers_validate, methods=["POST"]
+    )
     blueprint.add_url_rule("/servers/sync", "servers_sync", servers_sync, methods=["POST"])
