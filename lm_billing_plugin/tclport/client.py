@@ -205,6 +205,7 @@ class TclPortClient:
         server_message: str = "",
         timeout: float | None = None,
         abort: bool = True,
+        message: str | None = None,
     ) -> TclPortError:
         local_ip = None
         if self._sock is not None and code == "HOST_DENIED":
@@ -214,7 +215,7 @@ class TclPortClient:
         if abort:
             self._abort()
         command = phase.partition(":")[2]
-        message = guidance(
+        message = message or guidance(
             code,
             host=self.host,
             port=self.port,
@@ -231,7 +232,7 @@ class TclPortClient:
             message = message.replace(secret, "***")
             detail = detail.replace(secret, "***")
         err = TclPortError(self.label, phase, code, message, detail=detail)
-        log.debug("%s: %s failed: %s (%s)", self.label, phase, code, detail or server_message)
+        log.debug("%s: %s failed: %s (%s)", self.label, phase, code, detail)
         return err
 
     def _abort(self) -> None:
@@ -261,18 +262,23 @@ class TclPortClient:
             if on_step is not None:
                 on_step(step, elapsed)
 
-        started = time.monotonic()
-        infos = self._resolve(deadline)
-        done("resolve", started)
-        started = time.monotonic()
-        self._sock = self._open(infos, deadline)
-        done("connect", started)
-        started = time.monotonic()
-        self._read_greeting(deadline)
-        done("greeting", started)
-        started = time.monotonic()
-        self._auth(deadline)
-        done("auth", started)
+        try:
+            started = time.monotonic()
+            infos = self._resolve(deadline)
+            done("resolve", started)
+            started = time.monotonic()
+            self._sock = self._open(infos, deadline)
+            done("connect", started)
+            started = time.monotonic()
+            self._read_greeting(deadline)
+            done("greeting", started)
+            started = time.monotonic()
+            self._auth(deadline)
+            done("auth", started)
+        except BaseException:
+            # Whatever stopped the session (including Ctrl-C), the socket must not leak.
+            self._abort()
+            raise
         log.debug(
             "%s: connected to %s in %.1f ms", self.label, self.peer, sum(self.timings.values())
         )
@@ -544,8 +550,9 @@ class TclPortClient:
 
     def _closed(self, phase: str) -> TclPortError:
         return self._error(
-            phase, CLOSED, abort=False,
-            detail="the connection is not open (not connected, or closed after an error)",
+            phase, CLOSED, abort=False, detail="not connected",
+            message="the connection is not open (not connected yet, or closed after an "
+            "earlier error); connect again.",
         )
 
     # -- commands -------------------------------------------------------------------------
@@ -558,8 +565,15 @@ class TclPortClient:
             raise self._closed(phase)
         deadline = time.monotonic() + self.settings.operation_timeout
         started = time.monotonic()
-        self._send(phase, deadline, [wire, *args])
-        reply = self._read_reply(phase, deadline)
+        try:
+            self._send(phase, deadline, [wire, *args])
+            reply = self._read_reply(phase, deadline)
+        except TclPortError:
+            raise
+        except BaseException:
+            # Interrupted mid-exchange: the stream position is unknown, so the session is over.
+            self._abort()
+            raise
         log.debug(
             "%s: %s -> %s %d chars in %.1f ms", self.label, command, reply.status,
             len(reply.body), (time.monotonic() - started) * 1000.0,

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, NoReturn, Self
 
 from .client import COMMANDS, DEFAULT_PASSWORD, DEFAULT_PORT, MAX_PAGE_SIZE, MAX_REQUEST_BYTES
 from .codec import decode_list, encode_dict, encode_list
@@ -730,7 +730,7 @@ class _Session:
             except OSError:
                 raise _Closed from None
 
-    def close_gracefully(self) -> None:
+    def close_gracefully(self) -> NoReturn:
         """Close after an error without a reset: a peer still sending must get the reply.
 
         Closing with unread input would send RST, and the peer could lose the ERR reply.
