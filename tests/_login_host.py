@@ -1,0 +1,197 @@
+"""A Flask-Login host app with CSRF on, users with chosen permissions, and one real row of
+every kind the Billing pages take as a URL argument (for the URL-map generated tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from conftest import build_app
+from flask import Flask, request
+from flask.testing import FlaskClient
+from flask_login import LoginManager, UserMixin
+from werkzeug.routing import Rule
+
+from lm_billing_plugin.access import ACTIONS, action_of
+from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.models import (
+    Assignment,
+    Base,
+    Batch,
+    BillingGroup,
+    Customer,
+    HostingPlan,
+    MailingList,
+    Problem,
+    Run,
+    Server,
+    Site,
+)
+
+# Who may do what. "nobody" is logged in but has no permission at all; "all_but_<a>" has
+# every action except <a>, so each route's own action is what lets it in.
+USERS: dict[str, tuple[str, ...]] = {
+    "nobody": (),
+    "operator": ACTIONS,
+    **{f"all_but_{a}": tuple(x for x in ACTIONS if x != a) for a in ACTIONS},
+    **{f"only_{a}": (a,) for a in ACTIONS},
+}
+USER_HEADER = "X-Test-User"
+
+
+class TestUser(UserMixin):
+    def __init__(self, name: str) -> None:
+        self.id = name
+        self.username = name
+        self.actions = USERS[name]
+
+
+def login_host_app(db_url: str, **config: Any) -> Flask:
+    """The plugin in a host with Flask-Login (users picked by a request header) and CSRF on."""
+
+    def may(user: Any, action: str) -> bool:
+        return bool(getattr(user, "is_authenticated", False)) and action in user.actions
+
+    app = build_app(
+        db_url,
+        permission_check=may,
+        WTF_CSRF_ENABLED=True,
+        LM_BILLING_CONNECT_TIMEOUT=0.5,
+        LM_BILLING_READ_TIMEOUT=0.5,
+        LM_BILLING_OPERATION_TIMEOUT=1.0,
+        **config,
+    )
+    manager = LoginManager(app)
+    manager.login_view = "login"
+
+    @manager.request_loader
+    def load(req: Any) -> TestUser | None:
+        name = req.headers.get(USER_HEADER)
+        return TestUser(name) if name in USERS else None
+
+    @app.get("/login")
+    def login() -> str:
+        return f"host login page for {request.args.get('next', '')}"
+
+    return app
+
+
+def as_user(client: FlaskClient, name: str | None) -> dict[str, str]:
+    """Headers that make a request come from ``name`` (None = anonymous)."""
+    return {USER_HEADER: name} if name else {}
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def seed_rows(app: Flask) -> dict[str, Any]:
+    """One real row of each kind; returns the sample value of every URL argument name."""
+    with app.app_context():
+        s = get_state(app).session
+        server = Server(name="Lists", host="127.0.0.1", port=closed_port(), comments="")
+        s.add(server)
+        s.flush()
+        site = Site(server_id=server.id, name="site1", title="Site One")
+        lst = MailingList(server_id=server.id, name="news", site_name="site1", members=10)
+        customer = Customer(company="Acme Ltd", email="billing@acme.example")
+        plan = HostingPlan(name="Gold", max_lists=10, monthly_price=Decimal("19.95"))
+        s.add_all([site, lst, customer, plan])
+        s.flush()
+        group = BillingGroup(customer_id=customer.id, name="Acme lists", plan_id=plan.id)
+        batch = Batch(kind="validate", total=1)
+        s.add_all([group, batch])
+        s.flush()
+        run = Run(server_id=server.id, kind="validate", batch_id=batch.id, status="problems")
+        s.add(run)
+        s.flush()
+        assignment = Assignment(
+            group_id=group.id,
+            object_type="list",
+            server_id=server.id,
+            list_id=lst.id,
+            start_date=date(2026, 1, 1),
+        )
+        problem = Problem(
+            fingerprint="sample-unassigned-news",
+            server_id=server.id,
+            kind="unassigned_list",
+            object_type="list",
+            object_name="news",
+            detail="List news is not assigned to any billing group.",
+            first_run_id=run.id,
+            last_run_id=run.id,
+        )
+        s.add_all([assignment, problem])
+        s.commit()
+        return {
+            "server_id": server.id,
+            "site_id": site.id,
+            "list_id": lst.id,
+            "customer_id": customer.id,
+            "group_id": group.id,
+            "plan_id": plan.id,
+            "batch_id": batch.id,
+            "run_id": run.id,
+            "problem_id": problem.id,
+            "assignment_id": assignment.id,
+            "filename": "lm_billing.css",
+        }
+
+
+def plugin_rules(app: Flask) -> list[Rule]:
+    return sorted(
+        (r for r in app.url_map.iter_rules() if r.endpoint.startswith("lm_billing.")),
+        key=lambda r: (r.endpoint, r.rule),
+    )
+
+
+def build_url(app: Flask, rule: Rule, samples: dict[str, Any]) -> str:
+    missing = sorted(set(rule.arguments) - set(samples))
+    assert not missing, (
+        f"{rule.endpoint} ({rule.rule}) takes {missing}: add a sample row for it to "
+        "seed_rows() in tests/_login_host.py so the access and CSRF tests cover this route"
+    )
+    with app.test_request_context():
+        from flask import url_for
+
+        return url_for(rule.endpoint, **{a: samples[a] for a in rule.arguments})
+
+
+def required_action(app: Flask, rule: Rule) -> str:
+    return action_of(app.view_functions[rule.endpoint])
+
+
+def csrf_token(client: FlaskClient, user: str = "operator") -> str:
+    """The token a rendered plugin form carries for this client's session."""
+    page = client.get("/billing/customers/new", headers=as_user(client, user))
+    assert page.status_code == 200, page.status_code
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.get_data(True))
+    assert match, "no csrf_token field on the Create New Customer page"
+    return match.group(1)
+
+
+def fingerprint(app: Flask) -> str:
+    """A digest of every row of every plugin table: equal before and after = nothing changed."""
+    digest = hashlib.sha256()
+    with app.app_context():
+        session = get_state(app).session
+        for table in Base.metadata.sorted_tables:
+            rows = session.execute(sa.select(table).order_by(*table.primary_key.columns)).all()
+            digest.update(table.name.encode())
+            digest.update(json.dumps([list(r) for r in rows], default=str).encode())
+        session.rollback()
+    return digest.hexdigest()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,170 @@
+"""Access matrix generated from the app's URL map: every lm_billing route, anonymous → login,
+no permission → 403, the route's own permission → 200; new routes are covered automatically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from _login_host import (
+    as_user,
+    build_url,
+    csrf_token,
+    fingerprint,
+    login_host_app,
+    plugin_rules,
+    required_action,
+    seed_rows,
+)
+from flask import Flask
+from werkzeug.routing import Rule
+
+from lm_billing_plugin.access import ACTIONS
+
+# Public on purpose: the stylesheet (the host's login page may use it); it holds no data.
+PUBLIC = {"lm_billing.static"}
+
+
+def _rules() -> list[Rule]:
+    app = login_host_app("sqlite://")
+    try:
+        return plugin_rules(app)
+    finally:
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+RULES = _rules()
+CASES = [
+    pytest.param(rule, method, id=f"{rule.endpoint}-{method}")
+    for rule in RULES
+    for method in ("GET", "POST")
+    if method in (rule.methods or ()) and rule.endpoint not in PUBLIC
+]
+GET_RULES = [pytest.param(r, id=r.endpoint) for r in RULES if "GET" in (r.methods or ())]
+POST_ONLY = [
+    pytest.param(r, id=r.endpoint)
+    for r in RULES
+    if "POST" in (r.methods or ()) and "GET" not in (r.methods or ())
+]
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, dict[str, Any]]]:
+    path = tmp_path_factory.mktemp("matrix") / "billing.sqlite"
+    app = login_host_app(f"sqlite:///{path}")
+    samples = seed_rows(app)
+    yield app, samples
+    with app.app_context():
+        app.extensions["sqlalchemy"].engine.dispose()
+
+
+def test_the_matrix_covers_the_plugin() -> None:
+    """Guard against a vacuous matrix: the URL map holds the pages we know of, with both
+    kinds of routes, and every route declares an action the callback understands."""
+    endpoints = {r.endpoint for r in RULES}
+    assert {
+        "lm_billing.servers",
+        "lm_billing.customers",
+        "lm_billing.customer_detail",
+        "lm_billing.plans",
+        "lm_billing.assign",
+        "lm_billing.unassign",
+    } <= endpoints
+    assert len(CASES) >= 20 and POST_ONLY
+
+
+def _request(app: Flask, method: str, url: str, user: str | None, **kw: Any) -> Any:
+    client = app.test_client()
+    response = client.open(url, method=method, headers=as_user(client, user), **kw)
+    response.get_data()  # buffer the body, then release the file a static route opened
+    response.close()
+    return response
+
+
+def test_only_the_stylesheet_is_public(matrix: tuple[Flask, dict[str, Any]]) -> None:
+    app, _ = matrix
+    assert {r.endpoint for r in RULES} & PUBLIC == PUBLIC
+    response = _request(app, "GET", "/billing/static/lm_billing.css", None)
+    assert response.status_code == 200 and response.mimetype == "text/css"
+
+
+@pytest.mark.parametrize(("rule", "method"), CASES)
+def test_anonymous_is_sent_to_login(
+    matrix: tuple[Flask, dict[str, Any]], rule: Rule, method: str
+) -> None:
+    app, samples = matrix
+    url = build_url(app, rule, samples)
+    before = fingerprint(app)
+    response = _request(app, method, url, None)
+    assert response.status_code == 302, (rule.endpoint, response.status_code)
+    location = urlsplit(response.headers["Location"])
+    assert location.path == "/login"
+    assert urlsplit(url).path in location.query.replace("%2F", "/")
+    assert fingerprint(app) == before
+
+
+@pytest.mark.parametrize(("rule", "method"), CASES)
+def test_without_the_permission_is_403(
+    matrix: tuple[Flask, dict[str, Any]], rule: Rule, method: str
+) -> None:
+    app, samples = matrix
+    url = build_url(app, rule, samples)
+    action = required_action(app, rule)
+    assert action in ACTIONS
+    before = fingerprint(app)
+    # Logged in with nothing, and logged in with everything except this route's action.
+    for user in ("nobody", f"all_but_{action}"):
+        client = app.test_client()
+        data: dict[str, str] = {}
+        if method == "POST":
+            # With a valid token, so the refusal is the permission's, not the CSRF check's.
+            data["csrf_token"] = csrf_token(client)
+        response = client.open(url, method=method, data=data, headers=as_user(client, user))
+        assert response.status_code == 403, (rule.endpoint, user, response.status_code)
+        body = response.get_data(as_text=True)
+        assert "Acme" not in body and "news" not in body  # no data behind the refusal
+    assert fingerprint(app) == before
+
+
+@pytest.mark.parametrize("rule", GET_RULES)
+def test_permitted_get_is_200(matrix: tuple[Flask, dict[str, Any]], rule: Rule) -> None:
+    app, samples = matrix
+    url = build_url(app, rule, samples)
+    action = required_action(app, rule)
+    before = fingerprint(app)
+    response = _request(app, "GET", url, f"only_{action}")
+    assert response.status_code == 200, (rule.endpoint, response.get_data(as_text=True)[:500])
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    if response.mimetype == "text/html":
+        assert response.headers["X-Frame-Options"] == "SAMEORIGIN"
+    # No change on GET.
+    assert fingerprint(app) == before
+
+
+@pytest.mark.parametrize("rule", POST_ONLY)
+def test_permitted_post_is_accepted(tmp_path: Path, rule: Rule) -> None:
+    """A POST-only route, with its permission and a valid token, is handled by the view
+    (a redirect or a page with its message), not refused and not crashing."""
+    app = login_host_app(f"sqlite:///{tmp_path / 'billing.sqlite'}")
+    try:
+        samples = seed_rows(app)
+        url = build_url(app, rule, samples)
+        action = required_action(app, rule)
+        client = app.test_client()
+        token = csrf_token(client)
+        response = client.post(
+            url, data={"csrf_token": token}, headers=as_user(client, f"only_{action}")
+        )
+        assert response.status_code not in (401, 403, 405), rule.endpoint
+        assert response.status_code < 500, rule.endpoint
+        # A CSRF refusal would also be a 400: make sure this is the view speaking.
+        assert "CSRF" not in response.get_data(as_text=True)
+        if response.status_code == 302:
+            assert urlsplit(response.headers["Location"]).path != "/login"
+    finally:
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
