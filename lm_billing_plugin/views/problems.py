@@ -205,11 +205,18 @@ def problems_fix() -> Response:
         ids, actor=actor_name(), enable_logging=bool(form.enable_logging.data)
     )
     flash(f"Fix Selected Objects: {_summary(result)}.", "message")
-    for message in getattr(result, "messages", None) or []:
-        flash(str(message), "message")
-    for message in getattr(result, "errors", None) or []:
-        flash(str(message), "error")
+    _flash_lines(result.errors, "error")
+    _flash_lines(result.messages, "message")
     return back
+
+
+def _flash_lines(lines: list[str], category: str, limit: int = 10) -> None:
+    # Hundreds of ticked rows must not become hundreds of messages (nor overflow the
+    # session cookie); the Errors page itself shows what is left.
+    for line in lines[:limit]:
+        flash(line, category)
+    if len(lines) > limit:
+        flash(f"... and {len(lines) - limit} more like these.", category)
 
 
 def register(blueprint: Blueprint) -> None:

@@ -113,7 +113,8 @@ def _progress(batch: Batch) -> dict[str, Any]:
         .where(Run.batch_id == batch.id)
         .order_by(Server.name, Run.id)
     ).all()
-    finished = batch.finished_at is not None or batch.status not in ("running", "pending")
+    # queued -> running -> finished (or failed); anything else is still on its way.
+    finished = batch.finished_at is not None or batch.status in ("finished", "failed")
     open_problems = 0
     if finished:
         open_problems = int(

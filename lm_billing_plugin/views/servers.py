@@ -314,7 +314,8 @@ def _active_assignments(server_id: int, today: date) -> list[Any]:
         .where(
             Assignment.server_id == server_id,
             Assignment.start_date <= today,
-            sa.or_(Assignment.end_date.is_(None), Assignment.end_date >= today),
+            # End dates are exclusive: the first day no longer covered.
+            sa.or_(Assignment.end_date.is_(None), Assignment.end_date > today),
         )
     )
     return list(get_state().session.execute(stmt).all())
@@ -555,15 +556,21 @@ def server_assign(server_id: int) -> Response:
     from .. import runner
 
     try:
-        runner.assign(int(form.group_id.data or 0), "list", list_ids, actor=actor_name())
-    except runner.GateError as exc:
+        created = runner.assign(
+            int(form.group_id.data or 0),
+            server_id=server.id,
+            list_ids=list_ids,
+            actor=actor_name(),
+        )
+    except (runner.GateError, runner.AssignmentError) as exc:
         session.rollback()
-        flash(str(exc), "error")
+        flash(f"Nothing was assigned: {exc}", "error")
         return back
     group = session.get(BillingGroup, form.group_id.data)
     flash(
-        f"{len(list_ids)} list(s) assigned to the billing group "
-        f'"{group.name if group else form.group_id.data}".',
+        f"{created} list(s) assigned to the billing group "
+        f'"{group.name if group else form.group_id.data}"'
+        + (f" ({len(list_ids) - created} had it already)." if created < len(list_ids) else "."),
         "message",
     )
     return back
