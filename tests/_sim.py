@@ -171,3 +171,86 @@ def settle(sim: object, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
     while getattr(sim, "active_sessions", 0) and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+TCL_CLIENT = r"""
+# A TclPort client written in Tcl: reads the simulator's replies with Tcl's own list parser.
+lassign $argv host port
+set s [socket $host $port]
+fconfigure $s -translation binary -buffering full
+proc reply {s} {
+    gets $s header
+    lassign [split $header " "] status len
+    set body [read $s $len]
+    if {[read $s 1] ne "\n"} { error "no final LF" }
+    return [list $status [encoding convertfrom utf-8 $body]]
+}
+proc send {s args} {
+    puts -nonewline $s "[encoding convertto utf-8 [list {*}$args]]\n"
+    flush $s
+}
+proc hx {text} { binary encode hex [encoding convertto utf-8 $text] }
+lassign [reply $s] status greeting
+if {[dict get $greeting protocol] ne "1"} { error "not protocol 1" }
+send $s auth TCLPORTPasswd
+lassign [reply $s] status body
+if {$status ne "OK"} { error "auth: $body" }
+send $s lists 0 5000
+lassign [reply $s] status page
+puts "total [dict get $page total]"
+foreach item [dict get $page items] {
+    puts "list [hx [dict get $item name]] [hx [dict get $item descr]] [dict get $item members]"
+}
+send $s sites
+lassign [reply $s] status sites
+foreach site $sites { puts "site [hx [dict get $site name]] [hx [dict get $site title]]" }
+send $s quit
+reply $s
+close $s
+"""
+
+TCL_SERVER = r"""
+# A TclPort server written in Tcl: builds its replies with Tcl's own list and dict commands.
+set f [open [lindex $argv 0] r]
+fconfigure $f -translation binary
+set names {}
+foreach h [split [read $f] "\n"] {
+    if {$h ne ""} { lappend names [encoding convertfrom utf-8 [binary decode hex $h]] }
+}
+close $f
+proc frame {chan status body} {
+    set bytes [encoding convertto utf-8 $body]
+    puts -nonewline $chan "$status [string length $bytes]\n$bytes\n"
+    flush $chan
+}
+proc serve {chan addr port} {
+    fconfigure $chan -translation binary -buffering full
+    frame $chan OK [dict create protocol 1 product ListManager]
+    while {[gets $chan line] >= 0} {
+        set words [encoding convertfrom utf-8 $line]
+        switch -- [lindex $words 0] {
+            auth { frame $chan OK {} }
+            sites {
+                set out {}
+                foreach n $::names { lappend out [dict create name $n title "Title $n"] }
+                frame $chan OK $out
+            }
+            lists {
+                set items {}
+                foreach n $::names {
+                    lappend items [dict create name $n site $n descr "d $n" \
+                        created 2026-01-02 members 5 admin "$n@example.com"]
+                }
+                frame $chan OK [dict create total [llength $::names] items $items]
+            }
+            quit { frame $chan OK {}; break }
+            default { frame $chan ERR [list UNKNOWN_COMMAND "unknown [lindex $words 0]"] }
+        }
+    }
+    close $chan
+}
+set server [socket -server serve -myaddr 127.0.0.1 0]
+puts [lindex [fconfigure $server -sockname] 2]
+flush stdout
+vwait forever
+"""

@@ -4,12 +4,15 @@ typed errors with user guidance, and no leaked sockets or threads."""
 from __future__ import annotations
 
 import gc
+import shutil
+import subprocess
 import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from _sim import (
     AUTH_OK,
     FAST,
     GREETING,
+    TCL_SERVER,
     blackhole,
     closed_port,
     fd_count,
@@ -210,6 +214,36 @@ def test_hostile_site_names_and_long_password(dataset: Dataset) -> None:
         sim.add_site("<b>Site & {co}</b>", 'Title "x" \\')
         with client_for(sim, password=password) as client:
             assert SiteRecord("<b>Site & {co}</b>", 'Title "x" \\') in client.sites()
+
+
+@pytest.mark.skipif(shutil.which("tclsh") is None, reason="tclsh (Tcl 8.6) is not installed")
+def test_reads_replies_built_by_tcl_itself(tmp_path: Path) -> None:
+    names = sorted(
+        {"a b", "{", "}", "{}", '"q"', "back\\", "<script>", "A & B", "Ünï 日本 🎉",
+         "$x [y] ;z", "#h", "t\tab", "new\nline", " lead", "}{", "\\{", "plain"},
+        key=lambda n: n.encode("utf-8"),
+    )
+    (tmp_path / "names.hex").write_text("\n".join(n.encode("utf-8").hex() for n in names))
+    (tmp_path / "server.tcl").write_text(TCL_SERVER, encoding="utf-8")
+    proc = subprocess.Popen(
+        ["tclsh", str(tmp_path / "server.tcl"), str(tmp_path / "names.hex")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with TclPortClient("127.0.0.1", port, settings=FAST) as client:
+            got = client.lists()
+            sites = client.sites()
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert [r.name for r in got] == names
+    assert got[0] == ListRecord(names[0], names[0], f"d {names[0]}", date(2026, 1, 2), 5,
+                                f"{names[0]}@example.com")
+    assert [(s.name, s.title) for s in sites] == [(n, f"Title {n}") for n in names]
 
 
 # -- limits -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from _sim import FAST, RawConn, settle, thread_count
+from _sim import FAST, TCL_CLIENT, RawConn, settle, thread_count
 
 from lm_billing_plugin.tclport import TclPortClient, TclPortError
 from lm_billing_plugin.tclport.codec import decode_dict, decode_list
@@ -284,6 +285,30 @@ def test_many_sessions_at_once_are_served() -> None:
                 conn.close()
         settle(sim)
         assert sim.active_sessions == 0
+
+
+@pytest.mark.skipif(shutil.which("tclsh") is None, reason="tclsh (Tcl 8.6) is not installed")
+def test_a_tcl_client_reads_the_simulators_replies_exactly(tmp_path: Path) -> None:
+    data = Dataset.generate(sites=3, lists=120, seed=11, hostile_names=True)
+    script = tmp_path / "client.tcl"
+    script.write_text(TCL_CLIENT, encoding="utf-8")
+    with HostSim(data) as sim:
+        out = subprocess.run(
+            ["tclsh", str(script), sim.host, str(sim.port)],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.splitlines()
+
+    def text(h: str) -> str:
+        return bytes.fromhex(h).decode("utf-8")
+
+    assert out[0] == "total 120"
+    lists = [line.split(" ") for line in out if line.startswith("list ")]
+    expected = sorted(data.lists, key=lambda r: r.name.encode("utf-8"))
+    assert [(text(n), text(d), int(m)) for _, n, d, m in lists] == [
+        (r.name, r.descr, r.members) for r in expected
+    ]
+    sites = [line.split(" ") for line in out if line.startswith("site ")]
+    assert [(text(n), text(t)) for _, n, t in sites] == [(s.name, s.title) for s in data.sites]
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -868,6 +868,10 @@ class _Session:
             except _Err as err:
                 self.error(err.code, err.message)
                 continue
+            except Exception as exc:
+                # A bug in a handler (or a test's override) becomes INTERNAL, as on a server.
+                self.error("INTERNAL", f"{type(exc).__name__}: {exc}")
+                continue
             self.reply("OK", body, phase="command")
 
 
