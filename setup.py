@@ -56,6 +56,7 @@ setup(
         "test": [
             "flask-login>=0.6",
             "flask-admin>=2.0",
+            "flask-appbuilder>=5.0",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
