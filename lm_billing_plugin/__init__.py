@@ -7,10 +7,13 @@ from .access import requires
 from .extension import LMBilling, get_state
 from .migrate import alembic_include_object, downgrade, upgrade
 from .models import Base as BillingBase
+from .portals import add_to_appbuilder, add_to_flask_admin
 
 __all__ = [
     "BillingBase",
     "LMBilling",
+    "add_to_appbuilder",
+    "add_to_flask_admin",
     "alembic_include_object",
     "downgrade",
     "get_state",

@@ -11,6 +11,7 @@ from wtforms.validators import ValidationError
 
 from .access import guard_request, is_allowed
 from .extension import get_state
+from .portals import template_context as portal_context
 
 blueprint = Blueprint(
     "lm_billing",
@@ -55,6 +56,8 @@ def security_headers(response: Response) -> Response:
 @blueprint.context_processor
 def template_context() -> dict[str, Any]:
     return {
+        # A host portal's layout (portals.py) may need context of its own.
+        **portal_context(),
         "lm_billing_base_template": get_state().settings.base_template,
         "lm_billing_can": is_allowed,
     }
