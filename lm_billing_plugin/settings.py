@@ -31,7 +31,11 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "Fernet keys (newest first; list or comma-separated string) that encrypt TclPort "
         "passwords at rest. Without one, passwords cannot be stored.",
     ),
-    ("LM_BILLING_CONNECT_TIMEOUT", 5.0, "Seconds to wait for a TCP connection to a hosting server."),
+    (
+        "LM_BILLING_CONNECT_TIMEOUT",
+        5.0,
+        "Seconds to wait for a TCP connection to a hosting server.",
+    ),
     ("LM_BILLING_READ_TIMEOUT", 10.0, "Seconds to wait for the next bytes of a reply."),
     (
         "LM_BILLING_OPERATION_TIMEOUT",
@@ -58,7 +62,11 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ),
     ("LM_BILLING_PAGE_SIZE", 50, "Rows per page in the Billing tables."),
     ("LM_BILLING_SCHEDULER_ENABLED", True, "Run scheduled background validation."),
-    ("LM_BILLING_VALIDATE_INTERVAL", 3600.0, "Seconds between scheduled validations of all servers."),
+    (
+        "LM_BILLING_VALIDATE_INTERVAL",
+        3600.0,
+        "Seconds between scheduled validations of all servers.",
+    ),
     (
         "LM_BILLING_SCHEDULED_SYNC",
         False,
