@@ -240,45 +240,46 @@ def _load_tcl() -> tuple[Callable[[], _Split], type[Exception]] | None:
 
 _tcl = _load_tcl()
 BACKEND = "python" if _tcl is None else "tcl"
+_TclError: type[Exception] = TclListError if _tcl is None else _tcl[1]
+
+
+# One regex pass beats two `in` tests on long non-ASCII text; most texts have no
+# backslash at all and skip it.
+_UNICODE_ESCAPE = re.compile(r"\\[uU]")
 
 
 class _PerThread(threading.local):
     # A Tcl interpreter belongs to the thread that made it, so each thread makes its own
-    # on first use (never at import time) and it goes away with the thread.
-    split: _Split | None = None
+    # on first use (never at import time) and it goes away with the thread.  `split` is
+    # unset until then (AttributeError), which costs nothing on the hot path.
+    split: _Split
 
 
 _per_thread = _PerThread()
 
 
-def _decode_tcl(text: str) -> list[str]:
-    if "\x00" in text or "\\u" in text or "\\U" in text:
-        # _tkinter refuses NUL and hands back Tcl's CESU-8 for lone surrogates made by \u
-        # escapes as mojibake; the Python parser gets both right.
-        return decode_list_py(text)
-    assert _tcl is not None
-    new_splitter, tcl_error = _tcl
-    # No local variable may hold the interpreter (or its bound method): a traceback
+def decode_list(text: str) -> list[str]:
+    """Decode a Tcl list exactly as Tcl 8.6 does; raise ``TclListError`` if Tcl would."""
+    # No local variable here may hold the interpreter or its bound method: a traceback
     # keeps frames alive, the garbage collector could then free the interpreter in
     # another thread, and Tcl aborts the process when that happens.
-    if _per_thread.split is None:
-        _per_thread.split = new_splitter()
+    if _tcl is None or ("\\" in text and _UNICODE_ESCAPE.search(text) is not None):
+        # \u and \U can make lone surrogates, which _tkinter hands back from Tcl's
+        # CESU-8 as mojibake; the Python parser gets them right.
+        return decode_list_py(text)
     try:
         return list(_per_thread.split(text))
-    except UnicodeEncodeError:
-        # Lone surrogates in the input: not UTF-8, Tcl never sees such text.
+    except AttributeError:  # this thread's first call
+        _per_thread.split = _tcl[0]()
+        return decode_list(text)
+    except (TypeError, ValueError):
+        # _tkinter refuses NUL characters (TypeError) and lone surrogates in the input
+        # (UnicodeEncodeError); the Python parser takes both.
         return decode_list_py(text)
-    except tcl_error as exc:  # the list is malformed
+    except _TclError as exc:  # the list is malformed
         # Re-parse in Python for a message with the offset; it raises the same verdict.
         decode_list_py(text)
         raise TclListError(str(exc)) from None
-
-
-def decode_list(text: str) -> list[str]:
-    """Decode a Tcl list exactly as Tcl 8.6 does; raise ``TclListError`` if Tcl would."""
-    if _tcl is None:
-        return decode_list_py(text)
-    return _decode_tcl(text)
 
 
 def decode_dict(text: str) -> dict[str, str]:

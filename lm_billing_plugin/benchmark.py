@@ -1,0 +1,174 @@
+"""Performance figures for the plugin's hot paths, printed plainly for people to compare.
+
+``python -m lm_billing_plugin.benchmark`` runs every section; ``... benchmark codec`` runs one.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import timeit
+from collections.abc import Callable, Sequence
+
+from lm_billing_plugin.tclport import codec
+
+# Each section prints its own lines.  Add a section by decorating a function with
+# @section("name"); sections run in the order they are defined.
+SECTIONS: list[tuple[str, Callable[[], None]]] = []
+
+
+def section(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    def register(func: Callable[[], None]) -> Callable[[], None]:
+        SECTIONS.append((name, func))
+        return func
+
+    return register
+
+
+def best_of(func: Callable[[], object], repeat: int = 7) -> float:
+    """Seconds for one call, the best of ``repeat``: the least disturbed by the machine."""
+    return min(timeit.repeat(func, number=1, repeat=repeat))
+
+
+def race(funcs: dict[str, Callable[[], object]], rounds: int = 25) -> dict[str, float]:
+    """Best seconds per call of each function, run in turns so that load from other work on
+    the machine falls on all of them alike and the ratios stay fair."""
+    best = dict.fromkeys(funcs, float("inf"))
+    for _ in range(rounds):
+        for name, func in funcs.items():
+            best[name] = min(best[name], best_of(func, repeat=1))
+    return best
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+# --- codec -------------------------------------------------------------------------------
+
+_WORDS = ["news", "sales", "team", "alerts", "weekly", "board", "dev", "ops", "club", "jobs"]
+# Names a ListManager server really carries: spaces, braces (balanced or not), quotes,
+# markup characters and non-ASCII letters, mixed into mostly plain names.
+_ODD_NAMES = [
+    "Sales Team {EU}", "odd { brace", 'say "hi"', "<b>&amp;</b>", "café-münchen", "東京-news",
+    "a$b[c];d", "#general", "trailing\\", "😀 fans",
+]
+
+
+def lists_reply(count: int = 5000, seed: int = 2021) -> str:
+    """A deterministic ``lists`` reply body: ``total N items {...}`` with ``count`` lists."""
+    rng = random.Random(seed)
+    names: set[str] = set()
+    while len(names) < count:
+        if rng.random() < 0.15:
+            names.add(f"{rng.choice(_ODD_NAMES)} {len(names)}")
+        else:
+            names.add(f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}-{len(names)}")
+    items = []
+    for name in sorted(names, key=lambda n: n.encode("utf-8")):
+        items.append(
+            codec.encode_dict(
+                {
+                    "name": name,
+                    "site": rng.choice(["", "main", "sales dept", "École"]),
+                    "descr": rng.choice(
+                        [
+                            "",
+                            f"Announcements for {name}",
+                            "Weekly digest; \"best of\" the week's posts",
+                            "Line one\nLine two",
+                            "Prices in $ and [brackets]",
+                        ]
+                    ),
+                    "created": f"20{rng.randint(10, 25)}-{rng.randint(1, 12):02d}-"
+                    f"{rng.randint(1, 28):02d}",
+                    "members": str(rng.randint(0, 250_000)),
+                    "admin": rng.choice(["", f"admin{rng.randint(1, 99)}@example.com"]),
+                }
+            )
+        )
+    return codec.encode_dict({"total": str(count), "items": codec.encode_list(items)})
+
+
+def _reply_decoder(split: Callable[[str], Sequence[str]]) -> Callable[[str], list[list[str]]]:
+    def decode(reply: str) -> list[list[str]]:
+        outer = split(reply)
+        fields = dict(zip(outer[::2], outer[1::2], strict=True))
+        return [list(split(item)) for item in split(fields["items"])]
+
+    return decode
+
+
+@section("codec")
+def bench_codec() -> None:
+    count = 5000
+    reply = lists_reply(count)
+    size_mb = len(reply.encode("utf-8")) / 1e6
+    label = f"codec decode {count}-list reply ({size_mb:.2f} MB)"
+
+    ours = _reply_decoder(codec.decode_list)
+    pure = _reply_decoder(codec.decode_list_py)
+    expected = pure(reply)
+    if ours(reply) != expected:
+        raise SystemExit("decode_list and decode_list_py disagree on the benchmark reply")
+    contenders: dict[str, Callable[[], object]] = {}
+    try:
+        import tkinter
+    except ImportError:
+        pass
+    else:
+        # The raw _tkinter app: tkinter.Tcl().splitlist would add a Python __getattr__ hop.
+        raw = _reply_decoder(tkinter.Tcl().tk.splitlist)
+        if raw(reply) != expected:
+            raise SystemExit("Tcl's splitlist and decode_list_py disagree on the reply")
+        contenders["tcl"] = lambda: raw(reply)
+    contenders["ours"] = lambda: ours(reply)
+    contenders["pure"] = lambda: pure(reply)
+    best = race(contenders)
+    t_ours, t_pure, t_tcl = best["ours"], best["pure"], best.get("tcl")
+
+    def versus(t: float) -> str:
+        return "" if t_tcl is None else f" ({t_tcl / t:.2f}x)"
+
+    tcl_figures = "tcl n/a (no tkinter)" if t_tcl is None else f"tcl {_ms(t_tcl)}"
+    print(
+        f"{label}: {tcl_figures}, ours({codec.BACKEND}) {_ms(t_ours)}{versus(t_ours)}, "
+        f"ours(python) {_ms(t_pure)}{versus(t_pure)}"
+    )
+    print(
+        f"codec decode throughput: ours({codec.BACKEND}) {count / t_ours:,.0f} lists/s "
+        f"{size_mb / t_ours:.1f} MB/s, ours(python) {count / t_pure:,.0f} lists/s "
+        f"{size_mb / t_pure:.1f} MB/s"
+    )
+
+    rows = [dict(zip(row[::2], row[1::2], strict=True)) for row in expected]
+
+    def encode() -> str:
+        items = codec.encode_list([codec.encode_dict(row) for row in rows])
+        return codec.encode_dict({"total": str(count), "items": items})
+
+    if encode() != reply:
+        raise SystemExit("encoding the decoded reply does not give the reply back")
+    t_enc = best_of(encode)
+    print(f"codec encode {count}-list reply: {_ms(t_enc)} ({count / t_enc:,.0f} lists/s)")
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    wanted = list(sys.argv[1:] if argv is None else argv)
+    known = dict(SECTIONS)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        print(f"unknown section(s): {', '.join(unknown)}; sections: {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    for name, func in SECTIONS:
+        if not wanted or name in wanted:
+            func()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
