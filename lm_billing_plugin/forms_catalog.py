@@ -17,6 +17,7 @@ from wtforms import (
     HiddenField,
     IntegerField,
     RadioField,
+    SelectChoice,
     SelectField,
     StringField,
     TextAreaField,
@@ -135,7 +136,7 @@ class PlanForm(FlaskForm):  # type: ignore[misc]
     )
     billing_method = RadioField(
         "Billing Method",
-        choices=[("standard", "Standard"), ("bandwidth", "Bandwidth")],
+        choices=[SelectChoice("standard", "Standard"), SelectChoice("bandwidth", "Bandwidth")],
         default="standard",
         validators=[InputRequired("Choose Standard or Bandwidth.")],
     )
@@ -209,5 +210,5 @@ class UnassignForm(FlaskForm):  # type: ignore[misc]
     end = DateField(
         "End Date",
         validators=[Optional()],
-        description="The last day billed (YYYY-MM-DD); blank = today.",
+        description="The first day no longer billed (YYYY-MM-DD); blank = today.",
     )

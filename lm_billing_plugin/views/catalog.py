@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
+from wtforms import SelectChoice
 
 from ..access import actor_name, requires
 from ..extension import get_state
@@ -28,6 +29,7 @@ from ..models import (
     Server,
     Site,
 )
+from ..store import active_assignment
 from .paging import Page, clamp, order_by, page_from_request
 
 log = logging.getLogger("lm_billing_plugin.views.catalog")
@@ -194,7 +196,10 @@ def customer_edit(customer_id: int) -> str | Response:
                 action = "customer_activate" if customer.is_active else "customer_deactivate"
             _audit(session, action, "customer", customer.id, changes)
             session.commit()
-            flash(f"Customer {customer.company} saved.")
+            if action == "customer_deactivate":
+                flash(f"Customer {customer.company} deactivated; their billing history is kept.")
+            else:
+                flash(f"Customer {customer.company} saved.")
         else:
             flash("Nothing changed.")
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
@@ -232,10 +237,8 @@ class GroupTotals:
 
 
 def _active_assignment(today: date) -> Any:
-    return sa.and_(
-        Assignment.start_date <= today,
-        sa.or_(Assignment.end_date.is_(None), Assignment.end_date >= today),
-    )
+    # The engine's rule, so pages and billing agree on who pays today (end date exclusive).
+    return active_assignment(Assignment.__table__, today)
 
 
 def group_totals(session: Session, group_ids: Iterable[int]) -> dict[int, GroupTotals]:
@@ -333,7 +336,7 @@ def _render_customer_detail(
     today = _today()
     where: list[Any] = [BillingGroup.customer_id == customer.id]
     if not show_ended:
-        where.append(sa.or_(Assignment.end_date.is_(None), Assignment.end_date >= today))
+        where.append(sa.or_(Assignment.end_date.is_(None), Assignment.end_date > today))
     base = sa.select(Assignment).join(BillingGroup, BillingGroup.id == Assignment.group_id)
     page.total = (
         session.scalar(sa.select(sa.func.count()).select_from(base.where(*where).subquery())) or 0
@@ -368,9 +371,9 @@ def _render_customer_detail(
 # --- Billing groups -----------------------------------------------------------------------
 
 
-def _plan_choices(session: Session) -> list[tuple[int, str]]:
+def _plan_choices(session: Session) -> list[Any]:
     plans = session.execute(sa.select(HostingPlan.id, HostingPlan.name).order_by(HostingPlan.name))
-    return [(0, "— no plan yet —"), *((pid, name) for pid, name in plans)]
+    return [SelectChoice(0, "— no plan yet —"), *(SelectChoice(pid, name) for pid, name in plans)]
 
 
 @requires("edit")
@@ -508,14 +511,14 @@ def _int_args(values: Iterable[str]) -> list[int]:
     return out
 
 
-def _group_choices(session: Session) -> list[tuple[int, str]]:
+def _group_choices(session: Session) -> list[Any]:
     rows = session.execute(
         sa.select(BillingGroup.id, Customer.company, BillingGroup.name, Customer.is_active)
         .join(Customer, Customer.id == BillingGroup.customer_id)
         .order_by(Customer.company, BillingGroup.name, BillingGroup.id)
     )
     return [
-        (gid, f"{company}: {name}" + ("" if active else " (inactive customer)"))
+        SelectChoice(gid, f"{company}: {name}" + ("" if active else " (inactive customer)"))
         for gid, company, name, active in rows
     ]
 
@@ -554,7 +557,10 @@ def _owners(session: Session, server_id: int, list_ids: list[int]) -> dict[tuple
 def assign() -> Any:
     session = _session()
     form = AssignForm()
-    form.group_id.choices = [(0, "— choose a billing group —"), *_group_choices(session)]
+    form.group_id.choices = [
+        SelectChoice(0, "— choose a billing group —"),
+        *_group_choices(session),
+    ]
     source = request.form if request.method == "POST" else request.args
     server_id = _int_args([source.get("server_id", "")])
     server = session.get(Server, server_id[0]) if server_id else None
@@ -636,8 +642,10 @@ def _do_assign(
             start=form.start.data,
         )
     except runner.GateError as exc:
-        session.rollback()
         return str(exc)
+    except runner.AssignmentError as exc:
+        form.whole_server.errors = [f"Nothing was assigned: {exc}."]
+        return ""
     flash(f"Assigned {count} object(s) on server {server.name} to billing group {group.name}.")
     return redirect(url_for("lm_billing.customer_detail", customer_id=group.customer_id))
 
@@ -733,8 +741,10 @@ def unassign() -> Any:
     try:
         count = runner.unassign(own, actor=actor_name(), end=form.end.data)
     except runner.GateError as exc:
-        session.rollback()
         return _render_customer_detail(session, customer, form, str(exc), status=409)
+    except runner.AssignmentError as exc:
+        message = f"Nothing was unassigned: {exc}. Reload the page and try again."
+        return _render_customer_detail(session, customer, form, message, status=400)
     flash(f"Ended {count} assignment(s) of {customer.company}; their history is kept.")
     return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
 
