@@ -27,7 +27,7 @@ def admin_portal(
         LM_BILLING_BASE_TEMPLATE=FLASK_ADMIN_TEMPLATE,
     )
     try:
-        from flask_babel import Babel
+        from flask_babel import Babel  # type: ignore[import-untyped]
     except ImportError:
         pass
     else:
