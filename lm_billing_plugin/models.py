@@ -287,7 +287,7 @@ class Assignment(Base):
 # --- Runs, problems, schedule, audit --------------------------------------------------------
 
 RUN_KINDS = ("check", "validate", "sync", "fix", "enable_logging")
-RUN_STATUSES = ("running", "ok", "problems", "failed", "interrupted", "skipped")
+RUN_STATUSES = ("queued", "running", "ok", "problems", "failed", "interrupted", "skipped")
 
 
 class Batch(Base):
