@@ -112,7 +112,7 @@ def test_add_password_from_env(
     with HostSim(Dataset.generate(lists=3), password=SECRET) as server:
         result = add(runner, "Env", server.host, server.port)
         assert result.exit_code == 0, result.output
-        assert "stored (encrypted)" in result.output
+        assert "from LM_BILLING_TCLPORT_PASSWORD, stored encrypted" in result.output
         assert run(runner, "check", "Env").exit_code == 0
     assert password_of(app, "Env") == SECRET
     assert SECRET not in result.output

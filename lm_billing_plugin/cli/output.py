@@ -40,8 +40,8 @@ def when(value: datetime | None) -> str:
 
 
 def iso(value: datetime | None) -> str | None:
-    """A UTC time for JSON: ``YYYY-MM-DDTHH:MM:SSZ`` (the protocol's time format)."""
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+    """A UTC time for JSON, ISO 8601 with its offset (as the engine's JSON writes them)."""
+    return value.isoformat() if value is not None else None
 
 
 def emit_json(document: Any) -> None:

@@ -34,8 +34,9 @@ def servers_group() -> None:
     """
 
 
-def _read_password(password_file: Path | None, ask: bool) -> str | None:
-    """The TclPort password from a file, a hidden prompt or the environment; None = default."""
+def _read_password(password_file: Path | None, ask: bool) -> tuple[str | None, str]:
+    """The TclPort password from a file, a hidden prompt or the environment (None = the
+    default), and where it came from, for the confirmation message."""
     if password_file is not None and ask:
         fail("give either --password-file or --ask-password, not both")
     if password_file is not None:
@@ -47,14 +48,16 @@ def _read_password(password_file: Path | None, ask: bool) -> str | None:
         password = text.rstrip("\r\n")
         if not password:
             fail(f"the password file {str(password_file)!r} is empty")
-        return password
+        return password, "from --password-file"
     if ask:
         value: str = click.prompt(
             "TclPort password", hide_input=True, confirmation_prompt=True, err=True
         )
-        return value
+        return value, "from the prompt"
     env = os.environ.get(PASSWORD_ENV)
-    return env if env else None
+    if env:
+        return env, f"from {PASSWORD_ENV}"
+    return None, "ListManager's default (TCLPORTPasswd), nothing stored"
 
 
 @servers_group.command("add")
@@ -84,14 +87,15 @@ def add_command(
     environment variable LM_BILLING_TCLPORT_PASSWORD; with none of them the server uses
     ListManager's default password (TCLPORTPasswd) and nothing is stored.
     """
-    password = _read_password(password_file, ask_password)
+    password, source = _read_password(password_file, ask_password)
     try:
         server = registry.create_server(name, host, port, comments, password, actor=actor())
     except registry.ServerFieldError as exc:
         for field, message in exc.errors.items():
             click.echo(f"Error: {_OPTION.get(field, field)}: {message}", err=True)
         raise SystemExit(EXIT_FAILED) from None
-    source = "stored (encrypted)" if password else "ListManager's default"
+    if password:
+        source += ", stored encrypted"
     click.echo(
         f"Added server {server.name!r} ({server.host}:{server.port}); password: {source}.\n"
         f"Next: flask lm-billing servers check {_shell_word(server.name)}"
