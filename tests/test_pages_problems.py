@@ -322,6 +322,9 @@ def test_filter_by_server_and_kind_and_links_to_solve(app: Flask, client: FlaskC
     assert f"/billing/servers/{a}?q=" in only_a
     only_kind = plain(client.get("/billing/errors?kind=unknown_list"))
     assert len(_ids(only_kind)) == 1 and "Beta" in only_kind
+    plan = plain(client.get("/billing/errors?kind=over_max_lists"))
+    assert "change the group's hosting plan" in plan
+    assert f'<a href="/billing/groups/{gid}/edit">Change the plan</a>' in plan
     nothing = plain(client.get(f"/billing/errors?server={a}&kind=unknown_list"))
     assert "No open problems match this filter." in nothing
     # Bad filter values are ignored, not errors.

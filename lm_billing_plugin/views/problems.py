@@ -79,18 +79,20 @@ def solve_link(problem: Problem) -> tuple[str, str] | None:
             "lm_billing.server_detail", server_id=problem.server_id, q=problem.object_name
         )
         return ("Assign an owner", url + "#lists")
-    if problem.kind in PLAN_KINDS and problem.group_id is not None:
+    data = problem.data or {}
+    group_id = problem.group_id if problem.group_id is not None else data.get("group_id")
+    if problem.kind in PLAN_KINDS and group_id is not None:
         endpoint = _endpoint(GROUP_EDIT_ENDPOINTS)
         if endpoint:
-            return ("Change the plan", url_for(endpoint, group_id=problem.group_id))
+            return ("Change the plan", url_for(endpoint, group_id=group_id))
     if problem.kind == "inactive_customer_has_lists":
-        customer_id = (problem.data or {}).get("customer_id")
+        customer_id = data.get("customer_id")
         endpoint = _endpoint(CUSTOMER_EDIT_ENDPOINTS)
         if endpoint and customer_id:
             return ("Edit the customer", url_for(endpoint, customer_id=customer_id))
         endpoint = _endpoint(GROUP_EDIT_ENDPOINTS)
-        if endpoint and problem.group_id is not None:
-            return ("Open the billing group", url_for(endpoint, group_id=problem.group_id))
+        if endpoint and group_id is not None:
+            return ("Open the billing group", url_for(endpoint, group_id=group_id))
     return None
 
 
