@@ -4,7 +4,9 @@ history, audit without passwords; the database parts on SQLite, PostgreSQL and M
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +24,7 @@ from lm_billing_plugin.models import (
     Server,
     utcnow,
 )
+from lm_billing_plugin.secrets import generate_key
 from lm_billing_plugin.tclport.simulator import Dataset, HostSim
 
 SECRET = "pw-\u00e9t\u00e9-{x}"
@@ -198,8 +201,8 @@ def test_servers_by_name_reports_every_unknown_name(app: Flask) -> None:
         assert "'A', 'c d'" in str(err.value)
 
 
-def test_no_encryption_key_is_a_password_field_error(make_app: object) -> None:
-    app = make_app(LM_BILLING_ENCRYPTION_KEYS=[])  # type: ignore[operator]
+def test_no_encryption_key_is_a_password_field_error(make_app: Callable[..., Flask]) -> None:
+    app = make_app(LM_BILLING_ENCRYPTION_KEYS=[])
     with app.app_context():
         with pytest.raises(registry.ServerFieldError) as err:
             registry.create_server("K", "k.example", password="x", actor="a")
@@ -219,3 +222,23 @@ def test_check_updates_status_and_a_changed_host_resets_it(app: Flask) -> None:
         registry.update_server(server.id, host="localhost", actor="a")
         fresh = session.get(Server, server.id)
         assert fresh is not None and fresh.status == "unchecked"
+
+
+def test_check_with_an_undecryptable_password_says_what_to_do(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'keys.sqlite'}"
+    first = make_app(url)
+    with first.app_context():
+        server_id = registry.create_server("K", "k.example", password=SECRET, actor="a").id
+    # The key that encrypted the password was removed from LM_BILLING_ENCRYPTION_KEYS.
+    second = make_app(url, create_tables=False, LM_BILLING_ENCRYPTION_KEYS=[generate_key()])
+    with second.app_context():
+        with pytest.raises(registry.ServerError) as err:
+            registry.check_server(server_id, actor="a")
+        assert "cannot be decrypted" in str(err.value) and "enter the password again" in str(
+            err.value
+        )
+        assert SECRET not in str(err.value)
+    result = second.test_cli_runner().invoke(args=["lm-billing", "servers", "check", "K"])
+    assert result.exit_code == 2 and "cannot be decrypted" in result.output
