@@ -112,6 +112,9 @@ def test_validate_and_sync_need_a_selection(app: Flask, client: FlaskClient) -> 
     # Unknown ids are dropped, not an error page.
     text = plain(post(client, "/billing/servers/sync", {"server_ids": "999"}, follow=True))
     assert "Nothing was synced" in text
+    gone = add_server(app, "Gone", active=False)
+    text = plain(post(client, "/billing/servers/sync", {"server_ids": str(gone)}, follow=True))
+    assert "Skipped deactivated server(s): Gone" in text and "Nothing was synced" in text
     with app.app_context():
         assert get_state(app).session.scalar(sa.select(sa.func.count(Batch.id))) == 0
 

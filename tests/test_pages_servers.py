@@ -359,9 +359,13 @@ def test_edit_blank_password_keeps_it_and_host_change_asks_again(
     )
     assert saved.status_code == 302
     with app.app_context():
-        server = get_state(app).session.get(Server, sid)
-        assert server is not None
-        assert (server.name, server.port, server.password_encrypted) == ("Lists2", 2022, stored)
+        saved_row = get_state(app).session.get(Server, sid)
+        assert saved_row is not None
+        assert (saved_row.name, saved_row.port, saved_row.password_encrypted) == (
+            "Lists2",
+            2022,
+            stored,
+        )
     moved = post(
         client,
         url,
@@ -385,9 +389,9 @@ def test_edit_blank_password_keeps_it_and_host_change_asks_again(
     )
     assert reset.status_code == 302
     with app.app_context():
-        server = get_state(app).session.get(Server, sid)
-        assert server is not None and server.host == "third.example.com"
-        assert server.password_encrypted is None
+        reset_row = get_state(app).session.get(Server, sid)
+        assert reset_row is not None and reset_row.host == "third.example.com"
+        assert reset_row.password_encrypted is None
 
 
 def test_edit_and_delete_of_unknown_server_is_404(client: FlaskClient) -> None:

@@ -583,8 +583,22 @@ def _selected_server_ids(form: ServerSelectionForm) -> list[int]:
     ids = form.server_ids.data or []
     if not ids:
         return []
-    known = set(get_state().session.scalars(select(Server.id).where(Server.id.in_(ids))).all())
-    return [i for i in ids if i in known]
+    rows = (
+        get_state()
+        .session.execute(select(Server.id, Server.name, Server.active).where(Server.id.in_(ids)))
+        .all()
+    )
+    inactive = [row.name for row in rows if not row.active]
+    if inactive:
+        # A deactivated server only keeps history; reading it again would bill nothing.
+        flash(
+            "Skipped deactivated server(s): "
+            + ", ".join(inactive)
+            + " (kept as billing history; deactivated servers are not validated or synced).",
+            "message",
+        )
+    active = {row.id for row in rows if row.active}
+    return [i for i in ids if i in active]
 
 
 def _start(kind: str, server_ids: list[int] | None) -> Response:
