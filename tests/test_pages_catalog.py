@@ -428,7 +428,8 @@ def test_assign_is_refused_before_validate_and_sync_then_accepted(
     body = text(detail)
     assert "Assigned 3 object(s) on server Lists to billing group Acme lists." in body
     # news + offers + the 9 lists of site2 = 11 lists, over Max Lists = 1.
-    assert re.search(r"Lists</th><td>11</td><td>1</td>\s*<td><strong>Over the plan's limit", body)
+    over = r'Lists</th><td>11</td><td>1</td>\s*<td class="lmb-st-bad"><strong>Over the plan'
+    assert re.search(over, body)
     assert f"Members</th><td>{40 + 25 + 5 + sum(range(8))}</td><td>unlimited" in body
 
     # Unassign the site: ended, not deleted; hidden from "now", kept in history.
