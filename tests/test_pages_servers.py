@@ -647,3 +647,43 @@ def test_view_only_user_sees_no_buttons_and_cannot_post(make_app: Callable[..., 
         assert client.post(url, data={}).status_code == 403
     with app.app_context():
         assert get_state(app).session.scalar(sa.select(sa.func.count(AuditEntry.id))) == 0
+
+
+def test_pages_render_on_every_database(any_db_app: Flask) -> None:
+    """The window-function total, the problem-count join and the owner query on each backend."""
+    app = any_db_app
+    client = app.test_client()
+    sid = add_server(app, "Lists", status="ok")
+    add_server(app, "Other")
+    gid = add_group(app)
+    with app.app_context():
+        session = get_state(app).session
+        ml = MailingList(server_id=sid, name="news", members=5)
+        session.add(ml)
+        session.flush()
+        session.add(
+            Assignment(
+                group_id=gid,
+                object_type="list",
+                server_id=sid,
+                list_id=ml.id,
+                start_date=date(2026, 1, 1),
+            )
+        )
+        session.add(
+            Problem(
+                fingerprint="db",
+                server_id=sid,
+                kind="unknown_list",
+                object_type="list",
+                object_name="x",
+            )
+        )
+        session.commit()
+    index = plain(client.get("/billing/?sort=problems&dir=desc"))
+    assert _names_in_table(index) == ["Lists", "Other"] and "(1 open)" in index
+    assert "Page" not in index or "2 in all" in index
+    detail = plain(client.get(f"/billing/servers/{sid}?q=new"))
+    assert "Lists (1)" in detail and "Acme Ltd: Acme lists" in detail
+    errors = plain(client.get(f"/billing/errors?server={sid}&sort=seen&dir=desc"))
+    assert "list not in billing" in errors
