@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
+import sqlalchemy as sa
 from blinker import Namespace
 from flask import Flask
+from sqlalchemy.orm import Session
 
 from .extension import get_state
+from .models import Problem, Server
 from .settings import Settings
 
 log = logging.getLogger("lm_billing_plugin.notify")
@@ -99,8 +102,9 @@ class Alert:
             for problem in self.problems[:MAX_LINES]:
                 detail = f" ({problem.detail})" if problem.detail else ""
                 lines.append(f"  {problem.server}: {problem.kind} {problem.object}{detail}")
-            if self.new_problems > min(len(self.problems), MAX_LINES):
-                lines.append(f"  ... and {self.new_problems - MAX_LINES} more")
+            shown = min(len(self.problems), MAX_LINES)
+            if self.new_problems > shown:
+                lines.append(f"  ... and {self.new_problems - shown} more")
             lines.append("")
         if self.url:
             lines.append(f"Details: {self.url}")
@@ -110,20 +114,21 @@ class Alert:
         return "\n".join(lines) + "\n"
 
 
-def build_alert(run_id: int, kind: str, result: Any, settings: Settings) -> Alert | None:
+def build_alert(
+    run_id: int,
+    kind: str,
+    result: Any,
+    settings: Settings,
+    problems: list[NewProblem] | None = None,
+) -> Alert | None:
     """The alert for a run's result (the engine's BatchResult), or None when nothing new
-    went wrong."""
-    problems: list[NewProblem] = []
+    went wrong. ``problems``: the new problems to list (see ``new_problems_of``)."""
     changes: list[StatusChange] = []
     new_count = 0
     for outcome in getattr(result, "servers", None) or []:
         name = str(getattr(outcome, "name", ""))
-        new = getattr(outcome, "new_problems", None) or []
-        if isinstance(new, int):
-            new_count += new
-        else:
-            new_count += len(new)
-            problems.extend(_problem(name, p) for p in new)
+        new = getattr(outcome, "new_problems", None) or 0
+        new_count += new if isinstance(new, int) else len(new)
         status = getattr(outcome, "status", None)
         previous = getattr(outcome, "previous_status", None)
         if status in TROUBLE_STATUSES and status != previous:
@@ -144,24 +149,32 @@ def build_alert(run_id: int, kind: str, result: Any, settings: Settings) -> Aler
         run_id=run_id,
         kind=kind,
         new_problems=new_count,
-        problems=problems,
+        problems=list(problems or []),
         status_changes=changes,
         url=url,
     )
 
 
-def _problem(server: str, problem: Any) -> NewProblem:
-    def get(key: str) -> str:
-        if isinstance(problem, dict):
-            return str(problem.get(key) or "")
-        return str(getattr(problem, key, "") or "")
-
-    return NewProblem(
-        server=get("server") or server,
-        kind=get("kind"),
-        object=get("object") or get("object_name"),
-        detail=get("detail"),
-    )
+def new_problems_of(session: Session, result: Any, limit: int = MAX_LINES) -> list[NewProblem]:
+    """The problems first found by this batch's runs (one query, at most ``limit``)."""
+    run_ids = [
+        o.run_id
+        for o in getattr(result, "servers", None) or []
+        if getattr(o, "run_id", None) is not None and getattr(o, "new_problems", None)
+    ]
+    if not run_ids:
+        return []
+    rows = session.execute(
+        sa.select(Server.name, Problem.kind, Problem.object_name, Problem.detail)
+        .outerjoin(Server, Server.id == Problem.server_id)
+        .where(Problem.first_run_id.in_(run_ids))
+        .order_by(Server.name, Problem.kind, Problem.object_name)
+        .limit(limit)
+    ).all()
+    return [
+        NewProblem(server=r.name or "", kind=r.kind, object=r.object_name, detail=r.detail)
+        for r in rows
+    ]
 
 
 def _error_message(error: Any) -> str:
@@ -180,7 +193,11 @@ def notify_run(
     settings = get_state(app).settings
     _send_signal(run_finished, app, run_id=run_id, status=status, summary=summary)
     try:
-        alert = build_alert(run_id, str(summary.get("kind", "validate")), result, settings)
+        with app.app_context():
+            problems = new_problems_of(get_state(app).session, result)
+        alert = build_alert(
+            run_id, str(summary.get("kind", "validate")), result, settings, problems
+        )
     except Exception:
         log.exception("scheduled run %s: could not build its notification", run_id)
         return None
@@ -236,4 +253,12 @@ def send_email(settings: Settings, alert: Alert) -> bool:
     return True
 
 
-__all__ = ["Alert", "build_alert", "notify_run", "run_finished", "send_email", "trouble_found"]
+__all__ = [
+    "Alert",
+    "build_alert",
+    "new_problems_of",
+    "notify_run",
+    "run_finished",
+    "send_email",
+    "trouble_found",
+]

@@ -46,11 +46,13 @@ from .models import Batch, TaskRun, TaskState, utcnow
 from .settings import Settings
 
 log = logging.getLogger("lm_billing_plugin.scheduler")
-# APScheduler's executor logs every job execution at INFO; with a tick every second that would
-# flood a host's INFO log. The ticker jobs log to this logger, quiet unless a host lowers it.
+# APScheduler logs every tick at INFO (and a WARNING whenever a slow tick makes it skip the
+# next one, which is harmless for a ticker); with a tick every second that would flood a
+# host's log. Our APScheduler instances log here, quiet unless a host lowers the level. The
+# scheduler's own messages (claims, runs, failures) go to "lm_billing_plugin.scheduler".
 TICKER_LOGGER = "lm_billing_plugin.scheduler.ticker"
 if logging.getLogger(TICKER_LOGGER).level == logging.NOTSET:
-    logging.getLogger(TICKER_LOGGER).setLevel(logging.WARNING)
+    logging.getLogger(TICKER_LOGGER).setLevel(logging.ERROR)
 
 TASK = "scheduled_validation"
 ACTOR = "scheduler"
@@ -692,6 +694,12 @@ class SchedulerService:
         Returns the tick's outcome; ``last_run`` then holds the run's id and status."""
         return self.tick(synchronous=True)
 
+    def next_run_at(self) -> datetime | None:
+        with Session(self.engine) as session:
+            return session.scalar(
+                sa.select(TaskState.next_run_at).where(TaskState.name == TASK)
+            )
+
     # -- driving the ticker --
 
     def start(self, *, blocking: bool) -> None:
@@ -709,6 +717,7 @@ class SchedulerService:
         cls = BlockingScheduler if blocking else BackgroundScheduler
         scheduler = cls(
             timezone=UTC,
+            logger=logging.getLogger(TICKER_LOGGER),
             executors={"default": _QuietExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
@@ -716,6 +725,9 @@ class SchedulerService:
             self.tick,
             "interval",
             seconds=self.tick_seconds,
+            # Jitter spreads the processes' ticks, so no worker always wins (or always
+            # hits the database at the same instant as all the others).
+            jitter=self.tick_seconds / 2,
             id="lm_billing_ticker",
             name="lm-billing schedule ticker",
             next_run_time=datetime.now(UTC),

@@ -101,7 +101,9 @@ def run_due_command() -> None:
         )
         sys.exit(2)
     if outcome != "ran" or service.last_run is None:
-        click.echo("Nothing due (or another process is running it).")
+        next_at = service.next_run_at()
+        when = next_at.strftime("%Y-%m-%d %H:%M:%S UTC") if next_at else "not scheduled"
+        click.echo(f"Nothing due (or another process is running it); next run at {when}.")
         return
     run_id, status = service.last_run
     click.echo(f"Scheduled {service.kind} run {run_id}: {status}.")

@@ -1,0 +1,43 @@
+"""A small host app for the scheduler's multi-process tests, started as
+`flask --app tests.sched_app:create_app lm-billing scheduler` with its settings in the env."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from lm_billing_plugin import LMBilling
+from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.scheduler import WORK_EXTRA, WorkRequest, default_work
+
+
+def create_app() -> Flask:
+    """SCHED_DB_URL (required), SCHED_INTERVAL, SCHED_LEASE: the schedule;
+    SCHED_WORK_SECONDS: how long each run sleeps before the real work (to be killed mid-run)."""
+    app = Flask("sched_app")
+    app.config.update(
+        SECRET_KEY="sched-test",
+        SQLALCHEMY_DATABASE_URI=os.environ["SCHED_DB_URL"],
+        LM_BILLING_VALIDATE_INTERVAL=float(os.environ.get("SCHED_INTERVAL", "1")),
+        LM_BILLING_LEASE_SECONDS=float(os.environ.get("SCHED_LEASE", "5")),
+        LM_BILLING_SCHEDULER_AUTOSTART=False,
+    )
+    db = SQLAlchemy()
+    db.init_app(app)
+    LMBilling(app, permission_check=lambda user, action: True)
+    pause = float(os.environ.get("SCHED_WORK_SECONDS", "0"))
+    if pause:
+
+        def slow_work(request: WorkRequest) -> Any:
+            time.sleep(pause)
+            return default_work(request)
+
+        get_state(app).extras[WORK_EXTRA] = slow_work
+    if os.environ.get("SCHED_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG)
+    return app

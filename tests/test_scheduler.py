@@ -1,0 +1,620 @@
+"""Scheduled background validation: exactly one run per interval across real processes (two
+`flask lm-billing scheduler` on PostgreSQL and SQLite), SIGKILL mid-run, misfires, long runs,
+a database outage, `run-due`, the disabled switch and the lazy autostart."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import sqlalchemy as sa
+from conftest import EXTERNAL_DATABASES, reset_schema, skip_or_fail
+from flask import Flask
+
+from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.models import Base, Batch, TaskRun, TaskState, utcnow
+from lm_billing_plugin.scheduler import (
+    SERVICE_EXTRA,
+    TASK,
+    SchedulerService,
+    WorkRequest,
+    default_work,
+    next_slot,
+    should_autostart,
+    tick_seconds,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FLASK = Path(sys.executable).parent / "flask"
+SECOND = timedelta(seconds=1)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database the test's scheduler processes share, with the plugin's tables."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    else:
+        env = EXTERNAL_DATABASES["postgresql"]
+        url = os.environ.get(env, "")
+        if not url:
+            skip_or_fail(f"postgresql: set {env} to run this test there")
+        try:
+            reset_schema(url)
+        except sa.exc.OperationalError as exc:
+            skip_or_fail(f"postgresql at {env} is unreachable: {exc.orig}")
+    engine = sa.create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    yield url
+    if request.param != "sqlite":
+        reset_schema(url)
+
+
+class Proc:
+    """One `flask lm-billing scheduler` process of the test app, its output in a file."""
+
+    def __init__(self, url: str, log: Path, **env: str) -> None:
+        self.log = log
+        full_env = {
+            **os.environ,
+            "SCHED_DB_URL": url,
+            "SCHED_INTERVAL": "1",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+            **env,
+        }
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                [str(FLASK), "--app", "tests.sched_app:create_app", "lm-billing", "scheduler"],
+                cwd=ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def started(self) -> bool:
+        return "started (validate every" in self.output() or "started (sync every" in self.output()
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            output = self.output()
+            raise AssertionError(f"scheduler {self.pid} ignored SIGTERM:\n{output}") from None
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    started: list[Proc] = []
+
+    def start(url: str, name: str, **env: str) -> Proc:
+        proc = Proc(url, tmp_path / f"{name}.log", **env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, *procs: Proc) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    logs = "\n".join(f"--- {p.pid}\n{p.output()[-3000:]}" for p in procs)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def task_runs(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(
+                    TaskRun.id,
+                    TaskRun.scheduled_for,
+                    TaskRun.status,
+                    TaskRun.pid,
+                    TaskRun.started_at,
+                    TaskRun.finished_at,
+                    TaskRun.error_message,
+                    TaskRun.summary,
+                ).order_by(TaskRun.scheduled_for, TaskRun.id)
+            ).all()
+        )
+
+
+def describe(runs: list[Any]) -> str:
+    return "\n".join(
+        f"{r.id} slot {r.scheduled_for:%H:%M:%S.%f}"
+        f" late {(r.started_at - r.scheduled_for).total_seconds():.3f}"
+        f" took {((r.finished_at or r.started_at) - r.started_at).total_seconds():.3f}"
+        f" {r.status} pid {r.pid} missed {(r.summary or {}).get('missed')}"
+        for r in runs
+    )
+
+
+def assert_unique_consecutive(runs: list[Any]) -> None:
+    slots = [r.scheduled_for for r in runs]
+    assert len(set(slots)) == len(slots), f"duplicated slots:\n{describe(runs)}"
+    gaps = [b - a for a, b in itertools.pairwise(slots) if b - a != SECOND]
+    assert not gaps, f"missing slots (gaps {gaps}):\n{describe(runs)}"
+
+
+def assert_gaps_coalesced(runs: list[Any]) -> None:
+    """No slot lost silently: every run after a gap says it covered the missed slots."""
+    for before, run in itertools.pairwise(runs):
+        skipped = round((run.scheduled_for - before.scheduled_for) / SECOND) - 1
+        assert run.summary["missed"] == skipped, describe(runs)
+
+
+# --- two real processes ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_run_each_interval_exactly_once(
+    shared_db: str, procs: Callable[..., Proc]
+) -> None:
+    a = procs(shared_db, "a")
+    b = procs(shared_db, "b")
+    wait_for("both schedulers to start", lambda: a.started() and b.started(), 30, a, b)
+    ready = utcnow()
+    engine = sa.create_engine(shared_db)
+    try:
+
+        def first_slot_after_ready() -> datetime | None:
+            later = [r.scheduled_for for r in task_runs(engine) if r.scheduled_for >= ready]
+            return min(later) if later else None
+
+        start = wait_for("the first run after both started", first_slot_after_ready, 5, a, b)
+        last = start + 9 * SECOND
+        wait_for(
+            "10 intervals",
+            lambda: any(
+                r.scheduled_for == last and r.finished_at for r in task_runs(engine)
+            ),
+            20,
+            a,
+            b,
+        )
+        assert a.stop() == 0 and b.stop() == 0
+        runs = task_runs(engine)
+    finally:
+        engine.dispose()
+
+    assert_unique_consecutive(runs)
+    window = [r for r in runs if start <= r.scheduled_for <= last]
+    assert [r.scheduled_for for r in window] == [start + k * SECOND for k in range(10)]
+    assert {r.status for r in runs} == {"ok"}, [(r.id, r.status, r.error_message) for r in runs]
+    # Both processes competed for the slots (jittered ticks: each wins about half).
+    assert {r.pid for r in runs} == {a.pid, b.pid}
+    assert "lm-billing scheduler stopped." in a.output() + b.output()
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_run_is_marked_interrupted_and_the_schedule_goes_on(
+    shared_db: str, procs: Callable[..., Proc]
+) -> None:
+    env = {"SCHED_WORK_SECONDS": "0.5", "SCHED_LEASE": "1.0"}
+    a = procs(shared_db, "a", **env)
+    b = procs(shared_db, "b", **env)
+    by_pid = {a.pid: a, b.pid: b}
+    wait_for("both schedulers to start", lambda: a.started() and b.started(), 30, a, b)
+    engine = sa.create_engine(shared_db)
+    try:
+
+        def running_run() -> Any:
+            return next((r for r in task_runs(engine) if r.status == "running"), None)
+
+        victim_run = wait_for("a run in progress", running_run, 10, a, b)
+        victim = by_pid[victim_run.pid]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.popen.wait()
+        survivor = b if victim is a else a
+        assert running_run() is not None and running_run().id == victim_run.id
+
+        def interrupted() -> bool:
+            return any(
+                r.id == victim_run.id and r.status == "interrupted" for r in task_runs(engine)
+            )
+
+        wait_for("the killed run to be marked interrupted", interrupted, 10, survivor)
+        wait_for(
+            "three runs after the interruption",
+            lambda: sum(
+                1 for r in task_runs(engine) if r.id > victim_run.id and r.status == "ok"
+            )
+            >= 3,
+            15,
+            survivor,
+        )
+        assert survivor.stop() == 0
+        runs = task_runs(engine)
+        with engine.connect() as conn:
+            state = conn.execute(sa.select(TaskState).where(TaskState.name == TASK)).one()
+    finally:
+        engine.dispose()
+
+    killed = next(r for r in runs if r.id == victim_run.id)
+    assert killed.status == "interrupted"
+    assert f":{victim.pid}:" in killed.error_message and "lease" in killed.error_message
+    assert killed.finished_at is not None
+    slots = [r.scheduled_for for r in runs]
+    assert len(set(slots)) == len(slots), "a slot ran twice"
+    after = [r for r in runs if r.id > victim_run.id]
+    assert after and {r.pid for r in after} == {survivor.pid}
+    assert {r.status for r in after} == {"ok"}
+    assert all(r.scheduled_for > killed.scheduled_for for r in after)
+    # The slots that passed while the dead process's lease ran out are run once, coalesced,
+    # and the schedule goes on (a run that outlasts the interval coalesces the next slot).
+    assert after[0].scheduled_for == killed.scheduled_for + SECOND
+    assert_gaps_coalesced([killed, *after])
+    assert state.lease_owner is None
+
+
+# --- one process, driven tick by tick ----------------------------------------------------
+
+
+def _quick_work(request: WorkRequest) -> Any:
+    return default_work(request)
+
+
+def _state(app: Flask) -> TaskState:
+    with app.app_context():
+        session = get_state(app).session
+        state = session.get(TaskState, TASK)
+        assert state is not None
+        session.expunge(state)
+        return state
+
+
+def _runs(app: Flask) -> list[TaskRun]:
+    with app.app_context():
+        session = get_state(app).session
+        runs = list(session.scalars(sa.select(TaskRun).order_by(TaskRun.id)))
+        session.expunge_all()
+        return runs
+
+
+def _set_state(app: Flask, **values: Any) -> None:
+    with app.app_context():
+        session = get_state(app).session
+        session.execute(sa.update(TaskState).where(TaskState.name == TASK).values(**values))
+        session.commit()
+
+
+def test_next_slot_coalesces_missed_slots() -> None:
+    due = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert next_slot(due, due - SECOND, 60) == (due, 0)
+    assert next_slot(due, due, 60) == (due + timedelta(minutes=1), 0)
+    assert next_slot(due, due + timedelta(minutes=5, seconds=30), 60) == (
+        due + timedelta(minutes=6),
+        5,
+    )
+    assert tick_seconds(3600) == 1.0 and tick_seconds(1) == pytest.approx(0.2)
+
+
+def test_a_run_missed_while_every_process_was_down_runs_once(
+    make_app: Callable[..., Flask], db_url: str
+) -> None:
+    app = make_app(db_url, LM_BILLING_VALIDATE_INTERVAL=1.0)
+    service = SchedulerService(app, work=_quick_work)
+    assert service.tick(synchronous=True) == "ran"  # first tick: the first run is due now
+    first = _state(app)
+    missed_since = utcnow() - timedelta(seconds=5.5)
+    _set_state(app, next_run_at=missed_since)
+
+    # "Restart" after 5.5 intervals down: one run for the lot, then nothing until the next slot.
+    restarted = SchedulerService(app, work=_quick_work)
+    assert restarted.tick(synchronous=True) == "ran"
+    assert restarted.tick(synchronous=True) == "idle"
+    runs = _runs(app)
+    assert len(runs) == 2 and [r.status for r in runs] == ["ok", "ok"]
+    coalesced = runs[1]
+    assert coalesced.scheduled_for == missed_since
+    assert coalesced.summary["missed"] == 5
+    after = _state(app)
+    assert after.next_run_at == missed_since + 6 * SECOND > utcnow() - SECOND
+    assert after.lease_owner is None and after.last_run_id == coalesced.id
+    assert first.next_run_at != after.next_run_at
+
+
+def test_an_expired_lease_is_taken_over_and_its_run_marked_interrupted(
+    any_db_app: Flask,
+) -> None:
+    app = any_db_app
+    now = utcnow()
+    with app.app_context():
+        session = get_state(app).session
+        run = TaskRun(task=TASK, scheduled_for=now, started_at=now, host="elsewhere", pid=4242)
+        session.add(run)
+        session.flush()
+        session.add(
+            TaskState(
+                name=TASK,
+                next_run_at=now - SECOND,
+                lease_owner="elsewhere:4242:0123456789ab",
+                lease_expires_at=now + timedelta(seconds=0.3),
+                current_run_id=run.id,
+            )
+        )
+        session.commit()
+        dead_id = run.id
+    service = SchedulerService(app, work=_quick_work)
+    assert service.tick(synchronous=True) == "idle"  # the lease still holds: no overlap
+    time.sleep(0.35)
+    assert service.tick(synchronous=True) == "ran"
+    runs = {r.id: r for r in _runs(app)}
+    assert runs[dead_id].status == "interrupted"
+    assert "elsewhere:4242" in (runs[dead_id].error_message or "")
+    assert [r.status for i, r in runs.items() if i != dead_id] == ["ok"]
+
+
+@pytest.mark.slow
+def test_a_run_longer_than_the_interval_never_overlaps_itself(make_app: Callable[..., Flask]
+) -> None:
+    # Lease 0.4 s, run 1.3 s: only the heartbeat keeps the other process off.
+    app = make_app(LM_BILLING_VALIDATE_INTERVAL=0.5, LM_BILLING_LEASE_SECONDS=0.4)
+
+    def long_work(request: WorkRequest) -> Any:
+        time.sleep(1.3)
+        return default_work(request)
+
+    services = [SchedulerService(app, work=long_work) for _ in range(2)]
+    for service in services:
+        service.start(blocking=False)
+    try:
+        time.sleep(3.6)
+    finally:
+        for service in services:
+            service.stop()
+        for service in services:
+            assert service.wait_idle(timeout=5)
+    runs = [r for r in _runs(app) if r.finished_at is not None]
+    assert len(runs) >= 2
+    spans = sorted((r.started_at, r.finished_at) for r in runs)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, f"runs overlap: {spans}"
+    assert {r.status for r in runs} == {"ok"}
+    # Each run after the first covered the slots that passed while the previous one worked.
+    assert all(r.summary["missed"] >= 1 for r in runs[1:])
+
+
+def test_a_failing_run_is_recorded_and_the_next_interval_still_runs(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(LM_BILLING_VALIDATE_INTERVAL=0.2)
+    calls: list[int] = []
+
+    def flaky(request: WorkRequest) -> Any:
+        calls.append(request.run_id)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return default_work(request)
+
+    service = SchedulerService(app, work=flaky)
+    assert service.tick(synchronous=True) == "ran"
+    time.sleep(0.25)
+    assert service.tick(synchronous=True) == "ran"
+    first, second = _runs(app)
+    assert first.status == "failed" and "server closed the connection" in first.error_message
+    assert "next run is scheduled as usual" in first.error_message
+    assert second.status == "ok"
+    assert any(
+        r.levelname == "ERROR" and f"run {first.id} failed" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def _pg_admin(url: str) -> tuple[sa.Engine, str]:
+    parsed = sa.engine.make_url(url)
+    return sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT"), str(
+        parsed.database
+    )
+
+
+@pytest.mark.slow
+def test_database_outage_during_a_run_fails_it_and_the_next_interval_runs(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real outage: PostgreSQL refuses and drops every connection to the database while a
+    run is working; the run fails with a logged error and the schedule resumes."""
+    url = os.environ.get(EXTERNAL_DATABASES["postgresql"], "")
+    if not url:
+        skip_or_fail("postgresql: set LM_BILLING_TEST_POSTGRES_URL to run the outage test")
+    reset_schema(url)
+    app = make_app(url, LM_BILLING_VALIDATE_INTERVAL=1.0, LM_BILLING_LEASE_SECONDS=5.0)
+    admin, dbname = _pg_admin(url)
+    in_run = threading.Event()
+
+    def slow_work(request: WorkRequest) -> Any:
+        in_run.set()
+        time.sleep(0.8)
+        return default_work(request)
+
+    service = SchedulerService(app, work=slow_work)
+    service.start(blocking=False)
+    try:
+        assert in_run.wait(10)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false'))
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": dbname},
+            )
+        time.sleep(2.0)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true'))
+
+        def after_outage() -> list[TaskRun]:
+            runs = _runs(app)
+            return runs if len(runs) >= 2 and runs[1].status == "ok" else []
+
+        runs = wait_for("a good run after the outage", after_outage, 10)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true'))
+        admin.dispose()
+        service.stop()
+        service.wait_idle(timeout=5)
+    first = runs[0]
+    assert first.status == "failed"
+    assert "OperationalError" in (first.error_message or "")
+    assert runs[1].scheduled_for > first.scheduled_for
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"run {first.id} failed" in m for m in messages)
+    reset_schema(url)
+
+
+# --- run-due, sync, disabled ---------------------------------------------------------------
+
+
+def test_run_due_runs_once_then_reports_nothing_due(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["lm-billing", "run-due"])
+    assert result.exit_code == 0, result.output
+    assert "Scheduled validate run 1: ok." in result.output
+    again = runner.invoke(args=["lm-billing", "run-due"])
+    assert again.exit_code == 0 and "Nothing due" in again.output
+    assert "next run at" in again.output
+    runs = _runs(app)
+    assert len(runs) == 1
+    with app.app_context():
+        batch = get_state(app).session.get(Batch, runs[0].batch_id)
+        assert batch is not None and batch.kind == "validate" and batch.triggered_by == "scheduler"
+
+
+def test_scheduled_sync_setting_syncs_for_real(make_app: Callable[..., Flask]) -> None:
+    app = make_app(LM_BILLING_SCHEDULED_SYNC=True)
+    result = app.test_cli_runner().invoke(args=["lm-billing", "run-due"])
+    assert result.exit_code == 0 and "Scheduled sync run 1: ok." in result.output
+    with app.app_context():
+        batch = get_state(app).session.scalars(sa.select(Batch)).one()
+        assert batch.kind == "sync" and batch.dry_run is False
+
+
+def test_run_due_on_an_unreachable_database_says_what_to_check(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'no-such-dir' / 'x.sqlite'}", create_tables=False)
+    result = app.test_cli_runner().invoke(args=["lm-billing", "run-due"])
+    assert result.exit_code == 2
+    assert "SQLALCHEMY_DATABASE_URI" in result.output and "db upgrade" in result.output
+
+
+@pytest.mark.parametrize("command", ["run-due", "scheduler"])
+def test_disabled_scheduler_runs_nothing(make_app: Callable[..., Flask], command: str) -> None:
+    app = make_app(LM_BILLING_SCHEDULER_ENABLED=False)
+    result = app.test_cli_runner().invoke(args=["lm-billing", command])
+    assert result.exit_code == 1
+    assert "LM_BILLING_SCHEDULER_ENABLED" in result.output
+    assert SchedulerService(app).tick(synchronous=True) == "disabled"
+    with app.app_context():
+        assert get_state(app).session.get(TaskState, TASK) is None
+    assert _runs(app) == []
+
+
+# --- lazy autostart --------------------------------------------------------------------------
+
+
+def _ticker_threads() -> list[str]:
+    names = [t.name for t in threading.enumerate()]
+    return [n for n in names if "APScheduler" in n or "lm-billing" in n]
+
+
+def test_init_app_and_test_requests_start_nothing(make_app: Callable[..., Flask]) -> None:
+    before = _ticker_threads()
+    app = make_app(LM_BILLING_SCHEDULER_AUTOSTART=True)
+    assert app.testing
+    assert app.test_client().get("/billing/background").status_code == 200
+    assert get_state(app).extras[SERVICE_EXTRA] is None
+    assert _ticker_threads() == before
+
+
+def test_no_autostart_under_a_cli_command(make_app: Callable[..., Flask]) -> None:
+    app = make_app(LM_BILLING_SCHEDULER_AUTOSTART=True, TESTING=False)
+    seen: list[bool] = []
+
+    @app.cli.command("probe")
+    def probe() -> None:
+        seen.append(should_autostart(app))
+        click.echo("probed")
+
+    result = app.test_cli_runner().invoke(args=["probe"])
+    assert result.output == "probed\n"
+    assert seen == [False]
+
+
+def test_autostart_in_a_serving_process_on_first_request(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["gunicorn", "host:app"])
+    app = make_app(LM_BILLING_SCHEDULER_AUTOSTART=True, TESTING=False)
+    assert SERVICE_EXTRA not in get_state(app).extras  # init_app started nothing
+    assert app.test_client().get("/billing/background").status_code == 200
+    service = get_state(app).extras[SERVICE_EXTRA]
+    assert isinstance(service, SchedulerService)
+    try:
+        runs = wait_for("the autostarted scheduler's first run", lambda: _runs(app), 10)
+        assert runs[0].pid == os.getpid()
+        app.test_client().get("/billing/background")
+        assert get_state(app).extras[SERVICE_EXTRA] is service  # started once
+    finally:
+        service.shutdown(abandon=True)
+        service.wait_idle(timeout=5)
+
+
+def test_autostart_off_or_disabled_starts_nothing(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["gunicorn", "host:app"])
+    off = make_app(LM_BILLING_SCHEDULER_AUTOSTART=False, TESTING=False)
+    assert not should_autostart(off)
+    disabled = make_app(
+        f"sqlite:///{tmp_path / 'other.sqlite'}",
+        LM_BILLING_SCHEDULER_AUTOSTART=True,
+        LM_BILLING_SCHEDULER_ENABLED=False,
+        TESTING=False,
+    )
+    assert not should_autostart(disabled)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/flask", "lm-billing", "db", "upgrade"])
+    serving = make_app(
+        f"sqlite:///{tmp_path / 'third.sqlite'}", LM_BILLING_SCHEDULER_AUTOSTART=True,
+        TESTING=False,
+    )
+    assert not should_autostart(serving)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/flask", "run", "--port", "5000"])
+    assert should_autostart(serving)
