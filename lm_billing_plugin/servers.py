@@ -620,6 +620,17 @@ def enable_logging(server_id: int, *, actor: str) -> LoggingReport:
         server.status = "ok"
         server.status_message = report.message
         server.checked_at = utcnow()
+        # The Errors page should not keep offering a fix that was just made; the next
+        # validation reopens the same problem (same fingerprint) if logging goes off again.
+        session.execute(
+            sa.update(Problem)
+            .where(
+                Problem.server_id == server.id,
+                Problem.kind == "logging_off",
+                Problem.status == "open",
+            )
+            .values(status="fixed", closed_at=utcnow())
+        )
     elif report.code is not None and report.code != "NOT_PERMITTED":
         # It could not even be asked: the connection failure is the server's state now.
         server.status = {

@@ -285,6 +285,25 @@ def test_fix_drift_logging_and_rules(app: Flask, runner: FlaskCliRunner, sim: Ho
     assert code == 2 and missing["problems"][0]["outcome"] == "not_found"
 
 
+def test_servers_enable_logging_closes_the_logging_off_problem(
+    runner: FlaskCliRunner, sim: HostSim
+) -> None:
+    add(runner, "one", sim)
+    sim.set_logging("no")
+    cli(runner, "validate", "one")
+    code, rows = as_json(runner, "problems", "--kind", "logging_off")
+    assert code == 1 and len(rows) == 1
+    assert cli(runner, "servers", "enable-logging", "one").exit_code == 0
+    assert as_json(runner, "problems", "--kind", "logging_off") == (0, [])
+    code, closed = as_json(runner, "problems", "--kind", "logging_off", "--status", "fixed")
+    assert [r["id"] for r in closed] == [rows[0]["id"]]
+    # Off again: the next validation reopens the same problem, not a new one.
+    sim.set_logging("no")
+    cli(runner, "validate", "one")
+    code, reopened = as_json(runner, "problems", "--kind", "logging_off")
+    assert code == 1 and [r["id"] for r in reopened] == [rows[0]["id"]]
+
+
 def test_fix_billing_rule_names_the_action(runner: FlaskCliRunner, sim: HostSim) -> None:
     add(runner, "one", sim)
     cli(runner, "sync", "one")
