@@ -150,7 +150,8 @@ class PlanForm(FlaskForm):  # type: ignore[misc]
     )
     max_message_size_kb = _count(
         "Max Message Size in KB",
-        "Size of one message unit: a larger message counts as several units. " + UNLIMITED_HELP,
+        "Size of one message unit: a larger message counts as several units; "
+        "0 = every message counts as one unit.",
     )
     # Bandwidth
     monthly_price_per_server = _money("Monthly Price Per Server", "Charged every month.", 2)
