@@ -550,7 +550,8 @@ class _BatchWorker:
         session = self.session
         now = utcnow()
         if not claim_server(session, target.server_id, self.owner,
-                            self.settings.lease_seconds, now, run_id=target.run_id):
+                            self.settings.lease_seconds, now, run_id=target.run_id,
+                            commit=False):
             holder = session.execute(
                 sa.select(Server.lease_owner, Server.lease_expires_at)
                 .where(Server.id == target.server_id)

@@ -480,11 +480,13 @@ def claim_server(
     now: datetime,
     *,
     run_id: int | None = None,
+    commit: bool = True,
 ) -> bool:
     """Claim the server for one run with ONE conditional UPDATE; commit. False = taken.
 
     The claim succeeds when the server has no lease or its lease expired; in the second case
-    the run that held it is marked ``interrupted`` (its process died or hung).
+    the run that held it is marked ``interrupted`` (its process died or hung). With
+    ``commit=False`` the caller commits (to record more in the same short transaction).
     """
     previous = session.execute(
         sa.select(SERVER.c.lease_owner, SERVER.c.lease_expires_at, SERVER.c.lease_run_id)
@@ -503,7 +505,8 @@ def claim_server(
             _interrupt_runs(session, [previous.lease_run_id], now)
         log.warning("server %s: lease of %s expired; its run is marked interrupted",
                     server_id, previous.lease_owner)
-    session.commit()
+    if commit:
+        session.commit()
     return claimed
 
 
