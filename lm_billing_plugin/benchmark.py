@@ -153,6 +153,77 @@ def bench_codec() -> None:
     print(f"codec encode {count}-list reply: {_ms(t_enc)} ({count / t_enc:,.0f} lists/s)")
 
 
+# --- engine ------------------------------------------------------------------------------
+
+
+@section("engine")
+def bench_engine() -> None:
+    """Validate and sync through local simulators into SQLite: one big server, many small."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from lm_billing_plugin import LMBilling, runner
+    from lm_billing_plugin.extension import get_state
+    from lm_billing_plugin.models import Base, Server
+    from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+
+    def timed(func: Callable[[], object]) -> float:
+        started = time.perf_counter()
+        func()
+        return time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Flask("lm_billing_benchmark")
+        app.config.update(
+            SQLALCHEMY_DATABASE_URI=f"sqlite:///{Path(tmp) / 'bench.sqlite'}",
+            LM_BILLING_SCHEDULER_AUTOSTART=False,
+            LM_BILLING_MAX_PARALLEL=16,
+        )
+        SQLAlchemy().init_app(app)
+        LMBilling(app)
+        sims: list[HostSim] = []
+        try:
+            with app.app_context():
+                session = get_state().session
+                Base.metadata.create_all(get_state().db.engine)
+
+                def add(name: str, sim: HostSim) -> int:
+                    sims.append(sim.start())
+                    server = Server(name=name, host=sim.host, port=sim.port)
+                    session.add(server)
+                    session.commit()
+                    return server.id
+
+                big = add("big", HostSim(Dataset.generate(sites=20, lists=10_000, seed=7)))
+                t_validate = timed(lambda: runner.validate_servers([big], actor="benchmark"))
+                t_sync = timed(lambda: runner.sync_servers([big], actor="benchmark"))
+                t_again = timed(lambda: runner.sync_servers([big], actor="benchmark"))
+                print(
+                    f"engine 1 server x 10,000 lists (SQLite): validate {_ms(t_validate)}, "
+                    f"first sync {_ms(t_sync)}, unchanged sync {_ms(t_again)}"
+                )
+                many = [
+                    add(f"s{i:02d}", HostSim(Dataset.generate(sites=3, lists=200, seed=i)))
+                    for i in range(50)
+                ]
+                t_validate = timed(lambda: runner.validate_servers(many, actor="benchmark"))
+                t_sync = timed(lambda: runner.sync_servers(many, actor="benchmark"))
+                t_again = timed(lambda: runner.sync_servers(many, actor="benchmark"))
+                print(
+                    f"engine 50 servers x 200 lists in parallel (SQLite, 16 at once): "
+                    f"validate {_ms(t_validate)}, first sync {_ms(t_sync)}, "
+                    f"unchanged sync {_ms(t_again)}"
+                )
+                get_state().db.engine.dispose()
+        finally:
+            for sim in sims:
+                sim.stop()
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
