@@ -247,6 +247,11 @@ ENCODE = [
     ("a\\\nb", "a\\\\\\nb", "backslash-newline"),
     ("$x[y];", "{$x[y];}", "substitution-characters"),
     ('"', '{"}', "quote"),
+    ("a {b {c}} d", "{a {b {c}} d}", "nested-braces"),
+    ("}{", "\\}\\{", "braces-in-wrong-order"),
+    ("{a} b}", "\\{a\\}\\ b\\}", "one-brace-too-many"),
+    ("{a\\}", "\\{a\\\\\\}", "backslash-hides-closing-brace"),
+    ("{a\\\\}", "{{a\\\\}}", "escaped-backslash-before-brace"),
 ]
 
 

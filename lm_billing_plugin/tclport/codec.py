@@ -1,16 +1,15 @@
-"""Tcl 8.6 list syntax for TclPort: decode what Tcl's list parser accepts, reject what it rejects.
-
-Encode words so that Tcl's ``lindex``/``llength`` read back exactly the same elements.
-
-Decoding has two backends with identical results: Tcl's own C parser reached through
-``tkinter`` (``BACKEND == "tcl"``), and a pure-Python port of ``TclFindElement`` and
-``TclCopyAndCollapse`` (``BACKEND == "python"``), used when ``tkinter`` is missing or the
-environment sets ``LM_BILLING_PURE_CODEC=1``.  ``decode_list_py`` always uses the latter.
-
-Strings that Tcl 8.6 cannot carry are outside the contract: lone UTF-16 surrogates
-(U+D800..U+DFFF) are not encodable as UTF-8, the protocol's text encoding, so ``encode_*``
-passes them through unchanged and nothing promises Tcl reads them back.
+"""Tcl 8.6 list syntax for TclPort: decode what Tcl's list parser accepts, reject what it rejects,
+and encode words so that Tcl's ``lindex``/``llength`` read back exactly the same elements.
 """
+
+# Decoding has two backends with identical results: Tcl's own C parser reached through
+# _tkinter (BACKEND == "tcl"), and a pure-Python port of TclFindElement/TclCopyAndCollapse
+# (BACKEND == "python"), used when _tkinter is missing or LM_BILLING_PURE_CODEC=1 is set;
+# decode_list_py always uses the latter.  Both are tested against tclsh 8.6.
+#
+# Outside the contract: lone UTF-16 surrogates (U+D800..U+DFFF) in words to encode.  They
+# have no UTF-8 form, the protocol's text encoding, so no Tcl can be sent one; encode_*
+# passes them through unchanged.  (Decoding \uD800 yields one, as Tcl does.)
 
 from __future__ import annotations
 
@@ -294,10 +293,12 @@ def decode_dict(text: str) -> dict[str, str]:
 # Encoding
 # ---------------------------------------------------------------------------------------
 
-# Characters that keep a word from going out bare.  Only the spaces, a leading brace or
-# quote and backslashes matter to the list parser; the rest ([ ] $ ;) are quoted as Tcl's
-# own `list` quotes them, so the result is also a safe Tcl command.
-_NEEDS_QUOTING = re.compile(r'[ \t\n\v\f\r{}\[\]$;"\\]')
+# A word goes out bare when it holds none of these and does not start with `#`.  Only the
+# spaces, a leading brace or quote and backslashes matter to the list parser; the rest
+# ([ ] $ ; and a leading #, which would start a comment) are quoted as Tcl's own `list`
+# quotes them, so the result is also a safe Tcl command.  The empty word fails the match.
+_BARE_OK = re.compile(r'[^ \t\n\v\f\r{}\[\]$;"\\#][^ \t\n\v\f\r{}\[\]$;"\\]*').fullmatch
+_BRACE_RISK = re.compile(r"[{}\\]").search
 _BRACE_TOKENS = re.compile(r"\\\n|\\.|\\\Z|[{}]", re.S)
 _ESCAPES = str.maketrans(
     {c: "\\" + c for c in ' {}[]$;"\\'}
@@ -305,7 +306,17 @@ _ESCAPES = str.maketrans(
 )
 
 
+_INNERMOST_BRACES = re.compile(r"\{[^{}]*\}")
+
+
 def _braces_ok(word: str) -> bool:
+    if "\\" not in word:
+        # Without backslashes the braces just have to nest: strip innermost pairs until
+        # none is left, in C, rather than counting them one by one in Python.
+        stripped, found = _INNERMOST_BRACES.subn("", word)
+        while found:
+            stripped, found = _INNERMOST_BRACES.subn("", stripped)
+        return "{" not in stripped and "}" not in stripped
     # A braced word is taken literally, so braces work unless the brace count breaks
     # (backslash hides the next character from the count, as in TclFindElement), a final
     # backslash would hide the closing brace, or there is a backslash-newline, which Tcl's
@@ -331,34 +342,43 @@ def _escaped(word: str) -> str:
     return "\\" + out if out.startswith("#") else out
 
 
-def encode_word(word: str) -> str:
-    """Quote one element so that Tcl reads it back unchanged."""
+def _quoted(word: str) -> str:
     if not word:
         return "{}"
-    if _NEEDS_QUOTING.search(word) is None and word[0] != "#":
-        return word
-    if _braces_ok(word):
+    if _BRACE_RISK(word) is None or _braces_ok(word):
         return "{" + word + "}"
     return _escaped(word)
 
 
-def _encode_request_word(word: str) -> str:
+def _quoted_for_request(word: str) -> str:
     if "\n" in word or "\r" in word:
         # A braced word would carry the raw line end; the escaped form spells it `\n`.
         return _escaped(word)
-    return encode_word(word)
+    return _quoted(word)
+
+
+# The list comprehensions below test _BARE_OK inline: most words are bare, and a function
+# call per word is a third of the cost of encoding a large reply.
+
+
+def encode_word(word: str) -> str:
+    """Quote one element so that Tcl reads it back unchanged."""
+    return word if _BARE_OK(word) else _quoted(word)
 
 
 def encode_list(words: Iterable[str]) -> str:
     """Join words into a Tcl list that ``lindex``/``llength`` read back exactly."""
-    return " ".join([encode_word(w) for w in words])
+    bare_ok = _BARE_OK
+    return " ".join([w if bare_ok(w) else _quoted(w) for w in words])
 
 
 def encode_request(words: Iterable[str]) -> str:
     """Like ``encode_list``, but never emits a raw LF or CR: fit for one request line."""
-    return " ".join([_encode_request_word(w) for w in words])
+    bare_ok = _BARE_OK
+    return " ".join([w if bare_ok(w) else _quoted_for_request(w) for w in words])
 
 
 def encode_dict(mapping: Mapping[str, str]) -> str:
     """Encode a mapping as a Tcl dict: key value key value ..."""
-    return " ".join([encode_word(s) for kv in mapping.items() for s in kv])
+    bare_ok = _BARE_OK
+    return " ".join([s if bare_ok(s) else _quoted(s) for kv in mapping.items() for s in kv])
