@@ -409,10 +409,7 @@ Work = Callable[[WorkRequest], Any]
 
 def default_work(request: WorkRequest) -> Any:
     """Validate (or sync) every server through the engine, as the "scheduler" actor."""
-    import importlib
-
-    # The engine, imported late so the scheduler (and the pages) load without it.
-    runner: Any = importlib.import_module("lm_billing_plugin.runner")
+    from . import runner  # the engine; imported here so importing the pages stays light
 
     batch_id = runner.create_batch(request.kind, None, actor=ACTOR, dry_run=False)
     request.record_batch(batch_id)
