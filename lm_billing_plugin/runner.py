@@ -87,6 +87,7 @@ from .tclport.errors import TclPortError
 
 __all__ = [
     "BATCH_KINDS",
+    "AssignmentError",
     "BatchResult",
     "FixItem",
     "FixResult",
@@ -609,7 +610,15 @@ class _BatchWorker:
                 f"reading the server failed unexpectedly ({type(exc).__name__}: {exc}); "
                 "see the billing server's log"))
         try:
-            return self._stored(target, inventory)
+            try:
+                return self._stored(target, inventory)
+            except sa.exc.IntegrityError:
+                # Another process recorded the same group-wide problem a moment ago (same
+                # fingerprint): nothing of ours was kept, so judge again against its row.
+                self.session.rollback()
+                log.info("server %s: a problem row appeared concurrently; retrying once",
+                         target.name)
+                return self._stored(target, inventory)
         except Exception as exc:
             self.session.rollback()
             log.exception("server %s: storing the result failed; nothing was changed",

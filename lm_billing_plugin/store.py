@@ -446,10 +446,11 @@ def record_problems(
     if len(seen) > len(inserts):
         # Everything still open in scope was found again (the rest was just closed): one
         # statement moves last seen / last run for all of them, however many there are.
+        touched = sa.and_(scope, PROBLEM.c.status == "open")
+        if judged is not None:
+            touched = sa.and_(touched, PROBLEM.c.kind.in_(sorted(judged)))
         session.execute(
-            PROBLEM.update().where(scope, PROBLEM.c.status == "open").values(
-                last_seen_at=now, last_run_id=run_id
-            )
+            PROBLEM.update().where(touched).values(last_seen_at=now, last_run_id=run_id)
         )
     if inserts:
         session.execute(PROBLEM.insert(), inserts)

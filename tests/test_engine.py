@@ -714,3 +714,30 @@ def test_expired_leases_are_swept(eapp: Flask, sims: Callable[..., HostSim]) -> 
     assert server.lease_owner is None and server.status == "interrupted"
     assert session().get(Run, run.id).status == "interrupted"
     session().commit()
+
+
+def test_failure_statuses_and_messages(eapp: Flask, sims: Callable[..., HostSim]) -> None:
+    denied = add_server("Denied", sims(small(lst("a")), allowed_hosts=["192.0.2.1"]))
+    broken = add_server("Broken", sims(small(lst("a"))))
+    session().get(Server, broken).password_encrypted = "not-a-fernet-token"
+    session().commit()
+    result = runner.validate_servers([denied, broken], actor="t")
+    out = {o.name: o for o in result.servers}
+    assert out["Denied"].error is not None and out["Denied"].error["code"] == "HOST_DENIED"
+    assert "TCLPORT Hosts" in out["Denied"].error["message"]
+    assert out["Broken"].error is not None and out["Broken"].error["code"] == "PASSWORD"
+    assert "enter the password again" in out["Broken"].error["message"]
+    statuses = dict(session().execute(sa.select(Server.name, Server.status)).all())
+    session().commit()
+    assert statuses == {"Denied": "host_denied", "Broken": "error"}
+    assert result.exit_code == 2
+    # Assignments name what is wrong with the request itself.
+    ok = add_server("Ok", sims(small(lst("a"))))
+    runner.sync_servers([ok], actor="t")
+    group = make_group()
+    with pytest.raises(runner.AssignmentError, match="not on this server"):
+        runner.assign(group, server_id=ok, list_ids=[999], actor="t")
+    with pytest.raises(runner.AssignmentError, match="no billing group"):
+        runner.assign(999, server_id=ok, whole_server=True, actor="t")
+    with pytest.raises(runner.AssignmentError, match="choose lists"):
+        runner.assign(group, server_id=ok, actor="t")
