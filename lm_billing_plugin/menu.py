@@ -1,5 +1,5 @@
-"""The "Billing" menu a host portal shows: entries for Jinja, and adapters that mount it in
-Flask-Admin and Flask-AppBuilder portals."""
+"""The "Billing" menu a host portal shows: its entries, and `lm_billing_menu()` for Jinja
+(portals.py mounts the same entries in Flask-Admin and Flask-AppBuilder menus)."""
 
 from __future__ import annotations
 
