@@ -21,7 +21,8 @@ from werkzeug.serving import make_server
 from .. import servers as registry
 from ..extension import get_state
 from ..migrate import upgrade
-from ..models import BillingGroup, Customer, HostingPlan, Server
+from ..models import BillingGroup, Customer, HostingPlan, Server, TaskState, utcnow
+from ..scheduler import TASK
 from ..tclport.records import LOGGING_LISTS, LOGGING_NO, ListRecord, SiteRecord
 from ..tclport.simulator import Dataset, HostSim, SendLogEntry
 from . import DEMO_ACCOUNTS, DEMO_PASSWORD, create_app
@@ -229,6 +230,21 @@ def register(app: Flask, demo_servers: Sequence[DemoServer]) -> None:
                 )
             registry.check_server(server.id, actor=ACTOR)
         _demo_billing(app)
+        _defer_scheduled_validation(app)
+
+
+def _defer_scheduled_validation(app: Flask) -> None:
+    """Let the person validate by hand first: the background validation's first run comes
+    one interval (LM_BILLING_VALIDATE_INTERVAL) after the launch, not on the first request."""
+    state = get_state(app)
+    session = state.session
+    later = utcnow() + timedelta(seconds=state.settings.validate_interval)
+    task = session.get(TaskState, TASK)
+    if task is None:
+        session.add(TaskState(name=TASK, next_run_at=later))
+    elif task.lease_owner is None and task.next_run_at < later:
+        task.next_run_at = later
+    session.commit()
 
 
 def _demo_billing(app: Flask) -> None:
