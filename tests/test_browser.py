@@ -157,6 +157,10 @@ def test_seed_flow_in_chromium(live: tuple[Flask, str], browser_page: Any) -> No
         page.get_by_role("button", name="Sync", exact=True).click()
         expect(page.locator("#lmb-progress")).to_contain_text("Finished: 1 of 1")
         expect(page.get_by_text("Sync was successful: no errors found.")).to_be_visible()
+        page.get_by_role("link", name="Lists", exact=True).click()
+        expect(page.locator("#lists")).to_contain_text("Acme Hosting: Acme Gold")
+        _shot(page, "server-detail")
+        page.go_back()
 
         # 5. The errors are gone from the Servers page.
         add_server(app, "Refused", port=denied.port)
@@ -171,6 +175,7 @@ def test_seed_flow_in_chromium(live: tuple[Flask, str], browser_page: Any) -> No
         page.get_by_role("button", name="Check connection").click()
         expect(page.locator(".lmb-check")).to_contain_text("TCLPORT Hosts")
         expect(page.locator("#lmb-status")).to_have_text("refused: not in TCLPORT Hosts")
+        _shot(page, "server-refused")
         page.get_by_role("link", name="Billing: Servers").click()
         page.get_by_role("link", name="No logging", exact=True).click()
         page.get_by_role("button", name="Check connection").click()
@@ -179,6 +184,7 @@ def test_seed_flow_in_chromium(live: tuple[Flask, str], browser_page: Any) -> No
         expect(page.locator(".lmb-logging")).to_contain_text(
             "Yes, Log All Messages that ListManager Sends to Mailing Lists"
         )
+        _shot(page, "server-logging-off")
         page.get_by_role("link", name="Billing: Servers").click()
         expect(page.locator("#lmb-servers")).to_contain_text("refused: not in TCLPORT Hosts")
         _shot(page, "servers")
