@@ -373,3 +373,21 @@ def test_enable_logging_unreachable_exits_2(app: Flask, runner: FlaskCliRunner) 
     assert result.exit_code == 2
     assert "nothing listens" in result.output
     assert stored(app, "Gone").status == "unreachable"
+
+
+def test_list_all_shows_deactivated_servers(app: Flask, runner: FlaskCliRunner) -> None:
+    assert add(runner, "Old", "old.example.com", 2021).exit_code == 0
+    assert add(runner, "New", "new.example.com", 2021).exit_code == 0
+    with app.app_context():
+        session = get_state().session
+        old = session.scalars(sa.select(Server).where(Server.name == "Old")).one()
+        old.active = False
+        session.commit()
+    assert [s["name"] for s in json.loads(run(runner, "list", "--json").output)] == ["New"]
+    everything = json.loads(run(runner, "list", "--all", "--json").output)
+    assert [(s["name"], s["active"]) for s in everything] == [("New", True), ("Old", False)]
+    text = run(runner, "list", "--all").output.splitlines()
+    assert text[0].split()[-1] == "Active"
+    assert next(line for line in text if line.startswith("Old")).split()[-1] == "no"
+    # A deactivated server is not checked by name any more.
+    assert run(runner, "check", "Old").exit_code == 2
