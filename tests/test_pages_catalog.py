@@ -602,3 +602,58 @@ def test_totals_and_search_on_every_backend(db_url: str) -> None:
     finally:
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
+
+
+def _count_get(app: Flask, client: FlaskClient, url: str) -> int:
+    with app.app_context():
+        engine = get_state(app).db.engine
+    statements: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    try:
+        assert client.get(url).status_code == 200
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+    return len(statements)
+
+
+def test_statement_count_does_not_grow_with_groups_or_lists(
+    client: FlaskClient, app: Flask
+) -> None:
+    customer_id, plan_id = _customer_and_plan(app)
+
+    def grow(groups: int, lists_each: int) -> int:
+        with app.app_context():
+            session = get_state(app).session
+            server = Server(name=f"S{groups}-{lists_each}", host="127.0.0.1", port=1)
+            session.add(server)
+            session.flush()
+            for g in range(groups):
+                group = BillingGroup(customer_id=customer_id, name=f"G{g}", plan_id=plan_id)
+                session.add(group)
+                session.flush()
+                for i in range(lists_each):
+                    lst = MailingList(server_id=server.id, name=f"g{g}-l{i}", members=i)
+                    session.add(lst)
+                    session.flush()
+                    session.add(
+                        Assignment(
+                            group_id=group.id,
+                            object_type="list",
+                            server_id=server.id,
+                            list_id=lst.id,
+                            start_date=date.today(),
+                        )
+                    )
+            session.commit()
+            return server.id
+
+    small_server = grow(1, 2)
+    small = _count_get(app, client, f"/billing/customers/{customer_id}")
+    small_assign = _count_get(app, client, f"/billing/assign?server_id={small_server}")
+    big_server = grow(6, 40)
+    assert _count_get(app, client, f"/billing/customers/{customer_id}") == small
+    assert _count_get(app, client, f"/billing/assign?server_id={big_server}") == small_assign
