@@ -76,6 +76,22 @@ def guard_request() -> Any:
         if not getattr(user, "is_authenticated", False):
             return login_manager.unauthorized()
     view = current_app.view_functions.get(request.endpoint or "")
-    if not is_allowed(action_of(view)):
-        abort(403)
+    action = action_of(view)
+    if not is_allowed(action):
+        abort(403, description=refusal(action))
     return None
+
+
+def refusal(action: str) -> str:
+    """Why a request was refused, and who can change that."""
+    from .extension import get_state
+
+    if get_state().extension.permission_check is None:
+        return (
+            "Billing is closed: this portal has not said who may use it. Its administrator "
+            "passes permission_check= to LMBilling (LM_BILLING_ALLOW_ALL is for demos only)."
+        )
+    return (
+        f"You may not {action} billing here. Ask the portal's administrator for the "
+        f"billing {action!r} permission."
+    )

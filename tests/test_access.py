@@ -91,7 +91,9 @@ def test_view_only_user_may_look_but_not_edit_or_run(portal: Flask) -> None:
     page = viewer.get(VIEW)
     assert page.status_code == 200
     assert "<h1>Billing: Probe</h1>" in page.get_data(as_text=True)
-    assert viewer.post("/billing/_probe/edit").status_code == 403
+    refused = viewer.post("/billing/_probe/edit")
+    assert refused.status_code == 403
+    assert "billing &#39;edit&#39; permission" in refused.get_data(as_text=True)
     assert viewer.post("/billing/_probe/run").status_code == 403
 
 
@@ -124,7 +126,9 @@ def test_the_callback_is_asked_about_the_endpoints_action(make_app: Callable[...
 
 def test_no_callback_means_403_even_when_logged_in(make_app: Callable[..., Flask]) -> None:
     app = with_login(make_app(permission_check=None))
-    assert client_as(app, "operator").get(VIEW).status_code == 403
+    refused = client_as(app, "operator").get(VIEW)
+    assert refused.status_code == 403
+    assert "passes permission_check= to LMBilling" in refused.get_data(as_text=True)
     # ... and without Flask-Login at all.
     bare = make_app(permission_check=None)
     add_probes(bare)
