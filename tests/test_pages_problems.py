@@ -4,6 +4,7 @@ from the server page, with the Flask test client against simulated hosting serve
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -99,6 +100,21 @@ def test_validate_all_and_unreachable_server_shows_failure_not_500(
     assert "nothing listens on 127.0.0.1" in page
     detail = plain(client.get(f"/billing/servers/{dead}"))
     assert "unreachable" in detail and "nothing listens on" in detail
+
+
+def test_validate_all_without_servers_says_what_to_do(app: Flask, client: FlaskClient) -> None:
+    text = plain(post(client, "/billing/servers/validate", {"scope": "all"}, follow=True))
+    assert 'There is no server to validate yet: click "Create New Server" first.' in text
+
+
+def test_no_batch_thread_outlives_the_executor(
+    app: Flask, client: FlaskClient, sim: HostSim
+) -> None:
+    sid = add_server(app, "Sim", port=sim.port)
+    _validate(client, app, sid)
+    assert any(t.name.startswith("lm-billing-batch") for t in threading.enumerate())
+    shutdown_executor(app)
+    assert not any(t.name.startswith("lm-billing-batch") for t in threading.enumerate())
 
 
 def test_validate_and_sync_need_a_selection(app: Flask, client: FlaskClient) -> None:

@@ -619,6 +619,12 @@ def servers_validate() -> Response:
         )
         return redirect(url_for("lm_billing.servers"))
     if request.form.get("scope") == "all":
+        active = get_state().session.scalar(
+            select(func.count()).select_from(Server).where(Server.active.is_(True))
+        )
+        if not active:
+            flash('There is no server to validate yet: click "Create New Server" first.', "error")
+            return redirect(url_for("lm_billing.servers"))
         return _start("validate", None)
     ids = _selected_server_ids(form)
     if not ids:
