@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -741,3 +742,37 @@ def test_failure_statuses_and_messages(eapp: Flask, sims: Callable[..., HostSim]
         runner.assign(999, server_id=ok, whole_server=True, actor="t")
     with pytest.raises(runner.AssignmentError, match="choose lists"):
         runner.assign(group, server_id=ok, actor="t")
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_no_transaction_is_open_during_network_io(dbapp: Flask, db_url: str,
+                                                  sims: Callable[..., HostSim]) -> None:
+    slow = sims(small(lst("a"), lst("b")), latency=0.15)
+    sid = add_server("Slow", slow)
+    probe = sa.create_engine(db_url)
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with probe.connect() as conn:
+            while not done.is_set():
+                if slow.active_sessions:  # the runner is talking to the server right now
+                    states = conn.execute(sa.text(
+                        "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+                    )).scalars().all()
+                    conn.commit()
+                    seen.extend(["checked", *states])
+                time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        runner.sync_servers([sid], actor="t")
+        runner.fix_problems([], actor="t")
+    finally:
+        done.set()
+        watcher.join(10)
+        probe.dispose()
+    assert "checked" in seen  # the probe did look while the server was being read
+    assert [s for s in seen if s != "checked"] == []
