@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask import Flask
 from sqlalchemy.engine import Connection
 
@@ -29,9 +30,11 @@ def script_location() -> str:
     return str(Path(__file__).resolve().parent.parent / "migrations")
 
 
-def _config(connection: Connection) -> Config:
+def _config(connection: Connection, directory: str | None = None) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", script_location())
+    cfg.set_main_option("script_location", directory or script_location())
+    # New revisions are numbered files: versions/0002_add_something.py
+    cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
     cfg.attributes["connection"] = connection
     return cfg
 
@@ -60,6 +63,20 @@ def downgrade(app: Flask | None = None, revision: str = "base") -> None:
             # At base nothing of the plugin should remain, its version table included, so
             # a host that uninstalls the plugin is left with a clean database.
             connection.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+
+
+def revision(message: str, app: Flask | None = None, *, directory: str | None = None) -> str:
+    """For the plugin's developers: autogenerate the next numbered revision from the models
+    (the database must be at head) and return its path. Read it before committing:
+    autogenerate misses renames and server-side defaults."""
+    with _engine(app).begin() as connection:
+        cfg = _config(connection, directory)
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        rev_id = f"{int(head) + 1:04d}" if head and head.isdigit() else "0001"
+        script = command.revision(cfg, message=message, autogenerate=True, rev_id=rev_id)
+    if script is None or isinstance(script, list):  # only with several heads or branches
+        raise RuntimeError("the plugin's history has several heads; merge them first")
+    return str(script.path)
 
 
 def current(app: Flask | None = None) -> str | None:

@@ -33,3 +33,10 @@ def downgrade_command(revision: str) -> None:
 def current_command() -> None:
     """Print the plugin's schema revision."""
     click.echo(migrate.current() or "base (not upgraded yet)")
+
+
+@db_group.command("revision")
+@click.option("-m", "--message", required=True, help="What the revision changes.")
+def revision_command(message: str) -> None:
+    """(Plugin developers) Autogenerate the next revision from the models."""
+    click.echo(f"wrote {migrate.revision(message)}: read it before committing")
