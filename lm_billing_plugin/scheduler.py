@@ -523,8 +523,8 @@ class SchedulerService:
             if self._pending is not None:
                 with Session(self.engine) as session, session.begin():
                     write_finish(session, self._pending)
-                log.info("scheduled run %s: outcome %s recorded late", self._pending.run_id,
-                         self._pending.status)
+                log.warning("scheduled run %s: outcome %s recorded late", self._pending.run_id,
+                            self._pending.status)
                 self._pending = None
             now = utcnow()
             if not self._task_ensured:
@@ -580,7 +580,7 @@ class SchedulerService:
             log.error(
                 "scheduler tick failed: %s. Scheduled validation waits until the database is "
                 "reachable again; it retries every %.1f s.",
-                exc,
+                short_error(exc),
                 self.tick_seconds,
                 exc_info=not isinstance(exc, sa.exc.OperationalError),
             )
@@ -609,10 +609,10 @@ class SchedulerService:
                 result = self.work(request)
             status, summary = summarize(result, claim.missed, claim.kind)
         except Exception as exc:
-            log.error("scheduled %s run %s failed: %s", claim.kind, claim.run_id, exc,
-                      exc_info=True)
+            log.error("scheduled %s run %s failed: %s", claim.kind, claim.run_id,
+                      short_error(exc), exc_info=True)
             error = (
-                f"The scheduled {claim.kind} failed: {type(exc).__name__}: {exc}. "
+                f"The scheduled {claim.kind} failed: {short_error(exc)}. "
                 "The next run is scheduled as usual; if this repeats, check the database "
                 "and the log of the scheduler process."
             )[:4000]
@@ -642,7 +642,7 @@ class SchedulerService:
                 "when the database is back",
                 claim.run_id,
                 finish.status,
-                exc,
+                short_error(exc),
             )
             self._pending = finish
         with self._lock:
@@ -682,7 +682,7 @@ class SchedulerService:
                     return
             except Exception as exc:
                 log.warning("scheduled run %s: lease heartbeat failed: %s",
-                            local.claim.run_id, exc)
+                            local.claim.run_id, short_error(exc))
 
     # -- cron: one tick --
 
@@ -787,7 +787,15 @@ class SchedulerService:
             log.warning("scheduled run %s abandoned at shutdown", local.claim.run_id)
         except Exception as exc:
             log.error("scheduled run %s: could not record the interruption: %s",
-                      local.claim.run_id, exc)
+                      local.claim.run_id, short_error(exc))
+
+
+def short_error(exc: BaseException) -> str:
+    """An exception in one line for logs and the run's message: a database error without the
+    SQL statement and its parameters (they say nothing to an operator and may be long)."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        return f"{type(exc).__name__}: {exc.orig}".strip()
+    return f"{type(exc).__name__}: {exc}".strip()
 
 
 def _is_lock_contention(exc: Exception) -> bool:

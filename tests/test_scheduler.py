@@ -435,6 +435,39 @@ def test_a_failing_run_is_recorded_and_the_next_interval_still_runs(
     )
 
 
+def test_outcome_written_later_when_the_database_fails_during_the_run(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run table disappears mid-run (SQLite): the run fails, its outcome cannot be
+    written, is kept, and is written by the first tick after the table is back."""
+    app = make_app(LM_BILLING_VALIDATE_INTERVAL=0.2)
+    with app.app_context():
+        engine = get_state(app).db.engine
+
+    def rename(old: str, new: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+    def breaking_work(request: WorkRequest) -> Any:
+        rename("lm_billing_task_run", "lm_billing_task_run_away")
+        return default_work(request)  # recording the batch on the run fails
+
+    service = SchedulerService(app, work=breaking_work)
+    assert service.tick(synchronous=True) == "ran"
+    assert service.tick(synchronous=True) == "error"  # the outcome still cannot be written
+    rename("lm_billing_task_run_away", "lm_billing_task_run")
+    service.work = _quick_work
+    time.sleep(0.2)
+    assert service.tick(synchronous=True) == "ran"  # late outcome written, next slot runs
+    first, second = _runs(app)
+    assert first.status == "failed" and "lm_billing_task_run" in (first.error_message or "")
+    assert second.status == "ok"
+    assert _state(app).lease_owner is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("could not record its outcome" in m for m in messages)
+    assert any(f"scheduled run {first.id}: outcome failed recorded late" in m for m in messages)
+
+
 def _pg_admin(url: str) -> tuple[sa.Engine, str]:
     parsed = sa.engine.make_url(url)
     return sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT"), str(
