@@ -81,11 +81,13 @@ def test_wheel_and_sdist_carry_everything_and_the_installed_wheel_works(tmp_path
             "install",
             "-q",
             "--no-deps",
+            "--no-index",  # the wheel alone: no registry, no network
             "--target",
             str(target),
             str(wheel),
         ],
         tmp_path,
+        {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
     outside = tmp_path / "elsewhere"
     outside.mkdir()
