@@ -18,14 +18,15 @@ from lm_billing_plugin.scheduler import WORK_EXTRA, WorkRequest, default_work
 
 def create_app() -> Flask:
     """SCHED_DB_URL (required), SCHED_INTERVAL, SCHED_LEASE: the schedule;
-    SCHED_WORK_SECONDS: how long each run sleeps before the real work (to be killed mid-run)."""
+    SCHED_WORK_SECONDS: how long each run sleeps before the real work (to be killed mid-run);
+    SCHED_AUTOSTART: start the ticker on the first request (served by gunicorn)."""
     app = Flask("sched_app")
     app.config.update(
         SECRET_KEY="sched-test",
         SQLALCHEMY_DATABASE_URI=os.environ["SCHED_DB_URL"],
         LM_BILLING_VALIDATE_INTERVAL=float(os.environ.get("SCHED_INTERVAL", "1")),
         LM_BILLING_LEASE_SECONDS=float(os.environ.get("SCHED_LEASE", "5")),
-        LM_BILLING_SCHEDULER_AUTOSTART=False,
+        LM_BILLING_SCHEDULER_AUTOSTART=bool(os.environ.get("SCHED_AUTOSTART")),
     )
     db = SQLAlchemy()
     db.init_app(app)

@@ -281,6 +281,68 @@ def test_a_process_killed_mid_run_is_marked_interrupted_and_the_schedule_goes_on
     assert state.lease_owner is None
 
 
+@pytest.mark.slow
+def test_gunicorn_workers_start_lazily_and_share_the_schedule(tmp_path: Path) -> None:
+    """Single-host mode: two gunicorn workers with autostart. Nothing runs before the first
+    request; then the workers' tickers share the schedule, each slot run once."""
+    from _sim import closed_port
+
+    url = f"sqlite:///{tmp_path / 'web.sqlite'}"
+    engine = sa.create_engine(url)
+    Base.metadata.create_all(engine)
+    port = closed_port()
+    log = tmp_path / "gunicorn.log"
+    env = {
+        **os.environ,
+        "SCHED_DB_URL": url,
+        "SCHED_INTERVAL": "1",
+        "SCHED_AUTOSTART": "1",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+    }
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--workers", "2",
+             "--bind", f"127.0.0.1:{port}", "tests.sched_app:create_app()"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        import urllib.request
+
+        def get() -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/billing/background") as r:
+                return int(r.status)
+
+        def booted() -> bool:
+            text = log.read_text(errors="replace")
+            return text.count("Booting worker") >= 2
+
+        deadline = time.monotonic() + 30
+        while not booted():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(1.5)  # the workers are up and idle: nothing may have started
+        assert task_runs(engine) == []
+        with engine.connect() as conn:
+            assert conn.scalar(sa.select(sa.func.count()).select_from(TaskState)) == 0
+        threads = [threading.Thread(target=get) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        deadline = time.monotonic() + 20
+        while len([r for r in task_runs(engine) if r.finished_at]) < 4:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
+        runs = task_runs(engine)
+        engine.dispose()
+    assert_unique_consecutive(runs)
+    assert server.pid not in {r.pid for r in runs}  # workers run it, not the arbiter
+    assert {r.status for r in runs} <= {"ok", "interrupted"}
+
+
 # --- one process, driven tick by tick ----------------------------------------------------
 
 
