@@ -545,6 +545,18 @@ def _interrupt_runs(session: Session, run_ids: Sequence[int], now: datetime) -> 
         .values(status="interrupted", finished_at=now, error_code="INTERRUPTED",
                 error_message=INTERRUPTED_MESSAGE)
     )
+    # A batch whose every run has ended, one of them interrupted, will never be finished by
+    # its (dead) process: close it, so the progress page stops waiting.
+    batches = sa.select(RUN.c.batch_id).where(RUN.c.id.in_(list(run_ids)),
+                                              RUN.c.batch_id.is_not(None))
+    unfinished = sa.select(RUN.c.id).where(RUN.c.batch_id == BATCH.c.id,
+                                           RUN.c.status.in_(("running", "queued")))
+    session.execute(
+        BATCH.update()
+        .where(BATCH.c.id.in_(batches), BATCH.c.status.in_(("running", "queued")),
+               ~sa.exists(unfinished))
+        .values(status="interrupted", finished_at=now)
+    )
 
 
 def expire_leases(session: Session, now: datetime) -> int:

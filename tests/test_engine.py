@@ -703,7 +703,11 @@ def test_expired_leases_are_swept(eapp: Flask, sims: Callable[..., HostSim]) -> 
     from lm_billing_plugin.store import claim_server, expire_leases
 
     sid = add_server("Lists", sims(small(lst("a"))))
-    run = Run(server_id=sid, kind="validate", status="running", started_at=utcnow())
+    batch = Batch(kind="validate", status="running", total=1)
+    session().add(batch)
+    session().flush()
+    run = Run(server_id=sid, batch_id=batch.id, kind="validate", status="running",
+              started_at=utcnow())
     session().add(run)
     session().commit()
     now = utcnow()
@@ -714,6 +718,7 @@ def test_expired_leases_are_swept(eapp: Flask, sims: Callable[..., HostSim]) -> 
     server = session().get(Server, sid)
     assert server.lease_owner is None and server.status == "interrupted"
     assert session().get(Run, run.id).status == "interrupted"
+    assert session().get(Batch, batch.id).status == "interrupted"  # its process is gone
     session().commit()
 
 
