@@ -282,6 +282,36 @@ def test_a_process_killed_mid_run_is_marked_interrupted_and_the_schedule_goes_on
 
 
 @pytest.mark.slow
+def test_sigterm_waits_for_the_run_and_a_second_one_abandons_it(
+    tmp_path: Path, procs: Callable[..., Proc]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'stop.sqlite'}"
+    engine = sa.create_engine(url)
+    Base.metadata.create_all(engine)
+    proc = procs(url, "stop", SCHED_WORK_SECONDS="5")
+    try:
+        run = wait_for(
+            "a run in progress",
+            lambda: next((r for r in task_runs(engine) if r.status == "running"), None),
+            30,
+            proc,
+        )
+        proc.popen.send_signal(signal.SIGTERM)
+        wait_for("the wait message", lambda: "Waiting for scheduled run" in proc.output(), 5, proc)
+        assert proc.popen.poll() is None  # still finishing the run
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(timeout=5) == 0
+        (after,) = task_runs(engine)
+        with engine.connect() as conn:
+            owner = conn.scalar(sa.select(TaskState.lease_owner))
+    finally:
+        engine.dispose()
+    assert after.id == run.id and after.status == "interrupted"
+    assert "stopped during the run" in after.error_message
+    assert owner is None  # released at once: the next process need not wait for expiry
+
+
+@pytest.mark.slow
 def test_gunicorn_workers_start_lazily_and_share_the_schedule(tmp_path: Path) -> None:
     """Single-host mode: two gunicorn workers with autostart. Nothing runs before the first
     request; then the workers' tickers share the schedule, each slot run once."""
