@@ -109,8 +109,7 @@ class Alert:
         if self.url:
             lines.append(f"Details: {self.url}")
         else:
-            lines.append("Details: Billing > Background validation (scheduled run "
-                         f"{self.run_id}).")
+            lines.append(f"Details: Billing > Background validation (scheduled run {self.run_id}).")
         return "\n".join(lines) + "\n"
 
 
@@ -238,18 +237,26 @@ def send_email(settings: Settings, alert: Alert) -> bool:
         log.error(
             "notification for scheduled run %s not sent: %s refused the login of %s (%s); "
             "check LM_BILLING_SMTP_USERNAME and LM_BILLING_SMTP_PASSWORD",
-            alert.run_id, where, settings.smtp_username, exc.smtp_code,
+            alert.run_id,
+            where,
+            settings.smtp_username,
+            exc.smtp_code,
         )
         return False
     except (OSError, smtplib.SMTPException) as exc:
         log.error(
             "notification for scheduled run %s not sent to %s: %s; check "
             "LM_BILLING_SMTP_HOST, LM_BILLING_SMTP_PORT and LM_BILLING_SMTP_STARTTLS",
-            alert.run_id, where, exc,
+            alert.run_id,
+            where,
+            exc,
         )
         return False
-    log.info("notification for scheduled run %s sent to %d address(es)", alert.run_id,
-             len(settings.notify_emails))
+    log.info(
+        "notification for scheduled run %s sent to %d address(es)",
+        alert.run_id,
+        len(settings.notify_emails),
+    )
     return True
 
 

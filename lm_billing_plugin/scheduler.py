@@ -131,8 +131,9 @@ def reap_expired(session: Session, now: datetime) -> int | None:
     """Release a lease whose holder died (it stopped renewing) and mark its run interrupted.
     Returns the interrupted run's id."""
     row = session.execute(
-        sa.select(TaskState.lease_owner, TaskState.lease_expires_at, TaskState.current_run_id)
-        .where(TaskState.name == TASK)
+        sa.select(
+            TaskState.lease_owner, TaskState.lease_expires_at, TaskState.current_run_id
+        ).where(TaskState.name == TASK)
     ).one_or_none()
     if row is None or row.lease_owner is None:
         return None
@@ -191,8 +192,9 @@ def try_claim(
     """Claim the due run if there is one and nobody runs it: one conditional UPDATE that
     sets the lease and advances next_run_at past now. The caller commits."""
     row = session.execute(
-        sa.select(TaskState.next_run_at, TaskState.lease_owner, TaskState.lease_expires_at)
-        .where(TaskState.name == TASK)
+        sa.select(TaskState.next_run_at, TaskState.lease_owner, TaskState.lease_expires_at).where(
+            TaskState.name == TASK
+        )
     ).one_or_none()
     if row is None:
         return None
@@ -302,7 +304,7 @@ def record_batch(session: Session, run_id: int, batch_id: int) -> None:
 
 
 def request_run_now(session: Session, now: datetime | None = None) -> datetime:
-    """"Run now": make the next run due at once. Only moves next_run_at; the scheduler
+    """Make the next run due at once ("Run now"). Only moves next_run_at; the scheduler
     process does the work. The caller commits."""
     now = now or utcnow()
     if not ensure_task(session, now):
@@ -523,8 +525,11 @@ class SchedulerService:
             if self._pending is not None:
                 with Session(self.engine) as session, session.begin():
                     write_finish(session, self._pending)
-                log.warning("scheduled run %s: outcome %s recorded late", self._pending.run_id,
-                            self._pending.status)
+                log.warning(
+                    "scheduled run %s: outcome %s recorded late",
+                    self._pending.run_id,
+                    self._pending.status,
+                )
                 self._pending = None
             now = utcnow()
             if not self._task_ensured:
@@ -579,7 +584,8 @@ class SchedulerService:
         if self._error_logged_at is None or now - self._error_logged_at >= ERROR_LOG_EVERY:
             log.error(
                 "scheduler tick failed: %s. Scheduled validation waits until the database is "
-                "reachable again; it retries every %.1f s.",
+                "reachable and upgraded (`flask lm-billing db upgrade`); it retries every "
+                "%.1f s.",
                 short_error(exc),
                 self.tick_seconds,
                 exc_info=not isinstance(exc, sa.exc.OperationalError),
@@ -609,8 +615,13 @@ class SchedulerService:
                 result = self.work(request)
             status, summary = summarize(result, claim.missed, claim.kind)
         except Exception as exc:
-            log.error("scheduled %s run %s failed: %s", claim.kind, claim.run_id,
-                      short_error(exc), exc_info=True)
+            log.error(
+                "scheduled %s run %s failed: %s",
+                claim.kind,
+                claim.run_id,
+                short_error(exc),
+                exc_info=True,
+            )
             error = (
                 f"The scheduled {claim.kind} failed: {short_error(exc)}. "
                 "The next run is scheduled as usual; if this repeats, check the database "
@@ -652,8 +663,7 @@ class SchedulerService:
         if result is not None:
             from .notify import notify_run
 
-            notify_run(self.app, run_id=claim.run_id, status=status, summary=summary,
-                       result=result)
+            notify_run(self.app, run_id=claim.run_id, status=status, summary=summary, result=result)
 
     def _record_batch(self, claim: Claim) -> Callable[[int], None]:
         def record(batch_id: int) -> None:
@@ -681,8 +691,11 @@ class SchedulerService:
                     )
                     return
             except Exception as exc:
-                log.warning("scheduled run %s: lease heartbeat failed: %s",
-                            local.claim.run_id, short_error(exc))
+                log.warning(
+                    "scheduled run %s: lease heartbeat failed: %s",
+                    local.claim.run_id,
+                    short_error(exc),
+                )
 
     # -- cron: one tick --
 
@@ -693,9 +706,7 @@ class SchedulerService:
 
     def next_run_at(self) -> datetime | None:
         with Session(self.engine) as session:
-            return session.scalar(
-                sa.select(TaskState.next_run_at).where(TaskState.name == TASK)
-            )
+            return session.scalar(sa.select(TaskState.next_run_at).where(TaskState.name == TASK))
 
     # -- driving the ticker --
 
@@ -786,8 +797,11 @@ class SchedulerService:
                 write_finish(session, finish)
             log.warning("scheduled run %s abandoned at shutdown", local.claim.run_id)
         except Exception as exc:
-            log.error("scheduled run %s: could not record the interruption: %s",
-                      local.claim.run_id, short_error(exc))
+            log.error(
+                "scheduled run %s: could not record the interruption: %s",
+                local.claim.run_id,
+                short_error(exc),
+            )
 
 
 def short_error(exc: BaseException) -> str:

@@ -68,9 +68,19 @@ def test_last_run_running_now_and_history(app: Flask, client: FlaskClient) -> No
     done = Batch(kind="validate", status="finished", total=7, done=7, failed=1)
     _add(app, batch, done)
     failed = _run(120, "failed", error_message="<script>alert(1)</script> database gone")
-    found = _run(60, "problems", summary={"servers": 7, "ok": 6, "failed": 1,
-                                          "failed_servers": ["far away"], "problems_new": 4,
-                                          "missed": 2}, batch_id=done.id)
+    found = _run(
+        60,
+        "problems",
+        summary={
+            "servers": 7,
+            "ok": 6,
+            "failed": 1,
+            "failed_servers": ["far away"],
+            "problems_new": 4,
+            "missed": 2,
+        },
+        batch_id=done.id,
+    )
     running = _run(0.5, "running", host="worker-2", pid=777, batch_id=batch.id)
     _add(app, failed, found, running)
     _add(
@@ -133,6 +143,18 @@ def test_run_now_only_moves_the_next_run(app: Flask, client: FlaskClient) -> Non
         assert audit.action == "schedule_run_now"
     page = client.get(URL).get_data(as_text=True)
     assert "The next scheduled run is due now" in page
+
+
+def test_run_now_while_a_run_is_going_on(app: Flask, client: FlaskClient) -> None:
+    lease = utcnow() + timedelta(minutes=5)
+    later = utcnow() + timedelta(hours=1)
+    _add(app, TaskState(name=TASK, next_run_at=later, lease_owner="w:1:a", lease_expires_at=lease))
+    client.post(URL + "/run-now", data={"csrf_token": _token(client)})
+    assert "the next one starts as soon as it ends" in client.get(URL).get_data(as_text=True)
+    with app.app_context():
+        state = get_state(app).session.get(TaskState, TASK)
+        assert state is not None and state.next_run_at <= utcnow()
+        assert state.lease_owner == "w:1:a"  # the running run keeps its lease
 
 
 def test_run_now_creates_the_schedule_when_there_is_none(app: Flask, client: FlaskClient) -> None:

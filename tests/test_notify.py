@@ -82,7 +82,7 @@ def notified_app(
         LM_BILLING_READ_TIMEOUT=1.0,
     )
     with app.app_context():
-        server_service.create_server("Hosting <A> & \"B\"", sim.host, sim.port, actor="test")
+        server_service.create_server('Hosting <A> & "B"', sim.host, sim.port, actor="test")
     yield app
     trouble_found.receivers.clear()
     run_finished.receivers.clear()

@@ -199,9 +199,7 @@ def test_two_processes_run_each_interval_exactly_once(
         last = start + 9 * SECOND
         wait_for(
             "10 intervals",
-            lambda: any(
-                r.scheduled_for == last and r.finished_at for r in task_runs(engine)
-            ),
+            lambda: any(r.scheduled_for == last and r.finished_at for r in task_runs(engine)),
             20,
             a,
             b,
@@ -250,10 +248,9 @@ def test_a_process_killed_mid_run_is_marked_interrupted_and_the_schedule_goes_on
         wait_for("the killed run to be marked interrupted", interrupted, 10, survivor)
         wait_for(
             "three runs after the interruption",
-            lambda: sum(
-                1 for r in task_runs(engine) if r.id > victim_run.id and r.status == "ok"
-            )
-            >= 3,
+            lambda: (
+                sum(1 for r in task_runs(engine) if r.id > victim_run.id and r.status == "ok") >= 3
+            ),
             15,
             survivor,
         )
@@ -331,9 +328,18 @@ def test_gunicorn_workers_start_lazily_and_share_the_schedule(tmp_path: Path) ->
     }
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--workers", "2",
-             "--bind", f"127.0.0.1:{port}", "tests.sched_app:create_app()"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "--workers",
+                "2",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "tests.sched_app:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         import urllib.request
@@ -472,7 +478,8 @@ def test_an_expired_lease_is_taken_over_and_its_run_marked_interrupted(
 
 
 @pytest.mark.slow
-def test_a_run_longer_than_the_interval_never_overlaps_itself(make_app: Callable[..., Flask]
+def test_a_run_longer_than_the_interval_never_overlaps_itself(
+    make_app: Callable[..., Flask],
 ) -> None:
     # Lease 0.4 s, run 1.3 s: only the heartbeat keeps the other process off.
     app = make_app(LM_BILLING_VALIDATE_INTERVAL=0.5, LM_BILLING_LEASE_SECONDS=0.4)
@@ -737,7 +744,8 @@ def test_autostart_off_or_disabled_starts_nothing(
     assert not should_autostart(disabled)
     monkeypatch.setattr(sys, "argv", ["/usr/bin/flask", "lm-billing", "db", "upgrade"])
     serving = make_app(
-        f"sqlite:///{tmp_path / 'third.sqlite'}", LM_BILLING_SCHEDULER_AUTOSTART=True,
+        f"sqlite:///{tmp_path / 'third.sqlite'}",
+        LM_BILLING_SCHEDULER_AUTOSTART=True,
         TESTING=False,
     )
     assert not should_autostart(serving)

@@ -68,8 +68,7 @@ def scheduler_command() -> None:
         running = service.running_run
         if running is not None:
             click.echo(
-                f"Waiting for scheduled run {running.run_id} to finish; stop again to "
-                "abandon it."
+                f"Waiting for scheduled run {running.run_id} to finish; stop again to abandon it."
             )
             while not service.wait_idle(timeout=0.2):
                 pass

@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 
 from ..access import actor_name, requires
 from ..extension import get_state
-from ..models import AuditEntry, TaskRun, utcnow
+from ..models import AuditEntry, TaskRun, TaskState, utcnow
 from ..scheduler import TASK, request_run_now, schedule_summary
 from .paging import clamp, page_from_request
 
@@ -41,9 +41,7 @@ def background() -> str:
     # History reads newest first, always; only the page number comes from the query string.
     page.direction = "desc"
     base = sa.select(TaskRun).where(TaskRun.task == TASK)
-    page.total = int(
-        session.scalar(sa.select(sa.func.count()).select_from(base.subquery())) or 0
-    )
+    page.total = int(session.scalar(sa.select(sa.func.count()).select_from(base.subquery())) or 0)
     clamp(page)
     runs = session.scalars(
         base.order_by(TaskRun.started_at.desc(), TaskRun.id.desc())
@@ -89,14 +87,19 @@ def background_run_now() -> Response:
     form = RunNowForm()
     back = redirect(url_for("lm_billing.background"))
     if not form.validate_on_submit():
-        flash("The form expired; reload the page and click \"Run now\" again.", "error")
+        flash('The form expired; reload the page and click "Run now" again.', "error")
         return back
     state = get_state()
     session = state.session
+    busy = session.scalar(sa.select(TaskState.lease_owner).where(TaskState.name == TASK))
     now = request_run_now(session, utcnow())
     session.add(
-        AuditEntry(actor=actor_name(), action="schedule_run_now", object_type="task",
-                   detail={"task": TASK, "next_run_at": now.isoformat()})
+        AuditEntry(
+            actor=actor_name(),
+            action="schedule_run_now",
+            object_type="task",
+            detail={"task": TASK, "next_run_at": now.isoformat()},
+        )
     )
     session.commit()
     if not state.settings.scheduler_enabled:
@@ -105,10 +108,15 @@ def background_run_now() -> Response:
             "(LM_BILLING_SCHEDULER_ENABLED is False), so nothing will run until it is enabled.",
             "error",
         )
+    elif busy:
+        flash(
+            "A scheduled run is going on now; the next one starts as soon as it ends.",
+            "message",
+        )
     else:
         flash(
             "The next scheduled run is due now: a scheduler process starts it within a "
-            "second or two. This page shows it under \"Running now\".",
+            'second or two. This page shows it under "Running now".',
             "message",
         )
     return back
