@@ -219,6 +219,10 @@ def _load_tcl() -> tuple[Callable[[], _Split], type[Exception]] | None:
         import _tkinter
     except ImportError:
         return None
+    if _tkinter.TCL_VERSION != "8.6":
+        # The profile is Tcl 8.6's syntax; Tcl 9 reads some escapes differently (\U, and
+        # backslashed characters beyond the BMP), so only an 8.6 library may stand in.
+        return None
 
     def new_splitter() -> _Split:
         # The bare _tkinter app, not tkinter.Tcl(): that one is a Python object with
