@@ -115,6 +115,21 @@ class Finish:
     finished_at: datetime
 
 
+def db_now(session: Session) -> datetime:
+    """The database server's clock in UTC: every host compares leases and due times against
+    the same clock, so a host whose clock runs ahead cannot take a live lease over. SQLite
+    lives on one host, whose clock it is."""
+    name = session.get_bind().dialect.name
+    value: Any = None
+    if name == "postgresql":
+        value = session.scalar(sa.text("SELECT clock_timestamp() AT TIME ZONE 'UTC'"))
+    elif name in ("mysql", "mariadb"):
+        value = session.scalar(sa.text("SELECT UTC_TIMESTAMP(6)"))
+    if not isinstance(value, datetime):
+        return utcnow()
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def ensure_task(session: Session, now: datetime) -> bool:
     """Create the task's row (first run due now) when it does not exist yet; True when it
     was created. Two processes may race here: the loser's commit fails with IntegrityError,
@@ -306,7 +321,7 @@ def record_batch(session: Session, run_id: int, batch_id: int) -> None:
 def request_run_now(session: Session, now: datetime | None = None) -> datetime:
     """Make the next run due at once ("Run now"). Only moves next_run_at; the scheduler
     process does the work. The caller commits."""
-    now = now or utcnow()
+    now = now or db_now(session)
     if not ensure_task(session, now):
         session.execute(
             sa.update(TaskState)
@@ -540,6 +555,7 @@ class SchedulerService:
                     pass  # another process created the row at the same moment
                 self._task_ensured = True
             with Session(self.engine) as session, session.begin():
+                now = db_now(session)
                 reap_expired(session, now)
                 claim = try_claim(
                     session,
@@ -680,7 +696,7 @@ class SchedulerService:
                     mine = renew_lease(
                         session,
                         owner=local.claim.owner,
-                        now=utcnow(),
+                        now=db_now(session),
                         lease_seconds=self.settings.lease_seconds,
                     )
                 if not mine:

@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 
 from ..access import actor_name, requires
 from ..extension import get_state
-from ..models import AuditEntry, TaskRun, TaskState, utcnow
+from ..models import AuditEntry, TaskRun, TaskState
 from ..scheduler import TASK, request_run_now, schedule_summary
 from .paging import clamp, page_from_request
 
@@ -92,7 +92,7 @@ def background_run_now() -> Response:
     state = get_state()
     session = state.session
     busy = session.scalar(sa.select(TaskState.lease_owner).where(TaskState.name == TASK))
-    now = request_run_now(session, utcnow())
+    now = request_run_now(session)
     session.add(
         AuditEntry(
             actor=actor_name(),
