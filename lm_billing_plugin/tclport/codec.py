@@ -47,15 +47,29 @@ _WS_CLASS = r"[ \t\n\v\f\r]"
 # Decoding, pure Python
 # ---------------------------------------------------------------------------------------
 
-# The common case (bare words, braces and quotes without backslashes or nesting) is
-# recognised by two C-level regex passes: fullmatch proves the whole text is made of such
-# items, findall then cuts it with the same item pattern.  The item alternatives start with
-# distinct characters, so both passes necessarily tokenise identically.
-_FAST_ITEM = r'\{([^{}\\]*)\}|"([^"\\]*)"|([^ \t\n\v\f\r{"\\][^ \t\n\v\f\r\\]*)'
+# The common case is recognised by two C-level regex passes: fullmatch proves the whole
+# text is made of simple items, findall then cuts it with the same item pattern.  Simple
+# items are braced words nested at most _FAST_DEPTH deep (braced words are taken literally,
+# so backslashes inside only need to hide the next character from the brace count), and
+# quoted or bare words without backslashes (those would need substitution).  The item
+# alternatives start with distinct characters and every quantifier is possessive, so both
+# passes tokenise identically, in linear time.
+_FAST_DEPTH = 8
+
+
+def _fast_item_pattern() -> str:
+    nested = r"\{(?:[^{}\\]++|\\.)*+\}"
+    for _ in range(_FAST_DEPTH - 2):
+        nested = rf"\{{(?:[^{{}}\\]++|\\.|{nested})*+\}}"
+    braced = rf"\{{((?:[^{{}}\\]++|\\.|{nested})*+)\}}"
+    return rf'{braced}|"([^"\\]*+)"|([^ \t\n\v\f\r{{"\\][^ \t\n\v\f\r\\]*+)'
+
+
+_FAST_ITEM = _fast_item_pattern()
 _FAST_WHOLE = re.compile(
-    rf"{_WS_CLASS}*+(?:(?:{_FAST_ITEM})(?:{_WS_CLASS}++|\Z))*+"
+    rf"{_WS_CLASS}*+(?:(?:{_FAST_ITEM})(?:{_WS_CLASS}++|\Z))*+", re.S
 )
-_FAST_ITEMS = re.compile(_FAST_ITEM)
+_FAST_ITEMS = re.compile(_FAST_ITEM, re.S)
 
 _SKIP_WS = re.compile(rf"{_WS_CLASS}*+")
 # A bare word runs to the next list space; a backslash sequence (TclParseBackslash) is
