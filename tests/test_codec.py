@@ -197,6 +197,7 @@ ACCEPT = [
     ("😀 é 𝄞", ["😀", "é", "𝄞"], "non-ascii"),
     ("a\x00b {\x00} \"\x00\"", ["a\x00b", "\x00", "\x00"], "nul"),
     ("{a}\t{b}\n", ["a", "b"], "braced-with-other-spaces"),
+    ("{" * 12 + "}" * 12 + " x", ["{" * 11 + "}" * 11, "x"], "nesting-beyond-fast-path"),
 ]
 
 REJECT = [
@@ -212,6 +213,8 @@ REJECT = [
     ('{a}"', 'braces followed by """', "quote-after-brace"),
     ("{a}\x85", "braces followed by", "nel-is-not-a-space"),
     ('"a"b', 'quotes followed by "b"', "junk-after-quote"),
+    ("{" * 12 + "}" * 11, "unmatched open brace", "deep-open-brace"),
+    ("{" * 12 + "}" * 12 + "x", 'braces followed by "x"', "junk-after-deep-braces"),
     ('x "a"{b} y', 'quotes followed by "{b}"', "junk-after-quote-later"),
 ]
 
