@@ -66,6 +66,8 @@ def _fast_item_pattern() -> str:
 
 
 _FAST_ITEM = _fast_item_pattern()
+# Its first alternative alone: a braced word, for the full parser to try before counting.
+_FAST_BRACED = re.compile(_FAST_ITEM.split("|\"", 1)[0], re.S)
 _FAST_WHOLE = re.compile(
     rf"{_WS_CLASS}*+(?:(?:{_FAST_ITEM})(?:{_WS_CLASS}++|\Z))*+", re.S
 )
@@ -151,36 +153,44 @@ def _excerpt(text: str, pos: int) -> str:
     return text[pos:end]
 
 
+def _braced_end(text: str, pos: int) -> int:
+    """Where the braced word opening at ``pos`` ends (just past its closing brace)."""
+    depth = 1
+    scan = pos + 1
+    while True:
+        stop = _BRACE_STOP.search(text, scan)
+        if stop is None:
+            raise TclListError(f"unmatched open brace in list (brace at offset {pos})")
+        scan = stop.start()
+        if text[scan] == "\\":
+            # Inside braces a backslash only hides the next character from the brace
+            # count; longer sequences (\x41, \<LF><spaces>) hold no braces.
+            scan += 2
+            continue
+        depth += 1 if text[scan] == "{" else -1
+        scan += 1
+        if depth == 0:
+            return scan
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    spaces = _SKIP_WS.match(text, pos)
+    assert spaces is not None  # `*` always matches
+    return spaces.end()
+
+
 def _decode_full(text: str) -> list[str]:
     """The complete TclFindElement state machine; used when the fast path does not apply."""
     out: list[str] = []
     n = len(text)
-    pos = _SKIP_WS.match(text).end()  # type: ignore[union-attr]  # `*` always matches
+    pos = _skip_ws(text, 0)
     while pos < n:
         first = text[pos]
         if first == "{":
-            depth = 1
-            scan = pos + 1
-            while True:
-                stop = _BRACE_STOP.search(text, scan)
-                if stop is None:
-                    raise TclListError(
-                        f"unmatched open brace in list (brace at offset {pos})"
-                    )
-                scan = stop.start()
-                ch = text[scan]
-                if ch == "\\":
-                    # Inside braces a backslash only hides the next character from the
-                    # brace count; longer sequences (\x41, \<LF><spaces>) hold no braces.
-                    scan += 2
-                    continue
-                depth += 1 if ch == "{" else -1
-                scan += 1
-                if depth == 0:
-                    break
+            braced = _FAST_BRACED.match(text, pos)
+            end = _braced_end(text, pos) if braced is None else braced.end()
             # Braced elements are literal: no backslash substitution at all.
-            out.append(text[pos + 1 : scan - 1])
-            end = scan
+            out.append(text[pos + 1 : end - 1])
             if end < n and text[end] not in _WS_CHARS:
                 raise TclListError(
                     f'list element in braces followed by "{_excerpt(text, end)}" '
@@ -204,7 +214,7 @@ def _decode_full(text: str) -> list[str]:
             assert body is not None
             end = body.end()
             out.append(_collapse(text[pos:end]))
-        pos = _SKIP_WS.match(text, end).end()  # type: ignore[union-attr]
+        pos = _skip_ws(text, end)
     return out
 
 
