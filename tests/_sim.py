@@ -4,6 +4,7 @@ and resource counters for leak checks. Everything runs on real sockets on 127.0.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 import threading
@@ -19,7 +20,27 @@ FAST = ClientSettings(connect_timeout=0.5, read_timeout=0.4, operation_timeout=0
 
 
 def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    """Open sockets of this process (other descriptors — database files, pipes of other
+    tests' subprocesses — come and go on their own and are not this client's to leak)."""
+    gc.collect()
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:  # closed between listdir and readlink
+            pass
+    return count
+
+
+def sockets_back_to(before: int, timeout: float = 2.0) -> bool:
+    """True once no more sockets are open than ``before`` (peers may close a moment late)."""
+    deadline = time.monotonic() + timeout
+    while fd_count() > before:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def thread_count() -> int:

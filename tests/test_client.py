@@ -24,6 +24,7 @@ from _sim import (
     blackhole,
     closed_port,
     fd_count,
+    sockets_back_to,
     frame,
     scripted_server,
     settle,
@@ -395,7 +396,7 @@ def test_hostile_server_gives_a_typed_error_within_the_deadline(
     assert elapsed < FAST.operation_timeout + 0.3
     assert str(error).startswith(f"127.0.0.1:{sim.port}: ")
     assert not client.connected
-    assert fd_count() <= before
+    assert sockets_back_to(before)
 
 
 def test_trickling_peer_hits_the_overall_deadline_not_the_read_timeout(sim: HostSim) -> None:
@@ -570,6 +571,6 @@ def test_no_leaked_sockets_or_threads_after_1000_failed_sessions(dataset: Datase
             assert error.code in ("REFUSED", "AUTH_FAILED", "NOT_TCLPORT", "HOST_DENIED")
         settle(sim)
     gc.collect()
-    assert fd_count() <= fds
+    assert sockets_back_to(fds)
     assert thread_count() <= threads
     assert not [t for t in threading.enumerate() if t.name.startswith("hostsim")]
