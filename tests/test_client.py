@@ -24,10 +24,10 @@ from _sim import (
     blackhole,
     closed_port,
     fd_count,
-    sockets_back_to,
     frame,
     scripted_server,
     settle,
+    sockets_back_to,
     thread_count,
 )
 
