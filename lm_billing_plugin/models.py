@@ -13,6 +13,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from .reconcile import ALL_KINDS
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -339,21 +341,8 @@ class Run(Base):
     problems_new: Mapped[int] = mapped_column(default=0)
 
 
-PROBLEM_KINDS = (
-    "unknown_site",
-    "unknown_list",
-    "missing_site",
-    "missing_list",
-    "changed_list",
-    "unassigned_list",
-    "over_max_lists",
-    "over_max_members",
-    "over_max_members_per_list",
-    "over_max_lists_per_site",
-    "over_max_sites",
-    "inactive_customer_has_lists",
-    "logging_off",
-)
+# One list of problem kinds: the engine defines them (reconcile has no database imports).
+PROBLEM_KINDS = ALL_KINDS
 PROBLEM_STATUSES = ("open", "resolved", "fixed")
 
 

@@ -35,7 +35,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -45,12 +44,12 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from . import audit
 from .checks import LoggingReport
 from .checks import enable_logging as _enable_logging_call
 from .extension import get_state
 from .inventory import Inventory, fetch_inventory
 from .models import (
-    AuditEntry,
     Batch,
     BillingGroup,
     MailingList,
@@ -68,6 +67,7 @@ from .reconcile import (
     reconcile,
 )
 from .secrets import SecretsError
+from .servers import status_for_error, tclport_password
 from .settings import Settings
 from .store import (
     ASSIGNMENT,
@@ -76,13 +76,17 @@ from .store import (
     SERVER,
     apply_sync,
     claim_server,
+    expire_leases,
     hold_lease,
+    is_conflict,
+    lease_owner,
     load_snapshot,
     open_drift_problems,
     record_problems,
     release_server,
+    sweep_stale_batches,
 )
-from .tclport.client import DEFAULT_PASSWORD, ClientSettings
+from .tclport.client import ClientSettings
 from .tclport.errors import TclPortError
 
 __all__ = [
@@ -98,7 +102,6 @@ __all__ = [
     "create_batch",
     "fix_problems",
     "run_batch",
-    "status_for_error",
     "sync_servers",
     "unassign",
     "validate_servers",
@@ -143,6 +146,10 @@ class GateError(Exception):
         super().__init__(message)
         self.server_id = server_id
         self.server_name = server_name
+
+
+class LeaseLost(RuntimeError):
+    """This run outlived its lease and another run took the server over: store nothing."""
 
 
 class AssignmentError(ValueError):
@@ -299,21 +306,6 @@ class FixResult:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def status_for_error(code: str) -> str:
-    """Server.status for a TclPortError code."""
-    if code == "HOST_DENIED":
-        return "host_denied"
-    if code == "AUTH_FAILED":
-        return "auth_failed"
-    if code in ("DNS", "REFUSED", "TIMEOUT", "UNREACHABLE"):
-        return "unreachable"
-    return "error"
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 @dataclass(frozen=True)
 class _Target:
     """Plain values of one server for a worker thread (no ORM object crosses threads)."""
@@ -331,14 +323,6 @@ class _Target:
     run_id: int
 
 
-def _password(token: str | None) -> str:
-    """The TclPort password of a server: its Fernet token decrypted, or ListManager's default
-    (``TCLPORTPasswd``) when none is stored."""
-    if token is None:
-        return DEFAULT_PASSWORD
-    return get_state().secrets.decrypt(token)
-
-
 def _server_columns() -> list[Any]:
     return [Server.id, Server.name, Server.host, Server.port, Server.password_encrypted,
             Server.status, Server.version, Server.validated_at, Server.synced_at]
@@ -348,19 +332,18 @@ def _target(row: Any, run_id: int) -> _Target:
     password: str | None = None
     error: str | None = None
     try:
-        password = _password(row.password_encrypted)
+        password = tclport_password(row.password_encrypted)
     except SecretsError as exc:
         error = str(exc)
     return _Target(row.id, row.name, row.host, row.port, password, error, row.status,
                    row.version, row.validated_at, row.synced_at, run_id)
 
 
-def _audit(session: Session, actor: str, action: str, *, object_type: str = "",
-           object_id: int | None = None, server_id: int | None = None,
-           detail: dict[str, Any] | None = None, now: datetime | None = None) -> None:
-    session.add(AuditEntry(at=now or utcnow(), actor=actor, action=action,
-                           object_type=object_type, object_id=object_id, server_id=server_id,
-                           detail=detail or {}))
+def _audit_server(session: Session, actor: str, action: str, server_id: int, at: datetime,
+                  detail: dict[str, Any]) -> None:
+    """Record an engine action on one server in the audit log."""
+    audit.record(session, actor=actor, action=action, object_type="server",
+                 object_id=server_id, server_id=server_id, detail=detail, at=at)
 
 
 def _problem_dicts(found: Iterable[Any]) -> list[dict[str, Any]]:
@@ -368,6 +351,11 @@ def _problem_dicts(found: Iterable[Any]) -> list[dict[str, Any]]:
             "detail": p.detail} for p in found]
     out.sort(key=lambda p: (_KIND_ORDER.get(p["kind"], 99), p["object"]))
     return out
+
+
+def _run_message(server: str, message: str) -> str:
+    """A Run's error message: it names the server, since lists of runs mix servers."""
+    return f"server '{server}': {message}"
 
 
 def _error_dict(exc: TclPortError) -> dict[str, str]:
@@ -401,7 +389,13 @@ def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
         raise ValueError(f"batch kind must be one of {BATCH_KINDS}, not {kind!r}")
     if dry_run and kind != "sync":
         raise ValueError("only a sync can be a dry run")
-    session = get_state().session
+    state = get_state()
+    session = state.session
+    # The next batch cleans up after a process that died mid-batch: expired server leases,
+    # then batches (and their never-started runs) that stopped moving. Both commit.
+    now = utcnow()
+    expire_leases(session, now)
+    sweep_stale_batches(session, now, state.settings.lease_seconds)
     query = sa.select(Server.id).order_by(Server.name)
     if server_ids is None:
         query = query.where(Server.active.is_(True))
@@ -505,7 +499,7 @@ class _BatchWorker:
         self.kind = kind
         self.dry_run = dry_run
         self.actor = actor
-        self.owner = _owner()
+        self.owner = lease_owner()
         self.fetch = _fetcher(settings)
 
     def run(self, targets: list[_Target]) -> list[ServerOutcome]:
@@ -562,12 +556,11 @@ class _BatchWorker:
             session.execute(
                 sa.update(RUN).where(RUN.c.id == target.run_id)
                 .values(status="skipped", finished_at=now, error_code="ALREADY_RUNNING",
-                        error_message=message)
+                        error_message=_run_message(target.name, message))
             )
             self._progress(failed=False)
-            _audit(session, self.actor, self._action(), object_type="server",
-                   object_id=target.server_id, server_id=target.server_id,
-                   detail={"run_id": target.run_id, "status": "skipped"}, now=now)
+            _audit_server(session, self.actor, self._action(), target.server_id, now,
+                          {"run_id": target.run_id, "status": "skipped"})
             session.commit()
             return ServerOutcome(
                 target.server_id, target.name, ok=False, status=target.previous_status,
@@ -609,25 +602,44 @@ class _BatchWorker:
                 target.name, "fetch", "INTERNAL",
                 f"reading the server failed unexpectedly ({type(exc).__name__}: {exc}); "
                 "see the billing server's log"))
+        verb = "sync" if self.kind == "sync" else "validate"
         try:
             try:
                 return self._stored(target, inventory)
-            except sa.exc.IntegrityError:
+            except sa.exc.DBAPIError as exc:
+                if not is_conflict(exc):
+                    raise
                 # Another process recorded the same group-wide problem a moment ago (same
-                # fingerprint): nothing of ours was kept, so judge again against its row.
+                # fingerprint; on MariaDB possibly as a deadlock): nothing of ours was kept,
+                # so judge again against its row.
                 self.session.rollback()
                 log.info("server %s: a problem row appeared concurrently; retrying once",
                          target.name)
                 return self._stored(target, inventory)
+        except LeaseLost:
+            self.session.rollback()
+            return self._failed(target, TclPortError(
+                target.name, "store", "LEASE_LOST",
+                "this run took longer than LM_BILLING_LEASE_SECONDS and another run took the "
+                f"server over; nothing of this run was stored. {verb.capitalize()} it again "
+                "(raise LM_BILLING_LEASE_SECONDS if this server is slow)."))
         except Exception as exc:
             self.session.rollback()
-            log.exception("server %s: storing the result failed; nothing was changed",
-                          target.name)
-            return self._failed(target, TclPortError(
-                target.name, "store", "STORE",
-                f"billing could not store the result ({type(exc).__name__}); nothing was "
-                "changed for this server. Run it again; see the billing server's log if it "
-                "repeats."))
+            if isinstance(exc, sa.exc.DBAPIError) and is_conflict(exc):
+                log.warning("server %s: storing the result clashed twice with another run",
+                            target.name)
+                message = (
+                    "another run was storing the same billing problems at the same moment, "
+                    f"twice; nothing was changed for this server. {verb.capitalize()} it again "
+                    "when the other run has finished.")
+            else:
+                log.exception("server %s: storing the result failed; nothing was changed",
+                              target.name)
+                message = (
+                    f"billing could not store the result ({type(exc).__name__}); nothing was "
+                    f"changed for this server. {verb.capitalize()} it again; see the billing "
+                    "server's log if it repeats.")
+            return self._failed(target, TclPortError(target.name, "store", "STORE", message))
 
     def _stored(self, target: _Target, inv: Inventory) -> ServerOutcome:
         session = self.session
@@ -635,7 +647,7 @@ class _BatchWorker:
         now = utcnow()
         if not hold_lease(session, sid, self.owner):
             session.rollback()
-            raise RuntimeError("this run's lease on the server was taken over")
+            raise LeaseLost(target.name)
         snapshot = load_snapshot(session, sid)
         rec = reconcile(snapshot, inv)
         outcome = ServerOutcome(
@@ -690,29 +702,28 @@ class _BatchWorker:
         )
         release_server(session, sid, self.owner, commit=False)
         self._progress(failed=False)
-        _audit(session, self.actor, self._action(), object_type="server", object_id=sid,
-               server_id=sid, now=now,
-               detail={"run_id": target.run_id, "status": run_status, "changes": counts,
+        _audit_server(session, self.actor, self._action(), sid, now,
+                      {"run_id": target.run_id, "status": run_status, "changes": counts,
                        "problems_open": len(found), "problems_new": new})
-        session.commit()
-        outcome.changes = counts
-        outcome.new_problems = new
         if self.kind == "sync" and self.dry_run:
             outcome.problems = _problem_dicts(found)
         else:
-            rows = session.execute(
+            # Read back in the same transaction: the ids of the rows just written.
+            outcome.problems = _problem_dicts(session.execute(
                 sa.select(Problem.id, Problem.kind, Problem.object_name, Problem.detail)
                 .where(Problem.last_run_id == target.run_id, Problem.status == "open")
-            ).all()
-            session.commit()
-            outcome.problems = _problem_dicts(rows)
+            ).all())
+        session.commit()
+        outcome.changes = counts
+        outcome.new_problems = new
         return outcome
 
     def _failed(self, target: _Target, exc: TclPortError) -> ServerOutcome:
         session = self.session
         now = utcnow()
         status = status_for_error(exc.code)
-        if not self.dry_run:
+        # A run that lost its lease must not touch the server: another run owns it now.
+        if not self.dry_run and exc.code != "LEASE_LOST":
             session.execute(
                 sa.update(SERVER).where(SERVER.c.id == target.server_id)
                 .values(status=status, status_message=exc.message, checked_at=now)
@@ -720,13 +731,12 @@ class _BatchWorker:
         session.execute(
             sa.update(RUN).where(RUN.c.id == target.run_id)
             .values(status="failed", finished_at=now, error_code=exc.code[:40],
-                    error_message=exc.message)
+                    error_message=_run_message(target.name, exc.message))
         )
         release_server(session, target.server_id, self.owner, commit=False)
         self._progress(failed=True)
-        _audit(session, self.actor, self._action(), object_type="server",
-               object_id=target.server_id, server_id=target.server_id, now=now,
-               detail={"run_id": target.run_id, "status": "failed", "error": exc.code})
+        _audit_server(session, self.actor, self._action(), target.server_id, now,
+                      {"run_id": target.run_id, "status": "failed", "error": exc.code})
         session.commit()
         log.info("server %s: %s failed: %s", target.name, self.kind, exc.code)
         return ServerOutcome(
@@ -819,7 +829,7 @@ def fix_problems(problem_ids: Sequence[int], *, actor: str,
 def _fix_servers(session: Session, settings: Settings, actor: str,
                  plans: dict[int, list[Any]], items: dict[int, FixItem],
                  changes: dict[str, dict[str, int]]) -> None:
-    owner = _owner()
+    owner = lease_owner()
     now = utcnow()
     servers = session.execute(
         sa.select(*_server_columns()).where(Server.id.in_(sorted(plans)))
@@ -867,18 +877,32 @@ def _fix_servers(session: Session, settings: Settings, actor: str,
             except Exception as exc:
                 log.exception("server %s: fix failed unexpectedly", target.name)
                 _fix_failed(session, target, problems, items, actor, "INTERNAL",
-                            f"fixing failed unexpectedly ({type(exc).__name__}: {exc})",
+                            f"fixing failed unexpectedly ({type(exc).__name__}: {exc}); see "
+                            "the billing server's log, then fix the problems again",
                             release=owner)
                 continue
             try:
                 _fix_store(session, target, owner, actor, problems, report, result, items,
                            changes)
+            except LeaseLost:
+                session.rollback()
+                _fix_failed(session, target, problems, items, actor, "LEASE_LOST",
+                            "this fix took longer than LM_BILLING_LEASE_SECONDS and another "
+                            "run took the server over; nothing was stored. Validate the "
+                            "server, then fix what is still open", release=None)
             except Exception as exc:
                 session.rollback()
-                log.exception("server %s: storing the fix failed", target.name)
-                _fix_failed(session, target, problems, items, actor, "STORE",
-                            f"billing could not store the fix ({type(exc).__name__}); nothing "
-                            "was changed. Try again.", release=owner)
+                if isinstance(exc, sa.exc.DBAPIError) and is_conflict(exc):
+                    message = ("another run was storing the same billing problems at the same "
+                               "moment; nothing was changed. Fix the problems again when it "
+                               "has finished")
+                else:
+                    log.exception("server %s: storing the fix failed", target.name)
+                    message = (f"billing could not store the fix ({type(exc).__name__}); "
+                               "nothing was changed. Fix the problems again; see the billing "
+                               "server's log if it repeats")
+                _fix_failed(session, target, problems, items, actor, "STORE", message,
+                            release=owner)
 
 
 def _fix_failed(session: Session, target: _Target, problems: list[Any],
@@ -890,13 +914,12 @@ def _fix_failed(session: Session, target: _Target, problems: list[Any],
     session.execute(
         sa.update(RUN).where(RUN.c.id == target.run_id)
         .values(status="skipped" if code == "ALREADY_RUNNING" else "failed", finished_at=now,
-                error_code=code, error_message=message)
+                error_code=code, error_message=_run_message(target.name, message))
     )
     if release is not None:
         release_server(session, target.server_id, release, commit=False)
-    _audit(session, actor, "fix", object_type="server", object_id=target.server_id,
-           server_id=target.server_id, now=now,
-           detail={"run_id": target.run_id, "problem_ids": [p.id for p in problems],
+    _audit_server(session, actor, "fix", target.server_id, now,
+                  {"run_id": target.run_id, "problem_ids": [p.id for p in problems],
                    "status": "failed", "error": code})
     session.commit()
 
@@ -910,9 +933,9 @@ def _fix_store(session: Session, target: _Target, owner: str, actor: str,
     logging_rows = [p for p in problems if p.kind == "logging_off"]
     drift_rows = [p for p in problems if p.kind in DRIFT_KINDS]
     if report is not None:
-        _audit(session, actor, "enable_logging", object_type="server", object_id=sid,
-               server_id=sid, now=now, detail={"ok": report.ok, "changed": report.changed,
-                                               "mode": report.mode, "code": report.code})
+        _audit_server(session, actor, "enable_logging", sid, now,
+                      {"ok": report.ok, "changed": report.changed, "mode": report.mode,
+                       "code": report.code})
         for p in logging_rows:
             if not report.ok:
                 items[p.id] = FixItem(p.id, p.kind, p.object_name, target.name, "failed",
@@ -929,19 +952,18 @@ def _fix_store(session: Session, target: _Target, owner: str, actor: str,
         session.execute(
             sa.update(RUN).where(RUN.c.id == target.run_id)
             .values(status="failed", finished_at=now, error_code=result.code[:40],
-                    error_message=message)
+                    error_message=_run_message(target.name, message))
         )
         release_server(session, sid, owner, commit=False)
-        _audit(session, actor, "fix", object_type="server", object_id=sid, server_id=sid,
-               now=now, detail={"run_id": target.run_id, "status": "failed",
-                                "problem_ids": [p.id for p in problems],
-                                "error": result.code})
+        _audit_server(session, actor, "fix", sid, now,
+                      {"run_id": target.run_id, "status": "failed",
+                       "problem_ids": [p.id for p in problems], "error": result.code})
         session.commit()
         return
     inv = result
     if not hold_lease(session, sid, owner):
         session.rollback()
-        raise RuntimeError("this fix's lease on the server was taken over")
+        raise LeaseLost(target.name)
     snapshot = load_snapshot(session, sid)
     rec = reconcile(snapshot, inv)
     present = {f.fingerprint: f for f in rec.problems}
@@ -997,8 +1019,8 @@ def _fix_store(session: Session, target: _Target, owner: str, actor: str,
         )
     )
     release_server(session, sid, owner, commit=False)
-    _audit(session, actor, "fix", object_type="server", object_id=sid, server_id=sid, now=now,
-           detail={"run_id": target.run_id, "changes": counts,
+    _audit_server(session, actor, "fix", sid, now,
+                  {"run_id": target.run_id, "changes": counts,
                    "problems": {str(p.id): items[p.id].outcome for p in problems}})
     session.commit()
     changes[target.name] = counts
@@ -1102,11 +1124,11 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
                 {"group_id": group_id, "object_type": t, "server_id": server_id,
                  "site_id": s, "list_id": li, "start_date": start, "end_date": None,
                  "created_at": utcnow()} for t, s, li in create])
-        _audit(session, actor, "assign", object_type="group", object_id=group_id,
-               server_id=server_id,
-               detail={"whole_server": whole_server, "site_ids": site_set, "list_ids": list_set,
-                       "start": start.isoformat(), "created": len(create),
-                       "ended": sorted(end_ids)})
+        audit.record(session, actor=actor, action="assign", object_type="group",
+                     object_id=group_id, server_id=server_id,
+                     detail={"whole_server": whole_server, "site_ids": site_set,
+                             "list_ids": list_set, "start": start.isoformat(),
+                             "created": len(create), "ended": sorted(end_ids)})
         session.commit()
     except BaseException:
         session.rollback()
@@ -1153,11 +1175,11 @@ def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = No
                                          else_=end))
             )
         for server_id in sorted({r.server_id for r in rows}):
-            _audit(session, actor, "unassign", object_type="assignment",
-                   server_id=server_id,
-                   detail={"assignment_ids": sorted(r.id for r in rows
-                                                    if r.server_id == server_id),
-                           "end": end.isoformat(), "ended": len(ending)})
+            audit.record(session, actor=actor, action="unassign", object_type="assignment",
+                         server_id=server_id,
+                         detail={"assignment_ids": sorted(r.id for r in rows
+                                                          if r.server_id == server_id),
+                                 "end": end.isoformat(), "ended": len(ending)})
         session.commit()
     except BaseException:
         session.rollback()

@@ -26,11 +26,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,6 +42,7 @@ from sqlalchemy.orm import Session
 from .extension import get_state
 from .models import Batch, TaskRun, TaskState, utcnow
 from .settings import Settings
+from .store import lease_owner as owner_id
 
 log = logging.getLogger("lm_billing_plugin.scheduler")
 # APScheduler logs every tick at INFO (and a WARNING whenever a slow tick makes it skip the
@@ -82,11 +81,6 @@ def next_slot(due: datetime, now: datetime, interval: float) -> tuple[datetime, 
         return due, 0
     slots = late_us // step_us + 1
     return due + timedelta(microseconds=slots * step_us), slots - 1
-
-
-def owner_id() -> str:
-    """This process's name in leases: host, pid and a random part (pids are reused)."""
-    return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 # --- Database operations (each in its own short transaction) -----------------------------

@@ -15,7 +15,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import checks
+from . import audit, checks
 from .checks import ConnectionReport, LoggingReport
 from .extension import get_state
 from .models import (
@@ -30,6 +30,7 @@ from .models import (
     utcnow,
 )
 from .secrets import SecretsError
+from .store import is_conflict
 from .tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT
 from .tclport.errors import DNS, REFUSED, TIMEOUT, UNREACHABLE
 
@@ -47,9 +48,10 @@ __all__ = [
     "delete_server",
     "enable_logging",
     "get_server",
-    "server_password",
     "servers_by_name",
     "status_for",
+    "status_for_error",
+    "tclport_password",
     "update_server",
     "validate_host_name",
     "validate_server_fields",
@@ -243,35 +245,18 @@ def servers_by_name(
     return [found[n] for n in wanted]
 
 
-def server_password(server: Server) -> str:
-    """The TclPort password to use for ``server``: its stored one, else ListManager's default."""
-    if server.password_encrypted is None:
+def tclport_password(token: str | None) -> str:
+    """The TclPort password a server's ``password_encrypted`` stands for: the Fernet token
+    decrypted, or ListManager's default (``TCLPORTPasswd``) when none is stored.
+
+    Raises SecretsError (its message says what to do) when the token cannot be decrypted.
+    """
+    if token is None:
         return DEFAULT_PASSWORD
-    return get_state().secrets.decrypt(server.password_encrypted)
+    return get_state().secrets.decrypt(token)
 
 
 # --- create, update, delete -----------------------------------------------------------------
-
-
-def _audit(
-    session: Session,
-    *,
-    actor: str,
-    action: str,
-    server_id: int | None,
-    object_id: int | None,
-    detail: dict[str, Any],
-) -> None:
-    session.add(
-        AuditEntry(
-            actor=actor,
-            action=action,
-            object_type="server",
-            object_id=object_id,
-            server_id=server_id,
-            detail=detail,
-        )
-    )
 
 
 def _encrypt(password: str) -> str:
@@ -312,8 +297,9 @@ def create_server(
     )
     session.add(server)
     session.flush()
-    _audit(
+    audit.record(
         session,
+        object_type="server",
         actor=actor,
         action="server_create",
         server_id=server.id,
@@ -334,8 +320,10 @@ def _commit_or_field_error(session: Session, name: str) -> None:
     # Two requests may race past the duplicate check; the unique index then decides.
     try:
         session.commit()
-    except sa.exc.IntegrityError:
+    except sa.exc.DBAPIError as exc:
         session.rollback()
+        if not is_conflict(exc):
+            raise
         raise ServerFieldError(
             {"name": f"A server named {name!r} already exists; choose another name."}
         ) from None
@@ -409,8 +397,9 @@ def update_server(
         server.status = "unchecked"
         server.status_message = ""
     if changes:
-        _audit(
+        audit.record(
             session,
+            object_type="server",
             actor=actor,
             action="server_update",
             server_id=server.id,
@@ -455,8 +444,9 @@ def delete_server(server_id: int, *, actor: str) -> str:
             session.rollback()
             raise ServerError(f"server {name!r} is already deactivated")
         server.active = False
-        _audit(
+        audit.record(
             session,
+            object_type="server",
             actor=actor,
             action="server_deactivate",
             server_id=server.id,
@@ -475,8 +465,13 @@ def delete_server(server_id: int, *, actor: str) -> str:
     session.execute(sa.delete(Site).where(Site.server_id == sid))
     session.execute(sa.delete(Run).where(Run.server_id == sid))
     session.execute(sa.delete(Server).where(Server.id == sid))
-    _audit(
-        session, actor=actor, action="server_delete", server_id=None, object_id=sid, detail=detail
+    audit.record(
+        session,
+        actor=actor,
+        action="server_delete",
+        object_type="server",
+        object_id=sid,
+        detail=detail,
     )
     session.commit()
     log.info("server %r erased by %s", name, actor)
@@ -486,17 +481,21 @@ def delete_server(server_id: int, *, actor: str) -> str:
 # --- checks ---------------------------------------------------------------------------------
 
 
+def status_for_error(code: str) -> str:
+    """The Server.status a TclPortError code stands for (checks, validate, sync and fix)."""
+    if code == "HOST_DENIED":
+        return "host_denied"
+    if code == "AUTH_FAILED":
+        return "auth_failed"
+    if code in _UNREACHABLE_CODES:
+        return "unreachable"
+    return "error"
+
+
 def status_for(connection: ConnectionReport, logging_report: LoggingReport | None) -> str:
     """The Server.status a check's outcome stands for."""
     if connection.error is not None:
-        code = connection.error.code
-        if code == "HOST_DENIED":
-            return "host_denied"
-        if code == "AUTH_FAILED":
-            return "auth_failed"
-        if code in _UNREACHABLE_CODES:
-            return "unreachable"
-        return "error"
+        return status_for_error(connection.error.code)
     if logging_report is None or logging_report.mode is None:
         return "error"
     return "ok" if logging_report.ok else "logging_off"
@@ -505,7 +504,7 @@ def status_for(connection: ConnectionReport, logging_report: LoggingReport | Non
 def _address(server: Server) -> tuple[str, int, str, str]:
     """What a network call needs, read before the transaction is closed."""
     try:
-        password = server_password(server)
+        password = tclport_password(server.password_encrypted)
     except SecretsError as exc:
         raise ServerError(f"server {server.name!r}: {exc}") from None
     return server.host, server.port, password, server.name
@@ -580,8 +579,9 @@ def check_server(server_id: int, *, actor: str) -> tuple[ConnectionReport, Loggi
             None if status == "ok" else code or status,
         )
     )
-    _audit(
+    audit.record(
         session,
+        object_type="server",
         actor=actor,
         action="server_check",
         server_id=server.id,
@@ -633,10 +633,7 @@ def enable_logging(server_id: int, *, actor: str) -> LoggingReport:
         )
     elif report.code is not None and report.code != "NOT_PERMITTED":
         # It could not even be asked: the connection failure is the server's state now.
-        server.status = {
-            "HOST_DENIED": "host_denied",
-            "AUTH_FAILED": "auth_failed",
-        }.get(report.code, "unreachable" if report.code in _UNREACHABLE_CODES else "error")
+        server.status = status_for_error(report.code)
         server.status_message = report.message
         server.checked_at = utcnow()
     else:
@@ -653,8 +650,9 @@ def enable_logging(server_id: int, *, actor: str) -> LoggingReport:
             None if report.ok else report.code or "logging_off",
         )
     )
-    _audit(
+    audit.record(
         session,
+        object_type="server",
         actor=actor,
         action="enable_logging",
         server_id=server.id,

@@ -8,6 +8,9 @@ not grow with a server's number of lists. Only claim/release/expire commit by th
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -51,10 +54,13 @@ __all__ = [
     "claim_server",
     "expire_leases",
     "hold_lease",
+    "is_conflict",
+    "lease_owner",
     "load_snapshot",
     "open_drift_problems",
     "record_problems",
     "release_server",
+    "sweep_stale_batches",
 ]
 
 log = logging.getLogger("lm_billing_plugin.store")
@@ -75,6 +81,40 @@ BATCH = cast(sa.Table, Batch.__table__)
 INTERRUPTED_MESSAGE = (
     "the process running this stopped before finishing (its lease expired); run it again"
 )
+STALE_BATCH_MESSAGE = (
+    "the process running this batch stopped before reaching this server (nothing progressed "
+    "for LM_BILLING_LEASE_SECONDS); run it again"
+)
+# MariaDB/MySQL error numbers PyMySQL raises as OperationalError although they are about the
+# data, not the connection: a failed CHECK constraint (4025 on MariaDB, 3819 on MySQL) and a
+# deadlock between two writers (1213), which one retry settles like a unique-key clash.
+_MYSQL_CONFLICTS = frozenset({4025, 3819, 1213})
+# PostgreSQL's deadlock and serialization failures (SQLSTATE), raised as OperationalError.
+_PG_CONFLICTS = frozenset({"40P01", "40001"})
+
+
+def lease_owner() -> str:
+    """This process's name in leases (servers and the schedule): host, pid and a random part
+    (pids are reused, and one process may hold several leases)."""
+    return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether a database error means "the data clashed" (a unique key, a CHECK constraint,
+    a deadlock with another writer) rather than "the database is broken or gone".
+
+    PyMySQL raises a failed CHECK constraint and a deadlock as OperationalError, so catching
+    IntegrityError alone would miss them on MariaDB.
+    """
+    if isinstance(exc, sa.exc.IntegrityError):
+        return True
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_CONFLICTS:
+        return True
+    return getattr(orig, "sqlstate", None) in _PG_CONFLICTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,12 +578,21 @@ def release_server(session: Session, server_id: int, owner: str, *, commit: bool
     return released
 
 
+def _naming_server(message: str) -> sa.ScalarSelect[Any]:
+    """``server '<name>': <message>`` for each run row an UPDATE touches (set-based)."""
+    return (
+        sa.select(sa.literal("server '") + SERVER.c.name + sa.literal("': " + message))
+        .where(SERVER.c.id == RUN.c.server_id)
+        .scalar_subquery()
+    )
+
+
 def _interrupt_runs(session: Session, run_ids: Sequence[int], now: datetime) -> None:
     session.execute(
         RUN.update()
         .where(RUN.c.id.in_(list(run_ids)), RUN.c.status.in_(("running", "queued")))
         .values(status="interrupted", finished_at=now, error_code="INTERRUPTED",
-                error_message=INTERRUPTED_MESSAGE)
+                error_message=_naming_server(INTERRUPTED_MESSAGE))
     )
     # A batch whose every run has ended, one of them interrupted, will never be finished by
     # its (dead) process: close it, so the progress page stops waiting.
@@ -584,3 +633,45 @@ def expire_leases(session: Session, now: datetime) -> int:
                 _interrupt_runs(session, [row.lease_run_id], now)
     session.commit()
     return freed
+
+
+def sweep_stale_batches(session: Session, now: datetime, lease_seconds: float) -> int:
+    """Close the batches whose process died: mark them and their unfinished runs
+    ``interrupted``; commit. Returns how many batches were closed.
+
+    A batch is stale when it is still queued or running and nothing of it moved for
+    ``lease_seconds``: neither the batch's start nor any of its runs' start (a claim) or
+    finish. A live batch moves at least once per LM_BILLING_SERVER_DEADLINE (each server ends
+    within it), which is shorter than the lease. Runs it never started have no lease, so the
+    lease sweep alone would leave them ``queued`` forever.
+    """
+    cutoff = now - timedelta(seconds=lease_seconds)
+    moved = sa.select(RUN.c.id).where(
+        RUN.c.batch_id == BATCH.c.id,
+        sa.or_(RUN.c.started_at >= cutoff, RUN.c.finished_at >= cutoff),
+    )
+    stale_filter = sa.and_(
+        BATCH.c.status.in_(("queued", "running")), BATCH.c.started_at < cutoff, ~sa.exists(moved)
+    )
+    stale = list(session.execute(sa.select(BATCH.c.id).where(stale_filter)).scalars())
+    if not stale:
+        session.commit()
+        return 0
+    # The UPDATE repeats the test, so a batch that moved since the SELECT is left alone.
+    closed = session.execute(
+        BATCH.update().where(BATCH.c.id.in_(stale), stale_filter)
+        .values(status="interrupted", finished_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    session.execute(
+        RUN.update()
+        .where(RUN.c.batch_id.in_(stale), RUN.c.status.in_(("queued", "running")),
+               RUN.c.batch_id.in_(sa.select(BATCH.c.id).where(
+                   BATCH.c.id.in_(stale), BATCH.c.status == "interrupted",
+                   BATCH.c.finished_at == now)))
+        .values(status="interrupted", finished_at=now, error_code="INTERRUPTED",
+                error_message=_naming_server(STALE_BATCH_MESSAGE))
+    )
+    session.commit()
+    if closed:
+        log.warning("closed %d batch(es) whose process stopped: %s", closed, stale)
+    return int(closed)

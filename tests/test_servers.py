@@ -96,7 +96,7 @@ def test_create_update_delete_on_each_database(any_db_app: Flask) -> None:
             "Zürich {1}", "lists.example.com", 2021, " note ", SECRET, actor="alice"
         )
         assert server.comments == "note"
-        assert registry.server_password(server) == SECRET
+        assert registry.tclport_password(server.password_encrypted) == SECRET
         assert server.password_encrypted and SECRET not in server.password_encrypted
         with pytest.raises(registry.ServerFieldError) as dup:
             registry.create_server("Zürich {1}", "other.example", actor="alice")
@@ -111,12 +111,14 @@ def test_create_update_delete_on_each_database(any_db_app: Flask) -> None:
         assert session.get(Server, server.id).host == "lists.example.com"  # type: ignore[union-attr]
         # ... accepted with a new one, or when the stored one is explicitly kept.
         registry.update_server(server.id, host="new.example.com", password="new-pw", actor="bob")
-        assert registry.server_password(session.get(Server, server.id)) == "new-pw"  # type: ignore[arg-type]
+        changed = session.get(Server, server.id)
+        assert changed is not None
+        assert registry.tclport_password(changed.password_encrypted) == "new-pw"
         registry.update_server(server.id, host="third.example.com", keep_password=True, actor="bob")
         registry.update_server(server.id, password="", actor="bob")  # back to the default
         fresh = session.get(Server, server.id)
         assert fresh is not None and fresh.password_encrypted is None
-        assert registry.server_password(fresh) == "TCLPORTPasswd"
+        assert registry.tclport_password(fresh.password_encrypted) == "TCLPORTPasswd"
         # Without a stored password the host may change freely (the default is public).
         registry.update_server(server.id, host="fourth.example.com", port=2022, actor="bob")
         with pytest.raises(registry.ServerFieldError) as taken:

@@ -10,9 +10,10 @@ from flask import Blueprint, current_app, flash, redirect, render_template, url_
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 
+from .. import audit
 from ..access import actor_name, requires
 from ..extension import get_state
-from ..models import AuditEntry, TaskRun, TaskState
+from ..models import TaskRun, TaskState
 from ..scheduler import TASK, request_run_now, schedule_summary
 from .paging import clamp, page_from_request
 
@@ -93,13 +94,12 @@ def background_run_now() -> Response:
     session = state.session
     busy = session.scalar(sa.select(TaskState.lease_owner).where(TaskState.name == TASK))
     now = request_run_now(session)
-    session.add(
-        AuditEntry(
-            actor=actor_name(),
-            action="schedule_run_now",
-            object_type="task",
-            detail={"task": TASK, "next_run_at": now.isoformat()},
-        )
+    audit.record(
+        session,
+        actor=actor_name(),
+        action="schedule_run_now",
+        object_type="task",
+        detail={"task": TASK, "next_run_at": now.isoformat()},
     )
     session.commit()
     if not state.settings.scheduler_enabled:

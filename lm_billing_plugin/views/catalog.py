@@ -4,7 +4,7 @@ server's lists, sites or the whole server to a billing group through the engine'
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
+from .. import audit
 from ..access import actor_name, requires
 from ..extension import get_state
 from ..forms_catalog import AssignForm, CustomerForm, GroupForm, PlanForm, UnassignForm
 from ..models import (
     Assignment,
-    AuditEntry,
     BillingGroup,
     Customer,
     HostingPlan,
@@ -88,20 +88,6 @@ def _apply(obj: Any, form: Any, names: Iterable[str]) -> dict[str, list[Any]]:
             changes[name] = [_jsonable(old), _jsonable(new)]
             setattr(obj, name, new)
     return changes
-
-
-def _audit(
-    session: Session, action: str, object_type: str, object_id: int, detail: Mapping[str, Any]
-) -> None:
-    session.add(
-        AuditEntry(
-            actor=actor_name(),
-            action=action,
-            object_type=object_type,
-            object_id=object_id,
-            detail=dict(detail),
-        )
-    )
 
 
 def _search(column: Any, text: str) -> Any:
@@ -176,7 +162,14 @@ def customer_new() -> str | Response:
         changes = _apply(customer, form, CUSTOMER_FIELDS)
         session.add(customer)
         session.flush()
-        _audit(session, "customer_create", "customer", customer.id, changes)
+        audit.record(
+            session,
+            actor=actor_name(),
+            action="customer_create",
+            object_type="customer",
+            object_id=customer.id,
+            detail=changes,
+        )
         session.commit()
         flash(f"Customer {customer.company} created. Add a billing group for its contract.")
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
@@ -194,7 +187,14 @@ def customer_edit(customer_id: int) -> str | Response:
             action = "customer_update"
             if "is_active" in changes:
                 action = "customer_activate" if customer.is_active else "customer_deactivate"
-            _audit(session, action, "customer", customer.id, changes)
+            audit.record(
+                session,
+                actor=actor_name(),
+                action=action,
+                object_type="customer",
+                object_id=customer.id,
+                detail=changes,
+            )
             session.commit()
             if action == "customer_deactivate":
                 flash(f"Customer {customer.company} deactivated; their billing history is kept.")
@@ -399,7 +399,14 @@ def group_new(customer_id: int) -> str | Response:
         changes = _apply(group, form, GROUP_FIELDS)
         session.add(group)
         session.flush()
-        _audit(session, "group_create", "group", group.id, {"customer_id": customer.id, **changes})
+        audit.record(
+            session,
+            actor=actor_name(),
+            action="group_create",
+            object_type="group",
+            object_id=group.id,
+            detail={"customer_id": customer.id, **changes},
+        )
         session.commit()
         flash(
             f"Billing group {group.name} created. Assign the lists, sites or servers it pays for."
@@ -422,7 +429,14 @@ def group_edit(group_id: int) -> str | Response:
     if form.validate_on_submit():
         changes = _apply(group, form, GROUP_FIELDS)
         if changes:
-            _audit(session, "group_update", "group", group.id, changes)
+            audit.record(
+                session,
+                actor=actor_name(),
+                action="group_update",
+                object_type="group",
+                object_id=group.id,
+                detail=changes,
+            )
             session.commit()
             flash(f"Billing group {group.name} saved.")
         else:
@@ -487,7 +501,14 @@ def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
         flash("Nothing changed.")
         return redirect(url_for("lm_billing.plans"))
     session.flush()
-    _audit(session, "plan_create" if creating else "plan_update", "plan", target.id, changes)
+    audit.record(
+        session,
+        actor=actor_name(),
+        action="plan_create" if creating else "plan_update",
+        object_type="plan",
+        object_id=target.id,
+        detail=changes,
+    )
     session.commit()
     flash(f"Hosting plan {target.name} {'created' if creating else 'saved'}.")
     return redirect(url_for("lm_billing.plans"))
