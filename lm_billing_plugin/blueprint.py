@@ -3,15 +3,19 @@ by every page; the pages themselves live in views/."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from flask_wtf.csrf import validate_csrf
+from jinja2 import TemplateError
+from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
 from .access import guard_request, is_allowed
 from .extension import get_state
 from .portals import template_context as portal_context
+from .views.paging import MAX_ID
 
 blueprint = Blueprint(
     "lm_billing",
@@ -23,7 +27,18 @@ blueprint = Blueprint(
     static_url_path="/static",
 )
 
+log = logging.getLogger("lm_billing_plugin.blueprint")
+
 blueprint.before_request(guard_request)
+
+
+@blueprint.url_value_preprocessor
+def reject_huge_ids(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    # An id past the column's range would reach the driver and fail as a 500 (SQLite:
+    # OverflowError); such an object does not exist, so say so.
+    for value in (values or {}).values():
+        if isinstance(value, int) and value > MAX_ID:
+            abort(404, description="There is no such object; its number is out of range.")
 
 
 @blueprint.before_request
@@ -43,6 +58,46 @@ def guard_csrf() -> None:
         abort(400, description=f"{exc.args[0]} Reload the page and submit the form again.")
 
 
+# What an operator is told after each refusal, beyond the exception's own description.
+ERROR_TITLES = {
+    400: "The request could not be used",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not allowed this way",
+}
+ERROR_HINTS = {
+    400: "Go back, reload the page and try again.",
+    403: "You can still look at the pages your permissions allow.",
+    404: "The object may have been deleted, or the link is out of date.",
+    405: "Use the buttons on the Billing pages rather than typing the address.",
+}
+
+
+def error_page(exc: HTTPException) -> tuple[str | Response, int]:
+    """Errors of Billing pages inside the host's layout, with what to do next."""
+    code = exc.code or 500
+    if request.endpoint and request.endpoint.endswith("_json"):
+        # The progress page's poller reads JSON, not a page.
+        return jsonify(error=exc.description or exc.name), code
+    try:
+        html = render_template(
+            "lm_billing/error.html",
+            code=code,
+            title=ERROR_TITLES.get(code, exc.name),
+            description=exc.description or "",
+            hint=ERROR_HINTS.get(code, ""),
+        )
+    except TemplateError:
+        # A broken host layout must not turn a 403 into a 500: plain words instead.
+        log.exception("error page for %s could not be rendered in the layout", code)
+        return f"{code} {exc.name}: {exc.description}", code
+    return html, code
+
+
+for _code in ERROR_TITLES:
+    blueprint.register_error_handler(_code, error_page)
+
+
 @blueprint.after_request
 def security_headers(response: Response) -> Response:
     # Plugin pages may sit in the host's own frames, never in anyone else's.
@@ -55,7 +110,13 @@ def security_headers(response: Response) -> Response:
 
 @blueprint.context_processor
 def template_context() -> dict[str, Any]:
+    from .views.problems import KIND_WORDS
+    from .views.runs import RUN_STATUS_WORDS
+
     return {
+        # Words for the codes stored in the database, for every page.
+        "lmb_kind_words": KIND_WORDS,
+        "lmb_run_words": RUN_STATUS_WORDS,
         # A host portal's layout (portals.py) may need context of its own.
         **portal_context(),
         "lm_billing_base_template": get_state().settings.base_template,

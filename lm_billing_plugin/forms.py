@@ -48,7 +48,11 @@ class IdListField(Field):  # type: ignore[misc]
         ids: list[int] = []
         for raw in valuelist:
             try:
-                ids.append(int(raw))
+                value = int(raw)
+                # Beyond a 32-bit id no row exists, and the driver would fail on it.
+                if not 0 < value <= 2**31 - 1:
+                    raise ValueError(raw)
+                ids.append(value)
             except (TypeError, ValueError):
                 self.data = []
                 raise ValueError(

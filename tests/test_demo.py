@@ -120,6 +120,10 @@ def test_login_next_only_allows_local_paths(demo: Flask) -> None:
         "//evil.example/": "/",
         "/\\evil.example/": "/",
         "javascript:alert(1)": "/",
+        # Browsers drop tabs and newlines from URLs: these would become //evil.example/.
+        "/\t/evil.example/": "/",
+        "/\n/evil.example/": "/",
+        "\t//evil.example/": "/",
     }
     for next_url, lands_on in cases.items():
         response = log_in(demo.test_client(), "viewer", DEMO_PASSWORD, next_url=quote(next_url))

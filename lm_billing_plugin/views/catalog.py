@@ -30,7 +30,7 @@ from ..models import (
     Site,
 )
 from ..store import active_assignment
-from .paging import Page, clamp, order_by, page_from_request
+from .paging import MAX_ID, MAX_SEARCH, Page, clamp, order_by, page_from_request
 
 log = logging.getLogger("lm_billing_plugin.views.catalog")
 
@@ -107,7 +107,7 @@ CUSTOMER_SORTS: dict[str, Any] = {
 
 def customers() -> str:
     session = _session()
-    q = request.args.get("q", "").strip()
+    q = request.args.get("q", "").strip()[:MAX_SEARCH]
     show = request.args.get("show", "active")
     if show not in ("active", "inactive", "all"):
         show = "active"
@@ -538,9 +538,11 @@ def _int_args(values: Iterable[str]) -> list[int]:
     out: list[int] = []
     for value in values:
         try:
-            out.append(int(value))
+            number = int(value)
         except ValueError:
             continue  # a hand-edited URL; ignore the junk, keep the rest
+        if 0 < number <= MAX_ID:
+            out.append(number)
     return out
 
 
@@ -691,7 +693,7 @@ def _render_assign(
     chosen_sites: set[int],
     gate_error: str,
 ) -> str:
-    q = request.args.get("q", "").strip()
+    q = request.args.get("q", "").strip()[:MAX_SEARCH]
     servers = session.execute(
         sa.select(Server.id, Server.name).where(Server.active.is_(True)).order_by(Server.name)
     ).all()

@@ -10,6 +10,14 @@ from typing import Any
 from flask import request, url_for
 from sqlalchemy import ColumnElement
 
+# A page number past this is a hand-edited URL: capping it keeps OFFSET inside every
+# database's integer range (clamp() then shows the last page).
+MAX_PAGE = 1_000_000
+# Row ids are 32-bit on every supported database; a bigger number in a URL names no row.
+MAX_ID = 2**31 - 1
+# Search boxes: longer than any name or e-mail address, so nothing real is cut.
+MAX_SEARCH = 200
+
 
 @dataclass
 class Page:
@@ -62,10 +70,7 @@ def page_from_request(
     direction = request.args.get("dir", "asc")
     if direction not in ("asc", "desc"):
         direction = "asc"
-    try:
-        number = max(1, int(request.args.get(page_arg, "1")))
-    except ValueError:
-        number = 1
+    number = page_number(request.args.get(page_arg, "1"))
     return Page(
         endpoint=endpoint,
         sort=sort,
@@ -76,6 +81,14 @@ def page_from_request(
         view_args=dict(view_args or {}),
         page_arg=page_arg,
     )
+
+
+def page_number(text: str | None) -> int:
+    """A page number from a query argument: 1 for nonsense, at most MAX_PAGE."""
+    try:
+        return min(MAX_PAGE, max(1, int(text or "1")))
+    except ValueError:
+        return 1
 
 
 def order_by(page: Page, sort_keys: Mapping[str, ColumnElement[Any]], tiebreak: Any) -> list[Any]:

@@ -13,8 +13,8 @@ from werkzeug.wrappers import Response
 from ..access import actor_name, requires
 from ..extension import get_state
 from ..forms import FixForm
-from ..models import PROBLEM_KINDS, Problem, Server
-from .paging import clamp, order_by, page_from_request
+from ..models import PROBLEM_KINDS, Batch, Problem, Run, Server
+from .paging import MAX_ID, clamp, order_by, page_from_request
 
 log = logging.getLogger("lm_billing_plugin.views.problems")
 
@@ -96,18 +96,26 @@ def solve_link(problem: Problem) -> tuple[str, str] | None:
     return None
 
 
+def _id_arg(name: str) -> int | None:
+    """A row id from the query string; None for nonsense (bookmarks, hand-edited URLs)."""
+    try:
+        value = int(request.args.get(name, ""))
+    except ValueError:
+        return None
+    return value if 0 < value <= MAX_ID else None
+
+
 def problems() -> str:
     state = get_state()
     session = state.session
-    server_arg = request.args.get("server", "")
     kind = request.args.get("kind", "")
     if kind not in PROBLEM_KINDS:
         kind = ""
-    server_id: int | None
-    try:
-        server_id = int(server_arg) if server_arg else None
-    except ValueError:
-        server_id = None
+    server_id = _id_arg("server")
+    batch_id = _id_arg("batch")
+    batch = session.get(Batch, batch_id) if batch_id is not None else None
+    if batch is None:
+        batch_id = None
 
     sort_keys: dict[str, Any] = {
         "server": Server.name,
@@ -120,7 +128,7 @@ def problems() -> str:
         sort_keys,
         default_sort="server",
         size=state.settings.page_size,
-        keep={"server": server_id, "kind": kind},
+        keep={"server": server_id, "kind": kind, "batch": batch_id},
     )
     stmt = (
         select(Problem, Server.name.label("server_name"), func.count().over().label("total"))
@@ -131,6 +139,9 @@ def problems() -> str:
         stmt = stmt.where(Problem.server_id == server_id)
     if kind:
         stmt = stmt.where(Problem.kind == kind)
+    if batch_id is not None:
+        # What one batch found: the problems its runs saw last (still open, so still true).
+        stmt = stmt.where(Problem.last_run_id.in_(select(Run.id).where(Run.batch_id == batch_id)))
 
     def fetch() -> list[Any]:
         return list(
@@ -158,6 +169,8 @@ def problems() -> str:
         servers=servers,
         server_id=server_id,
         kind=kind,
+        batch=batch,
+        batch_arg=request.args.get("batch", ""),
         kinds=PROBLEM_KINDS,
         kind_words=KIND_WORDS,
         fix_words=FIX_WORDS,
@@ -187,7 +200,9 @@ def _summary(result: Any) -> str:
 @requires("run")
 def problems_fix() -> Response:
     form = FixForm()
-    back_args: dict[str, Any] = {k: v for k, v in request.args.items() if k in ("server", "kind")}
+    back_args: dict[str, Any] = {
+        k: v for k, v in request.args.items() if k in ("server", "kind", "batch")
+    }
     back = redirect(url_for("lm_billing.problems", **back_args))
     if not form.validate_on_submit():
         flash(

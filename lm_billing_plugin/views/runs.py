@@ -18,6 +18,17 @@ from ..models import Batch, Problem, Run, Server
 
 log = logging.getLogger("lm_billing_plugin.views.runs")
 
+# A run's status as the operator reads it (the pages show these, never the codes).
+RUN_STATUS_WORDS = {
+    "queued": "waiting",
+    "running": "running",
+    "ok": "ok",
+    "problems": "errors found",
+    "failed": "failed",
+    "interrupted": "interrupted",
+    "skipped": "skipped",
+}
+
 EXECUTOR_KEY = "pages.executor"
 FUTURES_KEY = "pages.futures"
 _LOCK = threading.Lock()
@@ -115,7 +126,7 @@ def _progress(batch: Batch) -> dict[str, Any]:
     ).all()
     # queued -> running -> finished (or failed); anything else is still on its way.
     finished = batch.finished_at is not None or batch.status in ("finished", "failed")
-    open_problems = 0
+    open_problems = batch_problems = 0
     if finished:
         open_problems = int(
             session.scalar(
@@ -123,7 +134,24 @@ def _progress(batch: Batch) -> dict[str, Any]:
             )
             or 0
         )
-    return {"runs": runs, "finished": finished, "open_problems": open_problems}
+        # The Errors page's ?batch= filter counts the same rows.
+        batch_problems = int(
+            session.scalar(
+                select(func.count())
+                .select_from(Problem)
+                .where(
+                    Problem.status == "open",
+                    Problem.last_run_id.in_(select(Run.id).where(Run.batch_id == batch.id)),
+                )
+            )
+            or 0
+        )
+    return {
+        "runs": runs,
+        "finished": finished,
+        "open_problems": open_problems,
+        "batch_problems": batch_problems,
+    }
 
 
 def batch(batch_id: int) -> str:
@@ -144,6 +172,7 @@ def batch_json(batch_id: int) -> Response:
             "failed": record.failed,
             "finished": progress["finished"],
             "open_problems": progress["open_problems"],
+            "batch_problems": progress["batch_problems"],
             "url": url_for("lm_billing.batch", batch_id=record.id),
         }
     )

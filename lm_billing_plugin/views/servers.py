@@ -32,7 +32,7 @@ from ..models import (
 )
 from ..servers import ServerError
 from ..tclport.client import DEFAULT_PORT
-from .paging import Page, clamp, order_by, page_from_request
+from .paging import MAX_SEARCH, Page, clamp, order_by, page_from_request, page_number
 
 log = logging.getLogger("lm_billing_plugin.views.servers")
 
@@ -52,6 +52,9 @@ STATUS_CLASS: dict[str, str] = {
     "ok": "lmb-st-ok",
     "logging_off": "lmb-st-warn",
 }
+
+# Open problems listed on a server's page before "see all on the Errors page".
+PROBLEMS_SHOWN = 10
 
 RUN_KIND_WORDS = {
     "check": "Check connection",
@@ -349,7 +352,8 @@ def detail_context(server: Server, check: Any = None) -> dict[str, Any]:
     state = get_state()
     session = state.session
     size = state.settings.page_size
-    q = request.args.get("q", "").strip()
+    # A search longer than any list name finds nothing; cut it so the page stays small.
+    q = request.args.get("q", "").strip()[:MAX_SEARCH]
     today = datetime.now(UTC).date()
 
     list_sort: dict[str, Any] = {
@@ -383,10 +387,7 @@ def detail_context(server: Server, check: Any = None) -> dict[str, Any]:
     site_stmt = select(Site, func.count().over().label("total")).where(Site.server_id == server.id)
     if q:
         site_stmt = site_stmt.where(Site.name.contains(q, autoescape=True))
-    try:
-        spage_number = max(1, int(request.args.get("spage", "1")))
-    except ValueError:
-        spage_number = 1
+    spage_number = page_number(request.args.get("spage"))
     spage = Page(
         endpoint="lm_billing.server_detail",
         sort=lpage.sort,
@@ -433,7 +434,8 @@ def detail_context(server: Server, check: Any = None) -> dict[str, Any]:
         select(Problem)
         .where(Problem.server_id == server.id, Problem.status == "open")
         .order_by(Problem.kind, Problem.id)
-        .limit(100)
+        # A taste only: the Errors page (linked below the list) pages through all of them.
+        .limit(PROBLEMS_SHOWN)
     ).all()
     problems_total = int(
         session.scalar(
