@@ -224,6 +224,100 @@ def bench_engine() -> None:
                 sim.stop()
 
 
+# --- pages -------------------------------------------------------------------------------
+
+
+@section("pages")
+def bench_pages() -> None:
+    """GET of the big Billing pages with the Flask test client on SQLite: ms per request,
+    the median of a few (the first request, which compiles templates, is not counted)."""
+    import secrets
+    import statistics
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import sqlalchemy as sa
+    from flask import Flask
+    from flask.testing import FlaskClient
+    from flask_sqlalchemy import SQLAlchemy
+
+    from lm_billing_plugin import LMBilling
+    from lm_billing_plugin.extension import get_state
+    from lm_billing_plugin.models import Base, MailingList, Problem, Server, Site
+
+    def per_request(client: FlaskClient, url: str, rounds: int = 5) -> float:
+        get = client.get
+        first = get(url)
+        if first.status_code != 200:
+            raise SystemExit(f"{url}: HTTP {first.status_code}")
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            get(url).get_data()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Flask("lm_billing_benchmark_pages")
+        app.config.update(
+            SQLALCHEMY_DATABASE_URI=f"sqlite:///{Path(tmp) / 'pages.sqlite'}",
+            SECRET_KEY=secrets.token_hex(16),  # the session cookie of this run only
+            LM_BILLING_SCHEDULER_AUTOSTART=False,
+        )
+        SQLAlchemy().init_app(app)
+        LMBilling(app, permission_check=lambda user, action: True)
+        with app.app_context():
+            session = get_state().session
+            Base.metadata.create_all(get_state().db.engine)
+            session.execute(
+                sa.insert(Server),
+                [
+                    {"name": f"server-{i:04d}", "host": f"lists{i}.example.com", "port": 2021,
+                     "comments": f"rack {i % 17}", "version": f"12.{i % 4}"}
+                    for i in range(1000)
+                ],
+            )
+            big = session.scalar(sa.select(Server.id).where(Server.name == "server-0000"))
+            session.execute(
+                sa.insert(Site),
+                [{"server_id": big, "name": f"site{i}", "title": f"Site {i}"} for i in range(20)],
+            )
+            session.execute(
+                sa.insert(MailingList),
+                [
+                    {"server_id": big, "name": f"list-{i:05d}", "site_name": f"site{i % 20}",
+                     "members": i * 7 % 5000}
+                    for i in range(10_000)
+                ],
+            )
+            server_ids = list(session.scalars(sa.select(Server.id)))
+            session.execute(
+                sa.insert(Problem),
+                [
+                    {"fingerprint": f"bench-{i}", "server_id": server_ids[i % len(server_ids)],
+                     "kind": "unknown_list", "object_type": "list",
+                     "object_name": f"list-{i:05d}", "detail": "not in billing", "data": {}}
+                    for i in range(10_000)
+                ],
+            )
+            session.commit()
+        client = app.test_client()
+        figures = {
+            "Servers (1,000 servers) first page": "/billing/",
+            "Servers sorted by open problems, page 7": "/billing/?sort=problems&dir=desc&page=7",
+            "Errors (10,000 open problems) first page": "/billing/errors",
+            "Errors sorted by object, page 50": "/billing/errors?sort=object&page=50",
+            "server detail (10,000 lists) first page": f"/billing/servers/{big}",
+            "server detail lists sorted by members, page 100":
+                f"/billing/servers/{big}?sort=members&dir=desc&lpage=100",
+        }
+        for label, url in figures.items():
+            print(f"pages {label}: {_ms(per_request(client, url))} per request")
+        with app.app_context():
+            get_state().db.engine.dispose()
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
