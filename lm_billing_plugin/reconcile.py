@@ -28,7 +28,7 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from .tclport.records import LOGGING_LABELS, LOGGING_LISTS, ListRecord, LoggingState, SiteRecord
 
@@ -298,29 +298,51 @@ def _record_fields(rec: ListRecord) -> dict[str, Any]:
 # --- drift ---------------------------------------------------------------------------------
 
 
+_Rec = TypeVar("_Rec", SiteRecord, ListRecord)
+_Row = TypeVar("_Row", SiteRow, ListRow)
+
+
+@dataclass
+class _Pairing(Generic[_Rec, _Row]):
+    """The server's records (first of each name) matched by name with billing's rows."""
+
+    pairs: list[tuple[_Rec, _Row | None]]  # in the server's order
+    create: list[_Rec]
+    reactivate: list[tuple[int, _Rec]]
+    remove: list[tuple[int, str]]  # active billing rows the server no longer has
+
+
+def _pair(records: Iterable[_Rec], rows: Iterable[_Row]) -> _Pairing[_Rec, _Row]:
+    rows = list(rows)
+    billing = {row.name: row for row in rows}
+    out: _Pairing[_Rec, _Row] = _Pairing([], [], [], [])
+    seen: set[str] = set()
+    for rec in records:
+        if rec.name in seen:
+            continue
+        seen.add(rec.name)
+        row = billing.get(rec.name)
+        out.pairs.append((rec, row))
+        if row is None:
+            out.create.append(rec)
+        elif row.status != "active":
+            out.reactivate.append((row.id, rec))
+    out.remove = [(row.id, row.name) for row in rows
+                  if row.status == "active" and row.name not in seen]
+    return out
+
+
 def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
           lists: Iterable[ListRecord]) -> tuple[list[Found], Changes]:
     """Compare the server's sites and lists with billing's rows: drift problems and changes."""
     sid = snapshot.server_id
     server = snapshot.server_name
     problems: list[Found] = []
-    billing_sites = {s.name: s for s in snapshot.sites}
-    billing_lists = {row.name: row for row in snapshot.lists}
 
-    create_sites: list[SiteRecord] = []
-    reactivate_sites: list[tuple[int, SiteRecord]] = []
+    site_pairs = _pair(sites, snapshot.sites)
     update_sites: list[tuple[int, SiteRecord]] = []
-    seen_sites: set[str] = set()
-    for rec in sites:
-        if rec.name in seen_sites:
-            continue
-        seen_sites.add(rec.name)
-        row = billing_sites.get(rec.name)
+    for rec, row in site_pairs.pairs:
         if row is None or row.status != "active":
-            if row is None:
-                create_sites.append(rec)
-            else:
-                reactivate_sites.append((row.id, rec))
             problems.append(Found(
                 "unknown_site", "site", rec.name,
                 f"Site {_q(rec.name)} is on server {_q(server)} but not in billing; "
@@ -331,11 +353,7 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
         elif row.title != rec.title:
             # A new site title is not a problem users act on; sync just keeps it current.
             update_sites.append((row.id, rec))
-    remove_sites = [
-        (row.id, row.name) for row in snapshot.sites
-        if row.status == "active" and row.name not in seen_sites
-    ]
-    for _id, name in remove_sites:
+    for _id, name in site_pairs.remove:
         problems.append(Found(
             "missing_site", "site", name,
             f"Site {_q(name)} is in billing but no longer on server {_q(server)}; sync (or "
@@ -343,20 +361,10 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
             {}, fingerprint("missing_site", server_id=sid, key=("site", name)),
         ))
 
-    create_lists: list[ListRecord] = []
-    reactivate_lists: list[tuple[int, ListRecord]] = []
+    list_pairs = _pair(lists, snapshot.lists)
     update_lists: list[tuple[int, ListRecord]] = []
-    seen_lists: set[str] = set()
-    for item in lists:
-        if item.name in seen_lists:
-            continue
-        seen_lists.add(item.name)
-        lrow = billing_lists.get(item.name)
+    for item, lrow in list_pairs.pairs:
         if lrow is None or lrow.status != "active":
-            if lrow is None:
-                create_lists.append(item)
-            else:
-                reactivate_lists.append((lrow.id, item))
             problems.append(Found(
                 "unknown_list", "list", item.name,
                 f"List {_q(item.name)} is on server {_q(server)} but not in billing; sync (or "
@@ -377,11 +385,7 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
                 {"old": {k: old[k] for k in differs}, "new": {k: new[k] for k in differs}},
                 fingerprint("changed_list", server_id=sid, key=("list", item.name)),
             ))
-    remove_lists = [
-        (row.id, row.name) for row in snapshot.lists
-        if row.status == "active" and row.name not in seen_lists
-    ]
-    for _id, name in remove_lists:
+    for _id, name in list_pairs.remove:
         problems.append(Found(
             "missing_list", "list", name,
             f"List {_q(name)} is in billing but no longer on server {_q(server)}; sync (or "
@@ -389,14 +393,14 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
             {}, fingerprint("missing_list", server_id=sid, key=("list", name)),
         ))
     changes = Changes(
-        create_sites=tuple(create_sites),
-        reactivate_sites=tuple(reactivate_sites),
+        create_sites=tuple(site_pairs.create),
+        reactivate_sites=tuple(site_pairs.reactivate),
         update_sites=tuple(update_sites),
-        remove_sites=tuple(remove_sites),
-        create_lists=tuple(create_lists),
-        reactivate_lists=tuple(reactivate_lists),
+        remove_sites=tuple(site_pairs.remove),
+        create_lists=tuple(list_pairs.create),
+        reactivate_lists=tuple(list_pairs.reactivate),
         update_lists=tuple(update_lists),
-        remove_lists=tuple(remove_lists),
+        remove_lists=tuple(list_pairs.remove),
     )
     return problems, changes
 
