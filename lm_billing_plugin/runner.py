@@ -67,7 +67,7 @@ from .reconcile import (
     reconcile,
 )
 from .secrets import SecretsError
-from .servers import status_for_error, tclport_password
+from .servers import run_message, status_for_error, tclport_password
 from .settings import Settings
 from .store import (
     ASSIGNMENT,
@@ -353,11 +353,6 @@ def _problem_dicts(found: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _run_message(server: str, message: str) -> str:
-    """A Run's error message: it names the server, since lists of runs mix servers."""
-    return f"server '{server}': {message}"
-
-
 def _error_dict(exc: TclPortError) -> dict[str, str]:
     return {"code": exc.code, "message": exc.message}
 
@@ -556,7 +551,7 @@ class _BatchWorker:
             session.execute(
                 sa.update(RUN).where(RUN.c.id == target.run_id)
                 .values(status="skipped", finished_at=now, error_code="ALREADY_RUNNING",
-                        error_message=_run_message(target.name, message))
+                        error_message=run_message(target.name, message))
             )
             self._progress(failed=False)
             _audit_server(session, self.actor, self._action(), target.server_id, now,
@@ -731,7 +726,7 @@ class _BatchWorker:
         session.execute(
             sa.update(RUN).where(RUN.c.id == target.run_id)
             .values(status="failed", finished_at=now, error_code=exc.code[:40],
-                    error_message=_run_message(target.name, exc.message))
+                    error_message=run_message(target.name, exc.message))
         )
         release_server(session, target.server_id, self.owner, commit=False)
         self._progress(failed=True)
@@ -914,7 +909,7 @@ def _fix_failed(session: Session, target: _Target, problems: list[Any],
     session.execute(
         sa.update(RUN).where(RUN.c.id == target.run_id)
         .values(status="skipped" if code == "ALREADY_RUNNING" else "failed", finished_at=now,
-                error_code=code, error_message=_run_message(target.name, message))
+                error_code=code, error_message=run_message(target.name, message))
     )
     if release is not None:
         release_server(session, target.server_id, release, commit=False)
@@ -952,7 +947,7 @@ def _fix_store(session: Session, target: _Target, owner: str, actor: str,
         session.execute(
             sa.update(RUN).where(RUN.c.id == target.run_id)
             .values(status="failed", finished_at=now, error_code=result.code[:40],
-                    error_message=_run_message(target.name, message))
+                    error_message=run_message(target.name, message))
         )
         release_server(session, sid, owner, commit=False)
         _audit_server(session, actor, "fix", sid, now,

@@ -48,6 +48,7 @@ __all__ = [
     "delete_server",
     "enable_logging",
     "get_server",
+    "run_message",
     "servers_by_name",
     "status_for",
     "status_for_error",
@@ -510,26 +511,46 @@ def _address(server: Server) -> tuple[str, int, str, str]:
     return server.host, server.port, password, server.name
 
 
-def _run_row(
-    server_id: int,
+def run_message(server: str, message: str) -> str:
+    """A Run's error message: it names the server, since lists of runs mix servers."""
+    return f"server '{server}': {message}"
+
+
+def _record_call(
+    session: Session,
+    server: Server,
+    *,
     kind: str,
-    status: str,
+    run_status: str,
     actor: str,
     started: datetime,
     message: str | None,
     code: str | None,
-) -> Run:
-    return Run(
-        server_id=server_id,
-        kind=kind,
-        status=status,
-        triggered_by=actor,
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        started_at=started,
-        finished_at=utcnow(),
-        error_code=code,
-        error_message=message,
+    detail: dict[str, Any],
+) -> None:
+    """Add the finished ``kind`` run of a check or enable-logging call and its audit entry."""
+    session.add(
+        Run(
+            server_id=server.id,
+            kind=kind,
+            status=run_status,
+            triggered_by=actor,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=started,
+            finished_at=utcnow(),
+            error_code=code,
+            error_message=None if message is None else run_message(server.name, message),
+        )
+    )
+    audit.record(
+        session,
+        actor=actor,
+        action="server_check" if kind == "check" else kind,
+        object_type="server",
+        object_id=server.id,
+        server_id=server.id,
+        detail={"name": server.name, **detail},
     )
 
 
@@ -568,26 +589,16 @@ def check_server(server_id: int, *, actor: str) -> tuple[ConnectionReport, Loggi
         server.logging_mode = logging_report.mode
         server.logging_label = logging_report.label
     run_status = {"ok": "ok", "logging_off": "problems"}.get(status, "failed")
-    session.add(
-        _run_row(
-            server.id,
-            "check",
-            run_status,
-            actor,
-            started,
-            None if status == "ok" else message,
-            None if status == "ok" else code or status,
-        )
-    )
-    audit.record(
+    _record_call(
         session,
-        object_type="server",
+        server,
+        kind="check",
+        run_status=run_status,
         actor=actor,
-        action="server_check",
-        server_id=server.id,
-        object_id=server.id,
+        started=started,
+        message=None if status == "ok" else message,
+        code=None if status == "ok" else code or status,
         detail={
-            "name": server.name,
             "status": status,
             "code": code,
             "version": connection.version,
@@ -639,26 +650,16 @@ def enable_logging(server_id: int, *, actor: str) -> LoggingReport:
     else:
         server.status = "logging_off"
         server.status_message = report.message
-    session.add(
-        _run_row(
-            server.id,
-            "enable_logging",
-            "ok" if report.ok else "failed",
-            actor,
-            started,
-            None if report.ok else report.message,
-            None if report.ok else report.code or "logging_off",
-        )
-    )
-    audit.record(
+    _record_call(
         session,
-        object_type="server",
+        server,
+        kind="enable_logging",
+        run_status="ok" if report.ok else "failed",
         actor=actor,
-        action="enable_logging",
-        server_id=server.id,
-        object_id=server.id,
+        started=started,
+        message=None if report.ok else report.message,
+        code=None if report.ok else report.code or "logging_off",
         detail={
-            "name": server.name,
             "ok": report.ok,
             "changed": report.changed,
             "mode": report.mode,
