@@ -737,6 +737,11 @@ def test_failure_statuses_and_messages(eapp: Flask, sims: Callable[..., HostSim]
     session().commit()
     assert statuses == {"Denied": "host_denied", "Broken": "error"}
     assert result.exit_code == 2
+    # Each failed run's message names its server (the batch page lists runs of many).
+    for o in result.servers:
+        run = session().get(Run, o.run_id)
+        assert run.error_message.startswith(f"server '{o.name}': "), run.error_message
+    session().commit()
     # Assignments name what is wrong with the request itself.
     ok = add_server("Ok", sims(small(lst("a"))))
     runner.sync_servers([ok], actor="t")
@@ -781,3 +786,200 @@ def test_no_transaction_is_open_during_network_io(dbapp: Flask, db_url: str,
         probe.dispose()
     assert "checked" in seen  # the probe did look while the server was being read
     assert [s for s in seen if s != "checked"] == []
+
+
+# --- a batch whose process died; conflicts on MariaDB; races on problem rows -------------------
+
+
+def _backdate_batch(batch_id: int, seconds: float) -> None:
+    """Make everything of a batch look ``seconds`` old (as if its process stopped then)."""
+    past = utcnow() - timedelta(seconds=seconds)
+    session().execute(sa.update(Batch).where(Batch.id == batch_id).values(started_at=past))
+    session().execute(sa.update(Run).where(Run.batch_id == batch_id).values(started_at=past))
+    session().commit()
+
+
+def test_batch_of_a_dead_process_is_closed_by_the_next_batch(
+        dbapp: Flask, sims: Callable[..., HostSim]) -> None:
+    lease = get_state().settings.lease_seconds
+    sim = sims(small(lst("a")))
+    ids = [add_server(name, sim) for name in ("Alpha", "Beta", "Gamma")]
+    # A batch whose process died after claiming Alpha: Beta and Gamma were never started.
+    dead = runner.create_batch("validate", ids, actor="t")
+    session().execute(sa.update(Batch).where(Batch.id == dead).values(status="running"))
+    session().execute(sa.update(Run).where(Run.batch_id == dead, Run.server_id == ids[0])
+                      .values(status="running"))
+    session().commit()
+    _backdate_batch(dead, lease + 5)
+    # A batch that is slow but alive: one of its runs finished a moment ago.
+    alive = runner.create_batch("validate", ids, actor="t")
+    session().execute(sa.update(Batch).where(Batch.id == alive).values(status="running"))
+    session().commit()
+    _backdate_batch(alive, lease + 5)
+    session().execute(sa.update(Run).where(Run.batch_id == alive, Run.server_id == ids[0])
+                      .values(status="ok", finished_at=utcnow() - timedelta(seconds=1)))
+    session().commit()
+
+    result = runner.validate_servers([ids[2]], actor="t")  # the next batch sweeps first
+    assert result.servers[0].ok, result.to_json()
+    batches = dict(session().execute(
+        sa.select(Batch.id, Batch.status).where(Batch.id.in_([dead, alive]))).all())
+    assert batches == {dead: "interrupted", alive: "running"}
+    runs = session().execute(
+        sa.select(Server.name, Run.status, Run.error_code, Run.error_message, Run.finished_at)
+        .join(Server, Server.id == Run.server_id).where(Run.batch_id == dead)
+        .order_by(Server.name)).all()
+    session().commit()
+    assert [(r.name, r.status, r.error_code) for r in runs] == [
+        ("Alpha", "interrupted", "INTERRUPTED"), ("Beta", "interrupted", "INTERRUPTED"),
+        ("Gamma", "interrupted", "INTERRUPTED")]
+    for r in runs:
+        assert r.finished_at is not None
+        assert (r.error_message or "").startswith(f"server '{r.name}': ")
+        assert "run it again" in (r.error_message or "")
+    # Nothing left to sweep: a second sweep changes nothing.
+    from lm_billing_plugin.store import sweep_stale_batches
+
+    assert sweep_stale_batches(session(), utcnow(), lease) == 0
+
+
+def test_constraint_failures_count_as_conflicts_on_every_backend(
+        dbapp: Flask, sims: Callable[..., HostSim]) -> None:
+    """PyMySQL raises a failed CHECK as OperationalError (4025): still a conflict."""
+    from lm_billing_plugin import servers as registry
+    from lm_billing_plugin.store import is_conflict
+
+    sid = add_server("Lists", sims(small(lst("a"))))
+    group = make_group()
+    s = session()
+    # object_type "list" without a list breaks the CHECK constraint.
+    s.add(Assignment(group_id=group, object_type="list", server_id=sid,
+                     start_date=date(2026, 1, 1)))
+    with pytest.raises(sa.exc.DBAPIError) as check:
+        s.commit()
+    s.rollback()
+    assert is_conflict(check.value), repr(check.value)
+    if s.get_bind().dialect.name in ("mysql", "mariadb"):
+        # The case this guards: IntegrityError alone would not catch it there.
+        assert isinstance(check.value, sa.exc.OperationalError), repr(check.value)
+    with pytest.raises(sa.exc.DBAPIError) as missing:
+        s.execute(sa.text("SELECT nothing FROM lm_billing_no_such_table"))
+    s.rollback()
+    assert not is_conflict(missing.value)
+    # Two requests racing past the duplicate-name check: the unique index decides, and the
+    # loser gets the form's message (the race is staged by skipping the check).
+    s.add(Server(name="Lists", host="other.example.com", port=2021))
+    with pytest.raises(registry.ServerFieldError) as dup:
+        registry._commit_or_field_error(s, "Lists")
+    assert "already exists; choose another name" in dup.value.errors["name"]
+    assert s.execute(sa.select(sa.func.count()).select_from(Server)).scalar_one() == 1
+    s.commit()
+
+
+@contextmanager
+def _concurrent_problem_rows(db_url: str, *, times: int) -> Iterator[list[str]]:
+    """Act as a second process that records the same problems a moment before this one.
+
+    On this process's first ``times`` INSERTs of problem rows, the other process commits the
+    first of those rows (same fingerprint) through its own connection, just before the INSERT
+    runs. Its row belongs to no server, so a retry finds it again only when it is group-wide.
+    """
+    from lm_billing_plugin.store import PROBLEM
+
+    other = sa.create_engine(db_url)
+    engine = get_state().db.engine
+    struck: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+               executemany: bool) -> None:
+        if len(struck) >= times or not statement.startswith("INSERT INTO lm_billing_problem"):
+            return
+        first = context.compiled_parameters[0]
+        row = {key: first[key] for key in ("fingerprint", "group_id", "kind", "object_type",
+                                           "object_name", "detail", "data", "status",
+                                           "first_seen_at", "last_seen_at")}
+        with other.begin() as c:
+            c.execute(PROBLEM.insert(), {**row, "server_id": None})
+        struck.append(row["kind"])
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield struck
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+        other.dispose()
+
+
+# SQLite lets one writer at a time into the database, so two processes cannot race there.
+@pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
+def test_race_on_problem_rows_retries_once_then_says_what_to_do(
+        dbapp: Flask, db_url: str, sims: Callable[..., HostSim]) -> None:
+    sid = add_server("Lists", sims(small(lst("a"), lst("b"))))
+    assert runner.sync_servers([sid], actor="t").servers[0].ok
+    group = make_group(active=False)  # an inactive customer with lists: a group-wide problem
+    runner.assign(group, server_id=sid, whole_server=True, actor="t")
+    # Once: the retry finds the other process's row and keeps it (one row, ours now).
+    with _concurrent_problem_rows(db_url, times=1) as struck:
+        out = runner.validate_servers([sid], actor="t").servers[0]
+    assert struck == ["inactive_customer_has_lists"]
+    assert out.ok, out.to_json()
+    rows = session().execute(sa.select(Problem.status, Problem.last_run_id).where(
+        Problem.kind == "inactive_customer_has_lists")).all()
+    session().commit()
+    assert [tuple(r) for r in rows] == [("open", out.run_id)]
+    # Twice: the other process's row is outside this server's scope here (it belongs to no
+    # server), so the retry clashes with it again; the run fails and says what to do.
+    session().execute(sa.update(Customer).values(is_active=True))
+    session().commit()
+    session().execute(sa.delete(Problem))
+    session().commit()
+    runner.unassign([a for a in session().execute(sa.select(Assignment.id)).scalars()],
+                    actor="t")
+    with _concurrent_problem_rows(db_url, times=1) as struck:
+        result = runner.validate_servers([sid], actor="t")
+    out = result.servers[0]
+    assert struck == ["unassigned_list"] and not out.ok and result.exit_code == 2
+    assert out.error is not None and out.error["code"] == "STORE"
+    assert "Validate it again when the other run has finished" in out.error["message"]
+    run = session().get(Run, out.run_id)
+    assert run.status == "failed"
+    assert run.error_message.startswith("server 'Lists': another run was storing")
+    server = session().get(Server, sid)
+    assert server.lease_owner is None  # released: the next validate may go ahead
+    session().commit()
+    # (A real second process would have recorded the row on this server, in scope.)
+    session().execute(sa.delete(Problem).where(Problem.server_id.is_(None)))
+    session().commit()
+    assert runner.validate_servers([sid], actor="t").servers[0].ok
+
+
+def test_run_that_lost_its_lease_stores_nothing_and_says_so(
+        dbapp: Flask, db_url: str, sims: Callable[..., HostSim]) -> None:
+    sid = add_server("Lists", sims(small(lst("a"))))
+    other = sa.create_engine(db_url)
+    engine = get_state().db.engine
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+               executemany: bool) -> None:
+        # hold_lease (the write transaction's first statement): another run took over.
+        if (statement.startswith("UPDATE lm_billing_server SET lease_owner")
+                and "lease_expires_at" not in statement):
+            with other.begin() as c:
+                c.execute(sa.update(Server).where(Server.id == sid)
+                          .values(lease_owner="thief:1:x"))
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    try:
+        out = runner.sync_servers([sid], actor="t").servers[0]
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+        other.dispose()
+    assert not out.ok and out.error is not None and out.error["code"] == "LEASE_LOST"
+    assert "LM_BILLING_LEASE_SECONDS" in out.error["message"]
+    assert "Sync it again" in out.error["message"]
+    server = session().get(Server, sid)
+    # Nothing stored, and the server's state is the new holder's business.
+    assert (server.validated_at, server.status, server.lease_owner) == (
+        None, "unchecked", "thief:1:x")
+    assert billing_lists(sid) == {}
+    session().commit()
