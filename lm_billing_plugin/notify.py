@@ -1,5 +1,5 @@
-"""Notifications after scheduled runs: one message per run that found new trouble, sent as a
-Flask (blinker) signal hosts can subscribe to and as an email to LM_BILLING_NOTIFY_EMAILS.
+"""Notifications after scheduled runs: one message per run that found new trouble or failed
+outright, sent as a Flask (blinker) signal hosts can subscribe to and as an email.
 
 Signals (sender: the Flask app)::
 
@@ -10,19 +10,23 @@ Signals (sender: the Flask app)::
         ...
 
 ``run_finished`` is sent after every scheduled run (kwargs ``run_id``, ``status``,
-``summary``); ``trouble_found`` only when the run found new problems or a server turned
-unreachable, refused, or stopped logging (kwarg ``alert``). A receiver that raises is logged
-and never stops the run or the other receivers.
+``summary``); ``trouble_found`` (kwarg ``alert``) when the run found new problems, when a
+server turned unreachable, refused, or stopped logging, and after every run that failed
+outright (``alert.failure`` set: it stopped with an error, the database going away included,
+or not one server could be read), because then billing is not watching anything. The email to
+LM_BILLING_NOTIFY_EMAILS goes out with ``trouble_found``. A receiver that raises is logged and
+never stops the run or the other receivers.
 """
 
 from __future__ import annotations
 
+import email.policy
 import logging
 import smtplib
 import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from blinker import Namespace
@@ -32,6 +36,9 @@ from sqlalchemy.orm import Session
 from .extension import get_state
 from .models import Problem, Server
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .runner import BatchResult
 
 log = logging.getLogger("lm_billing_plugin.notify")
 
@@ -49,6 +56,10 @@ TROUBLE_STATUSES = {
 }
 # An email lists this many problems and status changes; the page has the rest.
 MAX_LINES = 50
+# Headers stay on one line up to RFC 5322's hard limit: the stdlib folds a subject of 70-78
+# characters onto a continuation line, which mail clients show with a leading space.
+MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
+MAX_SUBJECT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +79,19 @@ class StatusChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """A run that failed outright: what failed (one line) and what to do about it."""
+
+    what: str
+    advice: str
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
-    """What went wrong in one scheduled run (one per run, never one per problem)."""
+    """What went wrong in one scheduled run (one per run, never one per problem).
+
+    ``failure``: set when the run failed outright; ``status_changes`` then lists every server
+    that could not be read, changed or not."""
 
     run_id: int
     kind: str
@@ -77,25 +99,40 @@ class Alert:
     problems: list[NewProblem] = field(default_factory=list)
     status_changes: list[StatusChange] = field(default_factory=list)
     url: str | None = None
+    failure: Failure | None = None
 
     @property
     def subject(self) -> str:
+        if self.failure is not None:
+            subject = (
+                f"Billing: scheduled {self.kind} run {self.run_id} failed: {self.failure.what}"
+            )
+            return subject if len(subject) <= MAX_SUBJECT else subject[: MAX_SUBJECT - 3] + "..."
         parts = []
         if self.new_problems:
             parts.append(f"{self.new_problems} new problem{'s' if self.new_problems != 1 else ''}")
-        for label in sorted({TROUBLE_STATUSES[c.status] for c in self.status_changes}):
-            count = sum(1 for c in self.status_changes if TROUBLE_STATUSES[c.status] == label)
+        labels = [_label(c.status) for c in self.status_changes]
+        for label in sorted(set(labels)):
+            count = labels.count(label)
             parts.append(f"{count} server{'s' if count != 1 else ''} {label}")
         return f"Billing: scheduled {self.kind} found " + ", ".join(parts)
 
     def body(self) -> str:
         lines = [self.subject + ".", ""]
+        if self.failure is not None:
+            lines += [
+                "Billing is not watching the hosting servers until this is fixed.",
+                f"What to do: {self.failure.advice}",
+                "The next run is due as usual; every scheduled run that fails sends one "
+                "message like this.",
+                "",
+            ]
         if self.status_changes:
             lines.append("Servers:")
             for change in self.status_changes[:MAX_LINES]:
                 was = f" (was {change.previous})" if change.previous else ""
                 detail = f": {change.message}" if change.message else ""
-                lines.append(f"  {change.server}: {TROUBLE_STATUSES[change.status]}{was}{detail}")
+                lines.append(f"  {change.server}: {_label(change.status)}{was}{detail}")
             lines.append("")
         if self.problems:
             lines.append("New problems:")
@@ -116,30 +153,31 @@ class Alert:
 def build_alert(
     run_id: int,
     kind: str,
-    result: Any,
+    result: BatchResult | None,
     settings: Settings,
     problems: list[NewProblem] | None = None,
+    failure: Failure | None = None,
 ) -> Alert | None:
-    """The alert for a run's result (the engine's BatchResult), or None when nothing new
-    went wrong. ``problems``: the new problems to list (see ``new_problems_of``)."""
+    """The alert for a run, or None when nothing new went wrong. ``result``: the engine's
+    BatchResult (None when the run stopped with an error); ``problems``: the new problems to
+    list (see ``new_problems_of``); ``failure``: set when the run failed outright."""
     changes: list[StatusChange] = []
     new_count = 0
-    for outcome in getattr(result, "servers", None) or []:
-        name = str(getattr(outcome, "name", ""))
-        new = getattr(outcome, "new_problems", None) or 0
-        new_count += new if isinstance(new, int) else len(new)
-        status = getattr(outcome, "status", None)
-        previous = getattr(outcome, "previous_status", None)
-        if status in TROUBLE_STATUSES and status != previous:
+    for outcome in result.servers if result is not None else []:
+        new_count += outcome.new_problems
+        status, previous = outcome.status, outcome.previous_status
+        changed = status in TROUBLE_STATUSES and status != previous
+        failed = not outcome.ok and outcome.skipped_reason is None
+        if changed or (failure is not None and failed):
             changes.append(
                 StatusChange(
-                    server=name,
-                    previous=previous,
-                    status=str(status),
-                    message=_error_message(getattr(outcome, "error", None)),
+                    server=outcome.name,
+                    previous=previous if status != previous else None,
+                    status=status,
+                    message=_error_message(outcome.error),
                 )
             )
-    if not new_count and not changes:
+    if not new_count and not changes and failure is None:
         return None
     url = None
     if settings.notify_base_url:
@@ -151,15 +189,18 @@ def build_alert(
         problems=list(problems or []),
         status_changes=changes,
         url=url,
+        failure=failure,
     )
 
 
-def new_problems_of(session: Session, result: Any, limit: int = MAX_LINES) -> list[NewProblem]:
+def new_problems_of(
+    session: Session, result: BatchResult | None, limit: int = MAX_LINES
+) -> list[NewProblem]:
     """The problems first found by this batch's runs (one query, at most ``limit``)."""
     run_ids = [
         o.run_id
-        for o in getattr(result, "servers", None) or []
-        if getattr(o, "run_id", None) is not None and getattr(o, "new_problems", None)
+        for o in (result.servers if result is not None else [])
+        if o.run_id is not None and o.new_problems
     ]
     if not run_ids:
         return []
@@ -176,30 +217,36 @@ def new_problems_of(session: Session, result: Any, limit: int = MAX_LINES) -> li
     ]
 
 
-def _error_message(error: Any) -> str:
-    if error is None:
-        return ""
-    if isinstance(error, dict):
-        return str(error.get("message") or "")
-    return str(getattr(error, "message", None) or error)
+def _label(status: str) -> str:
+    return TROUBLE_STATUSES.get(status, status)
+
+
+def _error_message(error: dict[str, str] | None) -> str:
+    return str((error or {}).get("message") or "")
 
 
 def notify_run(
-    app: Flask, *, run_id: int, status: str, summary: dict[str, Any], result: Any
+    app: Flask,
+    *,
+    run_id: int,
+    status: str,
+    summary: dict[str, Any],
+    result: BatchResult | None,
+    failure: Failure | None = None,
 ) -> Alert | None:
-    """After a scheduled run: send ``run_finished``, and when it found trouble, the one
-    ``trouble_found`` signal and the one email. Never raises."""
+    """After a scheduled run: send ``run_finished``, and when it found trouble or failed
+    outright (``failure``), the one ``trouble_found`` signal and the one email. Never raises;
+    a run that failed is announced even when the database cannot be read."""
     settings = get_state(app).settings
     _send_signal(run_finished, app, run_id=run_id, status=status, summary=summary)
+    problems: list[NewProblem] = []
     try:
         with app.app_context():
             problems = new_problems_of(get_state(app).session, result)
-        alert = build_alert(
-            run_id, str(summary.get("kind", "validate")), result, settings, problems
-        )
     except Exception:
-        log.exception("scheduled run %s: could not build its notification", run_id)
-        return None
+        log.exception("scheduled run %s: could not read its new problems", run_id)
+    kind = str(summary.get("kind", "validate"))
+    alert = build_alert(run_id, kind, result, settings, problems, failure)
     if alert is None:
         return None
     _send_signal(trouble_found, app, alert=alert)
@@ -218,7 +265,7 @@ def _send_signal(signal: Any, app: Flask, **kwargs: Any) -> None:
 
 def send_email(settings: Settings, alert: Alert) -> bool:
     """Mail the alert to LM_BILLING_NOTIFY_EMAILS. Failures are logged, never raised."""
-    message = EmailMessage()
+    message = EmailMessage(policy=MAIL_POLICY)
     message["Subject"] = alert.subject
     message["From"] = settings.smtp_sender
     message["To"] = ", ".join(settings.notify_emails)
@@ -262,6 +309,7 @@ def send_email(settings: Settings, alert: Alert) -> bool:
 
 __all__ = [
     "Alert",
+    "Failure",
     "build_alert",
     "new_problems_of",
     "notify_run",

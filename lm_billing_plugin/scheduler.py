@@ -16,6 +16,7 @@ How it fits together
   next tick anywhere marks that run ``interrupted`` and the schedule goes on.
 * A failure during the run (the database going away included) fails that run with a logged
   error; if even that cannot be written, the outcome is kept and written by a later tick.
+  A run that failed outright is announced like one that found trouble (``notify``).
 
 Nothing starts at import time or in ``init_app``: ``install_autostart`` only arranges a lazy
 start on the first request of a serving process (see ``should_autostart``).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -39,8 +41,11 @@ from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from . import runner
 from .extension import get_state
 from .models import Batch, TaskRun, TaskState, utcnow
+from .notify import Failure, notify_run
+from .runner import BatchResult
 from .settings import Settings
 from .store import lease_owner as owner_id
 
@@ -96,17 +101,21 @@ class Claim:
     missed: int
     kind: str
 
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The summary a run has before it has a result."""
+        return {"kind": self.kind, "missed": self.missed}
+
 
 @dataclass(frozen=True, slots=True)
 class Finish:
     """The outcome of a run, kept until it is written."""
 
-    run_id: int
-    owner: str
+    claim: Claim
     status: str
     summary: dict[str, Any]
-    error: str | None
-    finished_at: datetime
+    error: str | None = None
+    finished_at: datetime = field(default_factory=utcnow)
 
 
 def db_now(session: Session) -> datetime:
@@ -230,7 +239,6 @@ def try_claim(
         .where(
             TaskState.name == TASK,
             TaskState.next_run_at == due,
-            TaskState.next_run_at <= now,
             sa.or_(TaskState.lease_owner.is_(None), TaskState.lease_expires_at < now),
         )
         .values(
@@ -243,14 +251,13 @@ def try_claim(
     )
     if _rowcount(hit) != 1:
         return None  # another process claimed it first
-    host, pid, _ = owner.rsplit(":", 2)
     run = TaskRun(
         task=TASK,
         scheduled_for=due,
         started_at=now,
         status="running",
-        host=host,
-        pid=int(pid),
+        host=socket.gethostname()[:120],
+        pid=os.getpid(),
         summary={"kind": kind, "missed": missed},
     )
     session.add(run)
@@ -280,7 +287,7 @@ def write_finish(session: Session, finish: Finish) -> bool:
     over meanwhile (the outcome is recorded all the same: it is the truth)."""
     session.execute(
         sa.update(TaskRun)
-        .where(TaskRun.id == finish.run_id)
+        .where(TaskRun.id == finish.claim.run_id)
         .values(
             status=finish.status,
             finished_at=finish.finished_at,
@@ -291,12 +298,12 @@ def write_finish(session: Session, finish: Finish) -> bool:
     )
     hit = session.execute(
         sa.update(TaskState)
-        .where(TaskState.name == TASK, TaskState.lease_owner == finish.owner)
+        .where(TaskState.name == TASK, TaskState.lease_owner == finish.claim.owner)
         .values(
             lease_owner=None,
             lease_expires_at=None,
             current_run_id=None,
-            last_run_id=finish.run_id,
+            last_run_id=finish.claim.run_id,
         )
         .execution_options(synchronize_session=False)
     )
@@ -415,66 +422,52 @@ class WorkRequest:
     record_batch: Callable[[int], None]
 
 
-Work = Callable[[WorkRequest], Any]
+Work = Callable[[WorkRequest], BatchResult]
 
 
-def default_work(request: WorkRequest) -> Any:
+def default_work(request: WorkRequest) -> BatchResult:
     """Validate (or sync) every server through the engine, as the "scheduler" actor."""
-    from . import runner  # the engine; imported here so importing the pages stays light
-
     batch_id = runner.create_batch(request.kind, None, actor=ACTOR, dry_run=False)
     request.record_batch(batch_id)
     return runner.run_batch(batch_id)
 
 
-def summarize(result: Any, missed: int, kind: str) -> tuple[str, dict[str, Any]]:
-    """A run's status and the summary stored with it, from the engine's BatchResult."""
-    servers = list(getattr(result, "servers", None) or [])
-    failed = [s for s in servers if not getattr(s, "ok", False)]
-    problems_open = sum(_count(getattr(s, "problems", 0)) for s in servers)
-    problems_new = sum(_count(getattr(s, "new_problems", 0)) for s in servers)
+def summarize(result: BatchResult, missed: int, kind: str) -> tuple[str, dict[str, Any]]:
+    """A run's status and the summary stored with it. "failed" when not one server could be
+    read (the run watched nothing); a server another run held is skipped, not failed."""
+    servers = result.servers
+    failed = [s for s in servers if not s.ok and s.skipped_reason is None]
+    problems_open = sum(len(s.problems) for s in servers)
     changes = [
         {
-            "server_id": getattr(s, "server_id", None),
-            "server": str(getattr(s, "name", "")),
-            "previous": getattr(s, "previous_status", None),
-            "status": getattr(s, "status", None),
+            "server_id": s.server_id,
+            "server": s.name,
+            "previous": s.previous_status,
+            "status": s.status,
         }
         for s in servers
-        if getattr(s, "previous_status", None) != getattr(s, "status", None)
+        if s.previous_status != s.status
     ]
     summary: dict[str, Any] = {
         "kind": kind,
         "missed": missed,
+        "batch_id": result.batch_id,
         "servers": len(servers),
-        "ok": len(servers) - len(failed),
+        "ok": sum(1 for s in servers if s.ok),
         "failed": len(failed),
-        "failed_servers": [str(getattr(s, "name", "")) for s in failed][:50],
+        "failed_servers": [s.name for s in failed][:50],
         "problems_open": problems_open,
-        "problems_new": problems_new,
+        "problems_new": sum(s.new_problems for s in servers),
         "status_changes": changes[:200],
     }
-    batch_id = getattr(result, "batch_id", None)
-    if batch_id is not None:
-        summary["batch_id"] = batch_id
+    skipped = len(servers) - summary["ok"] - len(failed)
     if servers and len(failed) == len(servers):
         status = "failed"
-    elif failed or problems_open:
+    elif failed or skipped or problems_open:
         status = "problems"
     else:
         status = "ok"
     return status, summary
-
-
-def _count(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, int):
-        return value
-    try:
-        return len(value)
-    except TypeError:
-        return 0
 
 
 # --- One process's scheduler -----------------------------------------------------------------
@@ -521,8 +514,8 @@ class SchedulerService:
 
     def tick(self, *, synchronous: bool = False) -> str:
         """Look at the schedule once. Returns what happened: "disabled", "stopping", "busy"
-        (a run of ours is going on), "pending" (an earlier outcome still to write), "idle"
-        (nothing due, or someone else runs it), "ran"/"started" (we claimed a run) or "error"."""
+        (a run of ours is going on), "idle" (nothing due, or someone else runs it),
+        "ran"/"started" (we claimed a run) or "error" (logged; the next tick retries)."""
         if not self.settings.scheduler_enabled:
             return "disabled"
         with self._lock:
@@ -536,15 +529,14 @@ class SchedulerService:
                     write_finish(session, self._pending)
                 log.warning(
                     "scheduled run %s: outcome %s recorded late",
-                    self._pending.run_id,
+                    self._pending.claim.run_id,
                     self._pending.status,
                 )
                 self._pending = None
-            now = utcnow()
             if not self._task_ensured:
                 try:
                     with Session(self.engine) as session, session.begin():
-                        ensure_task(session, now)
+                        ensure_task(session, db_now(session))
                 except sa.exc.IntegrityError:
                     pass  # another process created the row at the same moment
                 self._task_ensured = True
@@ -564,7 +556,7 @@ class SchedulerService:
             return "error"
         self._tick_ok()
         if claim is None:
-            return "pending" if self._pending is not None else "idle"
+            return "idle"
         log.info(
             "scheduled %s run %s claimed by %s (slot %s%s)",
             claim.kind,
@@ -615,8 +607,8 @@ class SchedulerService:
             target=self._heartbeat, args=(local,), name="lm-billing-lease", daemon=True
         )
         heartbeat.start()
-        status, summary, error = "failed", {"kind": claim.kind, "missed": claim.missed}, None
-        result: Any = None
+        result: BatchResult | None = None
+        crash: Exception | None = None
         try:
             request = WorkRequest(
                 kind=claim.kind, run_id=claim.run_id, record_batch=self._record_batch(claim)
@@ -624,6 +616,7 @@ class SchedulerService:
             with self.app.app_context():
                 result = self.work(request)
             status, summary = summarize(result, claim.missed, claim.kind)
+            finish = Finish(claim, status, summary)
         except Exception as exc:
             log.error(
                 "scheduled %s run %s failed: %s",
@@ -632,23 +625,16 @@ class SchedulerService:
                 short_error(exc),
                 exc_info=True,
             )
+            crash = exc
             error = (
                 f"The scheduled {claim.kind} failed: {short_error(exc)}. "
                 "The next run is scheduled as usual; if this repeats, check the database "
                 "and the log of the scheduler process."
             )[:4000]
-            result = None
+            finish = Finish(claim, "failed", claim.summary, error)
         finally:
             local.stop_heartbeat.set()
             heartbeat.join(timeout=5)
-        finish = Finish(
-            run_id=claim.run_id,
-            owner=claim.owner,
-            status=status,
-            summary=summary,
-            error=error,
-            finished_at=utcnow(),
-        )
         try:
             with Session(self.engine) as session, session.begin():
                 if not write_finish(session, finish):
@@ -668,12 +654,16 @@ class SchedulerService:
             self._pending = finish
         with self._lock:
             self._local = None
-            self.last_run = (claim.run_id, status)
-        log.info("scheduled %s run %s: %s", claim.kind, claim.run_id, status)
-        if result is not None:
-            from .notify import notify_run
-
-            notify_run(self.app, run_id=claim.run_id, status=status, summary=summary, result=result)
+            self.last_run = (claim.run_id, finish.status)
+        log.info("scheduled %s run %s: %s", claim.kind, claim.run_id, finish.status)
+        notify_run(
+            self.app,
+            run_id=claim.run_id,
+            status=finish.status,
+            summary=finish.summary,
+            result=result,
+            failure=failure_of(claim.kind, crash, finish.status, finish.summary),
+        )
 
     def _record_batch(self, claim: Claim) -> Callable[[int], None]:
         def record(batch_id: int) -> None:
@@ -794,13 +784,10 @@ class SchedulerService:
             return
         local.stop_heartbeat.set()
         finish = Finish(
-            run_id=local.claim.run_id,
-            owner=local.claim.owner,
-            status="interrupted",
-            summary={"kind": local.claim.kind, "missed": local.claim.missed},
-            error="The scheduler process was stopped during the run; the next run is "
-            "scheduled as usual.",
-            finished_at=utcnow(),
+            local.claim,
+            "interrupted",
+            local.claim.summary,
+            "The scheduler process was stopped during the run; the next run is scheduled as usual.",
         )
         try:
             with Session(self.engine) as session, session.begin():
@@ -820,6 +807,39 @@ def short_error(exc: BaseException) -> str:
     if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
         return f"{type(exc).__name__}: {exc.orig}".strip()
     return f"{type(exc).__name__}: {exc}".strip()
+
+
+def failure_of(
+    kind: str, crash: Exception | None, status: str, summary: dict[str, Any]
+) -> Failure | None:
+    """What to tell people when a run failed outright, so billing watched nothing: it
+    stopped with an error (the database going away included), or no server could be read."""
+    where = f"{socket.gethostname()} (pid {os.getpid()})"
+    log_hint = f"the log of the scheduler process on {where} (logger {log.name})"
+    if crash is not None:
+        if isinstance(crash, sa.exc.SQLAlchemyError):
+            advice = (
+                f"Check that the database is up and reachable from {where}, and that "
+                f"`flask lm-billing db upgrade` has run; {log_hint} has the details."
+            )
+        else:
+            advice = (
+                f"Read the error and its traceback in {log_hint}; if it repeats, report it "
+                "with that traceback to whoever maintains the billing plugin."
+            )
+        return Failure(f"the {kind} stopped with an error: {short_error(crash)}", advice)
+    if status == "failed":
+        count = summary.get("servers", 0)
+        return Failure(
+            "the only server could not be read"
+            if count == 1
+            else f"none of the {count} servers could be read",
+            f"If every server is unreachable, check the network from {where} to the hosting "
+            "servers (DNS, firewall, the TclPort port). Otherwise open Billing > Servers and "
+            "run each server's connection check: it says what to change (TCLPORT Hosts, "
+            "password, logging).",
+        )
+    return None
 
 
 def _is_lock_contention(exc: Exception) -> bool:

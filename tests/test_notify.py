@@ -1,24 +1,28 @@
-"""Notifications of scheduled runs: one signal and one email per run that found new trouble,
-sent to a real SMTP server (aiosmtpd on 127.0.0.1) after runs against simulated servers."""
+"""Notifications of scheduled runs: one signal and one email per run that found new trouble or
+failed outright, sent to a real SMTP server (aiosmtpd on 127.0.0.1) after runs against
+simulated servers."""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import logging
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from _sim import closed_port
 from aiosmtpd.controller import Controller
 from flask import Flask
 
 from lm_billing_plugin import servers as server_service
+from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.notify import Alert, build_alert, run_finished, trouble_found
-from lm_billing_plugin.scheduler import SchedulerService
+from lm_billing_plugin.runner import BatchResult, ServerOutcome
+from lm_billing_plugin.scheduler import SchedulerService, WorkRequest, default_work
 from lm_billing_plugin.tclport.simulator import Dataset, HostSim
 
 
@@ -51,6 +55,13 @@ def sim() -> Iterator[HostSim]:
         yield running
 
 
+@pytest.fixture
+def steady() -> Iterator[HostSim]:
+    """A second server that stays up, so the first going down is news, not a failed run."""
+    with HostSim(Dataset.generate(sites=1, lists=1, seed=8)) as running:
+        yield running
+
+
 def _signals(app: Flask) -> tuple[list[Alert], list[dict[str, Any]]]:
     alerts: list[Alert] = []
     finished: list[dict[str, Any]] = []
@@ -66,12 +77,8 @@ def _signals(app: Flask) -> tuple[list[Alert], list[dict[str, Any]]]:
     return alerts, finished
 
 
-@pytest.fixture
-def notified_app(
-    make_app: Callable[..., Flask], smtp: tuple[Inbox, int], sim: HostSim
-) -> Iterator[Flask]:
-    _, port = smtp
-    app = make_app(
+def _notifying_app(make_app: Callable[..., Flask], port: int) -> Flask:
+    return make_app(
         LM_BILLING_VALIDATE_INTERVAL=0.05,
         LM_BILLING_NOTIFY_EMAILS="ops@example.com, boss@example.com",
         LM_BILLING_SMTP_HOST="127.0.0.1",
@@ -81,18 +88,24 @@ def notified_app(
         LM_BILLING_CONNECT_TIMEOUT=0.5,
         LM_BILLING_READ_TIMEOUT=1.0,
     )
+
+
+@pytest.fixture
+def notified_app(
+    make_app: Callable[..., Flask], smtp: tuple[Inbox, int], sim: HostSim, steady: HostSim
+) -> Iterator[Flask]:
+    app = _notifying_app(make_app, smtp[1])
     with app.app_context():
         server_service.create_server('Hosting <A> & "B"', sim.host, sim.port, actor="test")
+        server_service.create_server("steady", steady.host, steady.port, actor="test")
     yield app
     trouble_found.receivers.clear()
     run_finished.receivers.clear()
 
 
-def _run_once(app: Flask) -> None:
-    import time
-
+def _run_once(app: Flask, service: SchedulerService | None = None) -> None:
     time.sleep(0.06)  # the next slot is due
-    assert SchedulerService(app).tick(synchronous=True) == "ran"
+    assert (service or SchedulerService(app)).tick(synchronous=True) == "ran"
 
 
 def test_one_email_and_one_signal_per_run_with_new_trouble(
@@ -105,7 +118,8 @@ def test_one_email_and_one_signal_per_run_with_new_trouble(
     assert len(finished) == 1 and finished[0]["status"] in ("problems", "ok")
     assert len(alerts) == 1 and len(inbox.messages) == 1
     alert = alerts[0]
-    assert alert.new_problems >= 4  # 1 unknown site + 3 unknown lists
+    assert alert.failure is None
+    assert alert.new_problems >= 6  # per server: 1 unknown site + its unknown lists
     recipients, message = inbox.messages[0]
     assert recipients == ["ops@example.com", "boss@example.com"]
     assert message["From"] == "billing@portal.example.com"
@@ -120,12 +134,13 @@ def test_one_email_and_one_signal_per_run_with_new_trouble(
     _run_once(notified_app)  # nothing changed on the server: nothing new, no message
     assert len(finished) == 2 and len(alerts) == 1 and len(inbox.messages) == 1
 
-    sim.stop()  # the server goes away: one message naming it
+    sim.stop()  # one server goes away (the other is fine): one message naming it
     _run_once(notified_app)
     assert len(alerts) == 2 and len(inbox.messages) == 2
     _, message = inbox.messages[1]
-    assert "1 server unreachable" in message["Subject"]
+    assert message["Subject"] == "Billing: scheduled validate found 1 server unreachable"
     assert 'Hosting <A> & "B": unreachable (was' in message.get_content()
+    assert "steady" not in message.get_content()
 
     _run_once(notified_app)  # still unreachable: not news
     assert len(alerts) == 2 and len(inbox.messages) == 2
@@ -199,35 +214,31 @@ def test_without_notify_emails_only_the_signal_is_sent(
     assert len(alerts) == 1 and inbox.messages == []
 
 
-@dataclass
-class _Outcome:
-    server_id: int
-    name: str
-    status: str
-    previous_status: str
-    new_problems: int = 0
-    error: dict[str, str] | None = None
-    run_id: int | None = None
-
-
-@dataclass
-class _Result:
-    servers: list[_Outcome] = field(default_factory=list)
+def _outcome(server_id: int, name: str, status: str, previous: str, **extra: Any) -> ServerOutcome:
+    return ServerOutcome(
+        server_id, name, ok=status == "ok", status=status, previous_status=previous, **extra
+    )
 
 
 def test_alert_wording_and_what_counts_as_news(make_app: Callable[..., Flask]) -> None:
-    from lm_billing_plugin.extension import get_state
-
     settings = get_state(make_app()).settings
-    quiet = _Result([_Outcome(1, "a", "ok", "ok"), _Outcome(2, "b", "unreachable", "unreachable")])
+    quiet = BatchResult(
+        1,
+        "validate",
+        False,
+        [_outcome(1, "a", "ok", "ok"), _outcome(2, "b", "unreachable", "unreachable")],
+    )
     assert build_alert(7, "validate", quiet, settings) is None
-    noisy = _Result(
+    noisy = BatchResult(
+        1,
+        "sync",
+        False,
         [
-            _Outcome(1, "a", "unreachable", "ok", error={"code": "timeout", "message": "no reply"}),
-            _Outcome(2, "b", "auth_failed", "ok"),
-            _Outcome(3, "c", "host_denied", "unchecked"),
-            _Outcome(4, "d", "ok", "ok", new_problems=1),
-        ]
+            _outcome(1, "a", "unreachable", "ok", error={"code": "timeout", "message": "no reply"}),
+            _outcome(2, "b", "auth_failed", "ok"),
+            _outcome(3, "c", "host_denied", "unchecked"),
+            _outcome(4, "d", "ok", "ok", new_problems=1),
+        ],
     )
     alert = build_alert(7, "sync", noisy, settings)
     assert alert is not None
@@ -237,3 +248,88 @@ def test_alert_wording_and_what_counts_as_news(make_app: Callable[..., Flask]) -
     )
     assert "a: unreachable (was ok): no reply" in alert.body()
     assert "Billing > Background validation (scheduled run 7)" in alert.body()
+
+
+# --- runs that failed outright: billing watched nothing -------------------------------------
+
+
+def test_every_server_unreachable_fails_the_run_and_each_such_run_is_announced(
+    make_app: Callable[..., Flask], smtp: tuple[Inbox, int], sim: HostSim
+) -> None:
+    inbox, port = smtp
+    app = _notifying_app(make_app, port)
+    with app.app_context():
+        server_service.create_server("only", sim.host, sim.port, actor="test")
+    alerts, finished = _signals(app)
+    service = SchedulerService(app)
+    try:
+        _run_once(app, service)  # the server is up: the usual news, no failure
+        sim.stop()
+        _run_once(app, service)
+        _run_once(app, service)  # still down: the watchdog is still blind, say so again
+    finally:
+        trouble_found.receivers.clear()
+        run_finished.receivers.clear()
+    assert [f["status"] for f in finished] == ["problems", "failed", "failed"]
+    assert [a.failure is not None for a in alerts] == [False, True, True]
+    assert len(inbox.messages) == 3
+    first_failure, second_failure = (m for _, m in inbox.messages[1:])
+    run_id = alerts[1].run_id
+    assert first_failure["Subject"] == (
+        f"Billing: scheduled validate run {run_id} failed: the only server could not be read"
+    )
+    body = first_failure.get_content()
+    assert "Billing is not watching the hosting servers until this is fixed." in body
+    assert "What to do: If every server is unreachable, check the network" in body
+    assert "connection check" in body
+    assert "only: unreachable (was ok): " in body
+    # The second failure lists the server again (it still cannot be read), no longer as a change.
+    again = second_failure.get_content()
+    assert "failed: the only server could not be read" in second_failure["Subject"]
+    assert "  only: unreachable: " in again and "(was" not in again
+
+
+def _rename(app: Flask, old: str, new: str) -> None:
+    with app.app_context(), get_state(app).db.engine.begin() as conn:
+        conn.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+@pytest.mark.parametrize("cause", ["error", "database"])
+def test_a_run_that_stops_with_an_error_is_announced_with_what_to_do(
+    make_app: Callable[..., Flask], smtp: tuple[Inbox, int], cause: str
+) -> None:
+    """The run raises (a bug), or the database fails under it (its run table vanishes, so the
+    run cannot even record its outcome): one message all the same, saying what to check."""
+    inbox, port = smtp
+    app = _notifying_app(make_app, port)
+
+    def broken_work(request: WorkRequest) -> BatchResult:
+        if cause == "error":
+            raise RuntimeError("engine bug")
+        _rename(app, "lm_billing_task_run", "lm_billing_task_run_away")
+        return default_work(request)  # recording the batch on the run fails
+
+    alerts, finished = _signals(app)
+    try:
+        service = SchedulerService(app, work=broken_work)
+        assert service.tick(synchronous=True) == "ran"
+    finally:
+        trouble_found.receivers.clear()
+        run_finished.receivers.clear()
+    assert [f["status"] for f in finished] == ["failed"]
+    assert len(alerts) == 1 and len(inbox.messages) == 1
+    (alert,) = alerts
+    _, message = inbox.messages[0]
+    subject = message["Subject"]
+    assert subject.startswith(f"Billing: scheduled validate run {alert.run_id} failed: the ")
+    assert subject == alert.subject
+    body = message.get_content()
+    assert "Billing is not watching the hosting servers until this is fixed." in body
+    assert "https://portal.example.com/billing/background" in body
+    if cause == "error":
+        assert "stopped with an error: RuntimeError: engine bug" in subject
+        assert "traceback in the log of the scheduler process on " in body
+    else:
+        assert "stopped with an error: OperationalError: no such table" in subject
+        assert "Check that the database is up and reachable from " in body
+        assert "`flask lm-billing db upgrade`" in body
