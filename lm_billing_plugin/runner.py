@@ -76,6 +76,7 @@ from .store import (
     SERVER,
     apply_sync,
     claim_server,
+    end_unfinished_runs,
     expire_leases,
     hold_lease,
     is_conflict,
@@ -453,12 +454,25 @@ def run_batch(batch_id: int) -> BatchResult:
     worker = _BatchWorker(session, settings, batch_id, kind, dry_run, actor)
     try:
         outcomes = worker.run(targets)
-    except BaseException:
+    except BaseException as exc:
         session.rollback()
+        log.exception("batch %s stopped: %s", batch_id, type(exc).__name__)
+        # Close what is left of the batch, so no page waits for runs nobody will finish,
+        # and give back the servers this batch still holds. Best effort: the database may
+        # be what failed (then the stale-batch sweep closes it later).
         with contextlib.suppress(Exception):
+            now = utcnow()
+            end_unfinished_runs(
+                session, RUN.c.batch_id == batch_id, now, status="failed", code="BATCH_FAILED",
+                message=f"the batch stopped before finishing this server ({type(exc).__name__}"
+                "); run it again, and see the billing server's log if it repeats")
+            session.execute(
+                sa.update(SERVER).where(SERVER.c.lease_owner == worker.owner)
+                .values(lease_owner=None, lease_expires_at=None, lease_run_id=None)
+            )
             session.execute(
                 sa.update(BATCH).where(BATCH.c.id == batch_id)
-                .values(status="failed", finished_at=utcnow())
+                .values(status="failed", finished_at=now)
             )
             session.commit()
         raise

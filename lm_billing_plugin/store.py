@@ -52,6 +52,7 @@ __all__ = [
     "active_assignment",
     "apply_sync",
     "claim_server",
+    "end_unfinished_runs",
     "expire_leases",
     "hold_lease",
     "is_conflict",
@@ -587,13 +588,24 @@ def _naming_server(message: str) -> sa.ScalarSelect[Any]:
     )
 
 
-def _interrupt_runs(session: Session, run_ids: Sequence[int], now: datetime) -> None:
-    session.execute(
+def end_unfinished_runs(
+    session: Session, where: sa.ColumnElement[bool], now: datetime, *, status: str, code: str,
+    message: str,
+) -> int:
+    """End the queued or running runs matching ``where`` as ``status`` with ``code`` and
+    ``message`` (prefixed by each run's server name). Returns how many; does not commit."""
+    result = session.execute(
         RUN.update()
-        .where(RUN.c.id.in_(list(run_ids)), RUN.c.status.in_(("running", "queued")))
-        .values(status="interrupted", finished_at=now, error_code="INTERRUPTED",
-                error_message=_naming_server(INTERRUPTED_MESSAGE))
+        .where(where, RUN.c.status.in_(("running", "queued")))
+        .values(status=status, finished_at=now, error_code=code,
+                error_message=_naming_server(message))
     )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _interrupt_runs(session: Session, run_ids: Sequence[int], now: datetime) -> None:
+    end_unfinished_runs(session, RUN.c.id.in_(list(run_ids)), now, status="interrupted",
+                        code="INTERRUPTED", message=INTERRUPTED_MESSAGE)
     # A batch whose every run has ended, one of them interrupted, will never be finished by
     # its (dead) process: close it, so the progress page stops waiting.
     batches = sa.select(RUN.c.batch_id).where(RUN.c.id.in_(list(run_ids)),
@@ -662,14 +674,11 @@ def sweep_stale_batches(session: Session, now: datetime, lease_seconds: float) -
         BATCH.update().where(BATCH.c.id.in_(stale), stale_filter)
         .values(status="interrupted", finished_at=now)
     ).rowcount  # type: ignore[attr-defined]
-    session.execute(
-        RUN.update()
-        .where(RUN.c.batch_id.in_(stale), RUN.c.status.in_(("queued", "running")),
-               RUN.c.batch_id.in_(sa.select(BATCH.c.id).where(
-                   BATCH.c.id.in_(stale), BATCH.c.status == "interrupted",
-                   BATCH.c.finished_at == now)))
-        .values(status="interrupted", finished_at=now, error_code="INTERRUPTED",
-                error_message=_naming_server(STALE_BATCH_MESSAGE))
+    end_unfinished_runs(
+        session,
+        RUN.c.batch_id.in_(sa.select(BATCH.c.id).where(
+            BATCH.c.id.in_(stale), BATCH.c.status == "interrupted", BATCH.c.finished_at == now)),
+        now, status="interrupted", code="INTERRUPTED", message=STALE_BATCH_MESSAGE,
     )
     session.commit()
     if closed:

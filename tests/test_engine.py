@@ -983,3 +983,40 @@ def test_run_that_lost_its_lease_stores_nothing_and_says_so(
         None, "unchecked", "thief:1:x")
     assert billing_lists(sid) == {}
     session().commit()
+
+
+def test_batch_that_stops_midway_ends_its_runs_and_frees_its_servers(
+        dbapp: Flask, sims: Callable[..., HostSim]) -> None:
+    sim = sims(small(lst("a")))
+    ids = [add_server(name, sim) for name in ("Alpha", "Beta")]
+    engine = get_state().db.engine
+    claims: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+               executemany: bool) -> None:
+        # The second server's start fails (a bug, or the database going away mid-batch)
+        # while the first one is being read.
+        if statement.startswith("UPDATE lm_billing_run SET status") and "pid" in statement:
+            claims.append(statement)
+            if len(claims) == 2:
+                raise RuntimeError("boom")
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            runner.validate_servers(ids, actor="t")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+    batch = session().execute(sa.select(Batch).order_by(Batch.id.desc())).scalars().first()
+    assert batch is not None and batch.status == "failed" and batch.finished_at is not None
+    runs = dict(session().execute(
+        sa.select(Server.name, Run).join(Server, Server.id == Run.server_id)
+        .where(Run.batch_id == batch.id)).all())
+    for name in ("Alpha", "Beta"):  # one was running, one never started
+        assert (runs[name].status, runs[name].error_code) == ("failed", "BATCH_FAILED")
+        assert runs[name].error_message.startswith(f"server '{name}': the batch stopped")
+        assert "run it again" in runs[name].error_message
+    owners = list(session().execute(sa.select(Server.lease_owner)).scalars())
+    session().commit()
+    assert owners == [None, None]
+    assert all(o.ok for o in runner.validate_servers(ids, actor="t").servers)
