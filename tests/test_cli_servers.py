@@ -29,12 +29,8 @@ FAST = {
 
 @pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
+    """Short timeouts; conftest's ``runner`` runs the CLI on this app."""
     return make_app(**FAST)
-
-
-@pytest.fixture
-def runner(app: Flask) -> FlaskCliRunner:
-    return app.test_cli_runner()
 
 
 @pytest.fixture
