@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select
 from werkzeug.wrappers import Response
 
 from ..access import actor_name, requires
@@ -96,6 +96,13 @@ def solve_link(problem: Problem) -> tuple[str, str] | None:
     return None
 
 
+def found_by_batch(batch_id: int) -> ColumnElement[bool]:
+    """Problems one batch's runs found: first found by them, or seen by them last. Both,
+    because a later fix or check run moves last_run_id off the batch that found them."""
+    runs = select(Run.id).where(Run.batch_id == batch_id).scalar_subquery()
+    return or_(Problem.first_run_id.in_(runs), Problem.last_run_id.in_(runs))
+
+
 def _id_arg(name: str) -> int | None:
     """A row id from the query string; None for nonsense (bookmarks, hand-edited URLs)."""
     try:
@@ -140,8 +147,7 @@ def problems() -> str:
     if kind:
         stmt = stmt.where(Problem.kind == kind)
     if batch_id is not None:
-        # What one batch found: the problems its runs saw last (still open, so still true).
-        stmt = stmt.where(Problem.last_run_id.in_(select(Run.id).where(Run.batch_id == batch_id)))
+        stmt = stmt.where(found_by_batch(batch_id))
 
     def fetch() -> list[Any]:
         return list(
@@ -227,11 +233,19 @@ def problems_fix() -> Response:
     return back
 
 
+def _worded(line: str) -> str:
+    """The engine's messages start with the problem's code ("unknown_site 'x' on ..."):
+    operators read the words the Errors page uses instead."""
+    code, _, rest = line.partition(" ")
+    words = KIND_WORDS.get(code)
+    return f"{words[:1].upper()}{words[1:]}: {rest}" if words and rest else line
+
+
 def _flash_lines(lines: list[str], category: str, limit: int = 10) -> None:
     # Hundreds of ticked rows must not become hundreds of messages (nor overflow the
     # session cookie); the Errors page itself shows what is left.
     for line in lines[:limit]:
-        flash(line, category)
+        flash(_worded(line), category)
     if len(lines) > limit:
         flash(f"... and {len(lines) - limit} more like these.", category)
 

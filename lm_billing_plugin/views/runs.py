@@ -134,15 +134,14 @@ def _progress(batch: Batch) -> dict[str, Any]:
             )
             or 0
         )
-        # The Errors page's ?batch= filter counts the same rows.
+        # The Errors page's ?batch= filter shows the same rows.
+        from .problems import found_by_batch
+
         batch_problems = int(
             session.scalar(
                 select(func.count())
                 .select_from(Problem)
-                .where(
-                    Problem.status == "open",
-                    Problem.last_run_id.in_(select(Run.id).where(Run.batch_id == batch.id)),
-                )
+                .where(Problem.status == "open", found_by_batch(batch.id))
             )
             or 0
         )
