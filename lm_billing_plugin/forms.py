@@ -141,6 +141,7 @@ class FixForm(FlaskForm):  # type: ignore[misc]
 
     problem_ids = IdListField("Selected problems")
     enable_logging = BooleanField("also switch Enable Logging on through TclPort")
+    all_matching = BooleanField("all problems this filter shows, on every page")
 
 
 class AssignForm(FlaskForm):  # type: ignore[misc]

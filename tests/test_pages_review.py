@@ -265,3 +265,38 @@ def test_viewer_sees_why_there_are_no_buttons(seeded: tuple[Flask, dict[str, Any
     # The operator gets the buttons and no such note.
     operator = _text(_get(app, "/billing/", "operator"))
     assert "Validate All Servers" in operator and "You may look" not in operator
+
+
+def test_fix_all_that_match_the_filter_fixes_every_page(tmp_path: Path) -> None:
+    app = login_host_app(f"sqlite:///{tmp_path / 'billing.sqlite'}", LM_BILLING_PAGE_SIZE=2)
+    try:
+        with HostSim(Dataset.generate(sites=2, lists=5, seed=21)) as sim:
+            with app.app_context():
+                session = get_state(app).session
+                server = Server(name="Lists", host="127.0.0.1", port=sim.port, comments="")
+                session.add(server)
+                session.commit()
+                server_id = server.id
+            client = app.test_client()
+            user = as_user(client, "operator")
+            _validate(app, client, server_id)
+            page = _text(client.get("/billing/errors?kind=unknown_list", headers=user))
+            assert 'id="lmb-all-matching"' in page and "(5), not only the ticked rows" in page
+            response = client.post(
+                "/billing/errors/fix?kind=unknown_list",
+                data={"csrf_token": csrf_token(client), "all_matching": "y"},
+                headers=user,
+            )
+            assert response.location == "/billing/errors?kind=unknown_list"
+        with app.app_context():
+            left = {
+                (p.kind, p.status)
+                for p in get_state(app).session.query(Problem).filter_by(server_id=server_id)
+            }
+        # Every list is fixed (now unassigned, a new kind); the sites, not in the filter, wait.
+        assert ("unknown_list", "open") not in left
+        assert ("unknown_site", "open") in left
+    finally:
+        shutdown_executor(app)
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()

@@ -55,6 +55,10 @@ FIX_WORDS: dict[str, str] = {
     '"also switch Enable Logging on through TclPort" below.',
 }
 
+# "Fix all that match this filter" fixes at most this many per click: the fix runs inside the
+# request, and one click must not hold a web worker for minutes.
+FIX_ALL_LIMIT = 1000
+
 DRIFT_KINDS = ("unknown_site", "unknown_list", "missing_site", "missing_list", "changed_list")
 PLAN_KINDS = (
     "over_max_lists",
@@ -112,17 +116,30 @@ def _id_arg(name: str) -> int | None:
     return value if 0 < value <= MAX_ID else None
 
 
-def problems() -> str:
-    state = get_state()
-    session = state.session
+def _filter() -> tuple[int | None, str, Batch | None, list[ColumnElement[bool]]]:
+    """The Errors page's filter from the query string (server, kind, batch): its values,
+    and the WHERE clauses for open problems that match it."""
     kind = request.args.get("kind", "")
     if kind not in PROBLEM_KINDS:
         kind = ""
     server_id = _id_arg("server")
     batch_id = _id_arg("batch")
-    batch = session.get(Batch, batch_id) if batch_id is not None else None
-    if batch is None:
-        batch_id = None
+    batch = get_state().session.get(Batch, batch_id) if batch_id is not None else None
+    where: list[ColumnElement[bool]] = [Problem.status == "open"]
+    if server_id is not None:
+        where.append(Problem.server_id == server_id)
+    if kind:
+        where.append(Problem.kind == kind)
+    if batch is not None:
+        where.append(found_by_batch(batch.id))
+    return server_id, kind, batch, where
+
+
+def problems() -> str:
+    state = get_state()
+    session = state.session
+    server_id, kind, batch, where = _filter()
+    batch_id = batch.id if batch is not None else None
 
     sort_keys: dict[str, Any] = {
         "server": Server.name,
@@ -140,14 +157,8 @@ def problems() -> str:
     stmt = (
         select(Problem, Server.name.label("server_name"), func.count().over().label("total"))
         .outerjoin(Server, Server.id == Problem.server_id)
-        .where(Problem.status == "open")
+        .where(*where)
     )
-    if server_id is not None:
-        stmt = stmt.where(Problem.server_id == server_id)
-    if kind:
-        stmt = stmt.where(Problem.kind == kind)
-    if batch_id is not None:
-        stmt = stmt.where(found_by_batch(batch_id))
 
     def fetch() -> list[Any]:
         return list(
@@ -216,6 +227,21 @@ def problems_fix() -> Response:
         )
         return back
     ids = form.problem_ids.data or []
+    if form.all_matching.data:
+        # Every problem the filter shows, on all its pages, not only the ticked rows.
+        _, _, _, where = _filter()
+        ids = list(
+            get_state().session.scalars(
+                select(Problem.id).where(*where).order_by(Problem.id).limit(FIX_ALL_LIMIT + 1)
+            )
+        )
+        if len(ids) > FIX_ALL_LIMIT:
+            ids = ids[:FIX_ALL_LIMIT]
+            flash(
+                f"Only the first {FIX_ALL_LIMIT:,} matching problems were fixed in one go; "
+                'click "Fix Selected Objects" again for the rest.',
+                "message",
+            )
     if not ids:
         flash(
             'Nothing was fixed: tick the problems to fix, then click "Fix Selected Objects".',
@@ -229,7 +255,8 @@ def problems_fix() -> Response:
     )
     flash(f"Fix Selected Objects: {_summary(result)}.", "message")
     _flash_lines(result.errors, "error")
-    _flash_lines(result.messages, "message")
+    # One line per fixed object says little after the first few: the count above says it.
+    _flash_lines(result.messages, "message", limit=3)
     return back
 
 
