@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -109,13 +109,14 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """The outcome of a run, kept until it is written."""
+    """The outcome of a run, kept until it is written. ``finished_at`` None: the database's
+    clock when it is written (the run's start is on that clock too)."""
 
     claim: Claim
     status: str
     summary: dict[str, Any]
     error: str | None = None
-    finished_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime | None = None
 
 
 def db_now(session: Session) -> datetime:
@@ -290,7 +291,7 @@ def write_finish(session: Session, finish: Finish) -> bool:
         .where(TaskRun.id == finish.claim.run_id)
         .values(
             status=finish.status,
-            finished_at=finish.finished_at,
+            finished_at=finish.finished_at or db_now(session),
             summary=finish.summary,
             error_message=finish.error,
         )
@@ -651,7 +652,7 @@ class SchedulerService:
                 finish.status,
                 short_error(exc),
             )
-            self._pending = finish
+            self._pending = replace(finish, finished_at=utcnow())
         with self._lock:
             self._local = None
             self.last_run = (claim.run_id, finish.status)
