@@ -200,3 +200,16 @@ def test_schedule_summary_for_the_servers_page(app: Flask) -> None:
     assert summary["last_run"]["status"] == "ok"
     assert summary["last_run"]["duration"] == 42.5
     assert summary["next_run_at"] > utcnow()
+
+
+def test_long_runs_read_in_minutes_and_hours(client: FlaskClient, app: Flask) -> None:
+    long = _run(200, "ok")
+    long.finished_at = long.started_at + timedelta(hours=1, minutes=30, seconds=20)
+    medium = _run(300, "failed")
+    medium.finished_at = medium.started_at + timedelta(minutes=2, seconds=5)
+    _add(app, medium, long)
+    html = client.get(URL).get_data(as_text=True)
+    last = html.split('id="lmb-last-run">', 1)[1].split("</dd>", 1)[0]
+    assert "took 1 h 30 min" in last
+    history = html.split('id="lmb-history"', 1)[1]
+    assert "1 h 30 min" in history and "2 min 5 s" in history

@@ -70,10 +70,15 @@ def _problems_url(run: TaskRun) -> str:
     return url_for("lm_billing.problems")
 
 
-def _duration(run: TaskRun) -> str:
-    if run.finished_at is None:
+def _duration(run: TaskRun | float | None) -> str:
+    """A run's duration (a finished run, or its seconds) in the largest sensible unit."""
+    if isinstance(run, TaskRun):
+        if run.finished_at is None:
+            return ""
+        run = (run.finished_at - run.started_at).total_seconds()
+    if run is None:
         return ""
-    seconds = (run.finished_at - run.started_at).total_seconds()
+    seconds = run
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
