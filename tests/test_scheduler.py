@@ -5,6 +5,7 @@ a database outage, `run-due`, the disabled switch and the lazy autostart."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import signal
 import subprocess
@@ -163,18 +164,30 @@ def describe(runs: list[Any]) -> str:
     )
 
 
-def assert_unique_consecutive(runs: list[Any]) -> None:
+def assert_each_slot_once(runs: list[Any], interval: timedelta = SECOND) -> None:
+    """Every slot of the grid from the first run's to the last run's is covered exactly once:
+    run on its own, or coalesced into the run before it (whose summary counts it as missed, as
+    it happens when a run or a stalled machine makes a slot pass unclaimed). Never run twice,
+    never lost silently."""
     slots = [r.scheduled_for for r in runs]
-    assert len(set(slots)) == len(slots), f"duplicated slots:\n{describe(runs)}"
-    gaps = [b - a for a, b in itertools.pairwise(slots) if b - a != SECOND]
-    assert not gaps, f"missing slots (gaps {gaps}):\n{describe(runs)}"
-
-
-def assert_gaps_coalesced(runs: list[Any]) -> None:
-    """No slot lost silently: every run after a gap says it covered the missed slots."""
+    assert len(set(slots)) == len(slots), f"a slot ran twice:\n{describe(runs)}"
     for before, run in itertools.pairwise(runs):
-        skipped = round((run.scheduled_for - before.scheduled_for) / SECOND) - 1
-        assert run.summary["missed"] == skipped, describe(runs)
+        covered = before.summary["missed"] + 1
+        assert run.scheduled_for == before.scheduled_for + covered * interval, (
+            f"slots lost between runs {before.id} and {run.id}:\n{describe(runs)}"
+        )
+
+
+def grid_slots(anchor: datetime, after: datetime, count: int) -> list[datetime]:
+    """The first ``count`` slots of the 1-second grid through ``anchor`` that come after
+    ``after``."""
+    first = anchor + math.ceil((after - anchor) / SECOND) * SECOND
+    return [first + k * SECOND for k in range(count)]
+
+
+def finished_from(engine: sa.Engine, slot: datetime) -> bool:
+    """Whether the schedule has moved past ``slot``: a run of it or a later one finished."""
+    return any(r.scheduled_for >= slot and r.finished_at for r in task_runs(engine))
 
 
 # --- two real processes ----------------------------------------------------------------------
@@ -184,45 +197,50 @@ def assert_gaps_coalesced(runs: list[Any]) -> None:
 def test_two_processes_run_each_interval_exactly_once(
     shared_db: str, procs: Callable[..., Proc]
 ) -> None:
-    a = procs(shared_db, "a")
-    b = procs(shared_db, "b")
-    wait_for("both schedulers to start", lambda: a.started() and b.started(), 30, a, b)
-    ready = utcnow()
+    """A runs alone, then A and B compete for 10 slots, then B runs alone once A is stopped.
+    Each phase's slots follow from the task's grid and the processes' lifetimes, so who wins
+    is never left to chance: A's first run is A's, the slots after A exits are B's."""
     engine = sa.create_engine(shared_db)
     try:
-
-        def first_slot_after_ready() -> datetime | None:
-            later = [r.scheduled_for for r in task_runs(engine) if r.scheduled_for >= ready]
-            return min(later) if later else None
-
-        start = wait_for("the first run after both started", first_slot_after_ready, 5, a, b)
-        last = start + 9 * SECOND
-        wait_for(
-            "10 intervals",
-            lambda: any(r.scheduled_for == last and r.finished_at for r in task_runs(engine)),
-            20,
-            a,
-            b,
+        a = procs(shared_db, "a")
+        first = wait_for(
+            "A's first run", lambda: [r for r in task_runs(engine) if r.finished_at], 30, a
         )
-        assert a.stop() == 0 and b.stop() == 0
+        b = procs(shared_db, "b")
+        wait_for("B to start", b.started, 30, a, b)
+        # B's ticker starts right after its "started" line; half a second more lets both
+        # processes settle into ticking before the observed slots begin.
+        window = grid_slots(first[0].scheduled_for, utcnow() + SECOND / 2, 10)
+        wait_for(
+            "10 slots with both processes", lambda: finished_from(engine, window[-1]), 40, a, b
+        )
+        assert a.stop() == 0
+        a_gone = utcnow()
+        (after_a,) = grid_slots(first[0].scheduled_for, a_gone, 1)
+        wait_for("B alone for two slots", lambda: finished_from(engine, after_a + SECOND), 20, b)
+        assert b.stop() == 0
         runs = task_runs(engine)
     finally:
         engine.dispose()
 
-    assert_unique_consecutive(runs)
-    window = [r for r in runs if start <= r.scheduled_for <= last]
-    assert [r.scheduled_for for r in window] == [start + k * SECOND for k in range(10)]
+    assert_each_slot_once(runs)
+    observed = [r for r in runs if window[0] <= r.scheduled_for <= window[-1]]
+    # Exactly 10 runs for the 10 slots both processes saw, none duplicated, none missing.
+    assert [r.scheduled_for for r in observed] == window, describe(runs)
     assert {r.status for r in runs} == {"ok"}, [(r.id, r.status, r.error_message) for r in runs]
-    # Both processes competed for the slots (jittered ticks: each wins about half).
-    assert {r.pid for r in runs} == {a.pid, b.pid}
-    assert "lm-billing scheduler stopped." in a.output() + b.output()
+    assert runs[0].pid == a.pid  # A ran alone at first
+    alone = [r for r in runs if r.started_at > a_gone]
+    assert alone and {r.pid for r in alone} == {b.pid}  # B takes over when A is gone
+    assert "lm-billing scheduler stopped." in a.output() and "stopped." in b.output()
 
 
 @pytest.mark.slow
 def test_a_process_killed_mid_run_is_marked_interrupted_and_the_schedule_goes_on(
     shared_db: str, procs: Callable[..., Proc]
 ) -> None:
-    env = {"SCHED_WORK_SECONDS": "0.5", "SCHED_LEASE": "1.0"}
+    # Runs take about an interval, so the victim is surely mid-run when the signal lands; the
+    # lease (renewed every second) outlives a stalled heartbeat on a loaded machine.
+    env = {"SCHED_WORK_SECONDS": "1.0", "SCHED_LEASE": "3.0"}
     a = procs(shared_db, "a", **env)
     b = procs(shared_db, "b", **env)
     by_pid = {a.pid: a, b.pid: b}
@@ -233,7 +251,7 @@ def test_a_process_killed_mid_run_is_marked_interrupted_and_the_schedule_goes_on
         def running_run() -> Any:
             return next((r for r in task_runs(engine) if r.status == "running"), None)
 
-        victim_run = wait_for("a run in progress", running_run, 10, a, b)
+        victim_run = wait_for("a run in progress", running_run, 20, a, b)
         victim = by_pid[victim_run.pid]
         os.kill(victim.pid, signal.SIGKILL)
         victim.popen.wait()
@@ -245,13 +263,13 @@ def test_a_process_killed_mid_run_is_marked_interrupted_and_the_schedule_goes_on
                 r.id == victim_run.id and r.status == "interrupted" for r in task_runs(engine)
             )
 
-        wait_for("the killed run to be marked interrupted", interrupted, 10, survivor)
+        wait_for("the killed run to be marked interrupted", interrupted, 20, survivor)
         wait_for(
-            "three runs after the interruption",
+            "two runs after the interruption",
             lambda: (
-                sum(1 for r in task_runs(engine) if r.id > victim_run.id and r.status == "ok") >= 3
+                sum(1 for r in task_runs(engine) if r.id > victim_run.id and r.status == "ok") >= 2
             ),
-            15,
+            30,
             survivor,
         )
         assert survivor.stop() == 0
@@ -265,16 +283,13 @@ def test_a_process_killed_mid_run_is_marked_interrupted_and_the_schedule_goes_on
     assert killed.status == "interrupted"
     assert f":{victim.pid}:" in killed.error_message and "lease" in killed.error_message
     assert killed.finished_at is not None
-    slots = [r.scheduled_for for r in runs]
-    assert len(set(slots)) == len(slots), "a slot ran twice"
     after = [r for r in runs if r.id > victim_run.id]
     assert after and {r.pid for r in after} == {survivor.pid}
     assert {r.status for r in after} == {"ok"}
-    assert all(r.scheduled_for > killed.scheduled_for for r in after)
-    # The slots that passed while the dead process's lease ran out are run once, coalesced,
-    # and the schedule goes on (a run that outlasts the interval coalesces the next slot).
-    assert after[0].scheduled_for == killed.scheduled_for + SECOND
-    assert_gaps_coalesced([killed, *after])
+    # The slots that passed while the dead process's lease ran out are run once, coalesced
+    # into the survivor's first run, and the schedule goes on.
+    assert_each_slot_once(runs)
+    assert after[0].summary["missed"] >= 1
     assert state.lease_owner is None
 
 
@@ -374,7 +389,7 @@ def test_gunicorn_workers_start_lazily_and_share_the_schedule(tmp_path: Path) ->
         server.wait(timeout=20)
         runs = task_runs(engine)
         engine.dispose()
-    assert_unique_consecutive(runs)
+    assert_each_slot_once(runs)
     assert server.pid not in {r.pid for r in runs}  # workers run it, not the arbiter
     assert {r.status for r in runs} <= {"ok", "interrupted"}
 
@@ -500,7 +515,7 @@ def test_a_run_longer_than_the_interval_never_overlaps_itself(
             assert service.wait_idle(timeout=5)
     runs = [r for r in _runs(app) if r.finished_at is not None]
     assert len(runs) >= 2
-    spans = sorted((r.started_at, r.finished_at) for r in runs)
+    spans = sorted((r.started_at, r.finished_at or r.started_at) for r in runs)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"runs overlap: {spans}"
     assert {r.status for r in runs} == {"ok"}
@@ -525,8 +540,9 @@ def test_a_failing_run_is_recorded_and_the_next_interval_still_runs(
     time.sleep(0.25)
     assert service.tick(synchronous=True) == "ran"
     first, second = _runs(app)
-    assert first.status == "failed" and "server closed the connection" in first.error_message
-    assert "next run is scheduled as usual" in first.error_message
+    message = first.error_message or ""
+    assert first.status == "failed" and "server closed the connection" in message
+    assert "next run is scheduled as usual" in message
     assert second.status == "ok"
     assert any(
         r.levelname == "ERROR" and f"run {first.id} failed" in r.getMessage()
