@@ -78,7 +78,11 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "Start the scheduler lazily in a serving web process (never under tests or CLI "
         "commands). Turn off when a dedicated `flask lm-billing scheduler` runs.",
     ),
-    ("LM_BILLING_NOTIFY_EMAILS", (), "Addresses mailed when a scheduled run finds new trouble."),
+    (
+        "LM_BILLING_NOTIFY_EMAILS",
+        (),
+        "Addresses mailed when a scheduled run finds new trouble or fails outright.",
+    ),
     ("LM_BILLING_SMTP_HOST", "localhost", "SMTP server for notifications."),
     ("LM_BILLING_SMTP_PORT", 25, "SMTP port."),
     ("LM_BILLING_SMTP_USERNAME", None, "SMTP login, if the server needs one."),
