@@ -254,6 +254,10 @@ def problems_fix() -> Response:
         ids, actor=actor_name(), enable_logging=bool(form.enable_logging.data)
     )
     flash(f"Fix Selected Objects: {_summary(result)}.", "message")
+    # Fixing makes new problems of its own (a list added to billing needs an owner); they
+    # belong to the fix run, not the batch, so the page after a fix shows every batch's.
+    back_args.pop("batch", None)
+    back = redirect(url_for("lm_billing.problems", **back_args))
     _flash_lines(result.errors, "error")
     # One line per fixed object says little after the first few: the count above says it.
     _flash_lines(result.messages, "message", limit=3)
