@@ -302,3 +302,53 @@ def test_fix_all_that_match_the_filter_fixes_every_page(tmp_path: Path) -> None:
         shutdown_executor(app)
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
+
+
+def test_tclport_passwords_appear_in_no_page_flash_or_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's real password and a wrong one typed by the operator: neither is in any
+    page, flashed message, batch page, error page or log line, whatever fails."""
+    real, typed = "Real-Tcl-pw-8123", "Typed-wrong-pw-5521"
+    app = login_host_app(f"sqlite:///{tmp_path / 'billing.sqlite'}")
+    caplog.set_level("DEBUG")
+    seen: list[str] = []
+    try:
+        with HostSim(Dataset.generate(sites=1, lists=2, seed=5), password=real) as sim:
+            client = app.test_client()
+            user = as_user(client, "operator")
+
+            def post(url: str, data: dict[str, str]) -> None:
+                form = {"csrf_token": csrf_token(client), **data}
+                response = client.post(url, data=form, headers=user, follow_redirects=True)
+                seen.append(_text(response))
+
+            post(
+                "/billing/servers/new",
+                {"name": "Lists", "host": "127.0.0.1", "port": str(sim.port), "password": typed},
+            )
+            with app.app_context():
+                server_id = get_state(app).session.query(Server).one().id
+            post(f"/billing/servers/{server_id}/check", {})
+            post("/billing/servers/validate", {"server_ids": str(server_id), "scope": "selected"})
+            wait_for_batches(app)
+            post(f"/billing/servers/{server_id}/edit", {"name": "Lists", "host": "bad host"})
+            for url in (
+                "/billing/",
+                f"/billing/servers/{server_id}",
+                f"/billing/servers/{server_id}/edit",
+                "/billing/batches/1",
+                "/billing/batches/1.json",
+                "/billing/errors",
+            ):
+                seen.append(_text(client.get(url, headers=user)))
+        # The check really ran with the wrong password, and the run was logged.
+        assert "password rejected" in seen[1]
+        assert any("Lists" in r.getMessage() for r in caplog.records)
+        everything = "\n".join(seen) + "\n".join(r.getMessage() for r in caplog.records)
+        everything += "\n".join(str(r.exc_info) for r in caplog.records if r.exc_info)
+        assert real not in everything and typed not in everything
+    finally:
+        shutdown_executor(app)
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
