@@ -13,9 +13,10 @@ Signals (sender: the Flask app)::
 ``summary``); ``trouble_found`` (kwarg ``alert``) when the run found new problems, when a
 server turned unreachable, refused, or stopped logging, and after every run that failed
 outright (``alert.failure`` set: it stopped with an error, the database going away included,
-or not one server could be read), because then billing is not watching anything. The email to
-LM_BILLING_NOTIFY_EMAILS goes out with ``trouble_found``. A receiver that raises is logged and
-never stops the run or the other receivers.
+or not one server could be read), because then billing is not watching anything; and once
+when a scheduler process has not reached the database for a whole interval (``alert.run_id``
+None). The email to LM_BILLING_NOTIFY_EMAILS goes out with ``trouble_found``. A receiver
+that raises is logged and never stops the run or the other receivers.
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ class Alert:
     """What went wrong in one scheduled run (one per run, never one per problem).
 
     ``failure``: set when the run failed outright; ``status_changes`` then lists every server
-    that could not be read, changed or not."""
+    that could not be read, changed or not. ``run_id`` None: no run could even start (a
+    scheduler process lost the database; see ``notify_outage``)."""
 
-    run_id: int
+    run_id: int | None
     kind: str
     new_problems: int
     problems: list[NewProblem] = field(default_factory=list)
@@ -104,9 +106,7 @@ class Alert:
     @property
     def subject(self) -> str:
         if self.failure is not None:
-            subject = (
-                f"Billing: scheduled {self.kind} run {self.run_id} failed: {self.failure.what}"
-            )
+            subject = f"Billing: scheduled {self.kind}{self._run} failed: {self.failure.what}"
             return subject if len(subject) <= MAX_SUBJECT else subject[: MAX_SUBJECT - 3] + "..."
         parts = []
         if self.new_problems:
@@ -124,7 +124,9 @@ class Alert:
                 "Billing is not watching the hosting servers until this is fixed.",
                 f"What to do: {self.failure.advice}",
                 "The next run is due as usual; every scheduled run that fails sends one "
-                "message like this.",
+                "message like this."
+                if self.run_id is not None
+                else "The scheduler keeps retrying; it sends this message once per outage.",
                 "",
             ]
         if self.status_changes:
@@ -146,8 +148,13 @@ class Alert:
         if self.url:
             lines.append(f"Details: {self.url}")
         else:
-            lines.append(f"Details: Billing > Background validation (scheduled run {self.run_id}).")
+            which = f" (scheduled run {self.run_id})" if self.run_id is not None else ""
+            lines.append(f"Details: Billing > Background validation{which}.")
         return "\n".join(lines) + "\n"
+
+    @property
+    def _run(self) -> str:
+        return f" run {self.run_id}" if self.run_id is not None else ""
 
 
 def build_alert(
@@ -179,18 +186,21 @@ def build_alert(
             )
     if not new_count and not changes and failure is None:
         return None
-    url = None
-    if settings.notify_base_url:
-        url = settings.notify_base_url.rstrip("/") + "/background"
     return Alert(
         run_id=run_id,
         kind=kind,
         new_problems=new_count,
         problems=list(problems or []),
         status_changes=changes,
-        url=url,
+        url=_page_url(settings),
         failure=failure,
     )
+
+
+def _page_url(settings: Settings) -> str | None:
+    if not settings.notify_base_url:
+        return None
+    return settings.notify_base_url.rstrip("/") + "/background"
 
 
 def new_problems_of(
@@ -247,12 +257,24 @@ def notify_run(
         log.exception("scheduled run %s: could not read its new problems", run_id)
     kind = str(summary.get("kind", "validate"))
     alert = build_alert(run_id, kind, result, settings, problems, failure)
-    if alert is None:
-        return None
+    if alert is not None:
+        _announce(app, settings, alert)
+    return alert
+
+
+def notify_outage(app: Flask, *, kind: str, failure: Failure) -> Alert:
+    """A scheduler process has not reached the database for a whole interval, so no run can
+    start: the one ``trouble_found`` signal and email for this outage (``run_id`` None)."""
+    settings = get_state(app).settings
+    alert = Alert(run_id=None, kind=kind, new_problems=0, url=_page_url(settings), failure=failure)
+    _announce(app, settings, alert)
+    return alert
+
+
+def _announce(app: Flask, settings: Settings, alert: Alert) -> None:
     _send_signal(trouble_found, app, alert=alert)
     if settings.notify_emails:
         send_email(settings, alert)
-    return alert
 
 
 def _send_signal(signal: Any, app: Flask, **kwargs: Any) -> None:
@@ -271,6 +293,7 @@ def send_email(settings: Settings, alert: Alert) -> bool:
     message["To"] = ", ".join(settings.notify_emails)
     message.set_content(alert.body())
     where = f"{settings.smtp_host}:{settings.smtp_port}"
+    about = f"scheduled run {alert.run_id}" if alert.run_id is not None else "scheduler outage"
     try:
         with smtplib.SMTP(
             settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout
@@ -282,9 +305,9 @@ def send_email(settings: Settings, alert: Alert) -> bool:
             smtp.send_message(message)
     except smtplib.SMTPAuthenticationError as exc:
         log.error(
-            "notification for scheduled run %s not sent: %s refused the login of %s (%s); "
+            "notification for %s not sent: %s refused the login of %s (%s); "
             "check LM_BILLING_SMTP_USERNAME and LM_BILLING_SMTP_PASSWORD",
-            alert.run_id,
+            about,
             where,
             settings.smtp_username,
             exc.smtp_code,
@@ -292,16 +315,16 @@ def send_email(settings: Settings, alert: Alert) -> bool:
         return False
     except (OSError, smtplib.SMTPException) as exc:
         log.error(
-            "notification for scheduled run %s not sent to %s: %s; check "
+            "notification for %s not sent to %s: %s; check "
             "LM_BILLING_SMTP_HOST, LM_BILLING_SMTP_PORT and LM_BILLING_SMTP_STARTTLS",
-            alert.run_id,
+            about,
             where,
             exc,
         )
         return False
     log.info(
-        "notification for scheduled run %s sent to %d address(es)",
-        alert.run_id,
+        "notification for %s sent to %d address(es)",
+        about,
         len(settings.notify_emails),
     )
     return True
@@ -312,6 +335,7 @@ __all__ = [
     "Failure",
     "build_alert",
     "new_problems_of",
+    "notify_outage",
     "notify_run",
     "run_finished",
     "send_email",

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from . import runner
 from .extension import get_state
 from .models import Batch, TaskRun, TaskState, utcnow
-from .notify import Failure, notify_run
+from .notify import Failure, notify_outage, notify_run
 from .runner import BatchResult
 from .settings import Settings
 from .store import lease_owner as owner_id
@@ -502,6 +502,9 @@ class SchedulerService:
         self._pending: Finish | None = None
         self._scheduler: Any = None
         self._error_logged_at: float | None = None
+        # Since when ticks fail (monotonic), and whether that outage has been announced.
+        self._failing_since: float | None = None
+        self._outage_announced = False
         self._stopping = False
         self._task_ensured = False
         # The run this process executed last and its status (for `run-due`'s report).
@@ -584,6 +587,8 @@ class SchedulerService:
             log.debug("schedule busy (database locked); next tick retries")
             return
         now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
         if self._error_logged_at is None or now - self._error_logged_at >= ERROR_LOG_EVERY:
             log.error(
                 "scheduler tick failed: %s. Scheduled validation waits until the database is "
@@ -594,11 +599,32 @@ class SchedulerService:
                 exc_info=not isinstance(exc, sa.exc.OperationalError),
             )
             self._error_logged_at = now
+        # A whole interval without the database: a run was surely due and none can start,
+        # anywhere this process is the only scheduler. Say so once per outage (per process:
+        # without the database, processes cannot agree on who sends it).
+        if (
+            not self._outage_announced
+            and now - self._failing_since >= self.settings.validate_interval
+        ):
+            self._outage_announced = True
+            where = f"{socket.gethostname()} (pid {os.getpid()})"
+            notify_outage(
+                self.app,
+                kind=self.kind,
+                failure=Failure(
+                    f"the scheduler on {where} cannot reach the database: {short_error(exc)}",
+                    "Check that the database is up and reachable from that host, and that "
+                    "`flask lm-billing db upgrade` has run. That process cannot start a "
+                    f"scheduled run until then; its log (logger {log.name}) has the details.",
+                ),
+            )
 
     def _tick_ok(self) -> None:
         if self._error_logged_at is not None:
             log.warning("scheduler: database reachable again, schedule resumed")
             self._error_logged_at = None
+        self._failing_since = None
+        self._outage_announced = False
 
     # -- one run --
 

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from flask import Flask
 
 from lm_billing_plugin import servers as server_service
 from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.models import Base
 from lm_billing_plugin.notify import Alert, build_alert, run_finished, trouble_found
 from lm_billing_plugin.runner import BatchResult, ServerOutcome
 from lm_billing_plugin.scheduler import SchedulerService, WorkRequest, default_work
@@ -77,9 +79,12 @@ def _signals(app: Flask) -> tuple[list[Alert], list[dict[str, Any]]]:
     return alerts, finished
 
 
-def _notifying_app(make_app: Callable[..., Flask], port: int) -> Flask:
+def _notifying_app(
+    make_app: Callable[..., Flask], port: int, db_url: str | None = None, **extra: Any
+) -> Flask:
     return make_app(
-        LM_BILLING_VALIDATE_INTERVAL=0.05,
+        db_url,
+        **{"LM_BILLING_VALIDATE_INTERVAL": 0.05, **extra},
         LM_BILLING_NOTIFY_EMAILS="ops@example.com, boss@example.com",
         LM_BILLING_SMTP_HOST="127.0.0.1",
         LM_BILLING_SMTP_PORT=port,
@@ -333,3 +338,37 @@ def test_a_run_that_stops_with_an_error_is_announced_with_what_to_do(
         assert "stopped with an error: OperationalError: no such table" in subject
         assert "Check that the database is up and reachable from " in body
         assert "`flask lm-billing db upgrade`" in body
+
+
+def test_a_scheduler_without_its_database_for_an_interval_says_so_once(
+    make_app: Callable[..., Flask], smtp: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    """No run can start, so there is no run to report: after one interval of failing ticks
+    the process sends one message for the outage, not one per tick."""
+    inbox, port = smtp
+    url = f"sqlite:///{tmp_path / 'not-yet' / 'billing.sqlite'}"
+    app = _notifying_app(make_app, port, url, create_tables=False, LM_BILLING_VALIDATE_INTERVAL=0.3)
+    alerts, _ = _signals(app)
+    service = SchedulerService(app)
+    try:
+        assert service.tick() == "error"
+        assert alerts == [] and inbox.messages == []  # a blip is not an outage
+        time.sleep(0.35)
+        assert service.tick() == "error"
+        assert service.tick() == "error"
+        (tmp_path / "not-yet").mkdir()  # the database is back
+        engine = sa.create_engine(url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+        assert service.tick(synchronous=True) == "ran"
+    finally:
+        trouble_found.receivers.clear()
+        run_finished.receivers.clear()
+    assert len(alerts) == 1 and len(inbox.messages) == 1
+    assert alerts[0].run_id is None and alerts[0].failure is not None
+    _, message = inbox.messages[0]
+    assert message["Subject"].startswith("Billing: scheduled validate failed: the scheduler on ")
+    assert "cannot reach the database: OperationalError: " in message["Subject"]
+    body = message.get_content()
+    assert "`flask lm-billing db upgrade`" in body
+    assert "it sends this message once per outage" in body
