@@ -10,6 +10,7 @@ import ipaddress
 import itertools
 import logging
 import re
+import select
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any, Final, NoReturn, Self
 
 from .codec import decode_dict, decode_list, encode_request
 from .errors import (
+    BAD_TEXT,
     CLOSED,
     DNS,
     MALFORMED,
@@ -83,8 +85,9 @@ _QUIT_WAIT: Final = 1.0
 # Restarts of a full list read when the server's total changes under it (live edits).
 _LIST_ATTEMPTS: Final = 3
 
-_HEADER_RE = re.compile(rb"(OK|ERR) ([0-9]+)")
-_ANY_HEADER_RE = re.compile(rb"(\S{1,20}) ([0-9]+)")
+# LENGTH is canonical decimal: no sign, no space, no leading zero.  Tcl 8.6 reads "010" as
+# octal, so a Tcl peer would frame "OK 010" as 8 bytes where a naive reader takes 10.
+_LENGTH_RE = re.compile(rb"0|[1-9][0-9]*")
 
 log = logging.getLogger("lm_billing_plugin.tclport")
 
@@ -123,6 +126,10 @@ def _snippet(data: bytes) -> str:
     """A short printable rendering of bytes a peer sent, for messages."""
     text = data[:40].decode("utf-8", "replace")
     return repr(text + ("..." if len(data) > 40 else ""))
+
+
+def _first_surrogate(text: str) -> int:
+    return next(i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff")
 
 
 def _size(n: int) -> str:
@@ -168,6 +175,8 @@ class TclPortClient:
         self._buf = bytearray()
         self._greeted = False
         self._authenticated = False
+        # Size in bytes of the last reply body read, for messages about it.
+        self._reply_bytes = 0
         #: Milliseconds spent in each connect step (resolve, connect, greeting, auth).
         self.timings: dict[str, float] = {}
         #: Address actually connected to, and the product named in the greeting.
@@ -214,7 +223,7 @@ class TclPortClient:
                 local_ip = str(self._sock.getsockname()[0])
         if abort:
             self._abort()
-        command = phase.partition(":")[2]
+        command = phase.partition(":")[2] or phase  # "auth" is a command too
         message = message or guidance(
             code,
             host=self.host,
@@ -319,8 +328,11 @@ class TclPortClient:
         worker.start()
         worker.join(wait)
         if worker.is_alive():
+            # Not the hosting server's fault: no packet has gone to it yet.
             raise self._error(
-                "resolve", TIMEOUT, detail="resolving the host name", timeout=wait
+                "resolve", TIMEOUT, detail="resolving the host name", timeout=wait,
+                message=f"no answer within {wait:g} s from the DNS for the host name {host!r}; "
+                "check the Host Name of this server and the billing server's DNS settings.",
             )
         if failure:
             problem = failure[0]
@@ -333,7 +345,7 @@ class TclPortClient:
 
     def _open(self, infos: list[tuple[Any, ...]], deadline: float) -> socket.socket:
         # Try every address (IPv6 and IPv4); report the most telling failure.
-        rank = {REFUSED: 0, TIMEOUT: 1, UNREACHABLE: 2}
+        rank = {CLOSED: 0, REFUSED: 1, TIMEOUT: 2, UNREACHABLE: 3}
         best: tuple[str, str, float | None] | None = None
         for family, socktype, proto, _canon, sockaddr in infos:
             remaining = deadline - time.monotonic()
@@ -351,6 +363,11 @@ class TclPortClient:
             except ConnectionRefusedError:
                 sock.close()
                 found = (REFUSED, "connection refused", None)
+            except ConnectionResetError:
+                # Linux reports a reset that comes right after the handshake from connect()
+                # itself: the server was reached, accepted, and closed at once.
+                sock.close()
+                found = (CLOSED, "it accepted the connection and reset it at once", None)
             except OSError as exc:
                 sock.close()
                 found = (UNREACHABLE, exc.strerror or str(exc), None)
@@ -376,12 +393,19 @@ class TclPortClient:
                 raise self._error("greeting", NOT_TCLPORT, detail=exc.detail) from None
             raise
         if reply.status == "ERR":
-            self._raise_err("greeting", reply.body)
+            try:
+                self._raise_err("greeting", reply.body)
+            except TclPortError as exc:
+                if exc.code == MALFORMED:
+                    raise self._error("greeting", NOT_TCLPORT, detail=exc.detail) from None
+                raise
         try:
             greeting = decode_dict(reply.body)
         except ValueError:
             raise self._error(
-                "greeting", NOT_TCLPORT, detail=f"greeting {reply.body[:40]!r} is not a dict"
+                "greeting", NOT_TCLPORT,
+                detail=f"its {_size(self._reply_bytes)} greeting "
+                f"{_snippet(reply.body.encode())} is not a Tcl dict",
             ) from None
         protocol = greeting.get("protocol")
         if protocol != PROTOCOL:
@@ -400,6 +424,13 @@ class TclPortClient:
         reply = self._read_reply("auth", deadline)
         if reply.status == "ERR":
             self._raise_err("auth", reply.body)
+        if reply.body:
+            # Spec 3.2: auth answers OK with an empty body; anything else is another protocol.
+            raise self._error(
+                "auth", MALFORMED,
+                detail=f"the auth reply must be empty, but it held {_size(self._reply_bytes)} "
+                f"{_snippet(reply.body.encode())}",
+            )
         self._authenticated = True
 
     # -- framing --------------------------------------------------------------------------
@@ -423,16 +454,40 @@ class TclPortClient:
         sock = self._sock
         if sock is None:
             raise self._closed(phase)
-        line = encode_request(words).encode("utf-8", "surrogatepass")
+        text = encode_request(words)
+        try:
+            line = text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Text is UTF-8 both ways (spec 1); a lone surrogate (e.g. from a command line
+            # read with surrogateescape) has no UTF-8 form.  Nothing was sent.
+            where = _first_surrogate(text)
+            what = (
+                "the TclPort password" if phase == "auth"
+                else f"the {phase.partition(':')[2] or phase} request"
+            )
+            raise self._error(
+                phase, BAD_TEXT, abort=False,
+                detail=f"{what} holds a character that is not valid Unicode text "
+                f"(U+{ord(text[where]):04X}), which cannot be sent as UTF-8",
+                message=f"{what} was not sent: it holds a character that is not valid "
+                f"Unicode text (U+{ord(text[where]):04X}); "
+                + ("enter the password again as plain text." if phase == "auth"
+                   else "remove that character and try again."),
+            ) from None
         if len(line) > MAX_REQUEST_BYTES:
             # Nothing was sent, so the connection stays usable.
+            detail = (
+                f"it is {len(line):,} bytes, more than the {MAX_REQUEST_BYTES:,} "
+                "bytes a TclPort request line may have"
+            )
             raise self._error(
-                phase, REQUEST_TOO_LONG, abort=False,
-                detail=f"it is {len(line):,} bytes, more than the {MAX_REQUEST_BYTES:,} "
-                "bytes a TclPort request line may have",
+                phase, REQUEST_TOO_LONG, abort=False, detail=detail,
+                message=f"the TclPort password was not sent: {detail}; enter the hosting "
+                "server's real TclPort password." if phase == "auth" else None,
             )
         if b"\n" in line or b"\r" in line:
             raise ValueError("encode_request produced a raw line break")
+        self._refuse_unasked(phase, sock)
         wait, by_deadline = self._timeout_for(deadline)
         if wait <= 0:
             raise self._timed_out(phase, True)
@@ -445,6 +500,30 @@ class TclPortClient:
             raise self._error(
                 phase, CLOSED, detail=f"sending failed: {exc.strerror or exc}"
             ) from None
+
+    def _refuse_unasked(self, phase: str, sock: socket.socket) -> None:
+        """Bytes waiting before a request is sent answer no request: the stream is off.
+
+        Spec 2: one request at a time, replies in request order.  Reading them as the next
+        reply would pair a stale answer with the new request, so the session ends here.
+        """
+        extra = bytes(self._buf)
+        if not extra:
+            try:
+                ready, _, _ = select.select([sock], [], [], 0)
+                if ready:
+                    # Readable: data, or the end of the stream (b""), which the reply read
+                    # will report as CLOSED.
+                    extra = sock.recv(MAX_HEADER_BYTES + 1, socket.MSG_PEEK)
+            except (OSError, ValueError):
+                return  # the send or the reply read reports the broken socket
+        if extra:
+            raise self._error(
+                phase, MALFORMED,
+                detail=f"before this request it sent {'at least ' if not self._buf else ''}"
+                f"{_size(len(extra))} that answer no request, starting {_snippet(extra)} "
+                "(a TclPort server sends one reply per request)",
+            )
 
     def _recv(self, phase: str, deadline: float, want: int) -> bytes:
         sock = self._sock
@@ -489,16 +568,28 @@ class TclPortClient:
             buf += data
         header = bytes(buf[:end])
         del buf[: end + 1]
-        match = _HEADER_RE.fullmatch(header)
-        if match is None:
-            other = _ANY_HEADER_RE.fullmatch(header)
-            if other is not None:
-                detail = f"status {_snippet(other.group(1))} is neither OK nor ERR"
-            else:
-                detail = f"header line {_snippet(header)} is not 'STATUS LENGTH'"
-            raise self._error(phase, MALFORMED, detail=detail)
-        status = match.group(1).decode("ascii")
-        length = int(match.group(2))
+        parts = header.split(b" ")
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise self._error(
+                phase, MALFORMED,
+                detail=f"its {len(header)}-byte header line {_snippet(header)} is not "
+                "'STATUS LENGTH' (one space, nothing else)",
+            )
+        raw_status, raw_length = parts
+        if raw_status not in (b"OK", b"ERR"):
+            raise self._error(
+                phase, MALFORMED,
+                detail=f"its reply status {_snippet(raw_status)} is neither OK nor ERR "
+                f"(header line {_snippet(header)})",
+            )
+        if _LENGTH_RE.fullmatch(raw_length) is None:
+            raise self._error(
+                phase, MALFORMED,
+                detail=f"its reply length {_snippet(raw_length)} is not a decimal byte count "
+                "(digits only, no sign, no leading zero)",
+            )
+        status = raw_status.decode("ascii")
+        length = int(raw_length)
         if length > self.settings.max_reply_bytes:
             # Refused before reading: the body never reaches memory.
             raise self._error(
@@ -531,6 +622,7 @@ class TclPortClient:
                 detail=f"the {length:,}-byte reply is not valid UTF-8 (at byte {exc.start:,})",
             ) from None
         del body
+        self._reply_bytes = length
         return _Reply(status, text)
 
     def _raise_err(self, phase: str, body: str) -> NoReturn:
@@ -541,7 +633,8 @@ class TclPortClient:
         if len(parts) != 2 or not parts[0]:
             raise self._error(
                 phase, MALFORMED,
-                detail=f"an ERR reply must be {{CODE message}}, got {_snippet(body.encode())}",
+                detail=f"an ERR reply must be {{CODE message}}, got {_snippet(body.encode())} "
+                f"({_size(self._reply_bytes)})",
             )
         code, server_message = parts
         # The server closes after these; the socket is of no further use.
@@ -583,7 +676,11 @@ class TclPortClient:
         return reply.body
 
     def _malformed(self, command: str, what: str) -> TclPortError:
-        return self._error(f"command:{command}", MALFORMED, detail=what)
+        # Section 6: say what was wrong and how large the reply was.
+        return self._error(
+            f"command:{command}", MALFORMED,
+            detail=f"{what} (in a {command} reply of {_size(self._reply_bytes)})",
+        )
 
     def _dict(self, command: str, body: str) -> dict[str, str]:
         try:
@@ -622,11 +719,21 @@ class TclPortClient:
         except RecordError as exc:
             raise self._malformed("logging_set", str(exc)) from None
 
+    def _unique(self, command: str, what: str, names: list[str]) -> None:
+        # Spec 4: names are unique per server; a repeat would be counted or stored twice.
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise self._malformed(command, f"{what} {name[:40]!r} appears twice")
+            seen.add(name)
+
     def sites(self) -> list[SiteRecord]:
         try:
-            return [SiteRecord.from_dict(d) for d in self._dicts("sites", self.call("sites"))]
+            sites = [SiteRecord.from_dict(d) for d in self._dicts("sites", self.call("sites"))]
         except RecordError as exc:
             raise self._malformed("sites", str(exc)) from None
+        self._unique("sites", "site", [s.name for s in sites])
+        return sites
 
     def usage(self, from_date: date, to_date: date) -> list[UsageRecord]:
         """Per-list sending totals for the inclusive range ``from_date`` .. ``to_date``."""
@@ -634,12 +741,17 @@ class TclPortClient:
             raise ValueError("usage: from_date is after to_date")
         body = self.call("usage", from_date.isoformat(), to_date.isoformat())
         try:
-            return [UsageRecord.from_dict(d) for d in self._dicts("usage", body)]
+            rows = [UsageRecord.from_dict(d) for d in self._dicts("usage", body)]
         except RecordError as exc:
             raise self._malformed("usage", str(exc)) from None
+        # One row per list (spec 4): a second row for a list would be billed twice.
+        self._unique("usage", "list", [u.list for u in rows])
+        return rows
 
     def lists_page(self, offset: int, limit: int) -> tuple[int, list[ListRecord]]:
         """One ``lists OFFSET LIMIT`` call: the server's total and this page's lists."""
+        if offset < 0 or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"lists: OFFSET must be >= 0 and LIMIT 1 to {MAX_PAGE_SIZE}")
         data = self._dict("lists", self.call("lists", str(offset), str(limit)))
         try:
             total = parse_int("lists", "total", data.get("total", ""))
@@ -725,7 +837,8 @@ class TclPortClient:
         if sock is None:
             return
         try:
-            if self._greeted:
+            # Before a successful auth, quit would only get AUTH_REQUIRED (spec 3.2).
+            if self._authenticated:
                 deadline = time.monotonic() + min(_QUIT_WAIT, self.settings.read_timeout)
                 self._send("command:quit", deadline, [self.commands["quit"]])
                 self._read_reply("command:quit", deadline)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 
 __all__ = [
+    "BAD_TEXT",
     "CLIENT_CODES",
     "CLOSED",
     "DNS",
@@ -34,9 +35,11 @@ OVERSIZED = "OVERSIZED"
 CLOSED = "CLOSED"
 # A request the client refuses to send because the profile caps request lines at 65,536 bytes.
 REQUEST_TOO_LONG = "REQUEST_TOO_LONG"
+# A request the client refuses to send because its text has no UTF-8 form (lone surrogates).
+BAD_TEXT = "BAD_TEXT"
 CLIENT_CODES = frozenset(
     {DNS, REFUSED, TIMEOUT, UNREACHABLE, NOT_TCLPORT, MALFORMED, OVERSIZED, CLOSED,
-     REQUEST_TOO_LONG}
+     REQUEST_TOO_LONG, BAD_TEXT}
 )
 # Codes a server sends in ERR replies (spec section 5); any other code is shown as sent.
 SERVER_CODES = frozenset(
@@ -156,8 +159,11 @@ def guidance(
             f"the server closed the connection ({detail or 'without a reply'}); try again, "
             "and check the server's ListManager log if this repeats."
         )
-    if code == REQUEST_TOO_LONG:
-        return f"the request was not sent: {detail}."
+    if code in (REQUEST_TOO_LONG, BAD_TEXT):
+        return (
+            f"the {command or 'request'} request was not sent: {detail}; shorten or correct "
+            "what was entered for it and try again."
+        )
     if code == "HOST_DENIED":
         ip = denied_ip(server_message) or local_ip or "this billing server's address"
         return (
@@ -191,8 +197,15 @@ def guidance(
     if code == "BUSY":
         return f"the server is busy ({server_message}); try again later."
     if code in ("BAD_ARGS", "BAD_REQUEST"):
-        return f"the server rejected the {command!r} request: {server_message}"
+        return (
+            f"the server rejected the {command!r} request ({code}: {server_message}); "
+            "this client and the server's ListManager build disagree on TclPort profile 1: "
+            "check the server's ListManager version, and report it if this repeats."
+        )
     if code == "INTERNAL":
-        return f"the server reported an internal error: {server_message}"
+        return (
+            f"the server reported an internal error ({server_message}); try again later, and "
+            "check the hosting server's ListManager log if it repeats."
+        )
     # An unknown code is shown with its message as it is (spec section 5).
     return f"{code}: {server_message}"

@@ -14,6 +14,7 @@ __all__ = [
     "LOGGING_LABELS",
     "LOGGING_LISTS",
     "LOGGING_NO",
+    "MAX_INT",
     "ListRecord",
     "LoggingState",
     "RecordError",
@@ -32,7 +33,11 @@ LOGGING_LABELS: Mapping[str, str] = {
 
 # Python's int() and fromisoformat() accept more than the profile does (signs, underscores,
 # Unicode digits, other ISO forms), so the shapes are checked with ASCII-only patterns first.
-_INT_RE = re.compile(r"[0-9]{1,19}", re.ASCII)
+# Integers are canonical: no sign, no space, no leading zero.  Tcl 8.6 reads "010" as octal
+# (8), so a peer written in Tcl and this one would disagree on any number with a leading zero.
+_INT_RE = re.compile(r"0|[1-9][0-9]{0,18}", re.ASCII)
+# Counts end up in BIGINT columns; anything larger cannot be stored, so it is refused here.
+MAX_INT = 2**63 - 1
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z", re.ASCII)
 
@@ -59,10 +64,13 @@ def _short(value: str) -> str:
 
 
 def parse_int(record: str, field: str, value: str) -> int:
-    """Parse a non-negative decimal ASCII integer, as the profile writes counts."""
+    """Parse a non-negative decimal ASCII integer (``0`` or no leading zero, at most 2**63-1)."""
     if not _INT_RE.fullmatch(value):
         raise RecordError(record, field, f"is not a decimal count: {_short(value)}")
-    return int(value)
+    number = int(value)
+    if number > MAX_INT:
+        raise RecordError(record, field, f"is larger than {MAX_INT}: {_short(value)}")
+    return number
 
 
 def parse_date(record: str, field: str, value: str) -> date:
