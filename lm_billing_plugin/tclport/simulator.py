@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import random
 import select
@@ -64,6 +65,10 @@ HOSTILE_MODES: Final = (
     "bad_utf8",
 )
 HOSTILE_ON: Final = ("greeting", "command")
+log = logging.getLogger("lm_billing_plugin.tclport.simulator")
+# Distinct unknown command names counted in HostSim.requests; a peer sending endless new
+# names must not grow the counter without bound.
+_MAX_COUNTED_UNKNOWN: Final = 256
 # What a port that is not TclPort typically says first.
 GARBAGE_BANNER: Final = b"SSH-2.0-OpenSSH_9.6p1 Debian-4\r\n"
 OVERSIZED_BYTES: Final = 100 * 1024 * 1024
@@ -461,6 +466,10 @@ class HostSim:
             pass
         except OSError:
             pass
+        except Exception:
+            # A bug here must end this session only, never kill the thread noisily or
+            # leave the socket open; the log says what happened.
+            log.exception("hostsim session with %s failed", peer[0])
         finally:
             # Leave the registry first, so stop() never shuts down a socket being closed.
             with self._lock:
@@ -694,6 +703,12 @@ def _day(text: str, what: str) -> date:
         raise _Err("BAD_ARGS", f"{what} must be a YYYY-MM-DD date") from None
 
 
+def _valid_text(text: str) -> str:
+    """``text`` with lone surrogates (no UTF-8 form) replaced by U+FFFD, pairs joined as Tcl
+    joins them; for ERR messages that echo request text such as ``\\uD800``."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def _frame(status: str, body: bytes) -> bytes:
     return f"{status} {len(body)}\n".encode("ascii") + body + b"\n"
 
@@ -769,7 +784,15 @@ class _Session:
             hostile = self.sim._hostile if self.sim._hostile_on == phase else None
             latency = self.sim._latency
         self.pause(latency)
-        raw = body.encode("utf-8", "surrogatepass")
+        try:
+            raw = body.encode("utf-8")
+        except UnicodeEncodeError:
+            # Text is UTF-8 on the wire (spec 1): never send CESU-8 for a lone surrogate.
+            if status == "OK":
+                status, body = "ERR", encode_list(
+                    ["INTERNAL", "the reply holds text that has no UTF-8 form (a lone surrogate)"]
+                )
+            raw = _valid_text(body).encode("utf-8")
         if hostile is None:
             self.send(_frame(status, raw))
         else:
@@ -842,12 +865,10 @@ class _Session:
                 self.error("BAD_REQUEST", "empty request")
                 continue
             wire, args = words[0], words[1:]
-            with sim._lock:
-                sim.requests[wire] += 1
             logical = sim._wire.get(wire)
-            if logical == "quit":
-                self.reply("OK", "", phase="quit")
-                raise _Closed
+            with sim._lock:
+                if logical is not None or len(sim.requests) < _MAX_COUNTED_UNKNOWN:
+                    sim.requests[wire] += 1
             if logical == "auth":
                 with sim._lock:
                     password = sim._password
@@ -858,8 +879,12 @@ class _Session:
                 self.error("AUTH_FAILED", "wrong TclPort password", phase="auth")
                 raise _Closed
             if not self.authenticated:
+                # Spec 3.2: any command but auth before a successful auth, quit included.
                 self.error("AUTH_REQUIRED", "send auth first")
                 continue
+            if logical == "quit":
+                self.reply("OK", "", phase="quit")
+                raise _Closed
             if logical is None:
                 self.error("UNKNOWN_COMMAND", f"unknown command {wire}")
                 continue
