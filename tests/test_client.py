@@ -294,8 +294,9 @@ def test_oversized_body_of_100_mb_is_refused_without_reading_it(sim: HostSim) ->
 @pytest.mark.parametrize(
     ("script", "code"),
     [
-        # A 64-byte header is the largest allowed: "OK " + 61 digits of a zero length.
-        ([GREETING, AUTH_OK, b"OK " + b"0" * 61 + b"\n\n"], None),
+        # LENGTH has no leading zeros (Tcl 8.6 reads them as octal): a 64-byte header of
+        # zeros is malformed, a 65-byte one is too long to be looked at.
+        ([GREETING, AUTH_OK, b"OK " + b"0" * 61 + b"\n\n"], "MALFORMED"),
         ([GREETING, AUTH_OK, b"OK " + b"0" * 62 + b"\n\n"], "OVERSIZED"),
         ([GREETING, AUTH_OK, b"OK  5\nhello\n"], "MALFORMED"),
         ([GREETING, AUTH_OK, b"ok 0\n\n"], "MALFORMED"),
@@ -309,14 +310,8 @@ def test_oversized_body_of_100_mb_is_refused_without_reading_it(sim: HostSim) ->
         ([GREETING, AUTH_OK, frame("OK", b"mode lists")], "MALFORMED"),
     ],
 )
-def test_framing_edge_cases(script: list[bytes], code: str | None) -> None:
+def test_framing_edge_cases(script: list[bytes], code: str) -> None:
     with scripted_server(script) as address, TclPortClient(*address, settings=FAST) as client:
-        if code is None:
-            with pytest.raises(TclPortError) as info:
-                client.logging()  # the empty body is framed fine but is no logging dict
-            assert info.value.code == "MALFORMED"
-            assert "header" not in info.value.message
-            return
         with pytest.raises(TclPortError) as info:
             client.logging()
         assert info.value.code == code
@@ -392,7 +387,11 @@ def test_hostile_server_gives_a_typed_error_within_the_deadline(
     settle(sim)
     error = info.value
     assert error.code == EXPECTED[mode][0 if on == "greeting" else 1]
-    assert error.phase == ("greeting" if on == "greeting" else "command:server_info")
+    phases = {"greeting"} if on == "greeting" else {"command:server_info"}
+    if mode == "reset" and on == "greeting":
+        # A reset right after the handshake may surface from connect() itself (Linux).
+        phases.add("connect")
+    assert error.phase in phases
     assert elapsed < FAST.operation_timeout + 0.3
     assert str(error).startswith(f"127.0.0.1:{sim.port}: ")
     assert not client.connected
