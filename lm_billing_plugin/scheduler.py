@@ -741,6 +741,7 @@ class SchedulerService:
         """Run the ticker with APScheduler: ``BlockingScheduler`` (returns after ``stop()``) or
         ``BackgroundScheduler`` (returns at once; stopped at interpreter exit)."""
         from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.jobstores.memory import MemoryJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -753,6 +754,8 @@ class SchedulerService:
         scheduler = cls(
             timezone=UTC,
             logger=logging.getLogger(TICKER_LOGGER),
+            # This process's ticker only: the schedule itself lives in the database.
+            jobstores={"default": MemoryJobStore()},
             executors={"default": _QuietExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
@@ -760,8 +763,8 @@ class SchedulerService:
             self.tick,
             "interval",
             seconds=self.tick_seconds,
-            # Jitter spreads the processes' ticks, so no worker always wins (or always
-            # hits the database at the same instant as all the others).
+            # Jitter spreads the processes' ticks, so they do not all read the schedule at
+            # the same instant (and which of them claims a run varies).
             jitter=self.tick_seconds / 2,
             id="lm_billing_ticker",
             name="lm-billing schedule ticker",
