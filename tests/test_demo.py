@@ -40,9 +40,7 @@ def csrf_token(html: str) -> str:
 def log_in(client: FlaskClient, username: str, password: str, next_url: str = "") -> TestResponse:
     url = f"/login?next={next_url}" if next_url else "/login"
     token = csrf_token(client.get(url).get_data(as_text=True))
-    return client.post(
-        url, data={"username": username, "password": password, "csrf_token": token}
-    )
+    return client.post(url, data={"username": username, "password": password, "csrf_token": token})
 
 
 def test_factory_uses_the_given_instance_folder_and_flask_env(demo: Flask, tmp_path: Path) -> None:
@@ -128,3 +126,15 @@ def test_login_next_only_allows_local_paths(demo: Flask) -> None:
     for next_url, lands_on in cases.items():
         response = log_in(demo.test_client(), "viewer", DEMO_PASSWORD, next_url=quote(next_url))
         assert response.location == lands_on, next_url
+
+
+def test_flashed_outcomes_keep_their_category_and_are_announced(demo: Flask) -> None:
+    upgrade(demo)
+    client = demo.test_client()
+    assert log_in(client, "operator", DEMO_PASSWORD).status_code == 302
+    token = csrf_token(client.get("/billing/").get_data(as_text=True))
+    # Sync with nothing ticked: an error the page must show as one.
+    page = client.post(
+        "/billing/servers/sync", data={"csrf_token": token}, follow_redirects=True
+    ).get_data(as_text=True)
+    assert '<li class="lmb-flash lmb-flash-error" role="alert">Nothing was synced' in page
