@@ -32,15 +32,6 @@ log = logging.getLogger("lm_billing_plugin.blueprint")
 blueprint.before_request(guard_request)
 
 
-@blueprint.url_value_preprocessor
-def reject_huge_ids(endpoint: str | None, values: dict[str, Any] | None) -> None:
-    # An id past the column's range would reach the driver and fail as a 500 (SQLite:
-    # OverflowError); such an object does not exist, so say so.
-    for value in (values or {}).values():
-        if isinstance(value, int) and value > MAX_ID:
-            abort(404, description="There is no such object; its number is out of range.")
-
-
 @blueprint.before_request
 def guard_csrf() -> None:
     """Every change needs the CSRF token, whether or not the host registered CSRFProtect:
@@ -56,6 +47,16 @@ def guard_csrf() -> None:
         validate_csrf(token)
     except ValidationError as exc:
         abort(400, description=f"{exc.args[0]} Reload the page and submit the form again.")
+
+
+@blueprint.before_request
+def reject_huge_ids() -> None:
+    """An id past the column's range would reach the driver and fail as a 500 (SQLite:
+    OverflowError); such an object does not exist, so say so. After the access and CSRF
+    guards: strangers get the login page, not a hint about what exists."""
+    for value in (request.view_args or {}).values():
+        if isinstance(value, int) and value > MAX_ID:
+            abort(404, description="There is no such object; its number is out of range.")
 
 
 # What an operator is told after each refusal, beyond the exception's own description.

@@ -194,6 +194,15 @@ def test_missing_objects_are_404_in_the_layout(
     assert "<h1>Not found</h1>" in _text(response) and "Billing: Servers" in _text(response)
 
 
+def test_huge_ids_still_ask_strangers_to_log_in_first(
+    seeded: tuple[Flask, dict[str, Any]],
+) -> None:
+    app, _ = seeded
+    response = _get(app, f"/billing/servers/{HUGE}", None)
+    assert response.status_code == 302 and response.location.startswith("/login")
+    assert _get(app, f"/billing/servers/{HUGE}", "nobody").status_code == 403
+
+
 def test_batch_json_404_is_json(seeded: tuple[Flask, dict[str, Any]]) -> None:
     app, _ = seeded
     response = _get(app, f"/billing/batches/{HUGE}.json")
