@@ -128,10 +128,6 @@ def _snippet(data: bytes) -> str:
     return repr(text + ("..." if len(data) > 40 else ""))
 
 
-def _first_surrogate(text: str) -> int:
-    return next(i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff")
-
-
 def _size(n: int) -> str:
     if n >= 1024 * 1024:
         return f"{n:,} bytes ({n / (1024 * 1024):.1f} MiB)"
@@ -457,22 +453,22 @@ class TclPortClient:
         text = encode_request(words)
         try:
             line = text.encode("utf-8")
-        except UnicodeEncodeError:
+        except UnicodeEncodeError as exc:
             # Text is UTF-8 both ways (spec 1); a lone surrogate (e.g. from a command line
             # read with surrogateescape) has no UTF-8 form.  Nothing was sent.
-            where = _first_surrogate(text)
-            what = (
-                "the TclPort password" if phase == "auth"
-                else f"the {phase.partition(':')[2] or phase} request"
-            )
+            if phase == "auth":
+                # Nothing about the password's characters goes into the message.
+                what, which, todo = "the TclPort password", "", "enter it again as plain text."
+            else:
+                what = f"the {phase.partition(':')[2] or phase} request"
+                which = f" (U+{ord(text[exc.start]):04X})"
+                todo = "remove that character and try again."
             raise self._error(
                 phase, BAD_TEXT, abort=False,
-                detail=f"{what} holds a character that is not valid Unicode text "
-                f"(U+{ord(text[where]):04X}), which cannot be sent as UTF-8",
+                detail=f"{what} holds a character that is not valid Unicode text{which}, "
+                "which cannot be sent as UTF-8",
                 message=f"{what} was not sent: it holds a character that is not valid "
-                f"Unicode text (U+{ord(text[where]):04X}); "
-                + ("enter the password again as plain text." if phase == "auth"
-                   else "remove that character and try again."),
+                f"Unicode text{which}; {todo}",
             ) from None
         if len(line) > MAX_REQUEST_BYTES:
             # Nothing was sent, so the connection stays usable.
