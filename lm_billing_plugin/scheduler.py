@@ -498,6 +498,9 @@ class SchedulerService:
         self.owner = owner_id()
         self.kind = "sync" if self.settings.scheduled_sync else "validate"
         self._lock = threading.Lock()
+        # Held while a tick runs: a tick that began before stop() may still claim a run, and
+        # wait_idle() must see that run.
+        self._ticking = threading.Lock()
         self._local: _LocalRun | None = None
         self._pending: Finish | None = None
         self._scheduler: Any = None
@@ -505,7 +508,7 @@ class SchedulerService:
         # Since when ticks fail (monotonic), and whether that outage has been announced.
         self._failing_since: float | None = None
         self._outage_announced = False
-        self._stopping = False
+        self._stopping = threading.Event()
         self._task_ensured = False
         # The run this process executed last and its status (for `run-due`'s report).
         self.last_run: tuple[int, str] | None = None
@@ -520,11 +523,15 @@ class SchedulerService:
         """Look at the schedule once. Returns what happened: "disabled", "stopping", "busy"
         (a run of ours is going on), "idle" (nothing due, or someone else runs it),
         "ran"/"started" (we claimed a run) or "error" (logged; the next tick retries)."""
+        with self._ticking:
+            return self._tick(synchronous)
+
+    def _tick(self, synchronous: bool) -> str:
         if not self.settings.scheduler_enabled:
             return "disabled"
+        if self._stopping.is_set():
+            return "stopping"
         with self._lock:
-            if self._stopping:
-                return "stopping"
             if self._local is not None:
                 return "busy"
         try:
@@ -784,8 +791,7 @@ class SchedulerService:
 
     def stop(self) -> None:
         """Stop ticking (safe from a signal handler); a run of ours keeps going."""
-        with self._lock:
-            self._stopping = True
+        self._stopping.set()
         scheduler = self._scheduler
         if scheduler is not None and scheduler.running:
             scheduler.shutdown(wait=False)
@@ -796,12 +802,16 @@ class SchedulerService:
             return self._local.claim if self._local is not None else None
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait for a run of ours to finish; True when none is left."""
+        """Wait for a tick in flight and a run of ours to finish; True when none is left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._ticking.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        self._ticking.release()
         with self._lock:
             local = self._local
         if local is None or local.thread is None:
             return local is None
-        local.thread.join(timeout)
+        local.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not local.thread.is_alive()
 
     def shutdown(self, *, abandon: bool) -> None:

@@ -8,6 +8,7 @@ import itertools
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -524,6 +525,32 @@ def test_a_run_longer_than_the_interval_never_overlaps_itself(
     assert {r.status for r in runs} == {"ok"}
     # Each run after the first covered the slots that passed while the previous one worked.
     assert all(r.summary["missed"] >= 1 for r in runs[1:])
+
+
+def test_stop_waits_for_a_tick_in_flight_and_the_run_it_claims(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    """A tick that began before stop() may still claim a run (here it waits on a database
+    lock held by another connection); wait_idle() must not report idle before that run ends,
+    or a stopping scheduler exits and leaves the run "running"."""
+    url = f"sqlite:///{tmp_path / 'inflight.sqlite'}"
+    app = make_app(url, LM_BILLING_VALIDATE_INTERVAL=60)
+    service = SchedulerService(app, work=_quick_work)
+    blocker = sqlite3.connect(tmp_path / "inflight.sqlite", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    ticker = threading.Thread(target=service.tick)
+    ticker.start()
+    wait_for("the tick to begin", service._ticking.locked, 5)
+    time.sleep(0.2)  # past its stop check, waiting for the database
+    service.stop()
+    assert not service.wait_idle(timeout=0.2)  # not idle: the tick is still in flight
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert service.wait_idle(timeout=10)
+    ticker.join(timeout=5)
+    (run,) = _runs(app)
+    assert run.status == "ok"  # the claimed run was waited for, not left "running"
+    assert service.tick() == "stopping"
 
 
 def test_a_failing_run_is_recorded_and_the_next_interval_still_runs(

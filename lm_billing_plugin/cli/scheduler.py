@@ -65,11 +65,11 @@ def scheduler_command() -> None:
     )
     try:
         service.start(blocking=True)
-        running = service.running_run
-        if running is not None:
-            click.echo(
-                f"Waiting for scheduled run {running.run_id} to finish; stop again to abandon it."
-            )
+        # wait_idle also waits for a tick in flight, which may just have claimed a run.
+        if not service.wait_idle(timeout=0.5):
+            running = service.running_run
+            which = f" {running.run_id}" if running is not None else ""
+            click.echo(f"Waiting for scheduled run{which} to finish; stop again to abandon it.")
             while not service.wait_idle(timeout=0.2):
                 pass
     finally:
