@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, Flask, abort, current_app, jsonify, render_template, url_for
@@ -14,7 +15,7 @@ from werkzeug.wrappers import Response
 
 from ..access import actor_name
 from ..extension import get_state
-from ..models import Batch, Problem, Run, Server
+from ..models import Batch, Problem, Run, Server, utcnow
 
 log = logging.getLogger("lm_billing_plugin.views.runs")
 
@@ -126,6 +127,14 @@ def _progress(batch: Batch) -> dict[str, Any]:
     ).all()
     # queued -> running -> finished (or failed); anything else is still on its way.
     finished = batch.finished_at is not None or batch.status in ("finished", "failed")
+    # A batch whose process died never finishes by itself (the next batch closes it). Say
+    # so instead of refreshing forever; nothing is written on this GET.
+    moments = [batch.started_at]
+    for run, _name in runs:
+        moments += [t for t in (run.started_at, run.finished_at) if t is not None]
+    stalled = not finished and utcnow() - max(moments) > timedelta(
+        seconds=get_state().settings.lease_seconds
+    )
     open_problems = batch_problems = 0
     if finished:
         open_problems = int(
@@ -148,6 +157,7 @@ def _progress(batch: Batch) -> dict[str, Any]:
     return {
         "runs": runs,
         "finished": finished,
+        "stalled": stalled,
         "open_problems": open_problems,
         "batch_problems": batch_problems,
     }
