@@ -657,3 +657,33 @@ def test_statement_count_does_not_grow_with_groups_or_lists(
     big_server = grow(6, 40)
     assert _count_get(app, client, f"/billing/customers/{customer_id}") == small
     assert _count_get(app, client, f"/billing/assign?server_id={big_server}") == small_assign
+
+
+def test_plan_saved_by_someone_else_in_between_is_a_field_error(
+    client: FlaskClient, app: Flask
+) -> None:
+    """The name check passes, then another session saves the same name before our INSERT:
+    the form says so next to the name, never a 500."""
+    with app.app_context():
+        engine = get_state(app).db.engine
+    other = sa.create_engine(engine.url)
+    raced: list[bool] = []
+
+    def race(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO lm_billing_plan") and not raced:
+            raced.append(True)
+            with other.begin() as tx:
+                tx.execute(sa.insert(HostingPlan).values(plan_form("Silver") | {
+                    "bill_by_list": False, "description": "",
+                    "monthly_price": 0, "overage_cpm": 0, "monthly_price_per_server": 0,
+                    "cost_per_gb": 0, "included_gb": 0}))
+
+    sa.event.listen(engine, "before_cursor_execute", race)
+    try:
+        response = post(client, "/billing/plans/new", plan_form("Silver"))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", race)
+        other.dispose()
+    assert raced and response.status_code == 200
+    assert "saved a moment ago" in field_error(response, "name")
+    assert len(rows(app, HostingPlan, HostingPlan.name == "Silver")) == 1

@@ -29,7 +29,7 @@ from ..models import (
     Server,
     Site,
 )
-from ..store import active_assignment
+from ..store import active_assignment, is_conflict
 from .paging import MAX_ID, MAX_SEARCH, Page, clamp, order_by, page_from_request
 
 log = logging.getLogger("lm_billing_plugin.views.catalog")
@@ -500,16 +500,27 @@ def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
     if not changes:
         flash("Nothing changed.")
         return redirect(url_for("lm_billing.plans"))
-    session.flush()
-    audit.record(
-        session,
-        actor=actor_name(),
-        action="plan_create" if creating else "plan_update",
-        object_type="plan",
-        object_id=target.id,
-        detail=changes,
-    )
-    session.commit()
+    try:
+        session.flush()
+        audit.record(
+            session,
+            actor=actor_name(),
+            action="plan_create" if creating else "plan_update",
+            object_type="plan",
+            object_id=target.id,
+            detail=changes,
+        )
+        session.commit()
+    except sa.exc.DBAPIError as exc:
+        # Someone saved a plan of this name between our check and our write.
+        session.rollback()
+        if not is_conflict(exc):
+            raise
+        form.name.errors = [
+            *form.name.errors,
+            "A hosting plan with this name was saved a moment ago: choose another name.",
+        ]
+        return None
     flash(f"Hosting plan {target.name} {'created' if creating else 'saved'}.")
     return redirect(url_for("lm_billing.plans"))
 
