@@ -490,6 +490,8 @@ class SchedulerService:
 
     def __init__(self, app: Flask, *, work: Work | None = None) -> None:
         state = get_state(app)
+        # Not the extension object: one service per app and process, whose ticker and run
+        # threads must push this app's context themselves.
         self.app = app
         self.settings = state.settings
         with app.app_context():
