@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FLASK_DEMO := $(VENV)/bin/flask --app lm_billing_plugin.demo:create_app
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-python lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,18 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.test-installed lint
 	$(PY) -m pytest
 
+# The suite's SQLite part (no browser) on another Python, e.g.
+# `make test-python OTHER_PYTHON=~/.pyenv/versions/3.13.0/bin/python` (.ci/run does 3.12 and 3.13).
+OTHER_PYTHON ?=
+OTHER_VENV = .venv-python$(shell $(OTHER_PYTHON) -c "import sys; print('%d.%d' % sys.version_info[:2])" 2>/dev/null)
+test-python:
+	@test -n "$(OTHER_PYTHON)" || { echo "set OTHER_PYTHON=/path/to/python3.X" >&2; exit 2; }
+	test -x $(OTHER_VENV)/bin/python || $(OTHER_PYTHON) -m venv $(OTHER_VENV)
+	$(OTHER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OTHER_VENV)/bin/python -m pip install -q -e '.[demo,test]'
+	env -u LM_BILLING_TEST_POSTGRES_URL -u LM_BILLING_TEST_MARIADB_URL LM_BILLING_TEST_SQLITE_ONLY=1 \
+	  $(OTHER_VENV)/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
+
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check lm_billing_plugin migrations tests setup.py
 	$(VENV)/bin/mypy
@@ -34,4 +46,4 @@ bench: $(VENV)/.test-installed
 	$(PY) -m lm_billing_plugin.benchmark
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info test-artifacts
+	rm -rf $(VENV) .venv-python* build dist *.egg-info test-artifacts

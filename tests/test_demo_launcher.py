@@ -15,7 +15,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from lm_billing_plugin.demo import DEMO_PASSWORD
@@ -98,7 +98,7 @@ def login_and_get(url: str, path: str) -> str:
 
 
 def servers_in(db: Path) -> list[tuple[str, str, int, int]]:
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         return conn.execute(
             "SELECT name, host, port, active FROM lm_billing_server ORDER BY name"
         ).fetchall()
@@ -117,7 +117,7 @@ def test_demo_launcher_serves_three_servers_and_stops_them(tmp_path: Path) -> No
         rows = servers_in(instance / "demo.sqlite")
         assert [(r[0], r[2]) for r in rows] == [(n, sims[n]) for n in NAMES]
         time.sleep(2.5)  # the scheduler ticks every second once the portal served a request
-        with sqlite3.connect(instance / "demo.sqlite") as conn:
+        with closing(sqlite3.connect(instance / "demo.sqlite")) as conn:
             statuses = dict(conn.execute("SELECT name, status FROM lm_billing_server"))
             groups = conn.execute("SELECT name FROM lm_billing_group").fetchall()
             validated = conn.execute(

@@ -54,7 +54,7 @@ def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         env = EXTERNAL_DATABASES["postgresql"]
         url = os.environ.get(env, "")
         if not url:
-            skip_or_fail(f"postgresql: set {env} to run this test there")
+            skip_or_fail(f"postgresql: set {env} to run this test there", external_db=True)
         try:
             reset_schema(url)
         except sa.exc.OperationalError as exc:
@@ -628,7 +628,9 @@ def test_database_outage_during_a_run_fails_it_and_the_next_interval_runs(
     run is working; the run fails with a logged error and the schedule resumes."""
     url = os.environ.get(EXTERNAL_DATABASES["postgresql"], "")
     if not url:
-        skip_or_fail("postgresql: set LM_BILLING_TEST_POSTGRES_URL to run the outage test")
+        skip_or_fail(
+            "postgresql: set LM_BILLING_TEST_POSTGRES_URL to run the outage test", external_db=True
+        )
     reset_schema(url)
     app = make_app(url, LM_BILLING_VALIDATE_INTERVAL=1.0, LM_BILLING_LEASE_SECONDS=5.0)
     admin, dbname = _pg_admin(url)
