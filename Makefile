@@ -31,7 +31,7 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.test-installed
-	$(PY) -m lm_billing_plugin.benchmark
+	$(PY) -m lm_billing_plugin.testing.benchmark
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info test-artifacts

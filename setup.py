@@ -74,7 +74,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "lm-billing-hostsim = lm_billing_plugin.tclport.simulator:main",
+            "lm-billing-hostsim = lm_billing_plugin.testing.simulator:main",
         ],
     },
     classifiers=[

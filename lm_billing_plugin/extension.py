@@ -10,9 +10,9 @@ from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
-from .access import PermissionCheck
 from .secrets import SecretBox
 from .settings import DEFAULTS, Settings
+from .web.access import PermissionCheck
 
 EXTENSION_KEY = "lm_billing"
 
@@ -67,15 +67,15 @@ class LMBilling:
             secrets=SecretBox(settings.encryption_keys),
         )
 
-        from .blueprint import blueprint
         from .cli import cli
-        from .menu import menu_entries
+        from .web.blueprint import blueprint
+        from .web.menu import menu_entries
 
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)
         app.jinja_env.globals["lm_billing_menu"] = menu_entries
 
-        from .scheduler import install_autostart
+        from .schedule.service import install_autostart
 
         install_autostart(app)
 

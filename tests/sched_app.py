@@ -13,7 +13,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from lm_billing_plugin import LMBilling
 from lm_billing_plugin.extension import get_state
-from lm_billing_plugin.scheduler import WORK_EXTRA, WorkRequest, default_work
+from lm_billing_plugin.schedule.service import WORK_EXTRA, WorkRequest, default_work
 
 
 def create_app() -> Flask:

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import AuditEntry, Batch, TaskRun, TaskState, utcnow
-from lm_billing_plugin.scheduler import TASK, schedule_summary
+from lm_billing_plugin.schedule.service import TASK, schedule_summary
 
 URL = "/billing/background"
 

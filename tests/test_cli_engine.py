@@ -14,10 +14,10 @@ from click.testing import Result
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
-from lm_billing_plugin import runner as engine
+from lm_billing_plugin.engine import batches as engine
 from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import BillingGroup, Customer, MailingList, Server
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 FAST = {
     "LM_BILLING_CONNECT_TIMEOUT": 0.5,

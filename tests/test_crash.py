@@ -16,11 +16,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from lm_billing_plugin import runner
+from lm_billing_plugin.engine import batches as runner
 from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import MailingList, Run, Server
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 1.0

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from _sim import closed_port
 from flask import Flask
 
-from lm_billing_plugin import runner
+from lm_billing_plugin.engine import batches as runner
 from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import (
     PROBLEM_KINDS,
@@ -40,7 +40,7 @@ from lm_billing_plugin.models import (
     utcnow,
 )
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 FAST: dict[str, Any] = {
     "LM_BILLING_CONNECT_TIMEOUT": 1.0,
@@ -626,7 +626,7 @@ import os, signal, sys
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from lm_billing_plugin.models import utcnow
-from lm_billing_plugin.store import claim_server, release_server
+from lm_billing_plugin.engine.store import claim_server, release_server
 url, server_id, lease, run_id, mode = sys.argv[1:]
 engine = sa.create_engine(url)
 owner = f"holder:{os.getpid()}"
@@ -700,7 +700,7 @@ def test_lease_across_processes(dbapp: Flask, db_url: str, sims: Callable[..., H
 
 
 def test_expired_leases_are_swept(eapp: Flask, sims: Callable[..., HostSim]) -> None:
-    from lm_billing_plugin.store import claim_server, expire_leases
+    from lm_billing_plugin.engine.store import claim_server, expire_leases
 
     sid = add_server("Lists", sims(small(lst("a"))))
     batch = Batch(kind="validate", status="running", total=1)
@@ -838,7 +838,7 @@ def test_batch_of_a_dead_process_is_closed_by_the_next_batch(
         assert (r.error_message or "").startswith(f"server '{r.name}': ")
         assert "run it again" in (r.error_message or "")
     # Nothing left to sweep: a second sweep changes nothing.
-    from lm_billing_plugin.store import sweep_stale_batches
+    from lm_billing_plugin.engine.store import sweep_stale_batches
 
     assert sweep_stale_batches(session(), utcnow(), lease) == 0
 
@@ -846,8 +846,8 @@ def test_batch_of_a_dead_process_is_closed_by_the_next_batch(
 def test_constraint_failures_count_as_conflicts_on_every_backend(
         dbapp: Flask, sims: Callable[..., HostSim]) -> None:
     """PyMySQL raises a failed CHECK as OperationalError (4025): still a conflict."""
-    from lm_billing_plugin import servers as registry
-    from lm_billing_plugin.store import is_conflict
+    from lm_billing_plugin.engine import servers as registry
+    from lm_billing_plugin.engine.store import is_conflict
 
     sid = add_server("Lists", sims(small(lst("a"))))
     group = make_group()
@@ -884,7 +884,7 @@ def _concurrent_problem_rows(db_url: str, *, times: int) -> Iterator[list[str]]:
     first of those rows (same fingerprint) through its own connection, just before the INSERT
     runs. Its row belongs to no server, so a retry finds it again only when it is group-wide.
     """
-    from lm_billing_plugin.store import PROBLEM
+    from lm_billing_plugin.engine.store import PROBLEM
 
     other = sa.create_engine(db_url)
     engine = get_state().db.engine

@@ -18,7 +18,7 @@ from _login_host import USER_HEADER, login_host_app
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lm_billing_plugin import runner
+from lm_billing_plugin.engine import batches as runner
 from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import (
     Assignment,
@@ -31,7 +31,7 @@ from lm_billing_plugin.models import (
     Site,
 )
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 PLAN_NUMBERS = [
     *("max_members", "max_members_per_list", "max_lists", "max_lists_per_site", "max_sites"),

@@ -36,7 +36,7 @@ from lm_billing_plugin.models import (
     Usage,
 )
 from lm_billing_plugin.tclport.records import LOGGING_NO
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 SECRET = "s3cret-Tcl-pw"
 

@@ -26,7 +26,7 @@ from flask import Flask
 
 from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import Base, Batch, TaskRun, TaskState, utcnow
-from lm_billing_plugin.scheduler import (
+from lm_billing_plugin.schedule.service import (
     SERVICE_EXTRA,
     TASK,
     SchedulerService,

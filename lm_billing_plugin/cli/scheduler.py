@@ -12,7 +12,7 @@ import click
 from flask import current_app
 
 from ..extension import get_state
-from ..scheduler import SchedulerService
+from ..schedule.service import SchedulerService
 from . import cli
 
 DISABLED = (

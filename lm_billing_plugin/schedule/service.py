@@ -41,13 +41,13 @@ from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from . import runner
-from .extension import get_state
-from .models import Batch, TaskRun, TaskState, utcnow
+from ..engine import batches as runner
+from ..engine.batches import BatchResult
+from ..engine.store import lease_owner as owner_id
+from ..extension import get_state
+from ..models import Batch, TaskRun, TaskState, utcnow
+from ..settings import Settings
 from .notify import Failure, notify_outage, notify_run
-from .runner import BatchResult
-from .settings import Settings
-from .store import lease_owner as owner_id
 
 log = logging.getLogger("lm_billing_plugin.scheduler")
 # APScheduler logs every tick at INFO (and a WARNING whenever a slow tick makes it skip the

@@ -44,12 +44,9 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import audit
-from .checks import LoggingReport
-from .checks import enable_logging as _enable_logging_call
-from .extension import get_state
-from .inventory import Inventory, fetch_inventory
-from .models import (
+from .. import audit
+from ..extension import get_state
+from ..models import (
     Batch,
     BillingGroup,
     MailingList,
@@ -59,6 +56,13 @@ from .models import (
     Site,
     utcnow,
 )
+from ..secrets import SecretsError
+from ..settings import Settings
+from ..tclport.client import ClientSettings
+from ..tclport.errors import TclPortError
+from .checks import LoggingReport
+from .checks import enable_logging as _enable_logging_call
+from .inventory import Inventory, fetch_inventory
 from .reconcile import (
     DRIFT_KINDS,
     RULE_KINDS,
@@ -66,9 +70,7 @@ from .reconcile import (
     apply_to_snapshot,
     reconcile,
 )
-from .secrets import SecretsError
 from .servers import run_message, status_for_error, tclport_password
-from .settings import Settings
 from .store import (
     ASSIGNMENT,
     BATCH,
@@ -87,8 +89,6 @@ from .store import (
     release_server,
     sweep_stale_batches,
 )
-from .tclport.client import ClientSettings
-from .tclport.errors import TclPortError
 
 __all__ = [
     "BATCH_KINDS",

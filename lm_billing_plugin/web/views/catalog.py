@@ -16,11 +16,10 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
-from .. import audit
-from ..access import actor_name, requires
-from ..extension import get_state
-from ..forms_catalog import AssignForm, CustomerForm, GroupForm, PlanForm, UnassignForm
-from ..models import (
+from ... import audit
+from ...engine.store import active_assignment, is_conflict
+from ...extension import get_state
+from ...models import (
     Assignment,
     BillingGroup,
     Customer,
@@ -29,7 +28,8 @@ from ..models import (
     Server,
     Site,
 )
-from ..store import active_assignment, is_conflict
+from ..access import actor_name, requires
+from ..forms.catalog import AssignForm, CustomerForm, GroupForm, PlanForm, UnassignForm
 from .paging import MAX_ID, MAX_SEARCH, Page, clamp, order_by, page_from_request
 
 log = logging.getLogger("lm_billing_plugin.views.catalog")
@@ -646,7 +646,7 @@ def _do_assign(
 ) -> Response | str:
     """Bulk-assign through the engine; a redirect when done, else the gate's refusal ("" when
     the form got field errors instead)."""
-    from .. import runner
+    from ...engine import batches as runner
 
     group = session.get(BillingGroup, form.group_id.data)
     if group is None:
@@ -761,7 +761,7 @@ def _render_assign(
 
 @requires("edit")
 def unassign() -> Any:
-    from .. import runner
+    from ...engine import batches as runner
 
     session = _session()
     form = UnassignForm()

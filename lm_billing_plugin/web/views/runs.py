@@ -13,9 +13,9 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, render_template
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
+from ...extension import get_state
+from ...models import Batch, Problem, Run, Server, utcnow
 from ..access import actor_name
-from ..extension import get_state
-from ..models import Batch, Problem, Run, Server, utcnow
 
 log = logging.getLogger("lm_billing_plugin.views.runs")
 
@@ -53,7 +53,7 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 
 
 def _run_in_app(app: Flask, batch_id: int) -> None:
-    from .. import runner
+    from ...engine import batches as runner
 
     with app.app_context():
         try:
@@ -68,7 +68,7 @@ def _run_in_app(app: Flask, batch_id: int) -> None:
 
 
 def _mark_failed(batch_id: int) -> None:
-    from ..models import utcnow
+    from ...models import utcnow
 
     session = get_state().session
     session.rollback()
@@ -81,7 +81,7 @@ def _mark_failed(batch_id: int) -> None:
 
 def start_batch(kind: str, server_ids: list[int] | None) -> int:
     """Create the batch now (so the page has something to show) and run it in the background."""
-    from .. import runner
+    from ...engine import batches as runner
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     batch_id = int(runner.create_batch(kind, server_ids, actor=actor_name()))

@@ -3,10 +3,10 @@ outright, sent as a Flask (blinker) signal hosts can subscribe to and as an emai
 
 Signals (sender: the Flask app)::
 
-    from lm_billing_plugin.notify import run_finished, trouble_found
+    from lm_billing_plugin.schedule.notify import run_finished, trouble_found
 
     @trouble_found.connect_via(app)
-    def page_someone(sender, alert, **extra):   # alert: lm_billing_plugin.notify.Alert
+    def page_someone(sender, alert, **extra):   # alert: lm_billing_plugin.schedule.notify.Alert
         ...
 
 ``run_finished`` is sent after every scheduled run (kwargs ``run_id``, ``status``,
@@ -34,12 +34,12 @@ from blinker import Namespace
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from .extension import get_state
-from .models import Problem, Server
-from .settings import Settings
+from ..extension import get_state
+from ..models import Problem, Server
+from ..settings import Settings
 
 if TYPE_CHECKING:
-    from .runner import BatchResult
+    from ..engine.batches import BatchResult
 
 log = logging.getLogger("lm_billing_plugin.notify")
 

@@ -44,7 +44,7 @@ def add_to_flask_admin(admin: Any, *, name: str = "Billing", category: str | Non
 
     The menu is a ``name`` dropdown (under the ``category`` dropdown when one is given) with
     a link per Billing page that exists and that the user may view. For the layout, the host
-    sets ``LM_BILLING_BASE_TEMPLATE = lm_billing_plugin.portals.FLASK_ADMIN_TEMPLATE`` next to
+    sets ``LM_BILLING_BASE_TEMPLATE = lm_billing_plugin.web.portals.FLASK_ADMIN_TEMPLATE`` next to
     its other settings.
 
     Why the layout is a setting and not something this function switches on: adapters are
@@ -118,7 +118,7 @@ def add_to_appbuilder(
 ) -> None:
     """Add the Billing pages as links in a Flask-AppBuilder ``appbuilder``'s ``category``
     menu and let the Billing pages render in its layout (the host sets
-    ``LM_BILLING_BASE_TEMPLATE = lm_billing_plugin.portals.APPBUILDER_TEMPLATE``; see
+    ``LM_BILLING_BASE_TEMPLATE = lm_billing_plugin.web.portals.APPBUILDER_TEMPLATE``; see
     :func:`add_to_flask_admin` for why that is a setting). Call it in the app context,
     after FAB's own set-up, as for FAB's ``add_link``.
 

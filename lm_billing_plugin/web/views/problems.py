@@ -10,10 +10,10 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from sqlalchemy import ColumnElement, func, or_, select
 from werkzeug.wrappers import Response
 
+from ...extension import get_state
+from ...models import PROBLEM_KINDS, Batch, Problem, Run, Server
 from ..access import actor_name, requires
-from ..extension import get_state
-from ..forms import FixForm
-from ..models import PROBLEM_KINDS, Batch, Problem, Run, Server
+from ..forms.servers import FixForm
 from .paging import MAX_ID, clamp, order_by, page_from_request
 
 log = logging.getLogger("lm_billing_plugin.views.problems")
@@ -248,7 +248,7 @@ def problems_fix() -> Response:
             "error",
         )
         return back
-    from .. import runner
+    from ...engine import batches as runner
 
     result = runner.fix_problems(
         ids, actor=actor_name(), enable_logging=bool(form.enable_logging.data)

@@ -1,6 +1,7 @@
 """Performance figures for the plugin's hot paths, printed plainly for people to compare.
 
-``python -m lm_billing_plugin.benchmark`` runs every section; ``... benchmark codec`` runs one.
+``python -m lm_billing_plugin.testing.benchmark`` runs every section;
+``... benchmark codec`` runs one.
 """
 
 from __future__ import annotations
@@ -166,10 +167,11 @@ def bench_engine() -> None:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
-    from lm_billing_plugin import LMBilling, runner
+    from lm_billing_plugin import LMBilling
+    from lm_billing_plugin.engine import batches as runner
     from lm_billing_plugin.extension import get_state
     from lm_billing_plugin.models import Base, Server
-    from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+    from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
     def timed(func: Callable[[], object]) -> float:
         started = time.perf_counter()

@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Generic, TypeVar
 
-from .tclport.records import LOGGING_LABELS, LOGGING_LISTS, ListRecord, LoggingState, SiteRecord
+from ..tclport.records import LOGGING_LABELS, LOGGING_LISTS, ListRecord, LoggingState, SiteRecord
 
 __all__ = [
     "ALL_KINDS",
@@ -551,7 +551,7 @@ def logging_problem(snapshot: BillingSnapshot, state: LoggingState,
 def reconcile(snapshot: BillingSnapshot, inventory: Any) -> Reconciliation:
     """Everything one run finds for one server.
 
-    ``inventory`` is an :class:`lm_billing_plugin.inventory.Inventory` (typed loosely so this
+    ``inventory`` is an :class:`lm_billing_plugin.engine.inventory.Inventory` (typed loosely so this
     module stays free of the network layer's imports): ``sites``, ``lists``, ``logging``,
     ``usage_error``.
     """

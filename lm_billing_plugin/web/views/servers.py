@@ -13,11 +13,10 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from .. import servers as service
-from ..access import actor_name, requires
-from ..extension import get_state
-from ..forms import ActionForm, AssignForm, ServerForm, ServerSelectionForm
-from ..models import (
+from ...engine import servers as service
+from ...engine.servers import ServerError
+from ...extension import get_state
+from ...models import (
     Assignment,
     BillingGroup,
     Customer,
@@ -30,8 +29,9 @@ from ..models import (
     TaskState,
     Usage,
 )
-from ..servers import ServerError
-from ..tclport.client import DEFAULT_PORT
+from ...tclport.client import DEFAULT_PORT
+from ..access import actor_name, requires
+from ..forms.servers import ActionForm, AssignForm, ServerForm, ServerSelectionForm
 from .paging import MAX_SEARCH, Page, clamp, order_by, page_from_request, page_number
 
 log = logging.getLogger("lm_billing_plugin.views.servers")
@@ -555,7 +555,7 @@ def server_assign(server_id: int) -> Response:
     if not list_ids:
         flash("Nothing was assigned: the ticked lists are not on this server.", "error")
         return back
-    from .. import runner
+    from ...engine import batches as runner
 
     try:
         created = runner.assign(
