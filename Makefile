@@ -29,6 +29,7 @@ test: $(VENV)/.test-installed lint
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check lm_billing_plugin migrations tests setup.py
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.test-installed
 	$(PY) -m lm_billing_plugin.testing.benchmark

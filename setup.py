@@ -70,6 +70,7 @@ setup(
             "setuptools>=70.1",
             "ruff>=0.5",
             "mypy>=1.10",
+            "import-linter>=2.1",
         ],
     },
     entry_points={

@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskCliRunner
 
 from lm_billing_plugin.engine import batches as engine
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import BillingGroup, Customer, MailingList, Server
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 FAST = {

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 from lm_billing_plugin.engine import batches as runner
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import MailingList, Run, Server
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
@@ -32,7 +32,7 @@ import sys, time
 import sqlalchemy as sa
 from tests.sched_app import create_app
 from lm_billing_plugin import runner
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.state import get_state
 
 app = create_app()
 with app.app_context():

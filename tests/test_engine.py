@@ -22,7 +22,6 @@ from _sim import closed_port
 from flask import Flask
 
 from lm_billing_plugin.engine import batches as runner
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import (
     PROBLEM_KINDS,
     Assignment,
@@ -39,6 +38,7 @@ from lm_billing_plugin.models import (
     Usage,
     utcnow,
 )
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
 

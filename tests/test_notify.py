@@ -21,10 +21,10 @@ from flask import Flask
 
 from lm_billing_plugin.engine import servers as server_service
 from lm_billing_plugin.engine.batches import BatchResult, ServerOutcome
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import Base
 from lm_billing_plugin.schedule.notify import Alert, build_alert, run_finished, trouble_found
 from lm_billing_plugin.schedule.service import SchedulerService, WorkRequest, default_work
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 

@@ -19,7 +19,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from lm_billing_plugin.engine import batches as runner
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import (
     Assignment,
     AuditEntry,
@@ -30,6 +29,7 @@ from lm_billing_plugin.models import (
     Server,
     Site,
 )
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
 

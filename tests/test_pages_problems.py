@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import Assignment, Batch, MailingList, Problem, Server
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import LOGGING_NO
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
 from lm_billing_plugin.web.views.runs import shutdown_executor, wait_for_batches

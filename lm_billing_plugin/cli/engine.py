@@ -15,8 +15,8 @@ from ..engine import batches as runner
 from ..engine import servers as registry
 from ..engine.reconcile import owners
 from ..engine.store import load_snapshot
-from ..extension import get_state
 from ..models import PROBLEM_KINDS, PROBLEM_STATUSES, Problem, Server
+from ..state import get_state
 from . import cli
 from .output import EXIT_OK, EXIT_PROBLEMS, actor, emit_json, fail, table, when
 

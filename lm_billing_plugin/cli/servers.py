@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from ..engine import servers as registry
 from ..engine.checks import ConnectionReport, LoggingReport
-from ..extension import get_state
 from ..models import Server
+from ..state import get_state
 from ..tclport.client import DEFAULT_PORT
 from . import cli
 from .output import EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, actor, emit_json, fail, iso, table, when

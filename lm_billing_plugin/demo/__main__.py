@@ -19,10 +19,10 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from ..engine import servers as registry
-from ..extension import get_state
 from ..migrate import upgrade
 from ..models import BillingGroup, Customer, HostingPlan, Server, TaskState, utcnow
 from ..schedule.service import TASK
+from ..state import get_state
 from ..tclport.records import LOGGING_LISTS, LOGGING_NO, ListRecord, SiteRecord
 from ..testing.simulator import Dataset, HostSim, SendLogEntry
 from . import DEMO_ACCOUNTS, DEMO_PASSWORD, create_app

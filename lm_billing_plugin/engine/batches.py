@@ -45,7 +45,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit
-from ..extension import get_state
 from ..models import (
     Batch,
     BillingGroup,
@@ -58,6 +57,7 @@ from ..models import (
 )
 from ..secrets import SecretsError
 from ..settings import Settings
+from ..state import get_state
 from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
 from .checks import LoggingReport

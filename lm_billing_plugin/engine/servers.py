@@ -16,7 +16,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit
-from ..extension import get_state
 from ..models import (
     Assignment,
     AuditEntry,
@@ -29,6 +28,7 @@ from ..models import (
     utcnow,
 )
 from ..secrets import SecretsError
+from ..state import get_state
 from ..tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT
 from ..tclport.errors import DNS, REFUSED, TIMEOUT, UNREACHABLE
 from . import checks

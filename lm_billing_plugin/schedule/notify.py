@@ -34,9 +34,9 @@ from blinker import Namespace
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from ..extension import get_state
 from ..models import Problem, Server
 from ..settings import Settings
+from ..state import get_state
 
 if TYPE_CHECKING:
     from ..engine.batches import BatchResult

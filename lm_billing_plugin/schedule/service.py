@@ -44,9 +44,9 @@ from sqlalchemy.orm import Session
 from ..engine import batches as runner
 from ..engine.batches import BatchResult
 from ..engine.store import lease_owner as owner_id
-from ..extension import get_state
 from ..models import Batch, TaskRun, TaskState, utcnow
 from ..settings import Settings
+from ..state import get_state
 from .notify import Failure, notify_outage, notify_run
 
 log = logging.getLogger("lm_billing_plugin.scheduler")

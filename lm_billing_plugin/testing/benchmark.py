@@ -169,8 +169,8 @@ def bench_engine() -> None:
 
     from lm_billing_plugin import LMBilling
     from lm_billing_plugin.engine import batches as runner
-    from lm_billing_plugin.extension import get_state
     from lm_billing_plugin.models import Base, Server
+    from lm_billing_plugin.state import get_state
     from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
     def timed(func: Callable[[], object]) -> float:
@@ -245,8 +245,8 @@ def bench_pages() -> None:
     from flask_sqlalchemy import SQLAlchemy
 
     from lm_billing_plugin import LMBilling
-    from lm_billing_plugin.extension import get_state
     from lm_billing_plugin.models import Base, MailingList, Problem, Server, Site
+    from lm_billing_plugin.state import get_state
 
     def per_request(client: FlaskClient, url: str, rounds: int = 5) -> float:
         get = client.get

@@ -13,7 +13,7 @@ from jinja2 import TemplateError
 from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
-from ..extension import get_state
+from ..state import get_state
 from .access import guard_request, is_allowed
 from .portals import template_context as portal_context
 from .views.paging import MAX_ID

@@ -11,9 +11,9 @@ from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 
 from ... import audit
-from ...extension import get_state
 from ...models import TaskRun, TaskState
 from ...schedule.service import TASK, request_run_now, schedule_summary
+from ...state import get_state
 from ..access import actor_name, requires
 from .paging import clamp, page_from_request
 

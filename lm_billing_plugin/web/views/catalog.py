@@ -18,7 +18,6 @@ from wtforms import SelectChoice
 
 from ... import audit
 from ...engine.store import active_assignment, is_conflict
-from ...extension import get_state
 from ...models import (
     Assignment,
     BillingGroup,
@@ -28,6 +27,7 @@ from ...models import (
     Server,
     Site,
 )
+from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.catalog import AssignForm, CustomerForm, GroupForm, PlanForm, UnassignForm
 from .paging import MAX_ID, MAX_SEARCH, Page, clamp, order_by, page_from_request

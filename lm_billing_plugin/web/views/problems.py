@@ -10,8 +10,8 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from sqlalchemy import ColumnElement, func, or_, select
 from werkzeug.wrappers import Response
 
-from ...extension import get_state
 from ...models import PROBLEM_KINDS, Batch, Problem, Run, Server
+from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.servers import FixForm
 from .paging import MAX_ID, clamp, order_by, page_from_request

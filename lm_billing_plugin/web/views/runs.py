@@ -13,8 +13,8 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, render_template
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from ...extension import get_state
 from ...models import Batch, Problem, Run, Server, utcnow
+from ...state import get_state
 from ..access import actor_name
 
 log = logging.getLogger("lm_billing_plugin.views.runs")

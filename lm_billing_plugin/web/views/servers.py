@@ -15,7 +15,6 @@ from werkzeug.wrappers import Response
 
 from ...engine import servers as service
 from ...engine.servers import ServerError
-from ...extension import get_state
 from ...models import (
     Assignment,
     BillingGroup,
@@ -29,6 +28,7 @@ from ...models import (
     TaskState,
     Usage,
 )
+from ...state import get_state
 from ...tclport.client import DEFAULT_PORT
 from ..access import actor_name, requires
 from ..forms.servers import ActionForm, AssignForm, ServerForm, ServerSelectionForm
