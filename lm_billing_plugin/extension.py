@@ -55,7 +55,7 @@ class LMBilling:
         app.cli.add_command(cli)
         app.jinja_env.globals["lm_billing_menu"] = menu_entries
 
-        from .schedule.service import install_autostart
+        from .schedule.autostart import install_autostart
 
         install_autostart(app)
 

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from lm_billing_plugin.models import AuditEntry, Batch, TaskRun, TaskState, utcnow
-from lm_billing_plugin.schedule.service import TASK, schedule_summary
+from lm_billing_plugin.schedule.claims import TASK, schedule_summary
 from lm_billing_plugin.state import get_state
 
 URL = "/billing/background"

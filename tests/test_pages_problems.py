@@ -77,10 +77,10 @@ def test_validate_selected_runs_in_background_and_shows_errors(
 
 def test_a_running_batch_page_refreshes_itself(app: Flask, client: FlaskClient) -> None:
     sid = add_server(app, "Queued")
-    from lm_billing_plugin.engine import batches as runner
+    from lm_billing_plugin.engine import batches
 
     with app.app_context():
-        batch_id = runner.create_batch("validate", [sid], actor="test")
+        batch_id = batches.create_batch("validate", [sid], actor="test")
     page = plain(client.get(f"/billing/batches/{batch_id}"))
     assert '<meta http-equiv="refresh" content="2">' in page
     assert "Running: 0 of 1 server(s) done." in page

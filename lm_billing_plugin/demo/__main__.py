@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 from ..engine import servers as registry
 from ..migrate import upgrade
 from ..models import BillingGroup, Customer, HostingPlan, Server, TaskState, utcnow
-from ..schedule.service import TASK
+from ..schedule.claims import TASK
 from ..state import get_state
 from ..tclport.records import LOGGING_LISTS, LOGGING_NO, ListRecord, SiteRecord
 from ..testing.simulator import Dataset, HostSim, SendLogEntry

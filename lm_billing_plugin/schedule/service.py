@@ -1,5 +1,5 @@
-"""Scheduled background validation: an APScheduler ticker in each process, and a claim on the
-task's database row (conditional UPDATE with a lease) so exactly one process runs each due run.
+"""The scheduler service: an APScheduler ticker in each process that claims due runs (claims.py)
+and does their work; one cohesive thing, the per-process lifecycle of start, tick, run, stop.
 
 How it fits together
 --------------------
@@ -28,25 +28,37 @@ import atexit
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, current_app
+from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..engine import batches as runner
+from ..engine import batches
 from ..engine.batches import BatchResult
 from ..engine.store import lease_owner as owner_id
-from ..models import Batch, TaskRun, TaskState, utcnow
-from ..settings import Settings
+from ..models import TaskState, utcnow
 from ..state import get_state
+from .claims import (
+    ACTOR,
+    TASK,
+    Claim,
+    Finish,
+    db_now,
+    ensure_task,
+    reap_expired,
+    record_batch,
+    renew_lease,
+    tick_seconds,
+    try_claim,
+    write_finish,
+)
 from .notify import Failure, notify_outage, notify_run
 
 log = logging.getLogger("lm_billing_plugin.scheduler")
@@ -58,356 +70,12 @@ TICKER_LOGGER = "lm_billing_plugin.scheduler.ticker"
 if logging.getLogger(TICKER_LOGGER).level == logging.NOTSET:
     logging.getLogger(TICKER_LOGGER).setLevel(logging.ERROR)
 
-TASK = "scheduled_validation"
-ACTOR = "scheduler"
 SERVICE_EXTRA = "scheduler.service"
 # Internal seam: a callable(WorkRequest) -> result that replaces the runner call. Tests use it
 # to make runs slow or failing on purpose; hosts have no reason to set it.
 WORK_EXTRA = "scheduler.work"
 # How often a failing tick is logged again while the database stays unreachable.
 ERROR_LOG_EVERY = 60.0
-
-
-# --- Pure schedule arithmetic -------------------------------------------------------------
-
-
-def tick_seconds(interval: float) -> float:
-    """How often a process looks at the schedule: at most every second, at least five times
-    per interval, so a due run starts well within its own interval."""
-    return max(0.05, min(1.0, interval / 5.0))
-
-
-def next_slot(due: datetime, now: datetime, interval: float) -> tuple[datetime, int]:
-    """The first slot after ``now`` on the grid ``due + k*interval``, and how many slots
-    between ``due`` (exclusive) and that one were missed (they are coalesced into this run)."""
-    step_us = max(1, round(interval * 1_000_000))
-    late_us = (now - due) // timedelta(microseconds=1)
-    if late_us < 0:
-        return due, 0
-    slots = late_us // step_us + 1
-    return due + timedelta(microseconds=slots * step_us), slots - 1
-
-
-# --- Database operations (each in its own short transaction) -----------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A run this process has claimed and must execute."""
-
-    run_id: int
-    owner: str
-    scheduled_for: datetime
-    missed: int
-    kind: str
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        """The summary a run has before it has a result."""
-        return {"kind": self.kind, "missed": self.missed}
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """The outcome of a run, kept until it is written. ``finished_at`` None: the database's
-    clock when it is written (the run's start is on that clock too)."""
-
-    claim: Claim
-    status: str
-    summary: dict[str, Any]
-    error: str | None = None
-    finished_at: datetime | None = None
-
-
-def db_now(session: Session) -> datetime:
-    """The database server's clock in UTC: every host compares leases and due times against
-    the same clock, so a host whose clock runs ahead cannot take a live lease over. SQLite
-    lives on one host, whose clock it is."""
-    name = session.get_bind().dialect.name
-    value: Any = None
-    if name == "postgresql":
-        value = session.scalar(sa.text("SELECT clock_timestamp() AT TIME ZONE 'UTC'"))
-    elif name in ("mysql", "mariadb"):
-        value = session.scalar(sa.text("SELECT UTC_TIMESTAMP(6)"))
-    if not isinstance(value, datetime):
-        return utcnow()
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def ensure_task(session: Session, now: datetime) -> bool:
-    """Create the task's row (first run due now) when it does not exist yet; True when it
-    was created. Two processes may race here: the loser's commit fails with IntegrityError,
-    which its caller treats as "exists"."""
-    exists = session.scalar(sa.select(TaskState.name).where(TaskState.name == TASK))
-    if exists is not None:
-        return False
-    session.add(TaskState(name=TASK, next_run_at=now))
-    session.flush()
-    return True
-
-
-def reap_expired(session: Session, now: datetime) -> int | None:
-    """Release a lease whose holder died (it stopped renewing) and mark its run interrupted.
-    Returns the interrupted run's id."""
-    row = session.execute(
-        sa.select(
-            TaskState.lease_owner, TaskState.lease_expires_at, TaskState.current_run_id
-        ).where(TaskState.name == TASK)
-    ).one_or_none()
-    if row is None or row.lease_owner is None:
-        return None
-    if row.lease_expires_at is not None and row.lease_expires_at >= now:
-        return None
-    hit = session.execute(
-        sa.update(TaskState)
-        .where(
-            TaskState.name == TASK,
-            TaskState.lease_owner == row.lease_owner,
-            TaskState.lease_expires_at < now,
-        )
-        .values(
-            lease_owner=None,
-            lease_expires_at=None,
-            current_run_id=None,
-            last_run_id=sa.func.coalesce(row.current_run_id, TaskState.last_run_id),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if _rowcount(hit) != 1:
-        return None
-    run_id: int | None = row.current_run_id
-    if run_id is not None:
-        session.execute(
-            sa.update(TaskRun)
-            .where(TaskRun.id == run_id, TaskRun.status == "running")
-            .values(
-                status="interrupted",
-                finished_at=now,
-                error_message=(
-                    f"The process running it ({row.lease_owner}) stopped renewing its lease "
-                    "(it crashed, was killed or lost the database); the schedule continues."
-                ),
-            )
-            .execution_options(synchronize_session=False)
-        )
-    log.warning(
-        "scheduled run %s of %s: lease expired at %s, marked interrupted",
-        run_id,
-        row.lease_owner,
-        row.lease_expires_at,
-    )
-    return run_id
-
-
-def try_claim(
-    session: Session,
-    *,
-    owner: str,
-    now: datetime,
-    interval: float,
-    lease_seconds: float,
-    kind: str,
-) -> Claim | None:
-    """Claim the due run if there is one and nobody runs it: one conditional UPDATE that
-    sets the lease and advances next_run_at past now. The caller commits."""
-    row = session.execute(
-        sa.select(TaskState.next_run_at, TaskState.lease_owner, TaskState.lease_expires_at).where(
-            TaskState.name == TASK
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    due = row.next_run_at
-    step = timedelta(seconds=interval)
-    if due - now > step:
-        # The interval was shortened since this slot was set: do not wait out the old one.
-        session.execute(
-            sa.update(TaskState)
-            .where(TaskState.name == TASK, TaskState.next_run_at == due)
-            .values(next_run_at=now + step)
-            .execution_options(synchronize_session=False)
-        )
-        return None
-    if due > now:
-        return None
-    if row.lease_owner is not None and (
-        row.lease_expires_at is None or row.lease_expires_at >= now
-    ):
-        return None
-    upcoming, missed = next_slot(due, now, interval)
-    hit = session.execute(
-        sa.update(TaskState)
-        .where(
-            TaskState.name == TASK,
-            TaskState.next_run_at == due,
-            sa.or_(TaskState.lease_owner.is_(None), TaskState.lease_expires_at < now),
-        )
-        .values(
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            next_run_at=upcoming,
-            current_run_id=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if _rowcount(hit) != 1:
-        return None  # another process claimed it first
-    run = TaskRun(
-        task=TASK,
-        scheduled_for=due,
-        started_at=now,
-        status="running",
-        host=socket.gethostname()[:120],
-        pid=os.getpid(),
-        summary={"kind": kind, "missed": missed},
-    )
-    session.add(run)
-    session.flush()
-    session.execute(
-        sa.update(TaskState)
-        .where(TaskState.name == TASK, TaskState.lease_owner == owner)
-        .values(current_run_id=run.id)
-        .execution_options(synchronize_session=False)
-    )
-    return Claim(run_id=run.id, owner=owner, scheduled_for=due, missed=missed, kind=kind)
-
-
-def renew_lease(session: Session, *, owner: str, now: datetime, lease_seconds: float) -> bool:
-    """Heartbeat: push our lease's expiry forward. False when the lease is no longer ours."""
-    hit = session.execute(
-        sa.update(TaskState)
-        .where(TaskState.name == TASK, TaskState.lease_owner == owner)
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    return _rowcount(hit) == 1
-
-
-def write_finish(session: Session, finish: Finish) -> bool:
-    """Record a run's outcome and release the lease. False when the lease had been taken
-    over meanwhile (the outcome is recorded all the same: it is the truth)."""
-    session.execute(
-        sa.update(TaskRun)
-        .where(TaskRun.id == finish.claim.run_id)
-        .values(
-            status=finish.status,
-            finished_at=finish.finished_at or db_now(session),
-            summary=finish.summary,
-            error_message=finish.error,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    hit = session.execute(
-        sa.update(TaskState)
-        .where(TaskState.name == TASK, TaskState.lease_owner == finish.claim.owner)
-        .values(
-            lease_owner=None,
-            lease_expires_at=None,
-            current_run_id=None,
-            last_run_id=finish.claim.run_id,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return _rowcount(hit) == 1
-
-
-def record_batch(session: Session, run_id: int, batch_id: int) -> None:
-    session.execute(
-        sa.update(TaskRun)
-        .where(TaskRun.id == run_id)
-        .values(batch_id=batch_id)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def request_run_now(session: Session, now: datetime | None = None) -> datetime:
-    """Make the next run due at once ("Run now"). Only moves next_run_at; the scheduler
-    process does the work. The caller commits."""
-    now = now or db_now(session)
-    if not ensure_task(session, now):
-        session.execute(
-            sa.update(TaskState)
-            .where(TaskState.name == TASK)
-            .values(next_run_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    return now
-
-
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-# --- What the pages show -------------------------------------------------------------------
-
-
-def schedule_summary(session: Session, settings: Settings | None = None) -> dict[str, Any]:
-    """The schedule at a glance, for the Background validation and Servers pages.
-
-    Keys: ``enabled``, ``kind`` ("validate" or "sync"), ``interval`` (seconds),
-    ``next_run_at`` (aware datetime or None), ``overdue`` (True when a run is due for longer
-    than a scheduler would take to start it: no scheduler process seems to be running),
-    ``running`` (None or {id, host, pid, started_at, scheduled_for, batch_id, done, total,
-    failed}) and ``last_run`` (None or {id, status, started_at, finished_at, duration, error,
-    summary}).
-    """
-    settings = settings or get_state().settings
-    now = utcnow()
-    state = session.get(TaskState, TASK)
-    running: dict[str, Any] | None = None
-    if state is not None and state.current_run_id is not None and state.lease_owner:
-        run = session.get(TaskRun, state.current_run_id)
-        if run is not None and run.status == "running":
-            running = _run_dict(run)
-            running["lease_expires_at"] = state.lease_expires_at
-            batch = session.get(Batch, run.batch_id) if run.batch_id is not None else None
-            running.update(
-                done=batch.done if batch else 0,
-                total=batch.total if batch else 0,
-                failed=batch.failed if batch else 0,
-            )
-    last = session.scalars(
-        sa.select(TaskRun)
-        .where(TaskRun.task == TASK, TaskRun.finished_at.is_not(None))
-        .order_by(TaskRun.finished_at.desc(), TaskRun.id.desc())
-        .limit(1)
-    ).first()
-    next_run_at = state.next_run_at if state is not None else None
-    grace = timedelta(seconds=max(60.0, 3 * tick_seconds(settings.validate_interval)))
-    overdue = bool(
-        settings.scheduler_enabled
-        and next_run_at is not None
-        and running is None
-        and next_run_at < now - grace
-    )
-    return {
-        "enabled": settings.scheduler_enabled,
-        "kind": "sync" if settings.scheduled_sync else "validate",
-        "interval": settings.validate_interval,
-        "next_run_at": next_run_at,
-        "overdue": overdue,
-        "running": running,
-        "last_run": _run_dict(last) if last is not None else None,
-    }
-
-
-def _run_dict(run: TaskRun) -> dict[str, Any]:
-    duration = None
-    if run.finished_at is not None:
-        duration = (run.finished_at - run.started_at).total_seconds()
-    return {
-        "id": run.id,
-        "status": run.status,
-        "host": run.host,
-        "pid": run.pid,
-        "scheduled_for": run.scheduled_for,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "duration": duration,
-        "batch_id": run.batch_id,
-        "error": run.error_message,
-        "summary": dict(run.summary or {}),
-    }
 
 
 # --- The work of one run -------------------------------------------------------------------
@@ -428,9 +96,9 @@ Work = Callable[[WorkRequest], BatchResult]
 
 def default_work(request: WorkRequest) -> BatchResult:
     """Validate (or sync) every server through the engine, as the "scheduler" actor."""
-    batch_id = runner.create_batch(request.kind, None, actor=ACTOR, dry_run=False)
+    batch_id = batches.create_batch(request.kind, None, actor=ACTOR, dry_run=False)
     request.record_batch(batch_id)
-    return runner.run_batch(batch_id)
+    return batches.run_batch(batch_id)
 
 
 def summarize(result: BatchResult, missed: int, kind: str) -> tuple[str, dict[str, Any]]:
@@ -888,73 +556,10 @@ def _is_lock_contention(exc: Exception) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and "database is locked" in str(exc)
 
 
-# --- Lazy start in serving processes ---------------------------------------------------------
-
-
-def should_autostart(app: Flask) -> bool:
-    """Whether this process should run the ticker for ``app`` on its first request.
-
-    Yes in a serving process (gunicorn/uWSGI worker, ``flask run``) when
-    LM_BILLING_SCHEDULER_AUTOSTART and LM_BILLING_SCHEDULER_ENABLED are on. No under tests
-    (``app.testing``) and under ``flask`` CLI commands other than ``flask run``. The Werkzeug
-    reloader's parent process never serves a request, so it never starts one either (only
-    the child, with WERKZEUG_RUN_MAIN=true, does).
-    """
-    settings = get_state(app).settings
-    if not (settings.scheduler_autostart and settings.scheduler_enabled):
-        return False
-    if app.testing:
-        return False
-    return not _under_cli_command()
-
-
-def _under_cli_command() -> bool:
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.command.name != "run":
-        return True
-    argv = sys.argv
-    script = os.path.basename(argv[0]) if argv else ""
-    is_flask = script in ("flask", "flask.exe") or (
-        script == "__main__.py" and os.path.basename(os.path.dirname(argv[0])) == "flask"
-    )
-    return is_flask and "run" not in argv[1:]
-
-
-_AUTOSTART_LOCK = threading.Lock()
-
-
-def install_autostart(app: Flask) -> None:
-    """Arrange for the scheduler to start lazily in a serving process (never here)."""
-
-    def start_on_first_request() -> None:
-        state = get_state(app)
-        if SERVICE_EXTRA in state.extras:
-            return
-        with _AUTOSTART_LOCK:
-            if SERVICE_EXTRA in state.extras:
-                return
-            if not should_autostart(current_app):
-                state.extras[SERVICE_EXTRA] = None
-                return
-            service = SchedulerService(app)
-            state.extras[SERVICE_EXTRA] = service
-            service.start(blocking=False)
-
-    app.before_request(start_on_first_request)
-
-
 __all__ = [
-    "ACTOR",
-    "TASK",
+    "SERVICE_EXTRA",
+    "WORK_EXTRA",
     "SchedulerService",
     "WorkRequest",
     "default_work",
-    "install_autostart",
-    "next_slot",
-    "request_run_now",
-    "schedule_summary",
-    "should_autostart",
-    "tick_seconds",
 ]

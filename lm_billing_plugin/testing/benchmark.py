@@ -168,7 +168,7 @@ def bench_engine() -> None:
     from flask_sqlalchemy import SQLAlchemy
 
     from lm_billing_plugin import LMBilling
-    from lm_billing_plugin.engine import batches as runner
+    from lm_billing_plugin.engine import batches
     from lm_billing_plugin.models import Base, Server
     from lm_billing_plugin.state import get_state
     from lm_billing_plugin.testing.simulator import Dataset, HostSim
@@ -201,9 +201,9 @@ def bench_engine() -> None:
                     return server.id
 
                 big = add("big", HostSim(Dataset.generate(sites=20, lists=10_000, seed=7)))
-                t_validate = timed(lambda: runner.validate_servers([big], actor="benchmark"))
-                t_sync = timed(lambda: runner.sync_servers([big], actor="benchmark"))
-                t_again = timed(lambda: runner.sync_servers([big], actor="benchmark"))
+                t_validate = timed(lambda: batches.validate_servers([big], actor="benchmark"))
+                t_sync = timed(lambda: batches.sync_servers([big], actor="benchmark"))
+                t_again = timed(lambda: batches.sync_servers([big], actor="benchmark"))
                 print(
                     f"engine 1 server x 10,000 lists (SQLite): validate {_ms(t_validate)}, "
                     f"first sync {_ms(t_sync)}, unchanged sync {_ms(t_again)}"
@@ -212,9 +212,9 @@ def bench_engine() -> None:
                     add(f"s{i:02d}", HostSim(Dataset.generate(sites=3, lists=200, seed=i)))
                     for i in range(50)
                 ]
-                t_validate = timed(lambda: runner.validate_servers(many, actor="benchmark"))
-                t_sync = timed(lambda: runner.sync_servers(many, actor="benchmark"))
-                t_again = timed(lambda: runner.sync_servers(many, actor="benchmark"))
+                t_validate = timed(lambda: batches.validate_servers(many, actor="benchmark"))
+                t_sync = timed(lambda: batches.sync_servers(many, actor="benchmark"))
+                t_again = timed(lambda: batches.sync_servers(many, actor="benchmark"))
                 print(
                     f"engine 50 servers x 200 lists in parallel (SQLite, 16 at once): "
                     f"validate {_ms(t_validate)}, first sync {_ms(t_sync)}, "

@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 
 from ... import audit
 from ...models import TaskRun, TaskState
-from ...schedule.service import TASK, request_run_now, schedule_summary
+from ...schedule.claims import TASK, request_run_now, schedule_summary
 from ...state import get_state
 from ..access import actor_name, requires
 from .paging import clamp, page_from_request

@@ -646,7 +646,7 @@ def _do_assign(
 ) -> Response | str:
     """Bulk-assign through the engine; a redirect when done, else the gate's refusal ("" when
     the form got field errors instead)."""
-    from ...engine import batches as runner
+    from ...catalog import assignment
 
     group = session.get(BillingGroup, form.group_id.data)
     if group is None:
@@ -678,7 +678,7 @@ def _do_assign(
         ]
         return ""
     try:
-        count = runner.assign(
+        count = assignment.assign(
             group.id,
             server_id=server.id,
             site_ids=sorted(site_ids),
@@ -687,9 +687,9 @@ def _do_assign(
             actor=actor_name(),
             start=form.start.data,
         )
-    except runner.GateError as exc:
+    except assignment.GateError as exc:
         return str(exc)
-    except runner.AssignmentError as exc:
+    except assignment.AssignmentError as exc:
         form.whole_server.errors = [f"Nothing was assigned: {exc}."]
         return ""
     flash(f"Assigned {count} object(s) on server {server.name} to billing group {group.name}.")
@@ -761,7 +761,7 @@ def _render_assign(
 
 @requires("edit")
 def unassign() -> Any:
-    from ...engine import batches as runner
+    from ...catalog import assignment
 
     session = _session()
     form = UnassignForm()
@@ -785,10 +785,10 @@ def unassign() -> Any:
             session, customer, form, "Tick the assignments to end first.", status=400
         )
     try:
-        count = runner.unassign(own, actor=actor_name(), end=form.end.data)
-    except runner.GateError as exc:
+        count = assignment.unassign(own, actor=actor_name(), end=form.end.data)
+    except assignment.GateError as exc:
         return _render_customer_detail(session, customer, form, str(exc), status=409)
-    except runner.AssignmentError as exc:
+    except assignment.AssignmentError as exc:
         message = f"Nothing was unassigned: {exc}. Reload the page and try again."
         return _render_customer_detail(session, customer, form, message, status=400)
     flash(f"Ended {count} assignment(s) of {customer.company}; their history is kept.")

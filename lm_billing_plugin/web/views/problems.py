@@ -248,9 +248,9 @@ def problems_fix() -> Response:
             "error",
         )
         return back
-    from ...engine import batches as runner
+    from ...engine import fixes
 
-    result = runner.fix_problems(
+    result = fixes.fix_problems(
         ids, actor=actor_name(), enable_logging=bool(form.enable_logging.data)
     )
     flash(f"Fix Selected Objects: {_summary(result)}.", "message")

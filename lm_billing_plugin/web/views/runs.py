@@ -53,11 +53,11 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 
 
 def _run_in_app(app: Flask, batch_id: int) -> None:
-    from ...engine import batches as runner
+    from ...engine import batches
 
     with app.app_context():
         try:
-            runner.run_batch(batch_id)
+            batches.run_batch(batch_id)
         except Exception:
             # The batch row keeps the failure (the runner records its runs); the page shows it.
             log.exception("background batch %s failed", batch_id)
@@ -81,10 +81,10 @@ def _mark_failed(batch_id: int) -> None:
 
 def start_batch(kind: str, server_ids: list[int] | None) -> int:
     """Create the batch now (so the page has something to show) and run it in the background."""
-    from ...engine import batches as runner
+    from ...engine import batches
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    batch_id = int(runner.create_batch(kind, server_ids, actor=actor_name()))
+    batch_id = int(batches.create_batch(kind, server_ids, actor=actor_name()))
     future = _executor(app).submit(_run_in_app, app, batch_id)
     with _LOCK:
         futures: list[Future[None]] = get_state(app).extras[FUTURES_KEY]

@@ -555,16 +555,16 @@ def server_assign(server_id: int) -> Response:
     if not list_ids:
         flash("Nothing was assigned: the ticked lists are not on this server.", "error")
         return back
-    from ...engine import batches as runner
+    from ...catalog import assignment
 
     try:
-        created = runner.assign(
+        created = assignment.assign(
             int(form.group_id.data or 0),
             server_id=server.id,
             list_ids=list_ids,
             actor=actor_name(),
         )
-    except (runner.GateError, runner.AssignmentError) as exc:
+    except (assignment.GateError, assignment.AssignmentError) as exc:
         session.rollback()
         flash(f"Nothing was assigned: {exc}", "error")
         return back
