@@ -31,7 +31,7 @@ CHILD = """
 import sys, time
 import sqlalchemy as sa
 from tests.sched_app import create_app
-from lm_billing_plugin.engine import batches as runner
+from lm_billing_plugin.engine import batches
 from lm_billing_plugin.state import get_state
 
 app = create_app()
