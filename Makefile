@@ -41,9 +41,10 @@ test-python:
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check lm_billing_plugin migrations tests setup.py
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.test-installed
-	$(PY) -m lm_billing_plugin.benchmark
+	$(PY) -m lm_billing_plugin.testing.benchmark
 
 clean:
 	rm -rf $(VENV) .venv-python* build dist *.egg-info test-artifacts

@@ -70,11 +70,12 @@ setup(
             "setuptools>=70.1",
             "ruff>=0.5",
             "mypy>=1.10",
+            "import-linter>=2.1",
         ],
     },
     entry_points={
         "console_scripts": [
-            "lm-billing-hostsim = lm_billing_plugin.tclport.simulator:main",
+            "lm-billing-hostsim = lm_billing_plugin.testing.simulator:main",
         ],
     },
     classifiers=[

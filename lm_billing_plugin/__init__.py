@@ -3,11 +3,12 @@ Add hosting servers, check them, validate, sync and fix them, by hand and on a s
 
 from __future__ import annotations
 
-from .access import requires
-from .extension import LMBilling, get_state
+from .extension import LMBilling
 from .migrate import alembic_include_object, downgrade, upgrade
 from .models import Base as BillingBase
-from .portals import add_to_appbuilder, add_to_flask_admin
+from .state import get_state
+from .web.access import requires
+from .web.portals import add_to_appbuilder, add_to_flask_admin
 
 __all__ = [
     "BillingBase",

@@ -1,35 +1,15 @@
-"""The LMBilling extension object: init_app wires settings, database, blueprint, CLI and menu
-into a host app; per-app state lives in app.extensions["lm_billing"]."""
+"""The LMBilling extension object, the composition root: init_app wires settings, database,
+blueprint, CLI, menu and the scheduler's autostart into a host app. Nothing imports it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-from flask import Flask, current_app
+from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import Session
 
-from .access import PermissionCheck
 from .secrets import SecretBox
 from .settings import DEFAULTS, Settings
-
-EXTENSION_KEY = "lm_billing"
-
-
-@dataclass
-class BillingState:
-    """What one app's plugin needs at run time; built once by init_app."""
-
-    extension: LMBilling
-    settings: Settings
-    db: SQLAlchemy
-    secrets: SecretBox
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def session(self) -> Session:
-        return self.db.session  # type: ignore[return-value]
+from .state import EXTENSION_KEY, BillingState
+from .web.access import PermissionCheck
 
 
 class LMBilling:
@@ -67,15 +47,15 @@ class LMBilling:
             secrets=SecretBox(settings.encryption_keys),
         )
 
-        from .blueprint import blueprint
         from .cli import cli
-        from .menu import menu_entries
+        from .web.blueprint import blueprint
+        from .web.menu import menu_entries
 
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)
         app.jinja_env.globals["lm_billing_menu"] = menu_entries
 
-        from .scheduler import install_autostart
+        from .schedule.autostart import install_autostart
 
         install_autostart(app)
 
@@ -93,14 +73,3 @@ def _host_db(app: Flask) -> SQLAlchemy:
         db.init_app(app)
     assert isinstance(db, SQLAlchemy)
     return db
-
-
-def get_state(app: Flask | None = None) -> BillingState:
-    """The plugin's state for ``app`` (default: the current app)."""
-    target = app if app is not None else current_app
-    try:
-        state = target.extensions[EXTENSION_KEY]
-    except KeyError:
-        raise RuntimeError("lm_billing_plugin is not registered on this app") from None
-    assert isinstance(state, BillingState)
-    return state

@@ -40,7 +40,7 @@ def _config(connection: Connection, directory: str | None = None) -> Config:
 
 
 def _engine(app: Flask | None) -> Any:
-    from .extension import get_state
+    from .state import get_state
 
     if app is not None:
         with app.app_context():

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from .reconcile import ALL_KINDS
+from .kinds import ALL_KINDS
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

@@ -17,8 +17,6 @@ from flask.testing import FlaskClient
 from flask_login import LoginManager, UserMixin
 from werkzeug.routing import Rule
 
-from lm_billing_plugin.access import ACTIONS, action_of
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import (
     Assignment,
     Base,
@@ -32,6 +30,8 @@ from lm_billing_plugin.models import (
     Server,
     Site,
 )
+from lm_billing_plugin.state import get_state
+from lm_billing_plugin.web.access import ACTIONS, action_of
 
 # Who may do what. "nobody" is logged in but has no permission at all; "all_but_<a>" has
 # every action except <a>, so each route's own action is what lets it in.

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import BillingGroup, Customer, Server
+from lm_billing_plugin.state import get_state
 
 # Local simulated servers answer at once; a dead one must fail fast.
 FAST_CONFIG: dict[str, Any] = {

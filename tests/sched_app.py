@@ -12,8 +12,8 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from lm_billing_plugin import LMBilling
-from lm_billing_plugin.extension import get_state
-from lm_billing_plugin.scheduler import WORK_EXTRA, WorkRequest, default_work
+from lm_billing_plugin.schedule.service import WORK_EXTRA, WorkRequest, default_work
+from lm_billing_plugin.state import get_state
 
 
 def create_app() -> Flask:

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from flask_login import FlaskLoginClient, LoginManager, UserMixin
 
 from lm_billing_plugin import LMBilling, requires
-from lm_billing_plugin.access import actor_name
+from lm_billing_plugin.web.access import actor_name
 
 VIEW = "/billing/_probe/view"
 ACCOUNTS = {"operator": ("view", "edit", "run"), "viewer": ("view",), "stranger": ()}

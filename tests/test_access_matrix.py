@@ -22,7 +22,7 @@ from _login_host import (
 from flask import Flask
 from werkzeug.routing import Rule
 
-from lm_billing_plugin.access import ACTIONS
+from lm_billing_plugin.web.access import ACTIONS
 
 # Public on purpose: the stylesheet (the host's login page may use it); it holds no data.
 PUBLIC = {"lm_billing.static"}

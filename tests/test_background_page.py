@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import AuditEntry, Batch, TaskRun, TaskState, utcnow
-from lm_billing_plugin.scheduler import TASK, schedule_summary
+from lm_billing_plugin.schedule.claims import TASK, schedule_summary
+from lm_billing_plugin.state import get_state
 
 URL = "/billing/background"
 

@@ -9,8 +9,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 from flask import Flask
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import Batch, Run, Server, utcnow
+from lm_billing_plugin.state import get_state
 
 
 def _batch(app: Flask, started_ago: timedelta) -> int:

@@ -17,8 +17,8 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from lm_billing_plugin.tclport.records import LOGGING_NO
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
-from lm_billing_plugin.views.runs import shutdown_executor
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
+from lm_billing_plugin.web.views.runs import shutdown_executor
 
 pytestmark = pytest.mark.browser
 

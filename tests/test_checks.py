@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from _sim import FAST, blackhole, closed_port
 
-from lm_billing_plugin.checks import (
+from lm_billing_plugin.engine.checks import (
     CONNECTION_STEPS,
     ConnectionReport,
     check_connection,
@@ -17,7 +17,7 @@ from lm_billing_plugin.checks import (
     check_server,
     enable_logging,
 )
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 LISTS_LABEL = "Yes, Log All Messages that ListManager Sends to Mailing Lists"
 SECRET = "s3cret-Pa55"

@@ -14,10 +14,10 @@ from click.testing import Result
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
-from lm_billing_plugin import runner as engine
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.catalog import assignment
 from lm_billing_plugin.models import BillingGroup, Customer, MailingList, Server
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.state import get_state
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 FAST = {
     "LM_BILLING_CONNECT_TIMEOUT": 0.5,
@@ -97,7 +97,7 @@ def assign_whole_server(app: Flask, server_name: str) -> None:
         server_id = session.scalars(sa.select(Server.id).where(Server.name == server_name)).one()
         group_id = group.id
         session.commit()
-        engine.assign(group_id, server_id=server_id, whole_server=True, actor="test")
+        assignment.assign(group_id, server_id=server_id, whole_server=True, actor="test")
 
 
 def test_hostile_names_survive_validate_sync_lists_byte_for_byte(

@@ -14,9 +14,9 @@ from click.testing import Result
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import AuditEntry, Run, Server
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.state import get_state
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 # A password that must never appear in any output, log line or audit row.
 SECRET = "s3cr3t-Tcl\u00fcPort-pw"

@@ -41,7 +41,7 @@ from lm_billing_plugin.tclport import (
     TclPortError,
 )
 from lm_billing_plugin.tclport.codec import encode_dict, encode_list
-from lm_billing_plugin.tclport.simulator import HOSTILE_MODES, Dataset, HostSim
+from lm_billing_plugin.testing.simulator import HOSTILE_MODES, Dataset, HostSim
 
 WRONG = "not-the-password-7Q"
 

@@ -138,10 +138,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tclsh_oracle import Tclsh, tclsh_path
 
-from lm_billing_plugin.checks import check_logging
+from lm_billing_plugin.engine.checks import check_logging
 from lm_billing_plugin.tclport import ClientSettings, TclPortClient, TclPortError
 from lm_billing_plugin.tclport.codec import decode_list, encode_dict, encode_list
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 FAST = ClientSettings(connect_timeout=0.5, read_timeout=0.4, operation_timeout=0.8)
 LISTS_LABEL = b"Yes, Log All Messages that ListManager Sends to Mailing Lists"

@@ -16,11 +16,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from lm_billing_plugin import runner
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.engine import batches
 from lm_billing_plugin.models import MailingList, Run, Server
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 1.0
@@ -31,8 +31,8 @@ CHILD = """
 import sys, time
 import sqlalchemy as sa
 from tests.sched_app import create_app
-from lm_billing_plugin import runner
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.engine import batches
+from lm_billing_plugin.state import get_state
 
 app = create_app()
 with app.app_context():
@@ -42,7 +42,7 @@ with app.app_context():
             print("mid-write", flush=True)
             time.sleep(120)
     sa.event.listen(get_state().db.engine, "after_cursor_execute", pause)
-    runner.sync_servers(None, actor="doomed")
+    batches.sync_servers(None, actor="doomed")
     print("finished", flush=True)
 """
 
@@ -84,7 +84,7 @@ def test_sigkill_mid_sync_leaves_the_server_wholly_old(
     session.add(server)
     session.commit()
     sid = server.id
-    assert runner.sync_servers(None, actor="t").exit_code in (0, 1)
+    assert batches.sync_servers(None, actor="t").exit_code in (0, 1)
     before = lists_of(sid)
     synced_before = session.get(Server, sid).synced_at
     session.commit()
@@ -120,7 +120,7 @@ def test_sigkill_mid_sync_leaves_the_server_wholly_old(
     # Once the dead process's lease has expired, the next sync applies the server in full
     # and records the dead run as interrupted.
     time.sleep(LEASE + 0.2)
-    result = runner.sync_servers([sid], actor="t")
+    result = batches.sync_servers([sid], actor="t")
     assert result.servers[0].changes == {"created": 1, "updated": 1, "removed": 1}
     after = lists_of(sid)
     assert after["new-one"][1] == "active"

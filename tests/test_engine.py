@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from _sim import closed_port
 from flask import Flask
 
-from lm_billing_plugin import runner
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.catalog import assignment
+from lm_billing_plugin.engine import batches as runner
+from lm_billing_plugin.engine import fixes
 from lm_billing_plugin.models import (
     PROBLEM_KINDS,
     Assignment,
@@ -39,8 +40,9 @@ from lm_billing_plugin.models import (
     Usage,
     utcnow,
 )
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 FAST: dict[str, Any] = {
     "LM_BILLING_CONNECT_TIMEOUT": 1.0,
@@ -188,7 +190,7 @@ def test_every_problem_kind_appears_and_is_resolved(eapp: Flask,
 
     group = make_group(active=False, max_lists=2, max_members=10, max_members_per_list=5,
                        max_lists_per_site=1, max_sites=1)
-    assert runner.assign(group, server_id=sid, whole_server=True, actor="tester") == 1
+    assert assignment.assign(group, server_id=sid, whole_server=True, actor="tester") == 1
     runner.validate_servers([sid], actor="tester")
     found = open_problems(sid)
     seen_kinds |= {k for k, _ in found}
@@ -244,13 +246,13 @@ def test_found_again_keeps_row_and_resolved_reopens(eapp: Flask,
     session().commit()
     assert again.id == first.id and again.last_run_id != first.last_run_id
     group = make_group()
-    runner.assign(group, server_id=sid, whole_server=True, actor="t")
+    assignment.assign(group, server_id=sid, whole_server=True, actor="t")
     runner.validate_servers([sid], actor="t")
     assert session().execute(sa.select(Problem.status)).scalar_one() == "resolved"
     session().commit()
     (aid,) = session().scalars(sa.select(Assignment.id))
     session().commit()
-    runner.unassign([aid], actor="t")
+    assignment.unassign([aid], actor="t")
     result = runner.validate_servers([sid], actor="t")
     row = session().execute(sa.select(Problem.id, Problem.status, Problem.closed_at)).one()
     assert (row.id, row.status, row.closed_at) == (first.id, "open", None)
@@ -378,7 +380,7 @@ def test_fix_selected_objects_is_idempotent(eapp: Flask, sims: Callable[..., Hos
     session().commit()
     chosen = [ids["missing_list:gone"], ids["changed_list:grow"], ids["unknown_list:new1"],
               ids["unassigned_list:keep"], ids["logging_off:Lists"]]
-    result = runner.fix_problems(chosen, actor="bob")
+    result = fixes.fix_problems(chosen, actor="bob")
     outcome = {i.kind: i.outcome for i in result.items}
     assert outcome == {"missing_list": "fixed", "changed_list": "fixed", "unknown_list": "fixed",
                        "unassigned_list": "not_fixable", "logging_off": "needs_confirmation"}
@@ -397,11 +399,11 @@ def test_fix_selected_objects_is_idempotent(eapp: Flask, sims: Callable[..., Hos
     assert sim.dataset.logging_mode == "no"  # never switched without being asked
 
     with statements() as seen:
-        again = runner.fix_problems(chosen[:3], actor="bob")
+        again = fixes.fix_problems(chosen[:3], actor="bob")
     assert {i.outcome for i in again.items} == {"already_fixed"}
     assert not [s for s in seen if not s.upper().startswith(("SELECT", "BEGIN", "COMMIT"))]
 
-    logging_fix = runner.fix_problems([ids["logging_off:Lists"]], actor="bob",
+    logging_fix = fixes.fix_problems([ids["logging_off:Lists"]], actor="bob",
                                       enable_logging=True)
     assert [i.outcome for i in logging_fix.items] == ["fixed"]
     assert sim.dataset.logging_mode == "lists"
@@ -418,7 +420,7 @@ def test_fix_reports_unreachable_server(eapp: Flask, sims: Callable[..., HostSim
     pid = session().scalar(sa.select(Problem.id).where(Problem.kind == "unknown_list"))
     session().commit()
     sim.stop()
-    result = runner.fix_problems([pid, 424242], actor="t")
+    result = fixes.fix_problems([pid, 424242], actor="t")
     assert [i.outcome for i in result.items] == ["failed", "not_found"]
     assert "nothing listens" in result.items[0].message
     assert result.exit_code == 2 and result.errors
@@ -433,26 +435,26 @@ def test_gate_refuses_until_validated_and_synced(eapp: Flask,
     sim = sims(small(lst("a")))
     sid = add_server("Lists", sim)
     group = make_group()
-    with pytest.raises(runner.GateError, match="Validate and sync server 'Lists' first: it "
+    with pytest.raises(assignment.GateError, match="Validate and sync server 'Lists' first: it "
                        "was never validated"):
-        runner.assign(group, server_id=sid, whole_server=True, actor="t")
+        assignment.assign(group, server_id=sid, whole_server=True, actor="t")
     runner.validate_servers([sid], actor="t")
-    with pytest.raises(runner.GateError, match=r"3 open drift problem\(s\)"):
-        runner.assign(group, server_id=sid, whole_server=True, actor="t")
+    with pytest.raises(assignment.GateError, match=r"3 open drift problem\(s\)"):
+        assignment.assign(group, server_id=sid, whole_server=True, actor="t")
     runner.sync_servers([sid], actor="t")
     list_id = session().scalar(sa.select(MailingList.id))
     session().commit()
-    assert runner.assign(group, server_id=sid, list_ids=[list_id], actor="t") == 1
-    assert runner.assign(group, server_id=sid, list_ids=[list_id], actor="t") == 0
+    assert assignment.assign(group, server_id=sid, list_ids=[list_id], actor="t") == 1
+    assert assignment.assign(group, server_id=sid, list_ids=[list_id], actor="t") == 0
     aid = session().scalar(sa.select(Assignment.id))
     session().commit()
     sim.add_list("b")
     runner.validate_servers([sid], actor="t")
-    with pytest.raises(runner.GateError, match="unknown_list 'b'"):
-        runner.unassign([aid], actor="t")
+    with pytest.raises(assignment.GateError, match="unknown_list 'b'"):
+        assignment.unassign([aid], actor="t")
     runner.sync_servers([sid], actor="t")
-    assert runner.unassign([aid], actor="t") == 1
-    assert runner.unassign([aid], actor="t") == 0
+    assert assignment.unassign([aid], actor="t") == 1
+    assert assignment.unassign([aid], actor="t") == 0
     end = session().scalar(sa.select(Assignment.end_date))
     session().commit()
     assert end == utcnow().date()  # kept, with its end date
@@ -544,11 +546,11 @@ def test_group_limits_count_lists_on_other_servers(dbapp: Flask,
     b = add_server("B", sims(small(lst("b1"), lst("b2"), lst("b3", "s2"))))
     runner.sync_servers(None, actor="t")
     group = make_group(max_lists=3, max_sites=3)
-    runner.assign(group, server_id=a, whole_server=True, actor="t")
+    assignment.assign(group, server_id=a, whole_server=True, actor="t")
     b1 = session().scalar(sa.select(MailingList.id).where(MailingList.name == "b1"))
     site2 = session().scalar(sa.select(Site.id).where(Site.server_id == b, Site.name == "s2"))
     session().commit()
-    runner.assign(group, server_id=b, list_ids=[b1], site_ids=[site2], actor="t")
+    assignment.assign(group, server_id=b, list_ids=[b1], site_ids=[site2], actor="t")
 
     def group_problems() -> dict[str, tuple[int, str, int | None]]:
         rows = session().execute(
@@ -568,7 +570,7 @@ def test_group_limits_count_lists_on_other_servers(dbapp: Flask,
     (site_assignment,) = session().scalars(
         sa.select(Assignment.id).where(Assignment.site_id == site2))
     session().commit()
-    runner.unassign([site_assignment], actor="t")
+    assignment.unassign([site_assignment], actor="t")
     runner.validate_servers([a], actor="t")
     assert group_problems() == {"over_max_lists": (4, "resolved", None),
                                 "over_max_sites": (4, "resolved", None)}
@@ -626,7 +628,7 @@ import os, signal, sys
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from lm_billing_plugin.models import utcnow
-from lm_billing_plugin.store import claim_server, release_server
+from lm_billing_plugin.engine.store import claim_server, release_server
 url, server_id, lease, run_id, mode = sys.argv[1:]
 engine = sa.create_engine(url)
 owner = f"holder:{os.getpid()}"
@@ -700,7 +702,7 @@ def test_lease_across_processes(dbapp: Flask, db_url: str, sims: Callable[..., H
 
 
 def test_expired_leases_are_swept(eapp: Flask, sims: Callable[..., HostSim]) -> None:
-    from lm_billing_plugin.store import claim_server, expire_leases
+    from lm_billing_plugin.engine.store import claim_server, expire_leases
 
     sid = add_server("Lists", sims(small(lst("a"))))
     batch = Batch(kind="validate", status="running", total=1)
@@ -746,12 +748,12 @@ def test_failure_statuses_and_messages(eapp: Flask, sims: Callable[..., HostSim]
     ok = add_server("Ok", sims(small(lst("a"))))
     runner.sync_servers([ok], actor="t")
     group = make_group()
-    with pytest.raises(runner.AssignmentError, match="not on this server"):
-        runner.assign(group, server_id=ok, list_ids=[999], actor="t")
-    with pytest.raises(runner.AssignmentError, match="no billing group"):
-        runner.assign(999, server_id=ok, whole_server=True, actor="t")
-    with pytest.raises(runner.AssignmentError, match="choose lists"):
-        runner.assign(group, server_id=ok, actor="t")
+    with pytest.raises(assignment.AssignmentError, match="not on this server"):
+        assignment.assign(group, server_id=ok, list_ids=[999], actor="t")
+    with pytest.raises(assignment.AssignmentError, match="no billing group"):
+        assignment.assign(999, server_id=ok, whole_server=True, actor="t")
+    with pytest.raises(assignment.AssignmentError, match="choose lists"):
+        assignment.assign(group, server_id=ok, actor="t")
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -779,7 +781,7 @@ def test_no_transaction_is_open_during_network_io(dbapp: Flask, db_url: str,
     watcher.start()
     try:
         runner.sync_servers([sid], actor="t")
-        runner.fix_problems([], actor="t")
+        fixes.fix_problems([], actor="t")
     finally:
         done.set()
         watcher.join(10)
@@ -838,7 +840,7 @@ def test_batch_of_a_dead_process_is_closed_by_the_next_batch(
         assert (r.error_message or "").startswith(f"server '{r.name}': ")
         assert "run it again" in (r.error_message or "")
     # Nothing left to sweep: a second sweep changes nothing.
-    from lm_billing_plugin.store import sweep_stale_batches
+    from lm_billing_plugin.engine.store import sweep_stale_batches
 
     assert sweep_stale_batches(session(), utcnow(), lease) == 0
 
@@ -846,8 +848,8 @@ def test_batch_of_a_dead_process_is_closed_by_the_next_batch(
 def test_constraint_failures_count_as_conflicts_on_every_backend(
         dbapp: Flask, sims: Callable[..., HostSim]) -> None:
     """PyMySQL raises a failed CHECK as OperationalError (4025): still a conflict."""
-    from lm_billing_plugin import servers as registry
-    from lm_billing_plugin.store import is_conflict
+    from lm_billing_plugin.engine import servers as registry
+    from lm_billing_plugin.engine.store import is_conflict
 
     sid = add_server("Lists", sims(small(lst("a"))))
     group = make_group()
@@ -884,7 +886,7 @@ def _concurrent_problem_rows(db_url: str, *, times: int) -> Iterator[list[str]]:
     first of those rows (same fingerprint) through its own connection, just before the INSERT
     runs. Its row belongs to no server, so a retry finds it again only when it is group-wide.
     """
-    from lm_billing_plugin.store import PROBLEM
+    from lm_billing_plugin.engine.store import PROBLEM
 
     other = sa.create_engine(db_url)
     engine = get_state().db.engine
@@ -917,7 +919,7 @@ def test_race_on_problem_rows_retries_once_then_says_what_to_do(
     sid = add_server("Lists", sims(small(lst("a"), lst("b"))))
     assert runner.sync_servers([sid], actor="t").servers[0].ok
     group = make_group(active=False)  # an inactive customer with lists: a group-wide problem
-    runner.assign(group, server_id=sid, whole_server=True, actor="t")
+    assignment.assign(group, server_id=sid, whole_server=True, actor="t")
     # Once: the retry finds the other process's row and keeps it (one row, ours now).
     with _concurrent_problem_rows(db_url, times=1) as struck:
         out = runner.validate_servers([sid], actor="t").servers[0]
@@ -933,7 +935,7 @@ def test_race_on_problem_rows_retries_once_then_says_what_to_do(
     session().commit()
     session().execute(sa.delete(Problem))
     session().commit()
-    runner.unassign([a for a in session().execute(sa.select(Assignment.id)).scalars()],
+    assignment.unassign([a for a in session().execute(sa.select(Assignment.id)).scalars()],
                     actor="t")
     with _concurrent_problem_rows(db_url, times=1) as struck:
         result = runner.validate_servers([sid], actor="t")

@@ -20,7 +20,6 @@ from flask import Flask
 from flask.testing import FlaskCliRunner
 
 from lm_billing_plugin import alembic_include_object, downgrade, upgrade
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.migrate import (
     VERSION_TABLE,
     current,
@@ -38,6 +37,7 @@ from lm_billing_plugin.models import (
     Server,
     UTCDateTime,
 )
+from lm_billing_plugin.state import get_state
 
 HEAD = ScriptDirectory(script_location()).get_current_head()
 ROOT = Path(__file__).resolve().parent.parent

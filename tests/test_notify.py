@@ -19,13 +19,13 @@ from _sim import closed_port
 from aiosmtpd.controller import Controller
 from flask import Flask
 
-from lm_billing_plugin import servers as server_service
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.engine import servers as server_service
+from lm_billing_plugin.engine.batches import BatchResult, ServerOutcome
 from lm_billing_plugin.models import Base
-from lm_billing_plugin.notify import Alert, build_alert, run_finished, trouble_found
-from lm_billing_plugin.runner import BatchResult, ServerOutcome
-from lm_billing_plugin.scheduler import SchedulerService, WorkRequest, default_work
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.schedule.notify import Alert, build_alert, run_finished, trouble_found
+from lm_billing_plugin.schedule.service import SchedulerService, WorkRequest, default_work
+from lm_billing_plugin.state import get_state
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 
 class Inbox:

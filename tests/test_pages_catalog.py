@@ -18,8 +18,7 @@ from _login_host import USER_HEADER, login_host_app
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lm_billing_plugin import runner
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.engine import batches
 from lm_billing_plugin.models import (
     Assignment,
     AuditEntry,
@@ -30,8 +29,9 @@ from lm_billing_plugin.models import (
     Server,
     Site,
 )
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import ListRecord, SiteRecord
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 PLAN_NUMBERS = [
     *("max_members", "max_members_per_list", "max_lists", "max_lists_per_site", "max_sites"),
@@ -391,7 +391,7 @@ def test_assign_is_refused_before_validate_and_sync_then_accepted(
     assert rows(app, Assignment) == []
 
     with app.app_context():
-        result = runner.sync_servers([server_id], actor="test")
+        result = batches.sync_servers([server_id], actor="test")
         assert result.servers[0].ok, result.servers[0]
     lists = {lst.name: lst.id for lst in rows(app, MailingList)}
     sites = {s.name: s.id for s in rows(app, Site)}

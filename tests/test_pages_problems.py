@@ -15,11 +15,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import Assignment, Batch, MailingList, Problem, Server
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import LOGGING_NO
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
-from lm_billing_plugin.views.runs import shutdown_executor, wait_for_batches
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
+from lm_billing_plugin.web.views.runs import shutdown_executor, wait_for_batches
 
 
 @pytest.fixture
@@ -77,10 +77,10 @@ def test_validate_selected_runs_in_background_and_shows_errors(
 
 def test_a_running_batch_page_refreshes_itself(app: Flask, client: FlaskClient) -> None:
     sid = add_server(app, "Queued")
-    from lm_billing_plugin import runner
+    from lm_billing_plugin.engine import batches
 
     with app.app_context():
-        batch_id = runner.create_batch("validate", [sid], actor="test")
+        batch_id = batches.create_batch("validate", [sid], actor="test")
     page = plain(client.get(f"/billing/batches/{batch_id}"))
     assert '<meta http-equiv="refresh" content="2">' in page
     assert "Running: 0 of 1 server(s) done." in page

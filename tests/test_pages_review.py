@@ -15,10 +15,10 @@ from _login_host import as_user, csrf_token, login_host_app, seed_rows
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import Problem, Server
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
-from lm_billing_plugin.views.runs import shutdown_executor, wait_for_batches
+from lm_billing_plugin.state import get_state
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
+from lm_billing_plugin.web.views.runs import shutdown_executor, wait_for_batches
 
 HUGE = "9" * 30
 # The problem ids of the rows an operator can tick.

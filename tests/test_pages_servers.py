@@ -24,7 +24,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import (
     Assignment,
     AuditEntry,
@@ -35,8 +34,9 @@ from lm_billing_plugin.models import (
     Site,
     Usage,
 )
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import LOGGING_NO
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 SECRET = "s3cret-Tcl-pw"
 

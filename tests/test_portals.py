@@ -13,8 +13,8 @@ from conftest import skip_or_fail
 from flask import Flask
 
 from lm_billing_plugin import add_to_appbuilder, add_to_flask_admin
-from lm_billing_plugin.menu import MENU
-from lm_billing_plugin.portals import APPBUILDER_TEMPLATE, FLASK_ADMIN_TEMPLATE
+from lm_billing_plugin.web.menu import MENU
+from lm_billing_plugin.web.portals import APPBUILDER_TEMPLATE, FLASK_ADMIN_TEMPLATE
 
 
 def admin_portal(

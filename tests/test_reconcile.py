@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm_billing_plugin.inventory import Inventory
-from lm_billing_plugin.models import PROBLEM_KINDS
-from lm_billing_plugin.reconcile import (
+from lm_billing_plugin.engine.inventory import Inventory
+from lm_billing_plugin.engine.reconcile import (
     ALL_KINDS,
     DRIFT_KINDS,
     AssignmentRow,
@@ -30,6 +29,7 @@ from lm_billing_plugin.reconcile import (
     owners,
     reconcile,
 )
+from lm_billing_plugin.models import PROBLEM_KINDS
 from lm_billing_plugin.tclport.records import (
     LOGGING_LABELS,
     ListRecord,

@@ -24,18 +24,16 @@ import sqlalchemy as sa
 from conftest import EXTERNAL_DATABASES, reset_schema, skip_or_fail
 from flask import Flask
 
-from lm_billing_plugin.extension import get_state
 from lm_billing_plugin.models import Base, Batch, TaskRun, TaskState, utcnow
-from lm_billing_plugin.scheduler import (
+from lm_billing_plugin.schedule.autostart import should_autostart
+from lm_billing_plugin.schedule.claims import TASK, next_slot, tick_seconds
+from lm_billing_plugin.schedule.service import (
     SERVICE_EXTRA,
-    TASK,
     SchedulerService,
     WorkRequest,
     default_work,
-    next_slot,
-    should_autostart,
-    tick_seconds,
 )
+from lm_billing_plugin.state import get_state
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = Path(sys.executable).parent / "flask"

@@ -12,8 +12,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from lm_billing_plugin import servers as registry
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.engine import servers as registry
 from lm_billing_plugin.models import (
     Assignment,
     AuditEntry,
@@ -25,7 +24,8 @@ from lm_billing_plugin.models import (
     utcnow,
 )
 from lm_billing_plugin.secrets import generate_key
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+from lm_billing_plugin.state import get_state
+from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 SECRET = "pw-\u00e9t\u00e9-{x}"
 

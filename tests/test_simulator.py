@@ -20,7 +20,7 @@ from _sim import FAST, TCL_CLIENT, RawConn, settle, thread_count
 
 from lm_billing_plugin.tclport import TclPortClient, TclPortError
 from lm_billing_plugin.tclport.codec import decode_dict, decode_list
-from lm_billing_plugin.tclport.simulator import Dataset, HostSim, SendLogEntry
+from lm_billing_plugin.testing.simulator import Dataset, HostSim, SendLogEntry
 
 
 @pytest.fixture
@@ -316,7 +316,7 @@ def test_a_tcl_client_reads_the_simulators_replies_exactly(tmp_path: Path) -> No
 
 def start_cli(*args: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lm_billing_plugin.tclport.simulator", "--port", "0", *args],
+        [sys.executable, "-m", "lm_billing_plugin.testing.simulator", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

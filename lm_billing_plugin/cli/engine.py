@@ -11,12 +11,12 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
-from .. import runner
-from .. import servers as registry
-from ..extension import get_state
+from ..engine import batches, fixes
+from ..engine import servers as registry
+from ..engine.reconcile import owners
+from ..engine.store import load_snapshot
 from ..models import PROBLEM_KINDS, PROBLEM_STATUSES, Problem, Server
-from ..reconcile import owners
-from ..store import load_snapshot
+from ..state import get_state
 from . import cli
 from .output import EXIT_OK, EXIT_PROBLEMS, actor, emit_json, fail, table, when
 
@@ -43,7 +43,7 @@ def _server_ids(names: Sequence[str], all_servers: bool) -> list[int] | None:
         fail(str(exc))
 
 
-def _print_batch(result: runner.BatchResult) -> None:
+def _print_batch(result: batches.BatchResult) -> None:
     if not result.servers:
         click.echo("No active hosting servers: add one with `flask lm-billing servers add`.")
         return
@@ -107,9 +107,9 @@ def _batch(
 ) -> None:
     ids = _server_ids(names, all_servers)
     if kind == "validate":
-        result = runner.validate_servers(ids, actor=actor())
+        result = batches.validate_servers(ids, actor=actor())
     else:
-        result = runner.sync_servers(ids, actor=actor(), dry_run=dry_run)
+        result = batches.sync_servers(ids, actor=actor(), dry_run=dry_run)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -255,7 +255,7 @@ def fix_command(
         else:
             click.echo("No open problems to fix.")
         raise SystemExit(EXIT_OK)
-    result = runner.fix_problems(ids, actor=actor(), enable_logging=enable_logging)
+    result = fixes.fix_problems(ids, actor=actor(), enable_logging=enable_logging)
     if as_json:
         emit_json(result.to_json())
     else:

@@ -11,8 +11,8 @@ from types import FrameType
 import click
 from flask import current_app
 
-from ..extension import get_state
-from ..scheduler import SchedulerService
+from ..schedule.service import SchedulerService
+from ..state import get_state
 from . import cli
 
 DISABLED = (

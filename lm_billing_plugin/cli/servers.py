@@ -1,5 +1,5 @@
 """`flask lm-billing servers add|list|check|enable-logging`: the hosting-server registry from
-the command line, through the same service functions as the pages (lm_billing_plugin.servers)."""
+the command line, through the same service functions as the pages (engine.servers)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
-from .. import servers as registry
-from ..checks import ConnectionReport, LoggingReport
-from ..extension import get_state
+from ..engine import servers as registry
+from ..engine.checks import ConnectionReport, LoggingReport
 from ..models import Server
+from ..state import get_state
 from ..tclport.client import DEFAULT_PORT
 from . import cli
 from .output import EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, actor, emit_json, fail, iso, table, when

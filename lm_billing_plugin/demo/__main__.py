@@ -18,13 +18,13 @@ import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
-from .. import servers as registry
-from ..extension import get_state
+from ..engine import servers as registry
 from ..migrate import upgrade
 from ..models import BillingGroup, Customer, HostingPlan, Server, TaskState, utcnow
-from ..scheduler import TASK
+from ..schedule.claims import TASK
+from ..state import get_state
 from ..tclport.records import LOGGING_LISTS, LOGGING_NO, ListRecord, SiteRecord
-from ..tclport.simulator import Dataset, HostSim, SendLogEntry
+from ..testing.simulator import Dataset, HostSim, SendLogEntry
 from . import DEMO_ACCOUNTS, DEMO_PASSWORD, create_app
 
 log = logging.getLogger("lm_billing_plugin.demo")

@@ -10,10 +10,10 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from sqlalchemy import ColumnElement, func, or_, select
 from werkzeug.wrappers import Response
 
+from ...models import PROBLEM_KINDS, Batch, Problem, Run, Server
+from ...state import get_state
 from ..access import actor_name, requires
-from ..extension import get_state
-from ..forms import FixForm
-from ..models import PROBLEM_KINDS, Batch, Problem, Run, Server
+from ..forms.servers import FixForm
 from .paging import MAX_ID, clamp, order_by, page_from_request
 
 log = logging.getLogger("lm_billing_plugin.views.problems")
@@ -248,9 +248,9 @@ def problems_fix() -> Response:
             "error",
         )
         return back
-    from .. import runner
+    from ...engine import fixes
 
-    result = runner.fix_problems(
+    result = fixes.fix_problems(
         ids, actor=actor_name(), enable_logging=bool(form.enable_logging.data)
     )
     flash(f"Fix Selected Objects: {_summary(result)}.", "message")

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
-from .tclport.client import ClientSettings, StepCallback, TclPortClient
-from .tclport.errors import TIMEOUT, TclPortError, host_port
-from .tclport.records import ListRecord, LoggingState, ServerInfo, SiteRecord, UsageRecord
+from ..tclport.client import ClientSettings, StepCallback, TclPortClient
+from ..tclport.errors import TIMEOUT, TclPortError, host_port
+from ..tclport.records import ListRecord, LoggingState, ServerInfo, SiteRecord, UsageRecord
 
 __all__ = ["Inventory", "fetch_inventory", "month_start"]
 

@@ -13,9 +13,9 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, render_template
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
+from ...models import Batch, Problem, Run, Server, utcnow
+from ...state import get_state
 from ..access import actor_name
-from ..extension import get_state
-from ..models import Batch, Problem, Run, Server, utcnow
 
 log = logging.getLogger("lm_billing_plugin.views.runs")
 
@@ -53,11 +53,11 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 
 
 def _run_in_app(app: Flask, batch_id: int) -> None:
-    from .. import runner
+    from ...engine import batches
 
     with app.app_context():
         try:
-            runner.run_batch(batch_id)
+            batches.run_batch(batch_id)
         except Exception:
             # The batch row keeps the failure (the runner records its runs); the page shows it.
             log.exception("background batch %s failed", batch_id)
@@ -68,7 +68,7 @@ def _run_in_app(app: Flask, batch_id: int) -> None:
 
 
 def _mark_failed(batch_id: int) -> None:
-    from ..models import utcnow
+    from ...models import utcnow
 
     session = get_state().session
     session.rollback()
@@ -81,10 +81,10 @@ def _mark_failed(batch_id: int) -> None:
 
 def start_batch(kind: str, server_ids: list[int] | None) -> int:
     """Create the batch now (so the page has something to show) and run it in the background."""
-    from .. import runner
+    from ...engine import batches
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    batch_id = int(runner.create_batch(kind, server_ids, actor=actor_name()))
+    batch_id = int(batches.create_batch(kind, server_ids, actor=actor_name()))
     future = _executor(app).submit(_run_in_app, app, batch_id)
     with _LOCK:
         futures: list[Future[None]] = get_state(app).extras[FUTURES_KEY]

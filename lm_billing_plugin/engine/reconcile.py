@@ -30,7 +30,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Generic, TypeVar
 
-from .tclport.records import LOGGING_LABELS, LOGGING_LISTS, ListRecord, LoggingState, SiteRecord
+from ..kinds import ALL_KINDS, DRIFT_KINDS, GROUP_KINDS, RULE_KINDS, SERVER_KINDS
+from ..tclport.records import LOGGING_LABELS, LOGGING_LISTS, ListRecord, LoggingState, SiteRecord
 
 __all__ = [
     "ALL_KINDS",
@@ -55,24 +56,6 @@ __all__ = [
     "reconcile",
     "rule_problems",
 ]
-
-DRIFT_KINDS: Final = (
-    "unknown_site", "unknown_list", "missing_site", "missing_list", "changed_list"
-)
-RULE_KINDS: Final = (
-    "unassigned_list",
-    "over_max_lists",
-    "over_max_members",
-    "over_max_members_per_list",
-    "over_max_lists_per_site",
-    "over_max_sites",
-    "inactive_customer_has_lists",
-)
-SERVER_KINDS: Final = ("logging_off",)
-ALL_KINDS: Final = DRIFT_KINDS + RULE_KINDS + SERVER_KINDS
-#: Rules about a whole billing group across servers; their problems belong to no server.
-GROUP_KINDS: Final = ("over_max_lists", "over_max_members", "over_max_sites",
-                      "inactive_customer_has_lists")
 
 LISTS_LABEL: Final = LOGGING_LABELS[LOGGING_LISTS]
 # The list fields drift compares (the issue's "site, description, admin or member count").
@@ -551,7 +534,7 @@ def logging_problem(snapshot: BillingSnapshot, state: LoggingState,
 def reconcile(snapshot: BillingSnapshot, inventory: Any) -> Reconciliation:
     """Everything one run finds for one server.
 
-    ``inventory`` is an :class:`lm_billing_plugin.inventory.Inventory` (typed loosely so this
+    ``inventory`` is an :class:`lm_billing_plugin.engine.inventory.Inventory` (typed loosely so this
     module stays free of the network layer's imports): ``sites``, ``lists``, ``logging``,
     ``usage_error``.
     """

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT, ClientSettings, TclPortClient
-from .tclport.errors import LOGGING_PATH, TclPortError
-from .tclport.records import LOGGING_LABELS, LOGGING_LISTS, LoggingState
+from ..tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT, ClientSettings, TclPortClient
+from ..tclport.errors import LOGGING_PATH, TclPortError
+from ..tclport.records import LOGGING_LABELS, LOGGING_LISTS, LoggingState
 
 __all__ = [
     "CONNECTION_STEPS",

@@ -26,9 +26,15 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Final, NoReturn, Self
 
-from .client import COMMANDS, DEFAULT_PASSWORD, DEFAULT_PORT, MAX_PAGE_SIZE, MAX_REQUEST_BYTES
-from .codec import decode_list, encode_dict, encode_list
-from .records import (
+from ..tclport.client import (
+    COMMANDS,
+    DEFAULT_PASSWORD,
+    DEFAULT_PORT,
+    MAX_PAGE_SIZE,
+    MAX_REQUEST_BYTES,
+)
+from ..tclport.codec import decode_list, encode_dict, encode_list
+from ..tclport.records import (
     LOGGING_LABELS,
     LOGGING_LISTS,
     LOGGING_NO,

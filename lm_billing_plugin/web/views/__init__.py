@@ -6,10 +6,12 @@ from flask import Blueprint
 
 
 def register(blueprint: Blueprint) -> None:
-    from . import background, catalog, problems, runs, servers
+    from . import assign, background, customers, plans, problems, runs, servers
 
     servers.register(blueprint)
     problems.register(blueprint)
     runs.register(blueprint)
-    catalog.register(blueprint)
+    customers.register(blueprint)
+    plans.register(blueprint)
+    assign.register(blueprint)
     background.register(blueprint)

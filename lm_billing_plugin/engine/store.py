@@ -19,8 +19,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .inventory import Inventory
-from .models import (
+from ..models import (
     Assignment,
     Batch,
     BillingGroup,
@@ -33,6 +32,7 @@ from .models import (
     Site,
     Usage,
 )
+from .inventory import Inventory
 from .reconcile import (
     DRIFT_KINDS,
     AssignmentRow,

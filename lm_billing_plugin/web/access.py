@@ -56,7 +56,7 @@ def actor_name() -> str:
 
 
 def is_allowed(action: str) -> bool:
-    from .extension import get_state
+    from ..state import get_state
 
     state = get_state()
     check = state.extension.permission_check
@@ -84,7 +84,7 @@ def guard_request() -> Any:
 
 def refusal(action: str) -> str:
     """Why a request was refused, and who can change that."""
-    from .extension import get_state
+    from ..state import get_state
 
     if get_state().extension.permission_check is None:
         return (

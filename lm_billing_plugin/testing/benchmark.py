@@ -1,6 +1,7 @@
 """Performance figures for the plugin's hot paths, printed plainly for people to compare.
 
-``python -m lm_billing_plugin.benchmark`` runs every section; ``... benchmark codec`` runs one.
+``python -m lm_billing_plugin.testing.benchmark`` runs every section;
+``... benchmark codec`` runs one.
 """
 
 from __future__ import annotations
@@ -166,10 +167,11 @@ def bench_engine() -> None:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
-    from lm_billing_plugin import LMBilling, runner
-    from lm_billing_plugin.extension import get_state
+    from lm_billing_plugin import LMBilling
+    from lm_billing_plugin.engine import batches
     from lm_billing_plugin.models import Base, Server
-    from lm_billing_plugin.tclport.simulator import Dataset, HostSim
+    from lm_billing_plugin.state import get_state
+    from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
     def timed(func: Callable[[], object]) -> float:
         started = time.perf_counter()
@@ -199,9 +201,9 @@ def bench_engine() -> None:
                     return server.id
 
                 big = add("big", HostSim(Dataset.generate(sites=20, lists=10_000, seed=7)))
-                t_validate = timed(lambda: runner.validate_servers([big], actor="benchmark"))
-                t_sync = timed(lambda: runner.sync_servers([big], actor="benchmark"))
-                t_again = timed(lambda: runner.sync_servers([big], actor="benchmark"))
+                t_validate = timed(lambda: batches.validate_servers([big], actor="benchmark"))
+                t_sync = timed(lambda: batches.sync_servers([big], actor="benchmark"))
+                t_again = timed(lambda: batches.sync_servers([big], actor="benchmark"))
                 print(
                     f"engine 1 server x 10,000 lists (SQLite): validate {_ms(t_validate)}, "
                     f"first sync {_ms(t_sync)}, unchanged sync {_ms(t_again)}"
@@ -210,9 +212,9 @@ def bench_engine() -> None:
                     add(f"s{i:02d}", HostSim(Dataset.generate(sites=3, lists=200, seed=i)))
                     for i in range(50)
                 ]
-                t_validate = timed(lambda: runner.validate_servers(many, actor="benchmark"))
-                t_sync = timed(lambda: runner.sync_servers(many, actor="benchmark"))
-                t_again = timed(lambda: runner.sync_servers(many, actor="benchmark"))
+                t_validate = timed(lambda: batches.validate_servers(many, actor="benchmark"))
+                t_sync = timed(lambda: batches.sync_servers(many, actor="benchmark"))
+                t_again = timed(lambda: batches.sync_servers(many, actor="benchmark"))
                 print(
                     f"engine 50 servers x 200 lists in parallel (SQLite, 16 at once): "
                     f"validate {_ms(t_validate)}, first sync {_ms(t_sync)}, "
@@ -243,8 +245,8 @@ def bench_pages() -> None:
     from flask_sqlalchemy import SQLAlchemy
 
     from lm_billing_plugin import LMBilling
-    from lm_billing_plugin.extension import get_state
     from lm_billing_plugin.models import Base, MailingList, Problem, Server, Site
+    from lm_billing_plugin.state import get_state
 
     def per_request(client: FlaskClient, url: str, rounds: int = 5) -> float:
         get = client.get

@@ -10,11 +10,11 @@ from flask import Blueprint, current_app, flash, redirect, render_template, url_
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 
-from .. import audit
+from ... import audit
+from ...models import TaskRun, TaskState
+from ...schedule.claims import TASK, request_run_now, schedule_summary
+from ...state import get_state
 from ..access import actor_name, requires
-from ..extension import get_state
-from ..models import TaskRun, TaskState
-from ..scheduler import TASK, request_run_now, schedule_summary
 from .paging import clamp, page_from_request
 
 STATUS_WORDS = {

@@ -13,11 +13,9 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from .. import servers as service
-from ..access import actor_name, requires
-from ..extension import get_state
-from ..forms import ActionForm, AssignForm, ServerForm, ServerSelectionForm
-from ..models import (
+from ...engine import servers as service
+from ...engine.servers import ServerError
+from ...models import (
     Assignment,
     BillingGroup,
     Customer,
@@ -30,8 +28,10 @@ from ..models import (
     TaskState,
     Usage,
 )
-from ..servers import ServerError
-from ..tclport.client import DEFAULT_PORT
+from ...state import get_state
+from ...tclport.client import DEFAULT_PORT
+from ..access import actor_name, requires
+from ..forms.servers import ActionForm, AssignForm, ServerForm, ServerSelectionForm
 from .paging import MAX_SEARCH, Page, clamp, order_by, page_from_request, page_number
 
 log = logging.getLogger("lm_billing_plugin.views.servers")
@@ -555,16 +555,16 @@ def server_assign(server_id: int) -> Response:
     if not list_ids:
         flash("Nothing was assigned: the ticked lists are not on this server.", "error")
         return back
-    from .. import runner
+    from ...catalog import assignment
 
     try:
-        created = runner.assign(
+        created = assignment.assign(
             int(form.group_id.data or 0),
             server_id=server.id,
             list_ids=list_ids,
             actor=actor_name(),
         )
-    except (runner.GateError, runner.AssignmentError) as exc:
+    except (assignment.GateError, assignment.AssignmentError) as exc:
         session.rollback()
         flash(f"Nothing was assigned: {exc}", "error")
         return back

@@ -15,10 +15,8 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import audit, checks
-from .checks import ConnectionReport, LoggingReport
-from .extension import get_state
-from .models import (
+from .. import audit
+from ..models import (
     Assignment,
     AuditEntry,
     MailingList,
@@ -29,10 +27,13 @@ from .models import (
     Usage,
     utcnow,
 )
-from .secrets import SecretsError
+from ..secrets import SecretsError
+from ..state import get_state
+from ..tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT
+from ..tclport.errors import DNS, REFUSED, TIMEOUT, UNREACHABLE
+from . import checks
+from .checks import ConnectionReport, LoggingReport
 from .store import is_conflict
-from .tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT
-from .tclport.errors import DNS, REFUSED, TIMEOUT, UNREACHABLE
 
 __all__ = [
     "MAX_COMMENTS",

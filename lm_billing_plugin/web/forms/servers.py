@@ -24,7 +24,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from .servers import MAX_COMMENTS, MAX_HOST, MAX_NAME, MAX_PASSWORD, validate_host_name
+from ...engine.servers import MAX_COMMENTS, MAX_HOST, MAX_NAME, MAX_PASSWORD, validate_host_name
 
 PORT_MESSAGE = "The port must be a number from 1 to 65535 (TclPort's default is 2021)."
 

@@ -4,6 +4,7 @@ by every page; the pages themselves live in views/."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
@@ -12,14 +13,17 @@ from jinja2 import TemplateError
 from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
+from ..state import get_state
 from .access import guard_request, is_allowed
-from .extension import get_state
 from .portals import template_context as portal_context
 from .views.paging import MAX_ID
 
 blueprint = Blueprint(
     "lm_billing",
     __name__,
+    # Templates and static stay at the package's top (templates/lm_billing/, static/lm_billing/),
+    # so hosts' overrides and the wheel's package_data keep their paths.
+    root_path=str(Path(__file__).resolve().parent.parent),
     template_folder="templates",
     # static/lm_billing/ in the package (a namespaced path, like the templates), served
     # at <prefix>/static/.

@@ -1,0 +1,193 @@
+"""Assign and unassign sites, lists or whole servers to billing groups, behind the gate:
+no assignment change on a server that was never validated or has open drift problems."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .. import audit
+from ..engine.store import (
+    ASSIGNMENT,
+    open_drift_problems,
+)
+from ..models import (
+    BillingGroup,
+    MailingList,
+    Server,
+    Site,
+    utcnow,
+)
+from ..state import get_state
+
+__all__ = ["AssignmentError", "GateError", "assign", "check_gate", "unassign"]
+
+
+class GateError(Exception):
+    """An assignment change refused by the validate-and-sync gate; the message says what to do."""
+
+    def __init__(self, message: str, *, server_id: int | None = None,
+                 server_name: str | None = None) -> None:
+        super().__init__(message)
+        self.server_id = server_id
+        self.server_name = server_name
+
+
+class AssignmentError(ValueError):
+    """An assignment request that names something that does not fit (wrong server, removed
+    list, unknown group ...); the message says which."""
+
+
+# --- the gate and assignments -----------------------------------------------------------------
+
+
+def check_gate(session: Session, server_id: int) -> None:
+    """Raise GateError unless the server was validated and has no open drift problems."""
+    row = session.execute(
+        sa.select(Server.name, Server.validated_at).where(Server.id == server_id)
+    ).one_or_none()
+    if row is None:
+        raise AssignmentError(f"there is no server {server_id}")
+    if row.validated_at is None:
+        raise GateError(
+            f"Validate and sync server {row.name!r} first: it was never validated, so billing "
+            "does not know what it holds.", server_id=server_id, server_name=row.name)
+    drift = open_drift_problems(session, server_id)
+    if drift:
+        shown = ", ".join(f"{kind} {name!r}" for kind, name in drift[:3])
+        more = f" and {len(drift) - 3} more" if len(drift) > 3 else ""
+        raise GateError(
+            f"Validate and sync server {row.name!r} first: it has {len(drift)} open drift "
+            f"problem(s) ({shown}{more}); sync it, or fix them on the Errors page.",
+            server_id=server_id, server_name=row.name)
+
+
+def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
+           list_ids: Iterable[int] = (), whole_server: bool = False, actor: str,
+           start: date | None = None) -> int:
+    """Assign sites, lists or the whole server to a billing group from ``start`` (today).
+
+    Another group's active assignment of the same object ends on ``start`` (end dates are
+    exclusive: the first day not covered). Assigning what the group already has is a no-op.
+    Returns the number of assignments created. Raises GateError (see check_gate) and
+    AssignmentError (unknown group, objects not on this server or removed).
+    """
+    session = get_state().session
+    start = start or utcnow().date()
+    site_set = sorted(set(site_ids))
+    list_set = sorted(set(list_ids))
+    try:
+        check_gate(session, server_id)
+        if session.get(BillingGroup, group_id) is None:
+            raise AssignmentError(f"there is no billing group {group_id}")
+        wanted: list[tuple[str, int | None, int | None]] = []
+        if whole_server:
+            wanted.append(("server", None, None))
+        if site_set:
+            found = session.execute(
+                sa.select(Site.id, Site.status).where(Site.id.in_(site_set),
+                                                      Site.server_id == server_id)
+            ).all()
+            _check_objects("site", site_set, found)
+            wanted += [("site", sid, None) for sid in site_set]
+        if list_set:
+            found = session.execute(
+                sa.select(MailingList.id, MailingList.status)
+                .where(MailingList.id.in_(list_set), MailingList.server_id == server_id)
+            ).all()
+            _check_objects("list", list_set, found)
+            wanted += [("list", None, lid) for lid in list_set]
+        if not wanted:
+            raise AssignmentError("choose lists, sites or the whole server to assign")
+        table = ASSIGNMENT
+        current = session.execute(
+            sa.select(table.c.id, table.c.group_id, table.c.object_type, table.c.site_id,
+                      table.c.list_id)
+            .where(table.c.server_id == server_id,
+                   sa.or_(table.c.end_date.is_(None), table.c.end_date > start))
+        ).all()
+        wanted_set = set(wanted)
+        have: set[tuple[str, int | None, int | None]] = set()
+        end_ids: list[int] = []
+        for a in current:
+            key = (a.object_type, a.site_id, a.list_id)
+            if key not in wanted_set:
+                continue
+            if a.group_id == group_id:
+                have.add(key)
+            else:
+                end_ids.append(a.id)
+        create = [k for k in wanted if k not in have]
+        if end_ids:
+            session.execute(sa.update(table).where(table.c.id.in_(end_ids))
+                            .values(end_date=start))
+        if create:
+            session.execute(sa.insert(table), [
+                {"group_id": group_id, "object_type": t, "server_id": server_id,
+                 "site_id": s, "list_id": li, "start_date": start, "end_date": None,
+                 "created_at": utcnow()} for t, s, li in create])
+        audit.record(session, actor=actor, action="assign", object_type="group",
+                     object_id=group_id, server_id=server_id,
+                     detail={"whole_server": whole_server, "site_ids": site_set,
+                             "list_ids": list_set, "start": start.isoformat(),
+                             "created": len(create), "ended": sorted(end_ids)})
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return len(create)
+
+
+def _check_objects(what: str, wanted: Sequence[int], found: Sequence[Any]) -> None:
+    ids = {r.id for r in found}
+    missing = [i for i in wanted if i not in ids]
+    if missing:
+        raise AssignmentError(f"{what}(s) {missing} are not on this server")
+    removed = [r.id for r in found if r.status != "active"]
+    if removed:
+        raise AssignmentError(
+            f"{what}(s) {removed} were removed from the server; only active {what}s can be "
+            "assigned")
+
+
+def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = None) -> int:
+    """End the given assignments on ``end`` (today; exclusive: the first day not covered).
+
+    History is kept (no delete). Returns how many were ended; already ended ones are left
+    alone. Raises GateError for a server that needs validating or syncing first.
+    """
+    session = get_state().session
+    end = end or utcnow().date()
+    table = ASSIGNMENT
+    try:
+        rows = session.execute(
+            sa.select(table.c.id, table.c.server_id, table.c.end_date, table.c.start_date)
+            .where(table.c.id.in_(sorted(set(assignment_ids))))
+        ).all()
+        missing = sorted(set(assignment_ids) - {r.id for r in rows})
+        if missing:
+            raise AssignmentError(f"there is no assignment {missing}")
+        for server_id in sorted({r.server_id for r in rows}):
+            check_gate(session, server_id)
+        ending = [r.id for r in rows if r.end_date is None or r.end_date > end]
+        if ending:
+            session.execute(
+                sa.update(table).where(table.c.id.in_(ending))
+                .values(end_date=sa.case((table.c.start_date > end, table.c.start_date),
+                                         else_=end))
+            )
+        for server_id in sorted({r.server_id for r in rows}):
+            audit.record(session, actor=actor, action="unassign", object_type="assignment",
+                         server_id=server_id,
+                         detail={"assignment_ids": sorted(r.id for r in rows
+                                                          if r.server_id == server_id),
+                                 "end": end.isoformat(), "ended": len(ending)})
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return len(ending)

@@ -1,0 +1,621 @@
+"""The engine's batches for pages, CLI and scheduler: validate and sync servers in parallel,
+one short transaction per server; fixes.py fixes chosen problems, catalog.assignment assigns.
+
+Call inside an app context. The network part runs in worker threads that never touch the
+database; the database part runs in the calling thread, one short transaction per server,
+and no transaction is open while the workers talk to servers.
+
+Semantics (the README's "Validate, sync and fix" section says the same to users):
+
+* **validate** reads everything a server has, judges every problem kind, records the run and
+  its problems, and changes no billing data except the server's Validated time, Version,
+  status, Enable Logging state and reported host name. Validated moves only when the server
+  was reached and fully read; a failed read records the failure on the run and as the
+  server's status and leaves the server's problems alone (nothing could be judged).
+* **sync** = validate, then apply all drift in the same short transaction (create unknown
+  sites and lists unassigned, update changed lists, mark missing ones removed), store this
+  month's usage and set Synced. Problems are then judged on billing as it is after the sync:
+  new lists show as ``unassigned_list`` until an owner is assigned. **dry run** computes the
+  same and writes no billing data, no problems and no server fields (only the batch and run
+  records and the audit entry, so the request itself is on record).
+* Two runs never work on one server at once: each claims the server's lease (one
+  conditional UPDATE); a second claimant reports "already running" and is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .. import audit
+from ..models import (
+    Batch,
+    Problem,
+    Run,
+    Server,
+    utcnow,
+)
+from ..secrets import SecretsError
+from ..settings import Settings
+from ..state import get_state
+from ..tclport.client import ClientSettings
+from ..tclport.errors import TclPortError
+from .inventory import Inventory, fetch_inventory
+from .reconcile import (
+    DRIFT_KINDS,
+    RULE_KINDS,
+    Found,
+    apply_to_snapshot,
+    reconcile,
+)
+from .servers import run_message, status_for_error, tclport_password
+from .store import (
+    BATCH,
+    RUN,
+    SERVER,
+    apply_sync,
+    claim_server,
+    end_unfinished_runs,
+    expire_leases,
+    hold_lease,
+    is_conflict,
+    lease_owner,
+    load_snapshot,
+    record_problems,
+    release_server,
+    sweep_stale_batches,
+)
+
+__all__ = [
+    "BATCH_KINDS",
+    "BatchResult",
+    "ServerOutcome",
+    "create_batch",
+    "run_batch",
+    "sync_servers",
+    "validate_servers",
+]
+
+log = logging.getLogger("lm_billing_plugin.runner")
+
+BATCH_KINDS: Final = ("validate", "sync")
+# How long past its own deadline a worker may take before the runner stops waiting for it
+# (the client's deadline normally ends it first; this only guards against surprises).
+_GRACE: Final = 5.0
+_KIND_ORDER: Final = {kind: i for i, kind in enumerate(DRIFT_KINDS + RULE_KINDS + ("logging_off",))}
+
+class LeaseLost(RuntimeError):
+    """This run outlived its lease and another run took the server over: store nothing."""
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@dataclass
+class ServerOutcome:
+    """What one server's validate or sync came to.
+
+    ``ok``: the server was reached, fully read and (unless dry run) its result stored.
+    ``problems``: the open problems this run found (``id`` None on a dry run).
+    ``skipped_reason``: "already running" when another run held the server.
+    """
+
+    server_id: int
+    name: str
+    ok: bool = False
+    status: str = "unchecked"
+    previous_status: str = "unchecked"
+    version: str | None = None
+    validated_at: datetime | None = None
+    synced_at: datetime | None = None
+    error: dict[str, str] | None = None
+    changes: dict[str, int] = field(
+        default_factory=lambda: {"created": 0, "updated": 0, "removed": 0}
+    )
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    new_problems: int = 0
+    skipped_reason: str | None = None
+    run_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "version": self.version,
+            "validated_at": _iso(self.validated_at),
+            "synced_at": _iso(self.synced_at),
+            "error": self.error,
+            "changes": dict(self.changes),
+            "problems": [dict(p) for p in self.problems],
+        }
+
+
+@dataclass
+class BatchResult:
+    """A finished batch: one outcome per server, in server-name order."""
+
+    batch_id: int
+    kind: str
+    dry_run: bool
+    servers: list[ServerOutcome]
+
+    @property
+    def exit_code(self) -> int:
+        """0 = every server ok and no open problems; 1 = done but problems are open (or a
+        server was skipped because another run had it); 2 = a server could not be read."""
+        if any(not s.ok and s.skipped_reason is None for s in self.servers):
+            return 2
+        if any(s.problems or s.skipped_reason for s in self.servers):
+            return 1
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"servers": [s.to_json() for s in self.servers]}
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Plain values of one server for a worker thread (no ORM object crosses threads)."""
+
+    server_id: int
+    name: str
+    host: str
+    port: int
+    password: str | None = field(repr=False)
+    password_error: str | None
+    previous_status: str
+    version: str | None
+    validated_at: datetime | None
+    synced_at: datetime | None
+    run_id: int
+
+
+def _server_columns() -> list[Any]:
+    return [Server.id, Server.name, Server.host, Server.port, Server.password_encrypted,
+            Server.status, Server.version, Server.validated_at, Server.synced_at]
+
+
+def _target(row: Any, run_id: int) -> _Target:
+    password: str | None = None
+    error: str | None = None
+    try:
+        password = tclport_password(row.password_encrypted)
+    except SecretsError as exc:
+        error = str(exc)
+    return _Target(row.id, row.name, row.host, row.port, password, error, row.status,
+                   row.version, row.validated_at, row.synced_at, run_id)
+
+
+def _audit_server(session: Session, actor: str, action: str, server_id: int, at: datetime,
+                  detail: dict[str, Any]) -> None:
+    """Record an engine action on one server in the audit log."""
+    audit.record(session, actor=actor, action=action, object_type="server",
+                 object_id=server_id, server_id=server_id, detail=detail, at=at)
+
+
+def _problem_dicts(found: Iterable[Any]) -> list[dict[str, Any]]:
+    out = [{"id": getattr(p, "id", None), "kind": p.kind, "object": p.object_name,
+            "detail": p.detail} for p in found]
+    out.sort(key=lambda p: (_KIND_ORDER.get(p["kind"], 99), p["object"]))
+    return out
+
+
+def _error_dict(exc: TclPortError) -> dict[str, str]:
+    return {"code": exc.code, "message": exc.message}
+
+
+def _fetcher(settings: Settings) -> Callable[[_Target, float], Inventory]:
+    client: ClientSettings = settings.client
+
+    def fetch(target: _Target, deadline: float) -> Inventory:
+        assert target.password is not None
+        return fetch_inventory(target.host, target.port, target.password, name=target.name,
+                               settings=client, deadline=deadline)
+
+    return fetch
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
+                 dry_run: bool = False) -> int:
+    """Queue a validate or sync of ``server_ids`` (None = every active server).
+
+    Creates the Batch (status ``queued``, ``total`` servers) and one queued Run per server,
+    commits, and returns the batch id; :func:`run_batch` executes it (pages may do that in a
+    background thread and poll ``Batch.done``/``failed``/``status``). Unknown ids raise
+    ``LookupError``.
+    """
+    if kind not in BATCH_KINDS:
+        raise ValueError(f"batch kind must be one of {BATCH_KINDS}, not {kind!r}")
+    if dry_run and kind != "sync":
+        raise ValueError("only a sync can be a dry run")
+    state = get_state()
+    session = state.session
+    # The next batch cleans up after a process that died mid-batch: expired server leases,
+    # then batches (and their never-started runs) that stopped moving. Both commit.
+    now = utcnow()
+    expire_leases(session, now)
+    sweep_stale_batches(session, now, state.settings.lease_seconds)
+    query = sa.select(Server.id).order_by(Server.name)
+    if server_ids is None:
+        query = query.where(Server.active.is_(True))
+    else:
+        wanted = sorted(set(server_ids))
+        query = query.where(Server.id.in_(wanted))
+    ids = list(session.execute(query).scalars())
+    if server_ids is not None and len(ids) != len(set(server_ids)):
+        missing = sorted(set(server_ids) - set(ids))
+        session.rollback()
+        raise LookupError(f"no such server id(s): {missing}")
+    now = utcnow()
+    batch = Batch(kind=kind, status="queued", total=len(ids), done=0, failed=0,
+                  dry_run=dry_run, triggered_by=actor, host=socket.gethostname(),
+                  pid=os.getpid(), started_at=now)
+    session.add(batch)
+    session.flush()
+    if ids:
+        session.execute(
+            sa.insert(RUN),
+            [{"batch_id": batch.id, "server_id": sid, "kind": kind, "status": "queued",
+              "triggered_by": actor, "host": socket.gethostname(), "pid": os.getpid(),
+              "started_at": now} for sid in ids],
+        )
+    batch_id = batch.id
+    session.commit()
+    return batch_id
+
+
+def run_batch(batch_id: int) -> BatchResult:
+    """Execute a queued batch: servers in parallel (LM_BILLING_MAX_PARALLEL), each within its
+    own deadline (LM_BILLING_SERVER_DEADLINE); Batch.done/failed move as servers finish and
+    Batch.status becomes ``finished``. Raises RuntimeError if the batch is not queued.
+    """
+    state = get_state()
+    settings = state.settings
+    session = state.session
+    session.commit()  # no transaction of the caller stays open across the network work
+    now = utcnow()
+    started = session.execute(
+        sa.update(BATCH)
+        .where(BATCH.c.id == batch_id, BATCH.c.status == "queued")
+        .values(status="running", started_at=now, host=socket.gethostname(), pid=os.getpid())
+    )
+    if started.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise RuntimeError(f"batch {batch_id} is not queued (already run, or no such batch)")
+    batch = session.execute(
+        sa.select(Batch.kind, Batch.dry_run, Batch.triggered_by).where(Batch.id == batch_id)
+    ).one()
+    kind, dry_run, actor = batch.kind, bool(batch.dry_run), batch.triggered_by
+    rows = session.execute(
+        sa.select(Run.id.label("run_id"), *_server_columns())
+        .join(Server, Server.id == Run.server_id)
+        .where(Run.batch_id == batch_id, Run.status == "queued")
+        .order_by(Server.name)
+    ).all()
+    targets = [_target(r, r.run_id) for r in rows]
+    session.commit()
+    worker = _BatchWorker(session, settings, batch_id, kind, dry_run, actor)
+    try:
+        outcomes = worker.run(targets)
+    except BaseException as exc:
+        session.rollback()
+        log.exception("batch %s stopped: %s", batch_id, type(exc).__name__)
+        # Close what is left of the batch, so no page waits for runs nobody will finish,
+        # and give back the servers this batch still holds. Best effort: the database may
+        # be what failed (then the stale-batch sweep closes it later).
+        with contextlib.suppress(Exception):
+            now = utcnow()
+            end_unfinished_runs(
+                session, RUN.c.batch_id == batch_id, now, status="failed", code="BATCH_FAILED",
+                message=f"the batch stopped before finishing this server ({type(exc).__name__}"
+                "); run it again, and see the billing server's log if it repeats")
+            session.execute(
+                sa.update(SERVER).where(SERVER.c.lease_owner == worker.owner)
+                .values(lease_owner=None, lease_expires_at=None, lease_run_id=None)
+            )
+            session.execute(
+                sa.update(BATCH).where(BATCH.c.id == batch_id)
+                .values(status="failed", finished_at=now)
+            )
+            session.commit()
+        raise
+    session.execute(
+        sa.update(BATCH).where(BATCH.c.id == batch_id)
+        .values(status="finished", finished_at=utcnow())
+    )
+    session.commit()
+    order = {t.server_id: i for i, t in enumerate(targets)}
+    outcomes.sort(key=lambda o: order.get(o.server_id, 0))
+    return BatchResult(batch_id, kind, dry_run, outcomes)
+
+
+def validate_servers(server_ids: Sequence[int] | None, *, actor: str) -> BatchResult:
+    """Validate ``server_ids`` (None = all active servers) now: create_batch + run_batch."""
+    return run_batch(create_batch("validate", server_ids, actor=actor))
+
+
+def sync_servers(server_ids: Sequence[int] | None, *, actor: str,
+                 dry_run: bool = False) -> BatchResult:
+    """Sync ``server_ids`` (None = all active servers) now; ``dry_run`` writes nothing."""
+    return run_batch(create_batch("sync", server_ids, actor=actor, dry_run=dry_run))
+
+
+class _BatchWorker:
+    """Runs one batch: claims, parallel fetches, and the per-server database work."""
+
+    def __init__(self, session: Session, settings: Settings, batch_id: int, kind: str,
+                 dry_run: bool, actor: str) -> None:
+        self.session = session
+        self.settings = settings
+        self.batch_id = batch_id
+        self.kind = kind
+        self.dry_run = dry_run
+        self.actor = actor
+        self.owner = lease_owner()
+        self.fetch = _fetcher(settings)
+
+    def run(self, targets: list[_Target]) -> list[ServerOutcome]:
+        outcomes: list[ServerOutcome] = []
+        pending = list(reversed(targets))
+        running: dict[Future[Inventory], tuple[_Target, float]] = {}
+        workers = max(1, min(self.settings.max_parallel, len(targets)))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lm-billing-fetch")
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    target = pending.pop()
+                    early = self._start(target)
+                    if early is not None:
+                        outcomes.append(early)
+                        continue
+                    deadline = time.monotonic() + self.settings.server_deadline
+                    running[pool.submit(self.fetch, target, deadline)] = (target, deadline)
+                if not running:
+                    continue
+                soonest = min(d for _t, d in running.values()) + _GRACE
+                done, _ = wait(list(running), timeout=max(0.0, soonest - time.monotonic()),
+                               return_when=FIRST_COMPLETED)
+                for fut in done:
+                    target, _deadline = running.pop(fut)
+                    outcomes.append(self._finish(target, fut))
+                for fut, (target, deadline) in list(running.items()):
+                    if fut not in done and time.monotonic() > deadline + _GRACE:
+                        # The worker overran even its grace: record it and stop waiting.
+                        running.pop(fut)
+                        err = TclPortError(target.name, "deadline", "TIMEOUT",
+                                           "the server did not finish within its deadline "
+                                           "(LM_BILLING_SERVER_DEADLINE)")
+                        outcomes.append(self._failed(target, err))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return outcomes
+
+    # -- start: claim ---------------------------------------------------------------------
+
+    def _start(self, target: _Target) -> ServerOutcome | None:
+        """Claim the server; return an outcome when it must not be fetched."""
+        session = self.session
+        now = utcnow()
+        if not claim_server(session, target.server_id, self.owner,
+                            self.settings.lease_seconds, now, run_id=target.run_id,
+                            commit=False):
+            holder = session.execute(
+                sa.select(Server.lease_owner, Server.lease_expires_at)
+                .where(Server.id == target.server_id)
+            ).one()
+            message = (f"already running (claimed by {holder.lease_owner} until "
+                       f"{_iso(holder.lease_expires_at)}); try again when it has finished")
+            session.execute(
+                sa.update(RUN).where(RUN.c.id == target.run_id)
+                .values(status="skipped", finished_at=now, error_code="ALREADY_RUNNING",
+                        error_message=run_message(target.name, message))
+            )
+            self._progress(failed=False)
+            _audit_server(session, self.actor, self._action(), target.server_id, now,
+                          {"run_id": target.run_id, "status": "skipped"})
+            session.commit()
+            return ServerOutcome(
+                target.server_id, target.name, ok=False, status=target.previous_status,
+                previous_status=target.previous_status, version=target.version,
+                validated_at=target.validated_at, synced_at=target.synced_at,
+                skipped_reason="already running", run_id=target.run_id,
+            )
+        session.execute(
+            sa.update(RUN).where(RUN.c.id == target.run_id)
+            .values(status="running", started_at=now, host=socket.gethostname(),
+                    pid=os.getpid())
+        )
+        session.commit()
+        if target.password_error is not None:
+            err = TclPortError(target.name, "password", "PASSWORD", target.password_error)
+            return self._failed(target, err)
+        return None
+
+    def _action(self) -> str:
+        return "sync_dry_run" if self.dry_run else self.kind
+
+    def _progress(self, *, failed: bool) -> None:
+        table = BATCH
+        self.session.execute(
+            sa.update(table).where(table.c.id == self.batch_id)
+            .values(done=table.c.done + 1, failed=table.c.failed + (1 if failed else 0))
+        )
+
+    # -- finish: store --------------------------------------------------------------------
+
+    def _finish(self, target: _Target, fut: Future[Inventory]) -> ServerOutcome:
+        try:
+            inventory = fut.result()
+        except TclPortError as exc:
+            return self._failed(target, exc)
+        except Exception as exc:
+            log.exception("server %s: reading it failed unexpectedly", target.name)
+            return self._failed(target, TclPortError(
+                target.name, "fetch", "INTERNAL",
+                f"reading the server failed unexpectedly ({type(exc).__name__}: {exc}); "
+                "see the billing server's log"))
+        verb = "sync" if self.kind == "sync" else "validate"
+        try:
+            try:
+                return self._stored(target, inventory)
+            except sa.exc.DBAPIError as exc:
+                if not is_conflict(exc):
+                    raise
+                # Another process recorded the same group-wide problem a moment ago (same
+                # fingerprint; on MariaDB possibly as a deadlock): nothing of ours was kept,
+                # so judge again against its row.
+                self.session.rollback()
+                log.info("server %s: a problem row appeared concurrently; retrying once",
+                         target.name)
+                return self._stored(target, inventory)
+        except LeaseLost:
+            self.session.rollback()
+            return self._failed(target, TclPortError(
+                target.name, "store", "LEASE_LOST",
+                "this run took longer than LM_BILLING_LEASE_SECONDS and another run took the "
+                f"server over; nothing of this run was stored. {verb.capitalize()} it again "
+                "(raise LM_BILLING_LEASE_SECONDS if this server is slow)."))
+        except Exception as exc:
+            self.session.rollback()
+            if isinstance(exc, sa.exc.DBAPIError) and is_conflict(exc):
+                log.warning("server %s: storing the result clashed twice with another run",
+                            target.name)
+                message = (
+                    "another run was storing the same billing problems at the same moment, "
+                    f"twice; nothing was changed for this server. {verb.capitalize()} it again "
+                    "when the other run has finished.")
+            else:
+                log.exception("server %s: storing the result failed; nothing was changed",
+                              target.name)
+                message = (
+                    f"billing could not store the result ({type(exc).__name__}); nothing was "
+                    f"changed for this server. {verb.capitalize()} it again; see the billing "
+                    "server's log if it repeats.")
+            return self._failed(target, TclPortError(target.name, "store", "STORE", message))
+
+    def _stored(self, target: _Target, inv: Inventory) -> ServerOutcome:
+        session = self.session
+        sid = target.server_id
+        now = utcnow()
+        if not hold_lease(session, sid, self.owner):
+            session.rollback()
+            raise LeaseLost(target.name)
+        snapshot = load_snapshot(session, sid)
+        rec = reconcile(snapshot, inv)
+        outcome = ServerOutcome(
+            sid, target.name, ok=True, previous_status=target.previous_status,
+            version=inv.server_info.version, validated_at=target.validated_at,
+            synced_at=target.synced_at, run_id=target.run_id,
+        )
+        status = "ok" if inv.logging.counts_messages else "logging_off"
+        outcome.status = status
+        counts = {"created": 0, "updated": 0, "removed": 0}
+        found: list[Found]
+        new = 0
+        if self.kind == "sync" and self.dry_run:
+            counts = rec.changes.counts()
+            after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
+            found = after.problems
+            outcome.status = target.previous_status
+            outcome.version = target.version
+        else:
+            after = rec
+            if self.kind == "sync":
+                counts = apply_sync(session, sid, rec.changes, inv, now).as_dict()
+                if not rec.changes.empty:
+                    after = reconcile(load_snapshot(session, sid), inv)
+            found = after.problems
+            new, _open = record_problems(session, sid, target.run_id, found, now,
+                                         groups=after.judged_groups)
+            values: dict[str, Any] = {
+                "version": inv.server_info.version,
+                "hostname_reported": inv.server_info.hostname,
+                "logging_mode": inv.logging.mode,
+                "logging_label": inv.logging.label,
+                "status": status,
+                "status_message": "" if status == "ok" else next(
+                    (f.detail for f in found if f.kind == "logging_off"), ""),
+                "validated_at": now,
+                "checked_at": now,
+            }
+            if self.kind == "sync":
+                values["synced_at"] = now
+                outcome.synced_at = now
+            outcome.validated_at = now
+            session.execute(sa.update(SERVER)
+                            .where(SERVER.c.id == sid).values(**values))
+        run_status = "problems" if found else "ok"
+        session.execute(
+            sa.update(RUN).where(RUN.c.id == target.run_id).values(
+                status=run_status, finished_at=utcnow(), lists_seen=len(inv.lists),
+                created=counts["created"], updated=counts["updated"],
+                removed=counts["removed"], problems_open=len(found), problems_new=new,
+            )
+        )
+        release_server(session, sid, self.owner, commit=False)
+        self._progress(failed=False)
+        _audit_server(session, self.actor, self._action(), sid, now,
+                      {"run_id": target.run_id, "status": run_status, "changes": counts,
+                       "problems_open": len(found), "problems_new": new})
+        if self.kind == "sync" and self.dry_run:
+            outcome.problems = _problem_dicts(found)
+        else:
+            # Read back in the same transaction: the ids of the rows just written.
+            outcome.problems = _problem_dicts(session.execute(
+                sa.select(Problem.id, Problem.kind, Problem.object_name, Problem.detail)
+                .where(Problem.last_run_id == target.run_id, Problem.status == "open")
+            ).all())
+        session.commit()
+        outcome.changes = counts
+        outcome.new_problems = new
+        return outcome
+
+    def _failed(self, target: _Target, exc: TclPortError) -> ServerOutcome:
+        session = self.session
+        now = utcnow()
+        status = status_for_error(exc.code)
+        # A run that lost its lease must not touch the server: another run owns it now.
+        if not self.dry_run and exc.code != "LEASE_LOST":
+            session.execute(
+                sa.update(SERVER).where(SERVER.c.id == target.server_id)
+                .values(status=status, status_message=exc.message, checked_at=now)
+            )
+        session.execute(
+            sa.update(RUN).where(RUN.c.id == target.run_id)
+            .values(status="failed", finished_at=now, error_code=exc.code[:40],
+                    error_message=run_message(target.name, exc.message))
+        )
+        release_server(session, target.server_id, self.owner, commit=False)
+        self._progress(failed=True)
+        _audit_server(session, self.actor, self._action(), target.server_id, now,
+                      {"run_id": target.run_id, "status": "failed", "error": exc.code})
+        session.commit()
+        log.info("server %s: %s failed: %s", target.name, self.kind, exc.code)
+        return ServerOutcome(
+            target.server_id, target.name, ok=False,
+            status=target.previous_status if self.dry_run else status,
+            previous_status=target.previous_status, version=target.version,
+            validated_at=target.validated_at, synced_at=target.synced_at,
+            error=_error_dict(exc), run_id=target.run_id,
+        )

@@ -1,0 +1,84 @@
+"""What the catalog pages (customers.py, plans.py, assign.py) share: the editable fields,
+applying a form to a row with an audit diff, search, paging size and today's date."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ...engine.store import active_assignment
+from ...models import Assignment
+from ...state import get_state
+
+CUSTOMER_FIELDS = ("company", "contact_name", "email", "is_active", "payment_method", "notes")
+PLAN_FIELDS = (
+    "name",
+    "description",
+    "max_members",
+    "max_members_per_list",
+    "max_lists",
+    "max_lists_per_site",
+    "max_sites",
+    "bill_by_list",
+    "billing_method",
+    "monthly_price",
+    "overage_cpm",
+    "included_messages",
+    "max_message_size_kb",
+    "monthly_price_per_server",
+    "cost_per_gb",
+    "included_gb",
+)
+GROUP_FIELDS = ("name", "plan_id", "plan_start", "plan_end")
+
+
+def _session() -> Session:
+    return get_state().session
+
+
+def _page_size() -> int:
+    return get_state().settings.page_size
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _apply(obj: Any, form: Any, names: Iterable[str]) -> dict[str, list[Any]]:
+    """Copy the form's fields onto the row; return what changed as {field: [old, new]}."""
+    changes: dict[str, list[Any]] = {}
+    for name in names:
+        new = getattr(form, name).data
+        if name == "plan_id" and new == 0:
+            new = None
+        old = getattr(obj, name, None)
+        if old != new:
+            changes[name] = [_jsonable(old), _jsonable(new)]
+            setattr(obj, name, new)
+    return changes
+
+
+def _search(column: Any, text: str) -> Any:
+    # lower() on both sides: MariaDB's binary name collation would make LIKE case-sensitive.
+    return sa.func.lower(column).contains(text.lower(), autoescape=True)
+
+
+# --- Customers --------------------------------------------------------------------------
+
+
+def _active_assignment(today: date) -> Any:
+    # The engine's rule, so pages and billing agree on who pays today (end date exclusive).
+    return active_assignment(Assignment.__table__, today)

@@ -1,0 +1,396 @@
+"""The Customers pages: list, create, edit and show customers, with their billing groups
+(create, edit) and what each group holds now."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response
+from wtforms import SelectChoice
+
+from ... import audit
+from ...models import (
+    Assignment,
+    BillingGroup,
+    Customer,
+    HostingPlan,
+    MailingList,
+    Server,
+    Site,
+)
+from ..access import actor_name, requires
+from ..forms.catalog import CustomerForm, GroupForm, UnassignForm
+from .catalog import (
+    CUSTOMER_FIELDS,
+    GROUP_FIELDS,
+    _active_assignment,
+    _apply,
+    _page_size,
+    _search,
+    _session,
+    _today,
+)
+from .paging import MAX_SEARCH, clamp, order_by, page_from_request
+
+CUSTOMER_SORTS: dict[str, Any] = {
+    "company": Customer.company,
+    "contact": Customer.contact_name,
+    "email": Customer.email,
+    "active": Customer.is_active,
+}
+
+
+def customers() -> str:
+    session = _session()
+    q = request.args.get("q", "").strip()[:MAX_SEARCH]
+    show = request.args.get("show", "active")
+    if show not in ("active", "inactive", "all"):
+        show = "active"
+    page = page_from_request(
+        "lm_billing.customers",
+        CUSTOMER_SORTS,
+        default_sort="company",
+        size=_page_size(),
+        keep={"q": q, "show": show},
+    )
+    where: list[Any] = []
+    if q:
+        where.append(
+            sa.or_(
+                _search(Customer.company, q),
+                _search(Customer.contact_name, q),
+                _search(Customer.email, q),
+            )
+        )
+    if show != "all":
+        where.append(Customer.is_active.is_(show == "active"))
+    page.total = session.scalar(sa.select(sa.func.count()).select_from(Customer).where(*where)) or 0
+    clamp(page)
+    group_count = (
+        sa.select(sa.func.count(BillingGroup.id))
+        .where(BillingGroup.customer_id == Customer.id)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        sa.select(Customer, group_count)
+        .where(*where)
+        .order_by(*order_by(page, CUSTOMER_SORTS, Customer.id))
+        .offset(page.offset)
+        .limit(page.size)
+    ).all()
+    return render_template("lm_billing/customers.html", rows=rows, page=page, q=q, show=show)
+
+
+def _customer_or_404(session: Session, customer_id: int) -> Customer:
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        abort(404, description="No such customer: it may have been removed. Go back to Customers.")
+    return customer
+
+
+@requires("edit")
+def customer_new() -> str | Response:
+    form = CustomerForm()
+    if form.validate_on_submit():
+        session = _session()
+        customer = Customer()
+        changes = _apply(customer, form, CUSTOMER_FIELDS)
+        session.add(customer)
+        session.flush()
+        audit.record(
+            session,
+            actor=actor_name(),
+            action="customer_create",
+            object_type="customer",
+            object_id=customer.id,
+            detail=changes,
+        )
+        session.commit()
+        flash(f"Customer {customer.company} created. Add a billing group for its contract.")
+        return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+    return render_template("lm_billing/customer_form.html", form=form, customer=None)
+
+
+@requires("edit")
+def customer_edit(customer_id: int) -> str | Response:
+    session = _session()
+    customer = _customer_or_404(session, customer_id)
+    form = CustomerForm(obj=customer)
+    if form.validate_on_submit():
+        changes = _apply(customer, form, CUSTOMER_FIELDS)
+        if changes:
+            action = "customer_update"
+            if "is_active" in changes:
+                action = "customer_activate" if customer.is_active else "customer_deactivate"
+            audit.record(
+                session,
+                actor=actor_name(),
+                action=action,
+                object_type="customer",
+                object_id=customer.id,
+                detail=changes,
+            )
+            session.commit()
+            if action == "customer_deactivate":
+                flash(f"Customer {customer.company} deactivated; their billing history is kept.")
+            else:
+                flash(f"Customer {customer.company} saved.")
+        else:
+            flash("Nothing changed.")
+        return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+    return render_template("lm_billing/customer_form.html", form=form, customer=customer)
+
+
+# --- What a group pays for ---------------------------------------------------------------
+
+
+@dataclass
+class GroupTotals:
+    """What a billing group holds right now, to compare with its hosting plan's limits."""
+
+    lists: int = 0
+    members: int = 0
+    sites: int = 0
+    max_members_in_a_list: int = 0
+    max_lists_in_a_site: int = 0
+    list_ids: set[int] = field(default_factory=set)
+
+    def checks(self, plan: HostingPlan | None) -> list[tuple[str, int, int, bool]]:
+        """(label, value, limit, over) per plan limit; limit 0 = unlimited, never over."""
+        if plan is None:
+            return []
+        # Bill by List: the limits apply to each list, so the biggest list is what counts.
+        members = self.max_members_in_a_list if plan.bill_by_list else self.members
+        rows = [
+            ("Lists", self.lists, plan.max_lists),
+            ("Members", members, plan.max_members),
+            ("Members in the largest list", self.max_members_in_a_list, plan.max_members_per_list),
+            ("Lists in the fullest site", self.max_lists_in_a_site, plan.max_lists_per_site),
+            ("Sites", self.sites, plan.max_sites),
+        ]
+        return [(label, value, limit, limit > 0 and value > limit) for label, value, limit in rows]
+
+
+def group_totals(session: Session, group_ids: Iterable[int]) -> dict[int, GroupTotals]:
+    """Lists, members and sites each group pays for today (directly, through a site or a
+    whole server), in one query over all the groups."""
+    ids = list(group_ids)
+    totals = {gid: GroupTotals() for gid in ids}
+    if not ids:
+        return totals
+    today = _today()
+    columns = (
+        Assignment.group_id,
+        MailingList.id,
+        MailingList.server_id,
+        MailingList.site_name,
+        MailingList.members,
+    )
+    where = (
+        Assignment.group_id.in_(ids),
+        _active_assignment(today),
+        MailingList.status == "active",
+    )
+    # Three plain joins instead of one OR-join, so each uses its index (a group with
+    # thousands of single lists must not compare every assignment with every list).
+    whole_servers = (
+        sa.select(*columns)
+        .join(MailingList, MailingList.server_id == Assignment.server_id)
+        .where(Assignment.object_type == "server", *where)
+    )
+    whole_sites = (
+        sa.select(*columns)
+        .join(Site, Site.id == Assignment.site_id)
+        .join(
+            MailingList,
+            sa.and_(MailingList.server_id == Site.server_id, MailingList.site_name == Site.name),
+        )
+        .where(Assignment.object_type == "site", *where)
+    )
+    single_lists = (
+        sa.select(*columns)
+        .join(MailingList, MailingList.id == Assignment.list_id)
+        .where(Assignment.object_type == "list", *where)
+    )
+    rows = session.execute(sa.union_all(whole_servers, whole_sites, single_lists)).all()
+    per_site: dict[int, dict[tuple[int, str], int]] = {gid: {} for gid in ids}
+    for group_id, list_id, server_id, site_name, members in rows:
+        t = totals[group_id]
+        if list_id in t.list_ids:
+            continue  # a list covered twice (e.g. by its site and directly) counts once
+        t.list_ids.add(list_id)
+        t.lists += 1
+        t.members += members
+        t.max_members_in_a_list = max(t.max_members_in_a_list, members)
+        if site_name:
+            key = (server_id, site_name)
+            per_site[group_id][key] = per_site[group_id].get(key, 0) + 1
+    # Sites assigned on their own count even while they hold no lists.
+    site_rows = session.execute(
+        sa.select(Assignment.group_id, Site.server_id, Site.name)
+        .join(Site, Site.id == Assignment.site_id)
+        .where(Assignment.group_id.in_(ids), _active_assignment(today))
+    ).all()
+    for group_id, server_id, name in site_rows:
+        per_site[group_id].setdefault((server_id, name), 0)
+    for gid, sites in per_site.items():
+        totals[gid].sites = len(sites)
+        totals[gid].max_lists_in_a_site = max(sites.values(), default=0)
+    return totals
+
+
+ASSIGNMENT_SORTS: dict[str, Any] = {
+    "group": BillingGroup.name,
+    "server": Server.name,
+    "start": Assignment.start_date,
+}
+
+
+def customer_detail(customer_id: int) -> Any:
+    session = _session()
+    customer = _customer_or_404(session, customer_id)
+    return _render_customer_detail(session, customer, UnassignForm(customer_id=str(customer.id)))
+
+
+def _render_customer_detail(
+    session: Session,
+    customer: Customer,
+    unassign_form: UnassignForm,
+    unassign_error: str = "",
+    status: int = 200,
+) -> Any:
+    groups = session.execute(
+        sa.select(BillingGroup, HostingPlan)
+        .outerjoin(HostingPlan, HostingPlan.id == BillingGroup.plan_id)
+        .where(BillingGroup.customer_id == customer.id)
+        .order_by(BillingGroup.name, BillingGroup.id)
+    ).all()
+    totals = group_totals(session, [g.id for g, _ in groups])
+    show_ended = request.args.get("ended") == "1"
+    page = page_from_request(
+        "lm_billing.customer_detail",
+        ASSIGNMENT_SORTS,
+        default_sort="group",
+        size=_page_size(),
+        keep={"ended": "1" if show_ended else ""},
+        view_args={"customer_id": customer.id},
+    )
+    today = _today()
+    where: list[Any] = [BillingGroup.customer_id == customer.id]
+    if not show_ended:
+        where.append(sa.or_(Assignment.end_date.is_(None), Assignment.end_date > today))
+    base = sa.select(Assignment).join(BillingGroup, BillingGroup.id == Assignment.group_id)
+    page.total = (
+        session.scalar(sa.select(sa.func.count()).select_from(base.where(*where).subquery())) or 0
+    )
+    clamp(page)
+    assignments = session.execute(
+        sa.select(Assignment, BillingGroup.name, Server.name, Site.name, MailingList.name)
+        .join(BillingGroup, BillingGroup.id == Assignment.group_id)
+        .join(Server, Server.id == Assignment.server_id)
+        .outerjoin(Site, Site.id == Assignment.site_id)
+        .outerjoin(MailingList, MailingList.id == Assignment.list_id)
+        .where(*where)
+        .order_by(*order_by(page, ASSIGNMENT_SORTS, Assignment.id))
+        .offset(page.offset)
+        .limit(page.size)
+    ).all()
+    body = render_template(
+        "lm_billing/customer_detail.html",
+        customer=customer,
+        groups=groups,
+        totals=totals,
+        assignments=assignments,
+        page=page,
+        show_ended=show_ended,
+        today=today,
+        form=unassign_form,
+        unassign_error=unassign_error,
+    )
+    return (body, status) if status != 200 else body
+
+
+# --- Billing groups -----------------------------------------------------------------------
+
+
+def _plan_choices(session: Session) -> list[Any]:
+    plans = session.execute(sa.select(HostingPlan.id, HostingPlan.name).order_by(HostingPlan.name))
+    return [SelectChoice(0, "— no plan yet —"), *(SelectChoice(pid, name) for pid, name in plans)]
+
+
+@requires("edit")
+def group_new(customer_id: int) -> str | Response:
+    session = _session()
+    customer = _customer_or_404(session, customer_id)
+    form = GroupForm()
+    form.plan_id.choices = _plan_choices(session)
+    if form.validate_on_submit():
+        group = BillingGroup(customer_id=customer.id)
+        changes = _apply(group, form, GROUP_FIELDS)
+        session.add(group)
+        session.flush()
+        audit.record(
+            session,
+            actor=actor_name(),
+            action="group_create",
+            object_type="group",
+            object_id=group.id,
+            detail={"customer_id": customer.id, **changes},
+        )
+        session.commit()
+        flash(
+            f"Billing group {group.name} created. Assign the lists, sites or servers it pays for."
+        )
+        return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+    return render_template("lm_billing/group_form.html", form=form, customer=customer, group=None)
+
+
+@requires("edit")
+def group_edit(group_id: int) -> str | Response:
+    session = _session()
+    group = session.get(BillingGroup, group_id)
+    if group is None:
+        abort(404, description="No such billing group. Go back to the customer's page.")
+    customer = _customer_or_404(session, group.customer_id)
+    form = GroupForm(obj=group)
+    form.plan_id.choices = _plan_choices(session)
+    if not form.is_submitted():
+        form.plan_id.data = group.plan_id or 0  # "no plan" is choice 0, stored as NULL
+    if form.validate_on_submit():
+        changes = _apply(group, form, GROUP_FIELDS)
+        if changes:
+            audit.record(
+                session,
+                actor=actor_name(),
+                action="group_update",
+                object_type="group",
+                object_id=group.id,
+                detail=changes,
+            )
+            session.commit()
+            flash(f"Billing group {group.name} saved.")
+        else:
+            flash("Nothing changed.")
+        return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+    return render_template("lm_billing/group_form.html", form=form, customer=customer, group=group)
+
+
+# --- Hosting plans ------------------------------------------------------------------------
+
+
+def register(blueprint: Blueprint) -> None:
+    rules: list[tuple[str, str, Any, list[str]]] = [
+        ("/customers", "customers", customers, ["GET"]),
+        ("/customers/new", "customer_new", customer_new, ["GET", "POST"]),
+        ("/customers/<int:customer_id>", "customer_detail", customer_detail, ["GET"]),
+        ("/customers/<int:customer_id>/edit", "customer_edit", customer_edit, ["GET", "POST"]),
+        ("/customers/<int:customer_id>/groups/new", "group_new", group_new, ["GET", "POST"]),
+        ("/groups/<int:group_id>/edit", "group_edit", group_edit, ["GET", "POST"]),
+    ]
+    for rule, endpoint, view, methods in rules:
+        blueprint.add_url_rule(rule, endpoint, view, methods=methods)

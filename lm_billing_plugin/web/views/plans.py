@@ -1,0 +1,134 @@
+"""The Hosting plans pages: list, create and edit plans; a name taken meanwhile by someone else
+is a field error, not a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response
+
+from ... import audit
+from ...engine.store import is_conflict
+from ...models import (
+    BillingGroup,
+    HostingPlan,
+)
+from ..access import actor_name, requires
+from ..forms.catalog import PlanForm
+from .catalog import (
+    PLAN_FIELDS,
+    _apply,
+    _page_size,
+    _session,
+)
+from .paging import clamp, order_by, page_from_request
+
+PLAN_SORTS: dict[str, Any] = {
+    "name": HostingPlan.name,
+    "method": HostingPlan.billing_method,
+    "price": HostingPlan.monthly_price,
+}
+
+
+def plans() -> str:
+    session = _session()
+    page = page_from_request("lm_billing.plans", PLAN_SORTS, default_sort="name", size=_page_size())
+    page.total = session.scalar(sa.select(sa.func.count()).select_from(HostingPlan)) or 0
+    clamp(page)
+    in_use = (
+        sa.select(sa.func.count(BillingGroup.id))
+        .where(BillingGroup.plan_id == HostingPlan.id)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        sa.select(HostingPlan, in_use)
+        .order_by(*order_by(page, PLAN_SORTS, HostingPlan.id))
+        .offset(page.offset)
+        .limit(page.size)
+    ).all()
+    return render_template("lm_billing/plans.html", rows=rows, page=page)
+
+
+def _plan_name_taken(session: Session, name: str, plan_id: int | None) -> bool:
+    # Case-insensitive: MariaDB's default collation would refuse "gold" next to "Gold"
+    # anyway, and two plans differing only in case confuse people everywhere.
+    query = sa.select(HostingPlan.id).where(sa.func.lower(HostingPlan.name) == name.lower())
+    if plan_id is not None:
+        query = query.where(HostingPlan.id != plan_id)
+    return session.scalar(query.limit(1)) is not None
+
+
+def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
+    session = _session()
+    if not form.validate_on_submit():
+        return None
+    if _plan_name_taken(session, form.name.data or "", plan.id if plan else None):
+        form.name.errors = [
+            *form.name.errors,
+            "A hosting plan with this name exists: choose another name.",
+        ]
+        return None
+    creating = plan is None
+    target = plan if plan is not None else HostingPlan()
+    changes = _apply(target, form, PLAN_FIELDS)
+    if creating:
+        session.add(target)
+    if not changes:
+        flash("Nothing changed.")
+        return redirect(url_for("lm_billing.plans"))
+    try:
+        session.flush()
+        audit.record(
+            session,
+            actor=actor_name(),
+            action="plan_create" if creating else "plan_update",
+            object_type="plan",
+            object_id=target.id,
+            detail=changes,
+        )
+        session.commit()
+    except sa.exc.DBAPIError as exc:
+        # Someone saved a plan of this name between our check and our write.
+        session.rollback()
+        if not is_conflict(exc):
+            raise
+        form.name.errors = [
+            *form.name.errors,
+            "A hosting plan with this name was saved a moment ago: choose another name.",
+        ]
+        return None
+    flash(f"Hosting plan {target.name} {'created' if creating else 'saved'}.")
+    return redirect(url_for("lm_billing.plans"))
+
+
+@requires("edit")
+def plan_new() -> str | Response:
+    form = PlanForm()
+    done = _save_plan(form, None)
+    return done or render_template("lm_billing/plan_form.html", form=form, plan=None)
+
+
+@requires("edit")
+def plan_edit(plan_id: int) -> str | Response:
+    plan = _session().get(HostingPlan, plan_id)
+    if plan is None:
+        abort(404, description="No such hosting plan. Go back to Hosting Plans.")
+    form = PlanForm(obj=plan)
+    done = _save_plan(form, plan)
+    return done or render_template("lm_billing/plan_form.html", form=form, plan=plan)
+
+
+# --- Assignment ----------------------------------------------------------------------------
+
+
+def register(blueprint: Blueprint) -> None:
+    rules: list[tuple[str, str, Any, list[str]]] = [
+        ("/plans", "plans", plans, ["GET"]),
+        ("/plans/new", "plan_new", plan_new, ["GET", "POST"]),
+        ("/plans/<int:plan_id>/edit", "plan_edit", plan_edit, ["GET", "POST"]),
+    ]
+    for rule, endpoint, view, methods in rules:
+        blueprint.add_url_rule(rule, endpoint, view, methods=methods)
