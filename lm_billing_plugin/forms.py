@@ -33,10 +33,12 @@ PORT_MESSAGE = "The port must be a number from 1 to 65535 (TclPort's default is 
 
 def _host_validator(form: FlaskForm, field: Field) -> None:
     # One rule for pages and CLI: the servers service's.
+    if field.errors:
+        return  # the Length check already said it; one message per problem
     host = (field.data or "").strip()
     # Syntax, then where billing may connect: literal addresses and names, without DNS.
     policy = get_state().settings.client.address_policy
-    message = validate_host_name(host) or addresses.host_error(host, policy)
+    message = addresses.host_error(host, policy) or validate_host_name(host)
     if message:
         raise ValidationError(message)
 

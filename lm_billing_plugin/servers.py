@@ -192,7 +192,7 @@ def validate_server_fields(
         errors["name"] = name_error
     # Then where billing may connect (no DNS here; the client checks resolved addresses).
     policy = get_state().settings.client.address_policy
-    host_error = validate_host_name(host) or addresses.host_error(host, policy)
+    host_error = addresses.host_error(host, policy) or validate_host_name(host)
     if host_error:
         errors["host"] = host_error
     port_value = _port(port)

@@ -180,7 +180,7 @@ def check_address(address: IPAddress, policy: AddressPolicy, *, subject: str) ->
     """Raise HostRefused unless billing may connect to ``address``.
 
     ``subject`` starts the message: the address as typed, or "the host name 'x' resolves
-    to 192.0.2.1,".
+    to 192.0.2.1, which".
     """
     address = ipaddress.ip_address(str(address).split("%", 1)[0])
     what = _never(address)
@@ -209,7 +209,7 @@ def _ipv6(host: str) -> IPAddress:
         address = ipaddress.IPv6Address(host)
     except ValueError:
         raise _malformed(
-            "Enter the host name without a port; the port has its own field (Port)."
+            "Enter the host name without a port; the port has its own field."
         ) from None
     if address.scope_id is not None and not address.is_link_local:
         raise _malformed(
@@ -262,8 +262,8 @@ def check_host(host: str, policy: AddressPolicy) -> IPAddress | None:
         except ValueError:
             final_dot = " (without a final dot)" if host.endswith(".") else ""
             raise _malformed(
-                f"{host!r} is not an IPv4 address as billing reads one: "
-                f"{FOUR_NUMBERS}{final_dot}."
+                f"{host!r} is not a valid IPv4 address: {FOUR_NUMBERS} (each 0 to 255, no "
+                f"leading zeros){final_dot}."
             ) from None
         check_address(v4, policy, subject=host)
         return v4

@@ -326,9 +326,8 @@ class TclPortClient:
         return self
 
     def _resolve(self, deadline: float) -> list[tuple[Any, ...]]:
+        # Judged as written, brackets too: the forms refuse "[::1]", so the client does as well.
         host = self.host.strip()
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
         if not host:
             raise self._error("resolve", DNS, detail="no host name")
         try:
@@ -388,8 +387,8 @@ class TclPortClient:
         for info in infos:
             address = str(info[4][0])
             subject = (
-                address if address.split("%", 1)[0] == self.host.strip().strip("[]")
-                else f"the host name {self.host.strip()!r} resolves to {address},"
+                address if address.split("%", 1)[0] == self.host.strip()
+                else f"the host name {self.host.strip()!r} resolves to {address}, which"
             )
             try:
                 if info[0] not in (socket.AF_INET, socket.AF_INET6):
@@ -475,8 +474,8 @@ class TclPortClient:
                 if shown
                 else "its greeting names no protocol"
                 if protocol is None
-                else f"its greeting names another protocol; {self._not_shown()}"
-            )
+                else "its greeting names another protocol"
+            ) + f"; {self._not_shown()}"
             raise self._error("greeting", NOT_TCLPORT, detail=detail)
         self.product = greeting.get("product")
         self._greeted = True
