@@ -84,6 +84,9 @@ MAX_PAGE_SIZE: Final = 5000
 _CHUNK: Final = 256 * 1024
 # How long close() waits for the server to acknowledge quit; closing must stay quick.
 _QUIT_WAIT: Final = 1.0
+# A run of this many bytes of the password in a peer's text withholds that text (shorter
+# runs say too little to matter; longer would let an excerpt of 4-7 characters through).
+_WINDOW: Final = 4
 # Restarts of a full list read when the server's total changes under it (live edits).
 _LIST_ATTEMPTS: Final = 3
 
@@ -235,8 +238,13 @@ class TclPortClient:
             # Redacted at the source: a peer that echoes the auth request would repeat the
             # password, in whatever quoting it likes, so nothing it says to auth is shown.
             server_message = "its answer to the password is not shown"
-        elif server_message and self._holds_password(server_message.encode("utf-8")):
+        elif server_message and self._holds_password(
+            server_message.encode("utf-8", "surrogatepass")
+        ):
             server_message = "its message is not shown: it holds the TclPort password"
+        if code == MALFORMED and self._holds_password(detail.encode("utf-8", "surrogatepass")):
+            # A finding that quotes the reply (a Tcl parse error, a bad record field).
+            detail = "the reply is not shown: it holds the TclPort password"
         message = message or guidance(
             code,
             host=self.host,
@@ -253,16 +261,23 @@ class TclPortClient:
         return err
 
     def _holds_password(self, data: bytes) -> bool:
-        """Whether peer bytes hold the password, raw or in the quoting a request gives it.
+        """Whether peer bytes hold the password, or 4 bytes of it in a row, raw or in
+        the quoting a request gives it.
 
-        Checked on the raw bytes before any quoting, so escaping cannot hide a match; a hit
-        withholds the whole text (no prefix, however short the password is).
+        Checked on the raw bytes before any quoting, so escaping cannot hide a match, and by
+        windows, so a truncated excerpt (a prefix) matches too; a hit withholds the whole
+        text, however short the password is.
         """
         secret = self._password
         if not secret:
             return False
         forms = {secret, encode_list([secret]), repr(secret)[1:-1], encode_request([secret])}
-        return any(form.encode("utf-8", "surrogatepass") in data for form in forms if form)
+        for form in forms:
+            raw = form.encode("utf-8", "surrogatepass")
+            size = min(len(raw), _WINDOW)
+            if size and any(raw[i : i + size] in data for i in range(len(raw) - size + 1)):
+                return True
+        return False
 
     def _quote(self, phase: str, data: bytes) -> str:
         """Peer bytes for a message: a short quote, or only their size.
