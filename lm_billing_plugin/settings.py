@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .tclport.addresses import parse_networks
 from .tclport.client import ClientSettings
 
 # One row per key: (key, default, description). The README's configuration table is
@@ -46,6 +47,19 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "LM_BILLING_MAX_REPLY_BYTES",
         64 * 1024 * 1024,
         "Largest reply body accepted from a hosting server; a larger one is refused unread.",
+    ),
+    (
+        "LM_BILLING_ALLOWED_NETWORKS",
+        (),
+        "Networks (CIDRs; list or comma-separated string, e.g. `10.20.0.0/16`) the hosting "
+        "servers are in. When set, billing connects to no other address. Metadata, "
+        "link-local, unspecified, multicast and broadcast addresses are refused either way.",
+    ),
+    (
+        "LM_BILLING_ALLOW_LOOPBACK",
+        True,
+        "Allow hosting servers on this machine (127.0.0.0/8, ::1, `localhost`), whatever "
+        "`LM_BILLING_ALLOWED_NETWORKS` says. False refuses them.",
     ),
     ("LM_BILLING_LIST_PAGE_SIZE", 5000, "Lists fetched per `lists OFFSET LIMIT` request (1-5000)."),
     (
@@ -164,6 +178,8 @@ class Settings:
                 operation_timeout=float(get("LM_BILLING_OPERATION_TIMEOUT")),
                 max_reply_bytes=int(get("LM_BILLING_MAX_REPLY_BYTES")),
                 page_size=page_size,
+                allowed_networks=parse_networks(get("LM_BILLING_ALLOWED_NETWORKS")),
+                allow_loopback=_as_bool(get("LM_BILLING_ALLOW_LOOPBACK")),
             ),
             server_deadline=float(get("LM_BILLING_SERVER_DEADLINE")),
             max_parallel=max_parallel,

@@ -18,7 +18,7 @@ from ..engine.store import load_snapshot
 from ..models import PROBLEM_KINDS, PROBLEM_STATUSES, Problem, Server
 from ..state import get_state
 from . import cli
-from .output import EXIT_OK, EXIT_PROBLEMS, actor, emit_json, fail, table, when
+from .output import EXIT_OK, EXIT_PROBLEMS, actor, echo, emit_json, fail, table, when
 
 # Problems printed per server after validate/sync before pointing to `problems`.
 _SHOWN_PROBLEMS = 20
@@ -45,13 +45,13 @@ def _server_ids(names: Sequence[str], all_servers: bool) -> list[int] | None:
 
 def _print_batch(result: batches.BatchResult) -> None:
     if not result.servers:
-        click.echo("No active hosting servers: add one with `flask lm-billing servers add`.")
+        echo("No active hosting servers: add one with `flask lm-billing servers add`.")
         return
     verb = {"validate": "Validated", "sync": "Synced"}[result.kind]
     if result.dry_run:
         verb = "Dry-run synced"
     if result.dry_run:
-        click.echo("Dry run: what sync would change; nothing was written.")
+        echo("Dry run: what sync would change; nothing was written.")
     rows = []
     for s in result.servers:
         if s.ok:
@@ -71,18 +71,18 @@ def _print_batch(result: batches.BatchResult) -> None:
             ]
         )
     headers = ["Server", "Result", "Version", "Validated", "Synced", "Changes", "Problems"]
-    click.echo(table(headers, rows))
+    echo(table(headers, rows))
     for s in result.servers:
         if s.skipped_reason:
-            click.echo(f"\n{s.name}: skipped: {s.skipped_reason}")
+            echo(f"\n{s.name}: skipped: {s.skipped_reason}")
         elif s.error is not None:
-            click.echo(f"\n{s.name}: FAILED ({s.error['code']}): {s.error['message']}")
+            echo(f"\n{s.name}: FAILED ({s.error['code']}): {s.error['message']}")
         if s.problems:
             kinds = Counter(p["kind"] for p in s.problems)
             summary = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
-            click.echo(f"\n{s.name}: {len(s.problems)} open problems ({summary})")
+            echo(f"\n{s.name}: {len(s.problems)} open problems ({summary})")
             shown = s.problems[:_SHOWN_PROBLEMS]
-            click.echo(
+            echo(
                 table(
                     ["ID", "Kind", "Object", "Detail"],
                     [
@@ -92,14 +92,14 @@ def _print_batch(result: batches.BatchResult) -> None:
                 )
             )
             if len(s.problems) > len(shown):
-                click.echo(
+                echo(
                     f"... and {len(s.problems) - len(shown)} more: flask lm-billing problems "
                     f"--server {shlex.quote(s.name)}"
                 )
     ok = sum(1 for s in result.servers if s.ok)
-    click.echo(f"\n{verb} {ok} of {len(result.servers)} servers.")
+    echo(f"\n{verb} {ok} of {len(result.servers)} servers.")
     if any(s.problems for s in result.servers) and not result.dry_run:
-        click.echo("Fix them with `flask lm-billing fix PROBLEM_ID...` or on the Errors page.")
+        echo("Fix them with `flask lm-billing fix PROBLEM_ID...` or on the Errors page.")
 
 
 def _batch(
@@ -200,9 +200,9 @@ def problems_command(server: str | None, kind: str | None, status: str, as_json:
             ]
         )
     elif not rows:
-        click.echo(f"No {'' if status == 'all' else status + ' '}problems.")
+        echo(f"No {'' if status == 'all' else status + ' '}problems.")
     else:
-        click.echo(
+        echo(
             table(
                 ["ID", "Server", "Kind", "Object", "Status", "Detail"],
                 [[r.id, r.server or "-", r.kind, r.object_name, r.status, r.detail] for r in rows],
@@ -253,13 +253,13 @@ def fix_command(
         if as_json:
             emit_json({"problems": [], "changes": {}})
         else:
-            click.echo("No open problems to fix.")
+            echo("No open problems to fix.")
         raise SystemExit(EXIT_OK)
     result = fixes.fix_problems(ids, actor=actor(), enable_logging=enable_logging)
     if as_json:
         emit_json(result.to_json())
     else:
-        click.echo(
+        echo(
             table(
                 ["ID", "Server", "Kind", "Object", "Outcome", "What happened"],
                 [
@@ -276,7 +276,7 @@ def fix_command(
             )
         )
         for name, counts in result.changes.items():
-            click.echo(
+            echo(
                 f"{name}: created {counts.get('created', 0)}, updated "
                 f"{counts.get('updated', 0)}, removed {counts.get('removed', 0)}"
             )
@@ -323,12 +323,12 @@ def lists_command(name: str, as_json: bool) -> None:
         emit_json(out)
         raise SystemExit(EXIT_OK)
     if not out:
-        click.echo(
+        echo(
             f"Billing holds no lists of {server.name!r} yet: sync it first "
             f"(flask lm-billing sync {shlex.quote(server.name)})."
         )
         raise SystemExit(EXIT_OK)
-    click.echo(
+    echo(
         table(
             ["Name", "Site", "Members", "Admin", "Status", "Customer", "Group", "Description"],
             [

@@ -31,7 +31,7 @@ def actor() -> str:
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print ``Error: message`` on stderr and exit with ``code``."""
-    click.echo(f"Error: {message}", err=True)
+    echo(f"Error: {message}", err=True)
     sys.exit(code)
 
 
@@ -49,12 +49,32 @@ def emit_json(document: Any) -> None:
     click.echo(json.dumps(document, ensure_ascii=False, indent=2))
 
 
-def _printable(value: str) -> str:
-    # Control characters (a list name may hold a newline or tab) would break the table's
-    # rows; show them escaped. JSON output keeps them as they are.
-    if not any(unicodedata.category(ch) == "Cc" for ch in value):
+# Bidi embeddings/overrides/isolates and marks, and the Unicode line separators: they reorder
+# or break what a terminal shows, so a name could make one line read as another.
+_BIDI = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
+                  "\u2066\u2067\u2068\u2069")
+
+
+def _unsafe(ch: str, keep: str) -> bool:
+    return ch not in keep and (unicodedata.category(ch) == "Cc" or ch in _BIDI)
+
+
+def _printable(value: str, keep: str = "") -> str:
+    # Control characters (C0, DEL, C1: ESC starts the terminal's own commands, such as OSC 52
+    # clipboard writes or window titles) and bidi overrides are shown escaped, whether a
+    # hosting server sent them or someone typed them. JSON output keeps them as they are.
+    if not any(_unsafe(ch, keep) for ch in value):
         return value
-    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in value)
+    return "".join(repr(ch)[1:-1] if _unsafe(ch, keep) else ch for ch in value)
+
+
+def echo(message: str, *, err: bool = False) -> None:
+    """``click.echo`` for human output: control characters and bidi overrides escaped.
+
+    Line breaks and tabs stay (messages and tables are built with them); every other
+    character that would steer the terminal is printed as its escape (``\\x1b``).
+    """
+    click.echo(_printable(message, keep="\n\t"), err=err)
 
 
 def _width(value: str) -> int:

@@ -17,7 +17,18 @@ from ..models import Server
 from ..state import get_state
 from ..tclport.client import DEFAULT_PORT
 from . import cli
-from .output import EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, actor, emit_json, fail, iso, table, when
+from .output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    actor,
+    echo,
+    emit_json,
+    fail,
+    iso,
+    table,
+    when,
+)
 
 PASSWORD_ENV = "LM_BILLING_TCLPORT_PASSWORD"  # noqa: S105 - the variable's name, not a password
 # Form field -> the option a command-line user typed it with.
@@ -92,11 +103,11 @@ def add_command(
         server = registry.create_server(name, host, port, comments, password, actor=actor())
     except registry.ServerFieldError as exc:
         for field, message in exc.errors.items():
-            click.echo(f"Error: {_OPTION.get(field, field)}: {message}", err=True)
+            echo(f"Error: {_OPTION.get(field, field)}: {message}", err=True)
         raise SystemExit(EXIT_FAILED) from None
     if password:
         source += ", stored encrypted"
-    click.echo(
+    echo(
         f"Added server {server.name!r} ({server.host}:{server.port}); password: {source}.\n"
         f"Next: flask lm-billing servers check {_shell_word(server.name)}"
     )
@@ -141,7 +152,7 @@ def list_command(as_json: bool, show_all: bool) -> None:
         emit_json([_server_dict(s) for s in rows])
         return
     if not rows:
-        click.echo("No hosting servers yet: add one with `flask lm-billing servers add`.")
+        echo("No hosting servers yet: add one with `flask lm-billing servers add`.")
         return
     headers = [
         "Name",
@@ -172,7 +183,7 @@ def list_command(as_json: bool, show_all: bool) -> None:
         if show_all:
             row.append("yes" if s.active else "no")
         body.append(row)
-    click.echo(table(headers, body))
+    echo(table(headers, body))
 
 
 def _one(name: str) -> Server:
@@ -193,7 +204,7 @@ def _check_exit(status: str) -> int:
 def _print_check(
     server: Server, connection: ConnectionReport, logging_report: LoggingReport | None
 ) -> None:
-    click.echo(f"Server {server.name} ({connection.host}:{connection.port})")
+    echo(f"Server {server.name} ({connection.host}:{connection.port})")
     rows = []
     for step in connection.steps:
         elapsed = "" if step.elapsed_ms is None else f"{step.elapsed_ms:.1f} ms"
@@ -204,17 +215,17 @@ def _print_check(
         rows.append(
             ["logging", "ok" if logging_report.ok else "failed", "", logging_report.label or ""]
         )
-    click.echo(table(["Step", "Result", "Time", "Detail"], rows))
-    click.echo("")
+    echo(table(["Step", "Result", "Time", "Detail"], rows))
+    echo("")
     if connection.error is not None:
         failed = connection.failed_step
         where = failed.step if failed else "connection"
-        click.echo(f"FAILED at {where} ({connection.error.code}): {connection.error.message}")
+        echo(f"FAILED at {where} ({connection.error.code}): {connection.error.message}")
     elif logging_report is not None:
         prefix = "OK: " if logging_report.ok else "LOGGING OFF: "
         if logging_report.mode is None:
             prefix = f"FAILED ({logging_report.code}): "
-        click.echo(prefix + logging_report.message)
+        echo(prefix + logging_report.message)
 
 
 @servers_group.command("check")
@@ -277,7 +288,7 @@ def enable_logging_command(name: str, as_json: bool) -> None:
     else:
         if report.ok:
             verb = "switched on" if report.changed else "already on"
-            click.echo(f"{server.name}: Enable Logging {verb}: {report.label}")
+            echo(f"{server.name}: Enable Logging {verb}: {report.label}")
         else:
-            click.echo(f"{server.name}: {report.message}", err=code == EXIT_FAILED)
+            echo(f"{server.name}: {report.message}", err=code == EXIT_FAILED)
     raise SystemExit(code)

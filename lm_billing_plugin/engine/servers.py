@@ -29,6 +29,7 @@ from ..models import (
 )
 from ..secrets import SecretsError
 from ..state import get_state
+from ..tclport import addresses
 from ..tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT
 from ..tclport.errors import DNS, REFUSED, TIMEOUT, UNREACHABLE
 from . import checks
@@ -190,7 +191,9 @@ def validate_server_fields(
     name_error = _name_error(session, name, server_id)
     if name_error:
         errors["name"] = name_error
-    host_error = validate_host_name(host)
+    # Then where billing may connect (no DNS here; the client checks resolved addresses).
+    policy = get_state().settings.client.address_policy
+    host_error = addresses.host_error(host, policy) or validate_host_name(host)
     if host_error:
         errors["host"] = host_error
     port_value = _port(port)

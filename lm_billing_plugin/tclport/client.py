@@ -20,8 +20,10 @@ from datetime import date
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, NoReturn, Self
 
-from .codec import decode_dict, decode_list, encode_request
+from .addresses import AddressPolicy, HostRefused, Network, check_address, check_host
+from .codec import decode_dict, decode_list, encode_list, encode_request
 from .errors import (
+    ADDRESS_REFUSED,
     BAD_TEXT,
     CLOSED,
     DNS,
@@ -82,6 +84,9 @@ MAX_PAGE_SIZE: Final = 5000
 _CHUNK: Final = 256 * 1024
 # How long close() waits for the server to acknowledge quit; closing must stay quick.
 _QUIT_WAIT: Final = 1.0
+# A run of this many bytes of the password in a peer's text withholds that text (shorter
+# runs say too little to matter; longer would let an excerpt of 4-7 characters through).
+_WINDOW: Final = 4
 # Restarts of a full list read when the server's total changes under it (live edits).
 _LIST_ATTEMPTS: Final = 3
 
@@ -103,6 +108,13 @@ class ClientSettings:
     operation_timeout: float = 30.0
     max_reply_bytes: int = 64 * 1024 * 1024
     page_size: int = 5000
+    # Where the client may connect (LM_BILLING_ALLOWED_NETWORKS, LM_BILLING_ALLOW_LOOPBACK).
+    allowed_networks: tuple[Network, ...] = ()
+    allow_loopback: bool = True
+
+    @property
+    def address_policy(self) -> AddressPolicy:
+        return AddressPolicy(self.allowed_networks, self.allow_loopback)
 
     def __post_init__(self) -> None:
         for field in ("connect_timeout", "read_timeout", "operation_timeout"):
@@ -173,6 +185,8 @@ class TclPortClient:
         self._authenticated = False
         # Size in bytes of the last reply body read, for messages about it.
         self._reply_bytes = 0
+        # Bytes received on this connection, for messages that must not quote them.
+        self._received = 0
         #: Milliseconds spent in each connect step (resolve, connect, greeting, auth).
         self.timings: dict[str, float] = {}
         #: Address actually connected to, and the product named in the greeting.
@@ -220,6 +234,17 @@ class TclPortClient:
         if abort:
             self._abort()
         command = phase.partition(":")[2] or phase  # "auth" is a command too
+        if server_message and phase == "auth":
+            # Redacted at the source: a peer that echoes the auth request would repeat the
+            # password, in whatever quoting it likes, so nothing it says to auth is shown.
+            server_message = "its answer to the password is not shown"
+        elif server_message and self._holds_password(
+            server_message.encode("utf-8", "surrogatepass")
+        ):
+            server_message = "its message is not shown: it holds the TclPort password"
+        if code == MALFORMED and self._holds_password(detail.encode("utf-8", "surrogatepass")):
+            # A finding that quotes the reply (a Tcl parse error, a bad record field).
+            detail = "the reply is not shown: it holds the TclPort password"
         message = message or guidance(
             code,
             host=self.host,
@@ -231,14 +256,39 @@ class TclPortClient:
             local_ip=local_ip,
         )
         detail = detail or server_message
-        secret = self._password
-        if len(secret) >= 4 and (secret in message or secret in detail):
-            # A server that echoes the request back must not put the password on screen.
-            message = message.replace(secret, "***")
-            detail = detail.replace(secret, "***")
         err = TclPortError(self.label, phase, code, message, detail=detail)
         log.debug("%s: %s failed: %s (%s)", self.label, phase, code, detail)
         return err
+
+    def _holds_password(self, data: bytes) -> bool:
+        """Whether peer bytes hold the password, or 4 bytes of it in a row, raw or in
+        the quoting a request gives it.
+
+        Checked on the raw bytes before any quoting, so escaping cannot hide a match, and by
+        windows, so a truncated excerpt (a prefix) matches too; a hit withholds the whole
+        text, however short the password is.
+        """
+        secret = self._password
+        if not secret:
+            return False
+        forms = {secret, encode_list([secret]), repr(secret)[1:-1], encode_request([secret])}
+        for form in forms:
+            raw = form.encode("utf-8", "surrogatepass")
+            size = min(len(raw), _WINDOW)
+            if size and any(raw[i : i + size] in data for i in range(len(raw) - size + 1)):
+                return True
+        return False
+
+    def _quote(self, phase: str, data: bytes) -> str:
+        """Peer bytes for a message: a short quote, or only their size.
+
+        Only the size before a valid greeting (a port that is not a TclPort must not become
+        a banner grabber: SSH, HTTP, ...), in reply to auth (an echo would repeat the
+        password) and whenever they hold the password.
+        """
+        if not self._greeted or phase == "auth" or self._holds_password(data):
+            return f"({_size(len(data))}, not shown)"
+        return _snippet(data)
 
     def _abort(self) -> None:
         sock, self._sock = self._sock, None
@@ -258,6 +308,7 @@ class TclPortClient:
         """
         self._abort()
         self._greeted = False
+        self._received = 0
         self.timings = {}
         deadline = time.monotonic() + self.settings.operation_timeout
 
@@ -269,7 +320,7 @@ class TclPortClient:
 
         try:
             started = time.monotonic()
-            infos = self._resolve(deadline)
+            infos = self._checked(self._resolve(deadline))
             done("resolve", started)
             started = time.monotonic()
             self._sock = self._open(infos, deadline)
@@ -290,16 +341,16 @@ class TclPortClient:
         return self
 
     def _resolve(self, deadline: float) -> list[tuple[Any, ...]]:
+        # Judged as written, brackets too: the forms refuse "[::1]", so the client does as well.
         host = self.host.strip()
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
         if not host:
             raise self._error("resolve", DNS, detail="no host name")
         try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:
+            # Syntax, literal addresses and metadata names first: no lookup for those.
+            literal = check_host(host, self.settings.address_policy)
+        except HostRefused as exc:
+            raise self._error("resolve", ADDRESS_REFUSED, detail=exc.message) from None
+        if literal is not None:
             # An IP literal needs no DNS; AI_NUMERICHOST keeps getaddrinfo from blocking.
             try:
                 return list(
@@ -338,6 +389,36 @@ class TclPortClient:
         if not result:
             raise self._error("resolve", DNS, detail="no addresses")
         return result
+
+    def _checked(self, infos: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The resolved addresses billing may connect to; the rest are dropped.
+
+        ``_open`` connects to these sockaddrs as they are (numeric), so no second lookup can
+        swap in another address after the check (DNS rebinding).
+        """
+        policy = self.settings.address_policy
+        allowed: list[tuple[Any, ...]] = []
+        refusal: HostRefused | None = None
+        for info in infos:
+            address = str(info[4][0])
+            subject = (
+                address if address.split("%", 1)[0] == self.host.strip()
+                else f"the host name {self.host.strip()!r} resolves to {address}, which"
+            )
+            try:
+                if info[0] not in (socket.AF_INET, socket.AF_INET6):
+                    raise HostRefused(f"{subject} is not an IP address", "malformed")
+                check_address(ipaddress.ip_address(address.split("%", 1)[0]), policy,
+                              subject=subject)
+            except HostRefused as exc:
+                refusal = refusal or exc
+                log.warning("%s: not connecting to %s: %s", self.label, address, exc.kind)
+                continue
+            allowed.append(info)
+        if not allowed:
+            assert refusal is not None
+            raise self._error("resolve", ADDRESS_REFUSED, detail=refusal.message)
+        return allowed
 
     def _open(self, infos: list[tuple[Any, ...]], deadline: float) -> socket.socket:
         # Try every address (IPv6 and IPv4); report the most telling failure.
@@ -386,35 +467,43 @@ class TclPortClient:
         except TclPortError as exc:
             if exc.code in (MALFORMED, OVERSIZED):
                 # Spec 3.1: a greeting that is not a valid reply means "not a TclPort".
-                raise self._error("greeting", NOT_TCLPORT, detail=exc.detail) from None
+                raise self._error("greeting", NOT_TCLPORT, detail=self._not_shown()) from None
             raise
         if reply.status == "ERR":
             try:
                 self._raise_err("greeting", reply.body)
             except TclPortError as exc:
                 if exc.code == MALFORMED:
-                    raise self._error("greeting", NOT_TCLPORT, detail=exc.detail) from None
+                    raise self._error("greeting", NOT_TCLPORT, detail=self._not_shown()) from None
                 raise
         try:
             greeting = decode_dict(reply.body)
         except ValueError:
-            raise self._error(
-                "greeting", NOT_TCLPORT,
-                detail=f"its {_size(self._reply_bytes)} greeting "
-                f"{_snippet(reply.body.encode())} is not a Tcl dict",
-            ) from None
+            raise self._error("greeting", NOT_TCLPORT, detail=self._not_shown()) from None
         protocol = greeting.get("protocol")
         if protocol != PROTOCOL:
+            # A version number is named; any other text a peer put there is not echoed.
+            shown = protocol is not None and re.fullmatch(r"[0-9][0-9.]{0,9}", protocol)
             detail = (
                 f"it speaks protocol {protocol!r}, this client speaks {PROTOCOL}"
-                if protocol is not None
+                if shown
                 else "its greeting names no protocol"
-            )
+                if protocol is None
+                else "its greeting names another protocol"
+            ) + f"; {self._not_shown()}"
             raise self._error("greeting", NOT_TCLPORT, detail=detail)
         self.product = greeting.get("product")
         self._greeted = True
 
+    def _not_shown(self) -> str:
+        # The byte count only: quoting a non-TclPort peer would let the check page grab
+        # banners (SSH, HTTP, databases) of any host and port it is pointed at.
+        return f"it sent {_size(self._received)}, not shown"
+
     def _auth(self, deadline: float) -> None:
+        if not self._greeted:
+            # The password goes only to a peer that greeted as a TclPort of profile 1.
+            raise RuntimeError("auth before a valid TclPort greeting")
         # The password goes only into the request line, never into logs or messages.
         self._send("auth", deadline, [self.commands["auth"], self._password])
         reply = self._read_reply("auth", deadline)
@@ -425,7 +514,7 @@ class TclPortClient:
             raise self._error(
                 "auth", MALFORMED,
                 detail=f"the auth reply must be empty, but it held {_size(self._reply_bytes)} "
-                f"{_snippet(reply.body.encode())}",
+                "(not shown)",
             )
         self._authenticated = True
 
@@ -517,7 +606,7 @@ class TclPortClient:
             raise self._error(
                 phase, MALFORMED,
                 detail=f"before this request it sent {'at least ' if not self._buf else ''}"
-                f"{_size(len(extra))} that answer no request, starting {_snippet(extra)} "
+                f"{_size(len(extra))} that answer no request, starting {self._quote(phase, extra)} "
                 "(a TclPort server sends one reply per request)",
             )
 
@@ -530,7 +619,9 @@ class TclPortClient:
             raise self._timed_out(phase, True)
         try:
             sock.settimeout(wait)
-            return sock.recv(want)
+            data = sock.recv(want)
+            self._received += len(data)
+            return data
         except TimeoutError:
             raise self._timed_out(phase, by_deadline) from None
         except ConnectionResetError:
@@ -551,14 +642,15 @@ class TclPortClient:
                 raise self._error(
                     phase, OVERSIZED,
                     detail=f"a header line longer than {MAX_HEADER_BYTES} bytes, "
-                    f"starting {_snippet(bytes(buf))}",
+                    f"starting {self._quote(phase, bytes(buf))}",
                 )
             data = self._recv(phase, deadline, MAX_HEADER_BYTES + 1 - len(buf))
             if not data:
                 if buf:
                     raise self._error(
                         phase, MALFORMED,
-                        detail=f"the reply ended inside its header line {_snippet(bytes(buf))}",
+                        detail="the reply ended inside its header line "
+                        f"{self._quote(phase, bytes(buf))}",
                     )
                 raise self._error(phase, CLOSED, detail="it sent no reply")
             buf += data
@@ -568,21 +660,21 @@ class TclPortClient:
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise self._error(
                 phase, MALFORMED,
-                detail=f"its {len(header)}-byte header line {_snippet(header)} is not "
+                detail=f"its {len(header)}-byte header line {self._quote(phase, header)} is not "
                 "'STATUS LENGTH' (one space, nothing else)",
             )
         raw_status, raw_length = parts
         if raw_status not in (b"OK", b"ERR"):
             raise self._error(
                 phase, MALFORMED,
-                detail=f"its reply status {_snippet(raw_status)} is neither OK nor ERR "
-                f"(header line {_snippet(header)})",
+                detail=f"its reply status {self._quote(phase, raw_status)} is neither OK nor ERR "
+                f"(header line {self._quote(phase, header)})",
             )
         if _LENGTH_RE.fullmatch(raw_length) is None:
             raise self._error(
                 phase, MALFORMED,
-                detail=f"its reply length {_snippet(raw_length)} is not a decimal byte count "
-                "(digits only, no sign, no leading zero)",
+                detail=f"its reply length {self._quote(phase, raw_length)} is not a decimal "
+                "byte count (digits only, no sign, no leading zero)",
             )
         status = raw_status.decode("ascii")
         length = int(raw_length)
@@ -629,8 +721,8 @@ class TclPortClient:
         if len(parts) != 2 or not parts[0]:
             raise self._error(
                 phase, MALFORMED,
-                detail=f"an ERR reply must be {{CODE message}}, got {_snippet(body.encode())} "
-                f"({_size(self._reply_bytes)})",
+                detail="an ERR reply must be {CODE message}, got "
+                f"{self._quote(phase, body.encode())} ({_size(self._reply_bytes)})",
             )
         code, server_message = parts
         # The server closes after these; the socket is of no further use.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 
 __all__ = [
+    "ADDRESS_REFUSED",
     "BAD_TEXT",
     "CLIENT_CODES",
     "CLOSED",
@@ -37,9 +38,12 @@ CLOSED = "CLOSED"
 REQUEST_TOO_LONG = "REQUEST_TOO_LONG"
 # A request the client refuses to send because its text has no UTF-8 form (lone surrogates).
 BAD_TEXT = "BAD_TEXT"
+# A host the client will not connect to (cloud metadata, link-local, outside the allow-list,
+# malformed): refused before any packet leaves; the detail says why (tclport/addresses.py).
+ADDRESS_REFUSED = "ADDRESS_REFUSED"
 CLIENT_CODES = frozenset(
     {DNS, REFUSED, TIMEOUT, UNREACHABLE, NOT_TCLPORT, MALFORMED, OVERSIZED, CLOSED,
-     REQUEST_TOO_LONG, BAD_TEXT}
+     REQUEST_TOO_LONG, BAD_TEXT, ADDRESS_REFUSED}
 )
 # Codes a server sends in ERR replies (spec section 5); any other code is shown as sent.
 SERVER_CODES = frozenset(
@@ -128,6 +132,9 @@ def guidance(
     where = host_port(host, port)
     if code == DNS:
         return f"the host name {host!r} does not resolve; check the Host Name of this server."
+    if code == ADDRESS_REFUSED:
+        # The detail is the whole finding and its remedy (addresses.HostRefused).
+        return detail or f"billing does not connect to {host!r}; check the Host Name."
     if code == REFUSED:
         return (
             f"nothing listens on {where}: is ListManager running there, does its "

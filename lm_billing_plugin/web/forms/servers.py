@@ -25,13 +25,20 @@ from wtforms.validators import (
 )
 
 from ...engine.servers import MAX_COMMENTS, MAX_HOST, MAX_NAME, MAX_PASSWORD, validate_host_name
+from ...state import get_state
+from ...tclport import addresses
 
 PORT_MESSAGE = "The port must be a number from 1 to 65535 (TclPort's default is 2021)."
 
 
 def _host_validator(form: FlaskForm, field: Field) -> None:
     # One rule for pages and CLI: the servers service's.
-    message = validate_host_name((field.data or "").strip())
+    if field.errors:
+        return  # the Length check already said it; one message per problem
+    host = (field.data or "").strip()
+    # Syntax, then where billing may connect: literal addresses and names, without DNS.
+    policy = get_state().settings.client.address_policy
+    message = addresses.host_error(host, policy) or validate_host_name(host)
     if message:
         raise ValidationError(message)
 
