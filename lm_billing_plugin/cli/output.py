@@ -57,6 +57,11 @@ def _printable(value: str) -> str:
     return "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in value)
 
 
+def printable(value: str) -> str:
+    """``value`` with control characters escaped, for a line of human output outside a table."""
+    return _printable(value)
+
+
 def _width(value: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in value)
 
