@@ -171,8 +171,9 @@ def test_no_active_servers(app: Flask) -> None:
 def test_hostile_and_silent_servers_fail_alone(app: Flask, sims: tuple[HostSim, HostSim]) -> None:
     one, _two = sims
     add_sim(app, "one", one)
-    with HostSim(Dataset.generate(lists=5), hostile="malformed_list", hostile_on="command") as bad, \
-            HostSim(Dataset.generate(lists=5), hostile="silent", hostile_on="command") as mute:
+    small = Dataset.generate(lists=5)
+    with HostSim(small, hostile="malformed_list", hostile_on="command") as bad, \
+            HostSim(small, hostile="silent", hostile_on="command") as mute:
         add_sim(app, "bad", bad)
         add_sim(app, "mute", mute)
         with app.app_context():
