@@ -19,5 +19,6 @@ def generate_key_command() -> None:
 
 from . import db as _db  # noqa: E402,F401  (registers its commands on cli)
 from . import engine as _engine  # noqa: E402,F401
+from . import lookups as _lookups  # noqa: E402,F401
 from . import scheduler as _scheduler  # noqa: E402,F401
 from . import servers as _servers  # noqa: E402,F401

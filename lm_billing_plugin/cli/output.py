@@ -77,6 +77,11 @@ def echo(message: str, *, err: bool = False) -> None:
     click.echo(_printable(message, keep="\n\t"), err=err)
 
 
+def printable(value: str) -> str:
+    """``value`` with control characters escaped, for a line of human output outside a table."""
+    return _printable(value)
+
+
 def _width(value: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in value)
 

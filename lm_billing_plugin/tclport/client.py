@@ -39,13 +39,19 @@ from .errors import (
     host_port,
 )
 from .records import (
+    MAX_MATCHES,
+    AdminMatch,
     ListRecord,
     LoggingState,
+    Matches,
+    MemberMatch,
     RecordError,
     ServerInfo,
     SiteRecord,
     UsageRecord,
+    parse_deleted,
     parse_int,
+    parse_matches,
 )
 
 __all__ = [
@@ -70,6 +76,10 @@ COMMANDS: Final[Mapping[str, str]] = MappingProxyType(
         "sites": "sites",
         "lists": "lists",
         "usage": "usage",
+        # Optional cross-server look-ups (spec 4b); a server without them says UNKNOWN_COMMAND.
+        "find_admin": "find_admin",
+        "find_member": "find_member",
+        "delete_member": "delete_member",
         "quit": "quit",
     }
 )
@@ -916,6 +926,76 @@ class TclPortClient:
             "command:lists", "BUSY", abort=False,
             server_message="its lists kept changing while they were read",
         )
+
+    # -- cross-server look-ups (spec 4b) ----------------------------------------------------
+
+    def _items(self, command: str, data: dict[str, str]) -> list[dict[str, str]]:
+        try:
+            raw = decode_list(data.get("items", ""))
+        except ValueError as exc:
+            raise self._malformed(command, f"its items are not a Tcl list ({exc})") from None
+        # Counted before each item is parsed: a reply of a million items is refused as a whole.
+        if len(raw) > MAX_MATCHES:
+            raise self._malformed(
+                command, f"it held {len(raw):,} items, more than the {MAX_MATCHES:,} allowed"
+            )
+        try:
+            return [decode_dict(item) for item in raw]
+        except ValueError as exc:
+            raise self._malformed(command, f"its items are not Tcl dicts ({exc})") from None
+
+    def find_admin(self, pattern: str) -> Matches[AdminMatch]:
+        """Lists whose admin's email or name contains any ``|``-separated part of ``pattern``
+        (case-insensitive, decided by the server); at most 5,000, ``truncated`` past that."""
+        if not pattern:
+            raise ValueError("find_admin: PATTERN must not be empty")
+        data = self._dict("find_admin", self.call("find_admin", pattern))
+        items = self._items("find_admin", data)
+        try:
+            found = parse_matches(
+                "find_admin", data, [AdminMatch.from_dict(d) for d in items]
+            )
+        except RecordError as exc:
+            raise self._malformed("find_admin", str(exc)) from None
+        # One item per list (spec 4b): a repeat would be shown, and acted on, twice.
+        self._unique("find_admin", "list", [m.list for m in found.items])
+        return found
+
+    def find_member(self, email: str) -> Matches[MemberMatch]:
+        """The lists that have ``email`` as a member (compared case-insensitively)."""
+        if not email:
+            raise ValueError("find_member: EMAIL must not be empty")
+        data = self._dict("find_member", self.call("find_member", email))
+        items = self._items("find_member", data)
+        try:
+            found = parse_matches(
+                "find_member", data, [MemberMatch.from_dict(d) for d in items]
+            )
+        except RecordError as exc:
+            raise self._malformed("find_member", str(exc)) from None
+        self._unique("find_member", "list", [m.list for m in found.items])
+        wanted = email.lower()
+        for match in found.items:
+            # Deletions act on what a search found: a membership of another address must
+            # never be offered for deletion, whatever the server's matching does.
+            if match.email.lower() != wanted:
+                raise self._malformed(
+                    "find_member",
+                    f"it answered a search for {email[:60]!r} with the member "
+                    f"{match.email[:60]!r} of list {match.list[:40]!r}",
+                )
+        return found
+
+    def delete_member(self, list_name: str, email: str) -> bool:
+        """Remove ``email`` from ``list_name``; True when a member was removed, False when
+        there was none. A server that forbids remote deletions raises NOT_PERMITTED."""
+        if not list_name or not email:
+            raise ValueError("delete_member: LIST and EMAIL must not be empty")
+        data = self._dict("delete_member", self.call("delete_member", list_name, email))
+        try:
+            return parse_deleted(data)
+        except RecordError as exc:
+            raise self._malformed("delete_member", str(exc)) from None
 
     # -- closing --------------------------------------------------------------------------
 

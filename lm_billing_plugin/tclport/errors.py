@@ -13,6 +13,7 @@ __all__ = [
     "CLIENT_CODES",
     "CLOSED",
     "DNS",
+    "LOOKUP_COMMANDS",
     "MALFORMED",
     "NOT_TCLPORT",
     "OVERSIZED",
@@ -51,6 +52,8 @@ SERVER_CODES = frozenset(
      "BAD_ARGS", "NOT_PERMITTED", "LOGGING_OFF", "BUSY", "INTERNAL"}
 )
 
+# The optional commands of spec 4b, whose absence means "cannot be searched", not a fault.
+LOOKUP_COMMANDS = frozenset({"find_admin", "find_member", "delete_member"})
 TCLPORT_HOSTS_PATH = "Utilities: Administration: Server: Server Settings: Security: GUI Hosts"
 LOGGING_PATH = "Server Settings: Automatic Maintenance: Logging"
 
@@ -185,6 +188,19 @@ def guidance(
         )
     if code == "AUTH_REQUIRED":
         return "the server asked for the TclPort password first; this is a client bug, retry."
+    if code == "UNKNOWN_COMMAND" and command in LOOKUP_COMMANDS:
+        # Spec 4b: the look-ups are optional; a server without them is skipped, not broken.
+        what = "searched" if command != "delete_member" else "asked to delete members"
+        return (
+            f"this server cannot be {what} (it does not offer {command}); its ListManager "
+            "build has no cross-server look-ups: do this on the hosting server itself, or map "
+            "the command name if its build spells it differently (the client's command mapping)."
+        )
+    if code == "NOT_PERMITTED" and command == "delete_member":
+        return (
+            f"this server does not allow remote deletions of members ({server_message}); "
+            "remove the member on the hosting server itself, or allow remote deletions there."
+        )
     if code == "UNKNOWN_COMMAND":
         return (
             f"the server does not know the command {command!r}; its ListManager build may use "

@@ -9,18 +9,25 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Generic, TypeVar
 
 __all__ = [
     "LOGGING_LABELS",
     "LOGGING_LISTS",
     "LOGGING_NO",
     "MAX_INT",
+    "MAX_MATCHES",
+    "AdminMatch",
     "ListRecord",
     "LoggingState",
+    "Matches",
+    "MemberMatch",
     "RecordError",
     "ServerInfo",
     "SiteRecord",
     "UsageRecord",
+    "parse_deleted",
+    "parse_matches",
 ]
 
 LOGGING_NO = "no"
@@ -196,3 +203,97 @@ class UsageRecord:
             recipients=parse_int(name, "recipients", _text(name, data, "recipients")),
             bytes=parse_int(name, "bytes", _text(name, data, "bytes")),
         )
+
+
+# -- cross-server look-ups (spec 4b) ---------------------------------------------------------
+
+# A look-up reply holds at most this many items; more matches are cut and flagged truncated.
+MAX_MATCHES = 5000
+_FLAGS = {"0": False, "1": True}
+
+
+@dataclass(frozen=True, slots=True)
+class AdminMatch:
+    """One list whose administrator matched a ``find_admin`` pattern; ``name`` may be empty."""
+
+    list: str
+    site: str
+    admin: str
+    name: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> AdminMatch:
+        name = "find_admin item"
+        admin = _text(name, data, "admin")
+        if not admin:
+            # Only an admin's email or name can match, and the email is what a person acts on.
+            raise RecordError(name, "admin", "is empty")
+        return cls(
+            list=_text(name, data, "list"),
+            site=_text(name, data, "site"),
+            admin=admin,
+            name=_text(name, data, "name"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberMatch:
+    """One membership ``find_member`` found; ``type`` is the server's own token, shown as it
+    is; ``joined`` is None when the server leaves it empty (as ``created`` of a list)."""
+
+    list: str
+    site: str
+    email: str
+    type: str
+    joined: date | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> MemberMatch:
+        name = "find_member item"
+        email = _text(name, data, "email")
+        kind = _text(name, data, "type")
+        joined = _text(name, data, "joined")
+        if not email:
+            raise RecordError(name, "email", "is empty")
+        if not kind:
+            raise RecordError(name, "type", "is empty")
+        return cls(
+            list=_text(name, data, "list"),
+            site=_text(name, data, "site"),
+            email=email,
+            type=kind,
+            joined=parse_date(name, "joined", joined) if joined else None,
+        )
+
+
+_Match = TypeVar("_Match", AdminMatch, MemberMatch)
+
+
+@dataclass(frozen=True, slots=True)
+class Matches(Generic[_Match]):
+    """A look-up's items, and whether the server cut them at :data:`MAX_MATCHES`."""
+
+    items: tuple[_Match, ...]
+    truncated: bool
+
+
+def parse_matches(
+    record: str, data: Mapping[str, str], items: list[_Match]
+) -> Matches[_Match]:
+    """Check the bounds of a decoded look-up reply (``items`` already parsed from it)."""
+    if "items" not in data:
+        raise RecordError(record, "items", "is missing")
+    if len(items) > MAX_MATCHES:
+        raise RecordError(record, "items", f"holds {len(items):,} items, more than {MAX_MATCHES:,}")
+    flag = _text(record, data, "truncated")
+    if flag not in _FLAGS:
+        raise RecordError(record, "truncated", f"is not 0 or 1: {_short(flag)}")
+    return Matches(tuple(items), _FLAGS[flag])
+
+
+def parse_deleted(data: Mapping[str, str]) -> bool:
+    """The ``deleted`` flag of a ``delete_member`` reply: whether a member was removed."""
+    flag = _text("delete_member", data, "deleted")
+    if flag not in _FLAGS:
+        raise RecordError("delete_member", "deleted", f"is not 0 or 1: {_short(flag)}")
+    return _FLAGS[flag]

@@ -34,10 +34,12 @@ from ..tclport.client import (
     MAX_REQUEST_BYTES,
 )
 from ..tclport.codec import decode_list, encode_dict, encode_list
+from ..tclport.errors import LOOKUP_COMMANDS
 from ..tclport.records import (
     LOGGING_LABELS,
     LOGGING_LISTS,
     LOGGING_NO,
+    MAX_MATCHES,
     ListRecord,
     RecordError,
     SiteRecord,
@@ -52,6 +54,7 @@ __all__ = [
     "HOSTILE_MODES",
     "Dataset",
     "HostSim",
+    "MemberEntry",
     "SendLogEntry",
     "main",
 ]
@@ -107,6 +110,24 @@ _HOSTILE_NAMES: Final = (
     "x}y{z",
     "'single'",
 )
+# Members seeded on every generated server whatever its seed, so that Find Member finds the
+# same person on several lists and servers; some are stored in other letter cases.
+SHARED_MEMBERS: Final = ("pat.jones@example.org", "chris.smith@example.org", "sam.lee@example.net")
+_ADMIN_NAMES: Final = (
+    "Pat Jones", "Chris Smith", "Sam Lee", "Alex Müller", "Kim Smithers", "", "Jo Brown",
+    "Zoë O'Brien {ops}", 'Dana "DJ" Jones',
+)
+_MEMBER_TYPES: Final = ("normal", "normal", "normal", "normal", "held", "unsub", "needs-confirm")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEntry:
+    """One membership of a list: ``email`` as stored (any letter case), ListManager's type."""
+
+    list: str
+    email: str
+    type: str = "normal"
+    joined: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +157,9 @@ class Dataset:
     version: str = "12.3"
     hostname: str = "lists.example.com"
     started: datetime | None = None
+    #: Memberships (for find_member / delete_member) and list admins' names (find_admin).
+    members: list[MemberEntry] = field(default_factory=list)
+    admin_names: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def generate(
@@ -193,15 +217,19 @@ class Dataset:
                             bytes=rng.randint(1_000, 200_000),
                         )
                     )
+        people, admin_names = _seed_people(list_records, seed)
         return cls(
             sites=site_records,
             lists=list_records,
             log=log,
             started=datetime(2026, 1, 1, 6, 0, 0, tzinfo=UTC),
+            members=people,
+            admin_names=admin_names,
         )
 
     def copy(self) -> Dataset:
-        return replace(self, sites=list(self.sites), lists=list(self.lists), log=list(self.log))
+        return replace(self, sites=list(self.sites), lists=list(self.lists), log=list(self.log),
+                       members=list(self.members), admin_names=dict(self.admin_names))
 
     # JSON: dates as YYYY-MM-DD, times as YYYY-MM-DDTHH:MM:SSZ, as on the wire.
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +246,11 @@ class Dataset:
                 for rec in self.lists
             ],
             "log": [{**asdict(e), "day": e.day.isoformat()} for e in self.log],
+            "members": [
+                {**asdict(m), "joined": m.joined.isoformat() if m.joined else ""}
+                for m in self.members
+            ],
+            "admin_names": dict(self.admin_names),
         }
 
     @classmethod
@@ -255,8 +288,20 @@ class Dataset:
                 version=str(data.get("version", "12.3")),
                 hostname=str(data.get("hostname", "lists.example.com")),
                 started=parse_time("server", "started", started) if started else None,
+                members=[
+                    MemberEntry(
+                        list=str(m["list"]),
+                        email=str(m["email"]),
+                        type=str(m.get("type", "normal")),
+                        joined=parse_date("member", "joined", m["joined"])
+                        if m.get("joined")
+                        else None,
+                    )
+                    for m in data.get("members", [])
+                ],
+                admin_names={str(k): str(v) for k, v in data.get("admin_names", {}).items()},
             )
-        except (KeyError, TypeError, RecordError) as exc:
+        except (KeyError, TypeError, AttributeError, RecordError) as exc:
             raise ValueError(f"not a simulator dataset: {exc}") from exc
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -283,6 +328,39 @@ class Dataset:
             UsageRecord(name, row[0], row[1], row[2], row[3])
             for name, row in sorted(totals.items(), key=lambda kv: _key(kv[0]))
         ]
+
+
+def _seed_people(
+    lists: Sequence[ListRecord], seed: int
+) -> tuple[list[MemberEntry], dict[str, str]]:
+    """Members and admin names for generated lists, from their own generator: the lists, sites
+    and sending log of a seed stay exactly what they were before members existed."""
+    rng = random.Random(f"people-{seed}")
+    members: list[MemberEntry] = []
+    names: dict[str, str] = {}
+    shared_seen = 0
+    for n, rec in enumerate(lists):
+        if rec.admin:
+            names[rec.name] = _ADMIN_NAMES[rng.randrange(len(_ADMIN_NAMES))]
+        chosen: dict[str, str] = {}
+        if n % 3 == 0:
+            email = SHARED_MEMBERS[(n // 3) % len(SHARED_MEMBERS)]
+            shared_seen += 1
+            # Every other shared membership is stored in capitals: matching ignores case.
+            chosen[email] = email.upper() if shared_seen % 2 == 0 else email
+        for _ in range(rng.randint(0, 3)):
+            email = f"member{rng.randint(1, 40)}@s{seed}.example.com"
+            chosen.setdefault(email, email)
+        for stored in chosen.values():
+            members.append(
+                MemberEntry(
+                    list=rec.name,
+                    email=stored,
+                    type=rng.choice(_MEMBER_TYPES),
+                    joined=_BASE_DAY - timedelta(days=rng.randint(0, 2000)),
+                )
+            )
+    return members, names
 
 
 def _key(name: str) -> bytes:
@@ -325,8 +403,14 @@ class HostSim:
         hostile_on: str = "greeting",
         trickle_interval: float = 0.05,
         commands: Mapping[str, str] | None = None,
+        offer_lookups: bool = True,
+        allow_delete_member: bool = True,
     ) -> None:
         self._lock = threading.RLock()
+        #: False: find_admin, find_member and delete_member answer UNKNOWN_COMMAND (an older
+        #: build); ``allow_delete_member`` False: delete_member answers NOT_PERMITTED.
+        self.offer_lookups = offer_lookups
+        self.allow_delete_member = allow_delete_member
         self._host = host
         self._requested_port = port
         self._password = password
@@ -345,7 +429,9 @@ class HostSim:
         self._lists: dict[str, ListRecord] = {rec.name: rec for rec in data.lists}
         self._order: list[str] | None = None
         self._log = list(data.log)
-        self._meta = replace(data, sites=[], lists=[], log=[])
+        self._members = list(data.members)
+        self._admin_names = dict(data.admin_names)
+        self._meta = replace(data, sites=[], lists=[], log=[], members=[], admin_names={})
         if self._meta.started is None:
             self._meta.started = datetime.now(UTC).replace(microsecond=0)
         #: Requests served per wire command name, and sessions accepted (for tests).
@@ -580,6 +666,25 @@ class HostSim:
             site = self._lists[name].site if name in self._lists else ""
             self._log.append(SendLogEntry(name, site, day, recipients, size))
 
+    def add_member(
+        self, name: str, email: str, *, type: str = "normal", joined: date | None = None
+    ) -> None:
+        """Add a membership of list ``name`` (for find_member and delete_member)."""
+        with self._lock:
+            self._members.append(MemberEntry(name, email, type, joined))
+
+    def set_admin(self, name: str, email: str, admin_name: str = "") -> None:
+        """Set list ``name``'s admin email (``lists`` shows it) and name (``find_admin``)."""
+        with self._lock:
+            self._lists[name] = replace(self._lists[name], admin=email)
+            self._admin_names[name] = admin_name
+
+    def members_of(self, email: str) -> list[MemberEntry]:
+        """The memberships of ``email`` (any letter case) the server holds now."""
+        wanted = email.lower()
+        with self._lock:
+            return [m for m in self._members if m.email.lower() == wanted]
+
     @property
     def dataset(self) -> Dataset:
         """A snapshot of what the server holds now."""
@@ -589,6 +694,8 @@ class HostSim:
                 sites=list(self._sites.values()),
                 lists=[self._lists[n] for n in self._sorted_names()],
                 log=list(self._log),
+                members=list(self._members),
+                admin_names=dict(self._admin_names),
             )
         return snap
 
@@ -604,8 +711,64 @@ class HostSim:
         label = self._meta.logging_label or LOGGING_LABELS.get(mode, mode)
         return encode_dict({"mode": mode, "label": label})
 
+    def _lookup(self, logical: str, args: Sequence[str]) -> str:
+        """find_admin, find_member and delete_member (spec 4b); called with the lock held."""
+        if not self.offer_lookups:
+            raise _Err("UNKNOWN_COMMAND", f"unknown command {logical}")
+        if logical == "delete_member":
+            _arity(args, 2)
+            if not args[0] or not args[1]:
+                raise _Err("BAD_ARGS", "LIST and EMAIL must not be empty")
+            if not self.allow_delete_member:
+                raise _Err("NOT_PERMITTED", "remote deletions of members are not permitted")
+            wanted = args[1].lower()
+            gone = [m for m in self._members if m.list == args[0] and m.email.lower() == wanted]
+            if gone:
+                self._members = [m for m in self._members if m not in gone]
+                rec = self._lists.get(args[0])
+                normal = sum(1 for m in gone if m.type == "normal")
+                if rec is not None and normal:
+                    # ``members`` counts active normal members: it drops with the deletion.
+                    self._lists[args[0]] = replace(rec, members=max(0, rec.members - normal))
+            return encode_dict({"deleted": "1" if gone else "0"})
+        _arity(args, 1)
+        if not args[0]:
+            raise _Err("BAD_ARGS", f"{'PATTERN' if logical == 'find_admin' else 'EMAIL'} "
+                       "must not be empty")
+        items: list[str] = []
+        if logical == "find_admin":
+            # Empty alternatives ("a||b") would match every admin; they are ignored.
+            parts = [p.lower() for p in args[0].split("|") if p]
+            if not parts:
+                raise _Err("BAD_ARGS", "PATTERN has no text to search for")
+            for n in self._sorted_names():
+                rec = self._lists[n]
+                person = self._admin_names.get(n, "")
+                email, who = rec.admin.lower(), person.lower()
+                if rec.admin and any(p in email or p in who for p in parts):
+                    items.append(encode_dict(
+                        {"list": n, "site": rec.site, "admin": rec.admin, "name": person}))
+        else:
+            wanted = args[0].lower()
+            found = {
+                m.list: m for m in self._members
+                if m.email.lower() == wanted and m.list in self._lists
+            }
+            for n in sorted(found, key=_key):
+                m = found[n]
+                items.append(encode_dict({
+                    "list": n, "site": self._lists[n].site, "email": m.email, "type": m.type,
+                    "joined": m.joined.isoformat() if m.joined else "",
+                }))
+        truncated = len(items) > MAX_MATCHES
+        return encode_dict(
+            {"items": encode_list(items[:MAX_MATCHES]), "truncated": "1" if truncated else "0"}
+        )
+
     def handle(self, logical: str, args: Sequence[str]) -> str:
         with self._lock:
+            if logical in LOOKUP_COMMANDS:
+                return self._lookup(logical, args)
             if logical == "server_info":
                 _arity(args, 0)
                 started = self._meta.started
@@ -937,6 +1100,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version-string", help="ListManager version to report, e.g. 10.2b")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")
     parser.add_argument("--no-logging-set", action="store_true", help="answer NOT_PERMITTED")
+    parser.add_argument(
+        "--no-lookups", action="store_true",
+        help="answer UNKNOWN_COMMAND to find_admin, find_member and delete_member",
+    )
+    parser.add_argument(
+        "--no-delete-member", action="store_true", help="answer NOT_PERMITTED to delete_member"
+    )
     parser.add_argument("--hostile", choices=HOSTILE_MODES)
     parser.add_argument("--hostile-on", choices=HOSTILE_ON, default="greeting")
     return parser
@@ -963,6 +1133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         allowed_hosts=args.allow or ("127.0.0.1", "::1"),
         latency=args.latency,
         allow_logging_set=not args.no_logging_set,
+        offer_lookups=not args.no_lookups,
+        allow_delete_member=not args.no_delete_member,
         hostile=args.hostile,
         hostile_on=args.hostile_on,
     )
