@@ -202,6 +202,11 @@ class Customer(Base):
     groups: Mapped[list[BillingGroup]] = relationship(
         back_populates="customer", lazy="raise_on_sql"
     )
+    # Added by 0002 for the billing cycle: the End Date prorates the final bill.
+    start_date: Mapped[date | None]
+    end_date: Mapped[date | None]
+    additional_emails: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    customer_type: Mapped[str] = mapped_column(sa.String(50), default="", server_default="")
 
 
 BILLING_METHODS = ("standard", "bandwidth")
@@ -284,6 +289,8 @@ class Assignment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     group: Mapped[BillingGroup] = relationship(lazy="raise_on_sql")
+    # Added by 0002: an "Is Free" assignment costs nothing (no per-list price, no usage).
+    is_free: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
 
 # --- Runs, problems, schedule, audit --------------------------------------------------------
@@ -428,14 +435,248 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
 
 
+# --- The billing cycle: charges, plan history, invoices, bill runs --------------------------
+
+
+def charge_name_key(name: str) -> str:
+    """The form in which two charge names are "the same name": case and spaces ignored."""
+    return "".join(name.split()).casefold()
+
+
+class AdditionalCharge(Base):
+    """An "Additional Charge": a default amount, recurring or once, proratable or whole."""
+
+    __tablename__ = "lm_billing_charge"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    # charge_name_key(name), unique: "Setup Fee" and "setup  fee" are one charge.
+    name_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    default_amount: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2), default=Decimal("0"))
+    is_recurring: Mapped[bool] = mapped_column(default=False)
+    is_proratable: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChargeAssignment(Base):
+    """An additional charge a billing group pays from start_date to end_date.
+
+    amount None = the charge's default amount. A one-time charge records the invoice that
+    billed it (invoice_id); voiding that invoice clears it, so the period bills it again.
+    """
+
+    __tablename__ = "lm_billing_group_charge"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_group.id"), index=True)
+    charge_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_charge.id"), index=True)
+    amount: Mapped[Decimal | None] = mapped_column(sa.Numeric(12, 2))
+    start_date: Mapped[date]
+    end_date: Mapped[date | None]
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    invoice_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_invoice.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    charge: Mapped[AdditionalCharge] = relationship(lazy="raise_on_sql")
+
+
+class GroupPlan(Base):
+    """One hosting plan of a billing group over time: the plan history billing reads."""
+
+    __tablename__ = "lm_billing_group_plan"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_group.id"), index=True)
+    plan_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_plan.id"), index=True)
+    start_date: Mapped[date]
+    end_date: Mapped[date | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    plan: Mapped[HostingPlan] = relationship(lazy="raise_on_sql")
+
+
+BILL_RUN_STATUSES = ("running", "done", "failed", "interrupted")
+
+
+class BillRun(Base):
+    """One "Run Bills" for a period: who ran it, and what became of each customer."""
+
+    __tablename__ = "lm_billing_bill_run"
+    __table_args__ = (
+        sa.Index("ix_lm_billing_bill_run_period", "period_start", "period_end"),
+        TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    period_start: Mapped[date]
+    period_end: Mapped[date]
+    status: Mapped[str] = mapped_column(sa.String(20), default="running")
+    dry_run: Mapped[bool] = mapped_column(default=False)
+    customers: Mapped[int] = mapped_column(default=0)
+    invoiced: Mapped[int] = mapped_column(default=0)
+    skipped: Mapped[int] = mapped_column(default=0)
+    already_billed: Mapped[int] = mapped_column(default=0)
+    actor: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+INVOICE_STATUSES = ("issued", "sent", "test-sent", "void")
+
+
+def invoice_active_key(customer_id: int, start: date, end: date) -> str:
+    """Invoice.active_key of a non-void invoice: unique, so a period is billed once."""
+    return f"{customer_id}:{start.isoformat()}:{end.isoformat()}"
+
+
+class Invoice(Base):
+    """An issued invoice: a snapshot of the customer, its lines and usage; never edited.
+
+    active_key is invoice_active_key(...) while the invoice is not void and NULL once void:
+    its unique constraint is "at most one non-void invoice per (customer, Start, End)" on
+    every backend (NULLs never collide), without partial indexes.
+    """
+
+    __tablename__ = "lm_billing_invoice"
+    __table_args__ = (
+        sa.UniqueConstraint("year", "seq"),
+        sa.CheckConstraint(
+            "status IN ('issued', 'sent', 'test-sent', 'void')", name="status"
+        ),
+        sa.CheckConstraint(
+            "(status = 'void') = (active_key IS NULL)", name="active_key"
+        ),
+        sa.Index("ix_lm_billing_invoice_period", "period_start", "period_end"),
+        TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    year: Mapped[int]
+    seq: Mapped[int]
+    customer_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_customer.id"), index=True)
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_bill_run.id"))
+    period_start: Mapped[date]
+    period_end: Mapped[date]
+    status: Mapped[str] = mapped_column(sa.String(20), default="issued")
+    active_key: Mapped[str | None] = mapped_column(sa.String(60), unique=True)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    total: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2))
+    # The credit this invoice carried to the next one, and the invoice whose credit it used.
+    carried_over: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2), default=Decimal("0"))
+    carried_from_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_invoice.id"))
+    company: Mapped[str] = mapped_column(sa.String(200))
+    contact_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    email: Mapped[str] = mapped_column(sa.String(320), default="")
+    additional_emails: Mapped[str] = mapped_column(sa.Text, default="")
+    void_reason: Mapped[str | None] = mapped_column(sa.Text)
+    voided_by: Mapped[str | None] = mapped_column(sa.String(200))
+    voided_at: Mapped[datetime | None]
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        order_by="InvoiceLine.position", lazy="raise_on_sql"
+    )
+    usage: Mapped[list[InvoiceUsage]] = relationship(lazy="raise_on_sql")
+
+
+class InvoiceLine(Base):
+    __tablename__ = "lm_billing_invoice_line"
+    __table_args__ = (sa.UniqueConstraint("invoice_id", "position"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_invoice.id"))
+    position: Mapped[int]
+    group_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    quantity: Mapped[Decimal] = mapped_column(sa.Numeric(14, 3))
+    unit_price: Mapped[Decimal] = mapped_column(sa.Numeric(14, 4))
+    amount: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2))
+
+
+class InvoiceUsage(Base):
+    """The usage one list's lines were computed from (a snapshot: names, not ids)."""
+
+    __tablename__ = "lm_billing_invoice_usage"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_invoice.id"), index=True)
+    group_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    server_name: Mapped[str] = mapped_column(NameType(100))
+    site_name: Mapped[str] = mapped_column(NameType(), default="")
+    list_name: Mapped[str] = mapped_column(NameType())
+    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    recipients: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    units: Mapped[Decimal] = mapped_column(sa.Numeric(18, 3), default=Decimal("0"))
+
+
+class InvoiceSequence(Base):
+    """The last invoice number taken in a year; locked and bumped by the storing transaction,
+    so numbers are gapless (a rolled-back invoice gives its number back)."""
+
+    __tablename__ = "lm_billing_invoice_seq"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    year: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(default=0)
+
+
+class InvoiceSend(Base):
+    """One attempt to email an invoice (or a test copy), with the mail server's answer."""
+
+    __tablename__ = "lm_billing_invoice_send"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_invoice.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    to_addresses: Mapped[str] = mapped_column(sa.Text)
+    is_test: Mapped[bool] = mapped_column(default=False)
+    outcome: Mapped[str] = mapped_column(sa.String(20))
+    server_answer: Mapped[str] = mapped_column(sa.Text, default="")
+    actor: Mapped[str] = mapped_column(sa.String(200), default="")
+
+
+class BillRunItem(Base):
+    """What a bill run did for one customer: its invoice, or why it was skipped."""
+
+    __tablename__ = "lm_billing_bill_run_item"
+    __table_args__ = (sa.UniqueConstraint("run_id", "customer_id"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_bill_run.id"))
+    customer_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_customer.id"))
+    invoice_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_invoice.id"))
+    skip_code: Mapped[str | None] = mapped_column(sa.String(40))
+    skip_reason: Mapped[str | None] = mapped_column(sa.Text)
+
+
 __all__ = [
+    "AdditionalCharge",
     "Assignment",
     "AuditEntry",
     "Base",
     "Batch",
+    "BillRun",
+    "BillRunItem",
     "BillingGroup",
+    "ChargeAssignment",
     "Customer",
+    "GroupPlan",
     "HostingPlan",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceSend",
+    "InvoiceSequence",
+    "InvoiceUsage",
     "MailingList",
     "Problem",
     "Run",
@@ -445,5 +686,7 @@ __all__ = [
     "TaskState",
     "UTCDateTime",
     "Usage",
+    "charge_name_key",
+    "invoice_active_key",
     "utcnow",
 ]
