@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from lm_billing_plugin.billing.numbers import format_number, next_invoice_number, take_number
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.state import get_state
 
 
 def engine_of(app: Flask) -> sa.Engine:

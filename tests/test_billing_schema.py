@@ -14,7 +14,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from lm_billing_plugin import downgrade, upgrade
-from lm_billing_plugin.extension import get_state
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.migrate import current
 from lm_billing_plugin.models import (
     AdditionalCharge,
