@@ -688,7 +688,9 @@ def _do_assign(
             start=form.start.data,
         )
     except runner.GateError as exc:
-        return str(exc)
+        from lm_billing_plugin.problem_summary import gate_words
+
+        return gate_words(exc)
     except runner.AssignmentError as exc:
         form.whole_server.errors = [f"Nothing was assigned: {exc}."]
         return ""
@@ -787,7 +789,9 @@ def unassign() -> Any:
     try:
         count = runner.unassign(own, actor=actor_name(), end=form.end.data)
     except runner.GateError as exc:
-        return _render_customer_detail(session, customer, form, str(exc), status=409)
+        from lm_billing_plugin.problem_summary import gate_words
+
+        return _render_customer_detail(session, customer, form, gate_words(exc), status=409)
     except runner.AssignmentError as exc:
         message = f"Nothing was unassigned: {exc}. Reload the page and try again."
         return _render_customer_detail(session, customer, form, message, status=400)

@@ -136,6 +136,8 @@ def _filter() -> tuple[int | None, str, Batch | None, list[ColumnElement[bool]]]
 
 
 def problems() -> str:
+    from lm_billing_plugin import problem_summary  # absolute: this module may move
+
     state = get_state()
     session = state.session
     server_id, kind, batch, where = _filter()
@@ -163,7 +165,8 @@ def problems() -> str:
     def fetch() -> list[Any]:
         return list(
             session.execute(
-                stmt.order_by(*order_by(page, sort_keys, Problem.id))
+                # Grouped by kind on the page: kind first, then the chosen order.
+                stmt.order_by(problem_summary.kind_order(), *order_by(page, sort_keys, Problem.id))
                 .limit(page.size)
                 .offset(page.offset)
             ).all()
@@ -179,6 +182,10 @@ def problems() -> str:
         clamp(page)
         rows = fetch()
     servers = session.execute(select(Server.id, Server.name).order_by(Server.name)).all()
+    base = [Problem.status == "open"] + ([found_by_batch(batch.id)] if batch else [])
+    summary = problem_summary.summarise(
+        session, base, server_id=server_id, kind=kind, kind_words=KIND_WORDS
+    )
     return render_template(
         "lm_billing/problems.html",
         rows=rows,
@@ -194,6 +201,35 @@ def problems() -> str:
         solve_link=solve_link,
         form=FixForm(),
         any_logging_off=any(row[0].kind == "logging_off" for row in rows),
+        summary=summary,
+        meaning=problem_summary.MEANING,
+        detail_repeats=problem_summary.DETAIL_REPEATS_MEANING,
+    )
+
+
+def problems_csv() -> Response:
+    """The open problems the Errors page's filter shows, all pages, as CSV (streamed)."""
+    from flask import stream_with_context
+
+    from lm_billing_plugin import problem_summary
+
+    _, _, _, where = _filter()
+    stmt = (
+        select(Problem, Server.name)
+        .outerjoin(Server, Server.id == Problem.server_id)
+        .where(*where)
+        .order_by(problem_summary.kind_order(), Server.name, Problem.object_name, Problem.id)
+        .execution_options(yield_per=500)
+    )
+
+    def rows() -> Any:
+        # Run while streaming, in the session of the context the stream carries.
+        yield from get_state().session.execute(stmt)
+
+    return Response(
+        stream_with_context(problem_summary.csv_lines(rows(), KIND_WORDS)),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="billing-errors.csv"'},
     )
 
 
@@ -283,4 +319,5 @@ def _flash_lines(lines: list[str], category: str, limit: int = 10) -> None:
 
 def register(blueprint: Blueprint) -> None:
     blueprint.add_url_rule("/errors", "problems", problems)
+    blueprint.add_url_rule("/errors.csv", "problems_csv", problems_csv)
     blueprint.add_url_rule("/errors/fix", "problems_fix", problems_fix, methods=["POST"])

@@ -566,7 +566,9 @@ def server_assign(server_id: int) -> Response:
         )
     except (runner.GateError, runner.AssignmentError) as exc:
         session.rollback()
-        flash(f"Nothing was assigned: {exc}", "error")
+        from lm_billing_plugin.problem_summary import gate_words
+
+        flash(f"Nothing was assigned: {gate_words(exc)}", "error")
         return back
     group = session.get(BillingGroup, form.group_id.data)
     flash(
