@@ -115,7 +115,7 @@ def security_headers(response: Response) -> Response:
 
 @blueprint.context_processor
 def template_context() -> dict[str, Any]:
-    from .views.problems import KIND_WORDS
+    from .views.problem_summary import KIND_WORDS
     from .views.runs import RUN_STATUS_WORDS
 
     return {
