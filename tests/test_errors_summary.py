@@ -13,8 +13,8 @@ from _pages import add_group, add_server, count_statements, plain, post, text_of
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lm_billing_plugin.state import get_state
 from lm_billing_plugin.models import MailingList, Problem, Server
+from lm_billing_plugin.state import get_state
 
 KINDS = ("unknown_list", "changed_list", "unassigned_list")
 

@@ -18,11 +18,9 @@ import pytest
 from _login_host import build_url, plugin_rules
 from conftest import build_app, skip_or_fail
 from flask import Flask
-from lm_billing_plugin.web.views.runs import shutdown_executor
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 from werkzeug.serving import make_server
 
-from lm_billing_plugin.state import get_state
 from lm_billing_plugin.models import (
     Assignment,
     Batch,
@@ -35,7 +33,9 @@ from lm_billing_plugin.models import (
     Server,
     Site,
 )
+from lm_billing_plugin.state import get_state
 from lm_billing_plugin.web.portals import APPBUILDER_TEMPLATE, FLASK_ADMIN_TEMPLATE
+from lm_billing_plugin.web.views.runs import shutdown_executor
 
 pytestmark = pytest.mark.browser
 
