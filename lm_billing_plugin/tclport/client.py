@@ -197,6 +197,8 @@ class TclPortClient:
         self._reply_bytes = 0
         # Bytes received on this connection, for messages that must not quote them.
         self._received = 0
+        # Whether this connection carried the password (from then on, peer text may echo it).
+        self._password_sent = False
         #: Milliseconds spent in each connect step (resolve, connect, greeting, auth).
         self.timings: dict[str, float] = {}
         #: Address actually connected to, and the product named in the greeting.
@@ -279,7 +281,9 @@ class TclPortClient:
         text, however short the password is.
         """
         secret = self._password
-        if not secret:
+        if not secret or secret == DEFAULT_PASSWORD or not self._password_sent:
+            # The documented default is public (the guidance names it), and before auth
+            # this connection has not carried the password: nothing to withhold then.
             return False
         forms = {secret, encode_list([secret]), repr(secret)[1:-1], encode_request([secret])}
         for form in forms:
@@ -319,6 +323,7 @@ class TclPortClient:
         self._abort()
         self._greeted = False
         self._received = 0
+        self._password_sent = False
         self.timings = {}
         deadline = time.monotonic() + self.settings.operation_timeout
 
@@ -515,6 +520,7 @@ class TclPortClient:
             # The password goes only to a peer that greeted as a TclPort of profile 1.
             raise RuntimeError("auth before a valid TclPort greeting")
         # The password goes only into the request line, never into logs or messages.
+        self._password_sent = True
         self._send("auth", deadline, [self.commands["auth"], self._password])
         reply = self._read_reply("auth", deadline)
         if reply.status == "ERR":
