@@ -242,10 +242,9 @@ def oracle_invoice(
                     gb = sum((Fraction(universe[i].bytes, 10**9) * share(t_days, i)
                               for i in paid_days if universe[i].server == srv), Fraction(0))
                     excess = max(Fraction(0), gb - Fraction(p.included_gb) * f_srv)
-                    amount = cents(excess * Fraction(p.cost_per_gb))
-                    if amount != 0:
-                        lines.append(OLine(gname, "bandwidth", q3(excess), p.cost_per_gb,
-                                           amount))
+                    # "a line ... and an overage line": no "No line when zero" here
+                    lines.append(OLine(gname, "bandwidth", q3(excess), p.cost_per_gb,
+                                       cents(excess * Fraction(p.cost_per_gb))))
         for i in paid_days:
             lst = universe[i]
             units_rows.append((gname, lst.server, lst.name, q3(counted[i])))

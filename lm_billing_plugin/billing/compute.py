@@ -375,10 +375,10 @@ def _bandwidth_lines(
         gb = sum((Fraction(lst.bytes, _GB) * share(plan_days, lst)
                   for lst in paid if lst.server == server), Fraction(0))
         excess = max(Fraction(0), gb - _exact(plan.included_gb) * f)
-        amount = excess * _exact(plan.cost_per_gb)
-        if round_half_up(amount, 2):
-            b.add(group.name, "bandwidth", f"Bandwidth overage, {plan.name}, server {server}",
-                  excess, plan.cost_per_gb, amount)
+        # "a line ... and an overage line" per server: unlike the Standard overage, the spec
+        # says no "No line when zero" here, so the line is kept even at 0.00.
+        b.add(group.name, "bandwidth", f"Bandwidth overage, {plan.name}, server {server}",
+              excess, plan.cost_per_gb, excess * _exact(plan.cost_per_gb))
 
 
 def _charge_lines(b: _Builder, period: Period, group: Group, lo: date, hi: date) -> list[int]:
