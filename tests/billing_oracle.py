@@ -162,6 +162,8 @@ def oracle_invoice(
         if has_paid_object and not has_plan:
             return "no_plan"
         any_plan = any_plan or has_plan
+    if not any_plan:  # §4: "no hosting plan for the period" is a reason to skip
+        return "no_plan"
 
     lines: list[OLine] = []
     units_rows: list[tuple[str, str, str, Decimal]] = []
@@ -269,7 +271,7 @@ def oracle_invoice(
                                    cents(Fraction(c.amount))))
 
     if not lines:
-        return "nothing" if any_plan else "no_plan"
+        return "nothing"
 
     if carried_in is not None and carried_in.amount != 0:
         lines.append(OLine("", "credit", Decimal("1.000"), -carried_in.amount,

@@ -214,9 +214,10 @@ CASES = [
     Case("customer Start Date the 22nd prorates its first bill",
          g(term(plan(monthly_price=D("31.00")))), (("plan", "10.00"),), "10.00",
          customer=Customer("Acme", start_date=date(2026, 3, 22))),
-    Case("a group with charges only needs no plan",
-         (Group("Setup", charges=(charge("50.00", recurring=False, start=date(2026, 3, 1)),)),),
-         (("charge", "50.00"),), "50.00", consumed=(1,)),
+    Case("a group with charges only needs no plan when another group has one",
+         (Group("Main", (term(plan(monthly_price=D("10.00"))),), (server(),)),
+          Group("Setup", charges=(charge("50.00", recurring=False, start=date(2026, 3, 1)),))),
+         (("plan", "10.00"), ("charge", "50.00")), "60.00", consumed=(1,)),
 ]
 
 
@@ -260,6 +261,12 @@ SKIPS = [
     ("paid objects, no plan for the period", ACME,
      g(term(plan(), end=date(2026, 2, 28))), "no_plan"),
     ("no plan and no charges", ACME, g(objects=()), "no_plan"),
+    ("§4: charges but no hosting plan for the period", ACME,
+     (Group("Setup", charges=(charge("50.00", recurring=False, start=date(2026, 3, 1)),)),),
+     "no_plan"),
+    ("§4: recurring charge, plan ended before the period", ACME,
+     g(term(plan(), end=date(2026, 2, 28)), objects=(),
+       charges=(charge("12.00", recurring=True),)), "no_plan"),
     ("plan but nothing billable (Bill by List, no lists)", ACME,
      g(term(plan(bill_by_list=True)), objects=()), "nothing"),
 ]

@@ -435,6 +435,10 @@ def compute_invoice(
         if has_paid and not has_plan:
             return Skip("no_plan", f"Group {group.name} has no hosting plan for this period: "
                         "assign one, then run the period again.")
+    # §4: "the customer has ... no hosting plan for the period" is skipped, charges or not.
+    if not any(_clip(t.start, t.end, lo, hi) for g in groups for t in g.plans):
+        return Skip("no_plan", "No hosting plan for this period: assign a hosting plan "
+                    "to a billing group, then run the period again.")
 
     b = _Builder(period.days)
     usage: list[UsageRow] = []
@@ -443,9 +447,6 @@ def compute_invoice(
         usage += _group_lines(b, group, universe, lo, hi)
         consumed += _charge_lines(b, period, group, lo, hi)
     if not b.lines:
-        if not any(_clip(t.start, t.end, lo, hi) for g in groups for t in g.plans):
-            return Skip("no_plan", "No hosting plan for this period: assign a hosting plan "
-                        "to a billing group, then run the period again.")
         return Skip("nothing", "Nothing to bill in this period: no paid list, server or "
                     "charge.")
 
