@@ -270,9 +270,7 @@ def oracle_invoice(
                 lines.append(OLine(gname, "charge", Decimal("1.000"), c.amount,
                                    cents(Fraction(c.amount))))
 
-    if not lines:
-        return "nothing"
-
+    # no line at all is still an invoice (0.00): §4 lists the only reasons to skip
     if carried_in is not None and carried_in.amount != 0:
         lines.append(OLine("", "credit", Decimal("1.000"), -carried_in.amount,
                            -cents(Fraction(carried_in.amount)),

@@ -194,7 +194,7 @@ class InvoiceDraft:
 
 @dataclass(frozen=True)
 class Skip:
-    code: str  # free | inactive | ended | not_started | no_group | no_plan | nothing
+    code: str  # free | inactive | ended | not_started | no_group | no_plan
     message: str
 
 
@@ -446,10 +446,8 @@ def compute_invoice(
     for group in groups:
         usage += _group_lines(b, group, universe, lo, hi)
         consumed += _charge_lines(b, period, group, lo, hi)
-    if not b.lines:
-        return Skip("nothing", "Nothing to bill in this period: no paid list, server or "
-                    "charge.")
-
+    # A billable customer with a plan but no line (Bill by List with no paid list) still gets
+    # its invoice, 0.00: §4's reasons are the only ones to skip ("bills every other customer").
     if carried_in is not None and carried_in.amount:
         b.lines.append(Line("", "credit", CARRIED_FROM.format(number=carried_in.invoice_number),
                             Decimal("1.000"), -carried_in.amount,
