@@ -7,6 +7,7 @@ not grow with a server's number of lists. Only claim/release/expire commit by th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -433,12 +434,15 @@ def record_problems(
     if groups:
         scope = sa.or_(scope, sa.and_(PROBLEM.c.server_id.is_(None),
                                       PROBLEM.c.group_id.in_(sorted(groups))))
+    # ``data`` is read as its stored JSON text and compared with the text this run would
+    # store: decoding every open problem's JSON was most of a re-validate's time. (A row
+    # written with other spacing or key order only costs one needless refresh.)
     existing = {
         r.fingerprint: r
         for r in session.execute(
             sa.select(PROBLEM.c.id, PROBLEM.c.fingerprint, PROBLEM.c.kind, PROBLEM.c.status,
-                      PROBLEM.c.detail, PROBLEM.c.data, PROBLEM.c.server_id,
-                      PROBLEM.c.group_id).where(scope)
+                      PROBLEM.c.detail, sa.cast(PROBLEM.c.data, sa.Text).label("data"),
+                      PROBLEM.c.server_id, PROBLEM.c.group_id).where(scope)
         )
     }
     judged = set(kinds) if kinds is not None else None
@@ -463,7 +467,7 @@ def record_problems(
         reopened = row.status != "open"
         if reopened:
             new += 1
-        if reopened or row.detail != f.detail or (row.data or {}) != dict(f.data):
+        if reopened or row.detail != f.detail or row.data != json.dumps(dict(f.data)):
             refresh.append({"b_id": row.id, "b_detail": f.detail, "b_data": dict(f.data),
                             "b_group": f.group_id})
     closing = [
