@@ -581,8 +581,16 @@ def _fresh_database(url: str, servers: Sequence[tuple[str, int]]) -> None:
         engine.dispose()
 
 
+_RUNNER = (
+    "import sys\n"
+    f"from {_MODULE} import bench_app\n"
+    "result = bench_app().test_cli_runner().invoke(args=['lm-billing', *sys.argv[1:]])\n"
+    "sys.exit(result.exit_code)\n"
+)
+
+
 def _cli(url: str, args: Sequence[str], ok: Sequence[int],
-         env: dict[str, str] | None = None) -> dict[str, Any]:
+         env: dict[str, str] | None = None, *, runner: bool = False) -> dict[str, Any]:
     """One `flask lm-billing ...` in a child process: wall, CPU, peak RSS, statements."""
     import json
     import os
@@ -597,6 +605,7 @@ def _cli(url: str, args: Sequence[str], ok: Sequence[int],
     started = time.perf_counter()
     # Our own interpreter and module, with fixed arguments: nothing untrusted goes in.
     proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", _RUNNER, *args] if runner else
         [sys.executable, "-m", "flask", "--app", f"{_MODULE}:bench_app", "lm-billing", *args],
         env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -644,6 +653,9 @@ def _fleet_run(fleet: str, db_name: str, url: str, latency: float,
         names = [(f"server-{i:04d}", port) for i, port in enumerate(farm.ports)]
         _fresh_database(url, [])
         steps["start-up (servers list, empty db)"] = _cli(url, ["servers", "list"], (0,))
+        # The same without `flask`'s loading of every installed package's CLI plugins (e.g.
+        # Flask-AppBuilder's `fab` costs about 1 s): the plugin's own share.
+        steps["start-up, plugin only"] = _cli(url, ["servers", "list"], (0,), runner=True)
         _fresh_database(url, names)
         env = {"LM_BILLING_MAX_PARALLEL": str(workers)}
         plan: list[tuple[str, list[str], tuple[int, ...]]] = [
