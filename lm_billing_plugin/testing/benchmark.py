@@ -391,8 +391,15 @@ def _count_statements(path: str) -> None:
 
     def dump() -> None:
         heavy = [m for m in _HEAVY_MODULES if m in sys.modules]
+        # VmHWM, not ru_maxrss: Linux carries the forking parent's peak into ru_maxrss
+        # across exec, so a big benchmark process would show in every child's figure.
+        peak: dict[str, float] = {}
+        with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii") as st:
+            for line in st:
+                if line.startswith("VmHWM:"):
+                    peak["rss_mb"] = int(line.split()[1]) / 1024
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump({**counts, "heavy_modules": heavy}, fh)
+            json.dump({**counts, **peak, "heavy_modules": heavy}, fh)
 
     atexit.register(dump)
 
@@ -618,11 +625,14 @@ def _cli(url: str, args: Sequence[str], ok: Sequence[int],
                          f"{err.decode(errors='replace')[-3000:]}")
     try:
         with open(stats_path, encoding="utf-8") as fh:
-            stats = json.load(fh)
+            stats = json.loads(fh.read() or "null")
     finally:
         os.unlink(stats_path)
+    if stats is None:  # it stopped before the app was made (exit 1 is also "problems")
+        raise SystemExit(f"lm-billing {' '.join(args)} failed:\n"
+                         f"{err.decode(errors='replace')[-3000:]}")
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
-            "rss_mb": usage.ru_maxrss / 1024, "exit": proc.returncode, **stats}
+            "rss_mb": usage.ru_maxrss / 1024, "exit": proc.returncode, **stats}  # VmHWM wins
 
 
 def _dead_server() -> Any:
