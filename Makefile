@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FLASK_DEMO := $(VENV)/bin/flask --app lm_billing_plugin.demo:create_app
 
-.PHONY: demo test test-python lint bench clean
+.PHONY: demo test test-python lint bench bench-large clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,13 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The fleet benchmark (issue 15) runs on SQLite and, when LM_BILLING_BENCH_POSTGRES_URL (or
+# LM_BILLING_TEST_POSTGRES_URL) is set, on PostgreSQL too; figures also go to bench-results/.
 bench: $(VENV)/.test-installed
 	$(PY) -m lm_billing_plugin.testing.benchmark
+
+bench-large: $(VENV)/.test-installed
+	LM_BILLING_BENCH_FLEETS=large $(PY) -m lm_billing_plugin.testing.benchmark fleet
 
 clean:
 	rm -rf $(VENV) .venv-python* build dist *.egg-info test-artifacts

@@ -360,6 +360,10 @@ class Problem(Base):
     __tablename__ = "lm_billing_problem"
     __table_args__ = (
         sa.Index("ix_lm_billing_problem_status_server", "status", "server_id"),
+        # A validate reads and writes one server's problems, and the ids of those its run
+        # just created: without these, both scan every server's problems.
+        sa.Index("ix_lm_billing_problem_server_status", "server_id", "status"),
+        sa.Index("ix_lm_billing_problem_first_run", "first_run_id"),
         TABLE_OPTIONS,
     )
 

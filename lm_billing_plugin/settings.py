@@ -63,6 +63,12 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ),
     ("LM_BILLING_LIST_PAGE_SIZE", 5000, "Lists fetched per `lists OFFSET LIMIT` request (1-5000)."),
     (
+        "LM_BILLING_MAX_LISTS_PER_SERVER",
+        100_000,
+        "Most lists one hosting server may announce; a server announcing more is refused "
+        "(nothing stored) with a message naming it, so one read stays bounded. 0 = no limit.",
+    ),
+    (
         "LM_BILLING_SERVER_DEADLINE",
         300.0,
         "Seconds one server's validate or sync may take before it is recorded as failed.",
@@ -178,6 +184,7 @@ class Settings:
                 operation_timeout=float(get("LM_BILLING_OPERATION_TIMEOUT")),
                 max_reply_bytes=int(get("LM_BILLING_MAX_REPLY_BYTES")),
                 page_size=page_size,
+                max_lists=int(get("LM_BILLING_MAX_LISTS_PER_SERVER")),
                 allowed_networks=parse_networks(get("LM_BILLING_ALLOWED_NETWORKS")),
                 allow_loopback=_as_bool(get("LM_BILLING_ALLOW_LOOPBACK")),
             ),

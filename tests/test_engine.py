@@ -1022,3 +1022,36 @@ def test_batch_that_stops_midway_ends_its_runs_and_frees_its_servers(
     session().commit()
     assert owners == [None, None]
     assert all(o.ok for o in runner.validate_servers(ids, actor="t").servers)
+
+
+class _Boaster(HostSim):
+    """A peer whose every `lists` page is valid but announces 10⁸ lists in all."""
+
+    def handle(self, logical: str, args: Any) -> str:
+        body = super().handle(logical, args)
+        if logical != "lists":
+            return body
+        from lm_billing_plugin.tclport.codec import decode_dict, encode_dict
+
+        return encode_dict({**decode_dict(body), "total": str(100_000_000)})
+
+
+def test_server_announcing_more_lists_than_the_limit_is_refused_unread(
+        make_app: Callable[..., Flask]) -> None:
+    app = make_app(**FAST, LM_BILLING_MAX_LISTS_PER_SERVER=1000, LM_BILLING_LIST_PAGE_SIZE=10)
+    sim = _Boaster(Dataset.generate(sites=2, lists=30)).start()
+    try:
+        with app.app_context():
+            sid = add_server("boaster", sim)
+            result = runner.validate_servers([sid], actor="test")
+            (outcome,) = result.servers
+            assert not outcome.ok and result.exit_code == 2
+            assert outcome.error is not None and outcome.error["code"] == "TOO_MANY_LISTS"
+            message = outcome.error["message"]
+            assert "boaster" in message and "100,000,000" in message
+            assert "LM_BILLING_MAX_LISTS_PER_SERVER" in message
+            assert open_problems(sid) == set()
+            # Refused on the first page: nothing more of the announced lists was asked for.
+            assert sim.requests["lists"] == 1
+    finally:
+        sim.stop()

@@ -24,6 +24,7 @@ Semantics (the README's "Validate, sync and fix" section says the same to users)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -41,7 +42,6 @@ from sqlalchemy.orm import Session
 from .. import audit
 from ..models import (
     Batch,
-    Problem,
     Run,
     Server,
     utcnow,
@@ -212,8 +212,11 @@ def _audit_server(session: Session, actor: str, action: str, server_id: int, at:
 
 
 def _problem_dicts(found: Iterable[Any]) -> list[dict[str, Any]]:
-    out = [{"id": getattr(p, "id", None), "kind": p.kind, "object": p.object_name,
-            "detail": p.detail} for p in found]
+    out = [p if isinstance(p, dict) else {"id": getattr(p, "id", None), "kind": p.kind,
+                                          "object_name": p.object_name, "detail": p.detail}
+           for p in found]
+    out = [{"id": p["id"], "kind": p["kind"], "object": p["object_name"],
+            "detail": p["detail"]} for p in out]
     out.sort(key=lambda p: (_KIND_ORDER.get(p["kind"], 99), p["object"]))
     return out
 
@@ -377,36 +380,55 @@ class _BatchWorker:
 
     def run(self, targets: list[_Target]) -> list[ServerOutcome]:
         outcomes: list[ServerOutcome] = []
-        pending = list(reversed(targets))
-        running: dict[Future[Inventory], tuple[_Target, float]] = {}
+        pending = collections.deque(targets)
+        running: dict[Future[Inventory], _Target] = {}
+        # When each fetch really began (set by its worker thread): a server's deadline runs
+        # from there, not from when it was queued behind the other fetches.
+        began: dict[int, float] = {}
         workers = max(1, min(self.settings.max_parallel, len(targets)))
+        # Servers claimed ahead of the fetch threads: while this thread stores one server's
+        # result, the threads go on fetching (at most ``workers`` results wait here, so
+        # memory stays bounded by the parallelism, not by the fleet).
+        ahead = 2 * workers
+        deadline_s = self.settings.server_deadline
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lm-billing-fetch")
-        try:
-            while pending or running:
-                while pending and len(running) < workers:
-                    target = pending.pop()
-                    early = self._start(target)
-                    if early is not None:
-                        outcomes.append(early)
-                        continue
-                    deadline = time.monotonic() + self.settings.server_deadline
-                    running[pool.submit(self.fetch, target, deadline)] = (target, deadline)
-                if not running:
+
+        def fetch(target: _Target) -> Inventory:
+            began[target.server_id] = start = time.monotonic()
+            return self.fetch(target, start + deadline_s)
+
+        def refill() -> None:
+            while pending and len(running) < ahead:
+                target = pending.popleft()
+                early = self._start(target)
+                if early is not None:
+                    outcomes.append(early)
                     continue
-                soonest = min(d for _t, d in running.values()) + _GRACE
-                done, _ = wait(list(running), timeout=max(0.0, soonest - time.monotonic()),
+                running[pool.submit(fetch, target)] = target
+
+        try:
+            refill()
+            while running:
+                now = time.monotonic()
+                starts = [began[t.server_id] for t in running.values() if t.server_id in began]
+                soonest = (min(starts) if starts else now) + deadline_s + _GRACE
+                done, _ = wait(list(running), timeout=max(0.0, soonest - now),
                                return_when=FIRST_COMPLETED)
                 for fut in done:
-                    target, _deadline = running.pop(fut)
+                    target = running.pop(fut)
                     outcomes.append(self._finish(target, fut))
-                for fut, (target, deadline) in list(running.items()):
-                    if fut not in done and time.monotonic() > deadline + _GRACE:
+                    refill()
+                now = time.monotonic()
+                for fut, target in list(running.items()):
+                    start = began.get(target.server_id)
+                    if start is not None and now > start + deadline_s + _GRACE:
                         # The worker overran even its grace: record it and stop waiting.
                         running.pop(fut)
                         err = TclPortError(target.name, "deadline", "TIMEOUT",
                                            "the server did not finish within its deadline "
                                            "(LM_BILLING_SERVER_DEADLINE)")
                         outcomes.append(self._failed(target, err))
+                refill()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         return outcomes
@@ -533,6 +555,7 @@ class _BatchWorker:
         counts = {"created": 0, "updated": 0, "removed": 0}
         found: list[Found]
         new = 0
+        ids: dict[str, int] = {}
         if self.kind == "sync" and self.dry_run:
             counts = rec.changes.counts()
             after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
@@ -544,10 +567,13 @@ class _BatchWorker:
             if self.kind == "sync":
                 counts = apply_sync(session, sid, rec.changes, inv, now).as_dict()
                 if not rec.changes.empty:
-                    after = reconcile(load_snapshot(session, sid), inv)
+                    # Billing as the sync just left it, without reading it back: the same
+                    # rows apply_sync wrote (new ones have no assignments, so their ids
+                    # do not matter to the rules).
+                    after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
             found = after.problems
             new, _open = record_problems(session, sid, target.run_id, found, now,
-                                         groups=after.judged_groups)
+                                         groups=after.judged_groups, ids=ids)
             values: dict[str, Any] = {
                 "version": inv.server_info.version,
                 "hostname_reported": inv.server_info.hostname,
@@ -581,11 +607,10 @@ class _BatchWorker:
         if self.kind == "sync" and self.dry_run:
             outcome.problems = _problem_dicts(found)
         else:
-            # Read back in the same transaction: the ids of the rows just written.
-            outcome.problems = _problem_dicts(session.execute(
-                sa.select(Problem.id, Problem.kind, Problem.object_name, Problem.detail)
-                .where(Problem.last_run_id == target.run_id, Problem.status == "open")
-            ).all())
+            # record_problems knows each found problem's row id: no read-back.
+            outcome.problems = _problem_dicts(
+                {"id": ids.get(f.fingerprint), "kind": f.kind, "object_name": f.object_name,
+                 "detail": f.detail} for f in {f.fingerprint: f for f in found}.values())
         session.commit()
         outcome.changes = counts
         outcome.new_problems = new

@@ -25,6 +25,7 @@ Rules users can rely on (documented in the README, tested in tests/test_reconcil
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -267,9 +268,15 @@ def fingerprint(kind: str, *, server_id: int | None = None, group_id: int | None
     return hashlib.sha256(raw).hexdigest()
 
 
+_ESCAPED = re.compile(r"[\n\r\t]").search
+
+
 def _q(name: str) -> str:
     # Names are shown quoted with repr-like escaping only for control characters, so a
-    # name with spaces or quotes reads unambiguously in a detail line.
+    # name with spaces or quotes reads unambiguously in a detail line. (Called once per
+    # list per run: most names need no escaping, so test before replacing.)
+    if _ESCAPED(name) is None:
+        return f"'{name}'"
     shown = name.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
     return f"'{shown}'"
 

@@ -109,6 +109,10 @@ log = logging.getLogger("lm_billing_plugin.tclport")
 StepCallback = Callable[[str, float], None]
 
 
+# A server announcing more lists than ClientSettings.max_lists (refused before reading them).
+TOO_MANY_LISTS: Final = "TOO_MANY_LISTS"
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """Timeouts (seconds) and limits; the Flask layer fills it from ``LM_BILLING_*``."""
@@ -118,6 +122,9 @@ class ClientSettings:
     operation_timeout: float = 30.0
     max_reply_bytes: int = 64 * 1024 * 1024
     page_size: int = 5000
+    # Most lists one server may announce (LM_BILLING_MAX_LISTS_PER_SERVER; 0 = no limit):
+    # with it, what one read holds is bounded whatever a peer claims.
+    max_lists: int = 0
     # Where the client may connect (LM_BILLING_ALLOWED_NETWORKS, LM_BILLING_ALLOW_LOOPBACK).
     allowed_networks: tuple[Network, ...] = ()
     allow_loopback: bool = True
@@ -132,6 +139,8 @@ class ClientSettings:
                 raise ValueError(f"ClientSettings.{field} must be positive")
         if self.max_reply_bytes < 1:
             raise ValueError("ClientSettings.max_reply_bytes must be positive")
+        if self.max_lists < 0:
+            raise ValueError("ClientSettings.max_lists must be 0 (no limit) or positive")
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"ClientSettings.page_size must be between 1 and {MAX_PAGE_SIZE}")
 
@@ -874,6 +883,16 @@ class TclPortClient:
         while True:
             total, items = self.lists_page(offset, limit)
             pages += 1
+            if max_pages is None and self.settings.max_lists and total > self.settings.max_lists:
+                raise self._error(
+                    "command:lists", TOO_MANY_LISTS,
+                    detail=f"{total:,} lists announced",
+                    message=(
+                        f"server {self.label!r} announces {total:,} lists, more than "
+                        f"LM_BILLING_MAX_LISTS_PER_SERVER ({self.settings.max_lists:,}); "
+                        "nothing of it was stored. Raise the setting if the server really "
+                        "holds that many."),
+                )
             if max_pages is None:
                 # Slack for lists added while paging; a server that keeps announcing more
                 # pages than its first total allows is inconsistent, not just busy.
