@@ -7,7 +7,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from flask import Flask
+from test_browser import browser_page, live  # noqa: F401 (the browser test's fixtures)
 from test_reports import THIS, get, seed, table_rows, text
 
 from lm_billing_plugin.models import Problem, Server
@@ -95,3 +97,96 @@ def test_overview_is_first_in_the_menu(app: Any) -> None:
     menu = re.findall(r'<li><a href="([^"]+)">([^<]+)</a></li>', page)
     assert menu[0] == ("/billing/overview", "Overview")
     assert ("/billing/reports", "Reports") in menu and ("/billing/utilities", "Utilities") in menu
+
+
+# --- in a real browser: charts drawn, tables there, no console errors --------------------
+
+
+@pytest.mark.browser
+def test_overview_reports_and_utilities_in_chromium(
+    live: Any, browser_page: Any,  # noqa: F811 (the fixtures imported above)
+) -> None:
+    from playwright.sync_api import expect
+
+    from lm_billing_plugin.engine import servers as registry
+    from lm_billing_plugin.testing.simulator import Dataset, HostSim
+
+    app, base = live
+    page = browser_page
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(f"{msg.text} {msg.location.get('url')}")
+            if msg.type == "error" and not msg.location.get("url", "").endswith("favicon.ico")
+            else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    ids = seed(app)["servers"]
+    add_trouble(app, ids)
+    with HostSim(Dataset.generate(sites=2, lists=12, seed=5)) as sim:
+        with app.app_context():
+            registry.create_server("Simulated", sim.host, sim.port, actor="test")
+
+        page.goto(f"{base}/billing/overview")
+        expect(page.get_by_role("heading", name="Billing: Overview")).to_be_visible()
+        bars = page.locator("#lmb-status-chart rect.lmb-bar")
+        expect(bars).to_have_count(6)
+        box = bars.first.bounding_box()
+        assert box and box["width"] > 10  # drawn, not just present
+        expect(page.locator("#lmb-messages-chart rect.lmb-bar")).to_have_count(12)
+        expect(page.locator("#lmb-kinds-table")).to_contain_text("list has no owner")
+        # A bar leads to the page behind it.
+        page.locator("#lmb-kinds-chart a").first.click()
+        expect(page.get_by_role("heading", name="Billing: Errors")).to_be_visible()
+        assert "kind=unassigned_list" in page.url
+        page.go_back()
+        page.screenshot(path=str(_shot_path("overview")), full_page=True)
+
+        # Reports: usage per customer, sorted by clicking a header; CSV link; revenue; limits.
+        page.get_by_role("link", name="Reports", exact=True).click()
+        page.get_by_role("link", name="Usage", exact=True).click()
+        page.get_by_label("Per", exact=True).select_option("customer")
+        page.get_by_role("button", name="Show").click()
+        expect(page.locator("#lmb-usage tbody tr").first).to_contain_text("=Acme")
+        page.locator("#lmb-usage").get_by_role("link", name="Customer").click()
+        expect(page.locator("#lmb-usage tbody tr").first).to_contain_text("(no owner)")
+        expect(page.locator("#lmb-usage-trend-chart rect.lmb-bar")).to_have_count(12)
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download CSV").click()
+        assert download.value.suggested_filename.startswith("usage-by-customer-")
+        page.screenshot(path=str(_shot_path("report-usage")), full_page=True)
+        page.goto(f"{base}/billing/reports/revenue")
+        expect(page.locator("#lmb-outstanding tbody tr")).to_have_count(2)
+        expect(page.locator("#lmb-revenue-eur-chart rect.lmb-bar").last).to_be_visible()
+        page.goto(f"{base}/billing/reports/limits")
+        expect(page.locator("#lmb-limits tbody tr")).to_have_count(2)
+        expect(page.locator("#lmb-limits-chart rect.lmb-bar")).to_have_count(2)
+
+        # Utilities: Find Member, tick two, Delete Them, confirm, see what was done.
+        page.get_by_role("link", name="Utilities", exact=True).click()
+        page.get_by_role("link", name="Find Member").click()
+        page.get_by_label("Member's email address").fill("pat.jones@example.org")
+        page.get_by_role("button", name="Find").click()
+        expect(page.locator("#lmb-search-summary")).to_contain_text(
+            "1 of 4 active servers searched")
+        before = len(sim.members_of("pat.jones@example.org"))
+        assert before >= 2
+        page.locator("#lmb-members tbody input[type=checkbox]").nth(0).check()
+        page.locator("#lmb-members tbody input[type=checkbox]").nth(1).check()
+        page.get_by_role("button", name="Delete Them").click()
+        expect(page.get_by_role("heading", name="Delete 2 memberships of pat.jones@example.org "
+                                "on 1 server?")).to_be_visible()
+        page.get_by_role("button", name="Delete 2 memberships").click()
+        expect(page.locator("#lmb-delete-summary")).to_contain_text("Deleted 2;")
+        assert len(sim.members_of("pat.jones@example.org")) == before - 2
+        page.screenshot(path=str(_shot_path("utilities-deleted")), full_page=True)
+        # Bad input: the error sits next to the field.
+        page.goto(f"{base}/billing/utilities/find-admin")
+        page.get_by_label("Administrator's name or email address").fill("smith||jones")
+        page.get_by_role("button", name="Find").click()
+        expect(page.locator("#pattern-error")).to_contain_text("has an empty part")
+    assert problems == []
+
+
+def _shot_path(name: str) -> Any:
+    from test_browser import SHOTS
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return SHOTS / f"{name}.png"

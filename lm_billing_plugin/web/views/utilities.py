@@ -59,11 +59,11 @@ def find_admin() -> tuple[str, int]:
             search = lookups.find_admin(form.pattern.data)
         except lookups.LookupInputError as exc:  # the form's rule and the service agree
             form.pattern.errors = [sentence(str(exc))]
-    status = 400 if form.errors else 200
+    # Bad input is a field error on an ordinary page (200), as on every Billing form.
     return render_template(
         "lm_billing/utilities_find_admin.html", form=form, search=search,
         max_matches=MAX_MATCHES,
-    ), status
+    ), 200
 
 
 def find_member() -> tuple[str, int]:
@@ -74,12 +74,11 @@ def find_member() -> tuple[str, int]:
             search = lookups.find_member(form.email.data)
         except lookups.LookupInputError as exc:
             form.email.errors = [sentence(str(exc))]
-    status = 400 if form.errors else 200
     return render_template(
         "lm_billing/utilities_find_member.html", form=form, search=search,
         delete_form=DeleteMembersForm(formdata=None, email=form.email.data or ""),
         membership_value=membership_value, max_matches=MAX_MATCHES, max_delete=MAX_DELETE,
-    ), status
+    ), 200
 
 
 def _server_names(ids: Iterable[int]) -> dict[int, tuple[str, bool]]:
