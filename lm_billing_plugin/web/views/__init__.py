@@ -6,7 +6,20 @@ from flask import Blueprint
 
 
 def register(blueprint: Blueprint) -> None:
-    from . import assign, background, customers, plans, problems, runs, servers
+    from . import (
+        assign,
+        background,
+        customers,
+        overview,
+        plans,
+        problems,
+        reports,
+        runs,
+        servers,
+        utilities,
+    )
+
+    overview.register(blueprint)
 
     servers.register(blueprint)
     problems.register(blueprint)
@@ -15,3 +28,5 @@ def register(blueprint: Blueprint) -> None:
     plans.register(blueprint)
     assign.register(blueprint)
     background.register(blueprint)
+    reports.register(blueprint)
+    utilities.register(blueprint)
