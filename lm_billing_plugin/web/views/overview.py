@@ -16,7 +16,7 @@ from ...reports.periods import month_label
 from ...schedule.claims import schedule_summary
 from ...state import get_state
 from .paging import MAX_ID
-from .problems import KIND_WORDS
+from .problem_summary import KIND_WORDS
 from .servers import STATUS_WORDS
 
 
