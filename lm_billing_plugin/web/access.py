@@ -3,10 +3,11 @@ callback decides each action (view, edit, run)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import abort, current_app, g, request
+from flask import abort, current_app, g, has_request_context, request
 
 ACTIONS = ("view", "edit", "run")
 
@@ -14,6 +15,11 @@ PermissionCheck = Callable[[Any, str], bool]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ACTION_ATTR = "_lm_billing_action"
+# Actions whose callback already failed (and was logged) in this request: a portal page
+# asks once per menu link, and one traceback per request says it all.
+_FAILED_ATTR = "_lm_billing_permission_failed"
+
+log = logging.getLogger("lm_billing_plugin.access")
 
 
 def requires(action: str) -> Callable[[F], F]:
@@ -62,7 +68,16 @@ def is_allowed(action: str) -> bool:
     check = state.extension.permission_check
     if check is None:
         return state.settings.allow_all
-    return bool(check(current_user(), action))
+    try:
+        return bool(check(current_user(), action))
+    except Exception:
+        # One rule for pages, menus and portal links alike: a callback that fails says no
+        # (deny by default), and the host hears of it with the traceback.
+        failed: set[str] = g.setdefault(_FAILED_ATTR, set()) if has_request_context() else set()
+        if action not in failed:
+            failed.add(action)
+            log.exception("the billing permission callback raised for %r: access refused", action)
+        return False
 
 
 def guard_request() -> Any:
