@@ -47,6 +47,7 @@ setup(
         "apscheduler>=3.10,<4",
         "cryptography>=42",
         "click>=8.1",
+        "apispec>=6.6",
     ],
     extras_require={
         "login": ["flask-login>=0.6"],
@@ -64,6 +65,7 @@ setup(
             "psycopg[binary]>=3.1",
             "pymysql>=1.1",
             "aiosmtpd>=1.4",
+            "openapi-spec-validator>=0.7",
             "gunicorn>=22",
             "build>=1.2",
             # tests/test_packaging.py builds with --no-isolation, so the backend must be here.

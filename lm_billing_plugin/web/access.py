@@ -38,8 +38,16 @@ def action_of(view: Callable[..., Any] | None) -> str:
     return str(getattr(view, _ACTION_ATTR, "view"))
 
 
+# Set by the JSON API for a request that came with a bearer token: the user the host's
+# token checker returned stands for the request, whatever the session says.
+TOKEN_USER_ATTR = "lm_billing_api_user"  # noqa: S105  (a g attribute name, not a secret)
+
+
 def current_user() -> Any:
-    """The host's user: Flask-Login's current_user when the host uses it, else g.user."""
+    """The host's user: the API token's user, else Flask-Login's current_user when the host
+    uses it, else g.user."""
+    if has_request_context() and TOKEN_USER_ATTR in g:
+        return g.get(TOKEN_USER_ATTR)
     if getattr(current_app, "login_manager", None) is not None:
         from flask_login import current_user as login_user
 
