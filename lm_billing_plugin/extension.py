@@ -49,6 +49,17 @@ class LMBilling:
         self.token_check = func
         return func
 
+    def shutdown(self, app: Flask) -> None:
+        """Stop what the plugin runs in this process for ``app``: the autostarted scheduler
+        (a run going on is recorded as interrupted) and the pages' batch pool (waiting for
+        batches in progress). For app teardown in a host's tests or a long-lived process that
+        builds apps; both also stop by themselves at interpreter exit."""
+        from .schedule.autostart import stop_service
+        from .web.views.runs import shutdown_executor
+
+        stop_service(app)
+        shutdown_executor(app, wait=True)
+
     def init_app(self, app: Flask) -> None:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(

@@ -88,9 +88,16 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ),
     (
         "LM_BILLING_SCHEDULER_AUTOSTART",
-        True,
-        "Start the scheduler lazily in a serving web process (never under tests or CLI "
-        "commands). Turn off when a dedicated `flask lm-billing scheduler` runs.",
+        False,
+        "Start the scheduler in this web process, on its first request to a Billing page "
+        "(never under tests or CLI commands other than `flask run`); on a fresh database the "
+        "first run waits one interval. Off by default: run `flask lm-billing scheduler`.",
+    ),
+    (
+        "LM_BILLING_INLINE_BATCHES",
+        False,
+        "Run the pages' and the API's validate/sync batches inside the request instead of "
+        "the background pool (for a host's own test suite: no threads, results at once).",
     ),
     (
         "LM_BILLING_NOTIFY_EMAILS",
@@ -146,6 +153,7 @@ class Settings:
     validate_interval: float
     scheduled_sync: bool
     scheduler_autostart: bool
+    inline_batches: bool
     notify_emails: tuple[str, ...]
     smtp_host: str
     smtp_port: int
@@ -189,6 +197,7 @@ class Settings:
             validate_interval=float(get("LM_BILLING_VALIDATE_INTERVAL")),
             scheduled_sync=_as_bool(get("LM_BILLING_SCHEDULED_SYNC")),
             scheduler_autostart=_as_bool(get("LM_BILLING_SCHEDULER_AUTOSTART")),
+            inline_batches=_as_bool(get("LM_BILLING_INLINE_BATCHES")),
             notify_emails=_as_tuple(get("LM_BILLING_NOTIFY_EMAILS")),
             smtp_host=str(get("LM_BILLING_SMTP_HOST")),
             smtp_port=int(get("LM_BILLING_SMTP_PORT")),
