@@ -13,7 +13,12 @@ from .tclport.client import ClientSettings
 # One row per key: (key, default, description). The README's configuration table is
 # checked against this tuple by a test, so the two cannot drift apart.
 CONFIG: tuple[tuple[str, Any, str], ...] = (
-    ("LM_BILLING_URL_PREFIX", "/billing", "Where the Billing pages are mounted."),
+    (
+        "LM_BILLING_URL_PREFIX",
+        "/billing",
+        "Where the Billing pages are mounted (a path starting with `/`; the JSON API is "
+        "under `<prefix>/api/v1`).",
+    ),
     (
         "LM_BILLING_BASE_TEMPLATE",
         "lm_billing/base.html",
@@ -172,11 +177,23 @@ class Settings:
         page_size = int(get("LM_BILLING_LIST_PAGE_SIZE"))
         if not 1 <= page_size <= 5000:
             raise ValueError("LM_BILLING_LIST_PAGE_SIZE must be between 1 and 5000")
+        url_prefix = get("LM_BILLING_URL_PREFIX")
+        if (
+            not isinstance(url_prefix, str)
+            or not url_prefix.startswith("/")
+            or any(ch.isspace() or ch in "?#<>%\\" for ch in url_prefix)
+            or "//" in url_prefix
+        ):
+            # Said here, in our words: Flask's own error would come from register_blueprint.
+            raise ValueError(
+                "LM_BILLING_URL_PREFIX must be a URL path that starts with '/', such as "
+                f"'/billing' or '/admin/billing' (no spaces, '?', '#' or '//'); got {url_prefix!r}"
+            )
         max_parallel = int(get("LM_BILLING_MAX_PARALLEL"))
         if max_parallel < 1:
             raise ValueError("LM_BILLING_MAX_PARALLEL must be at least 1")
         return cls(
-            url_prefix=str(get("LM_BILLING_URL_PREFIX")),
+            url_prefix=url_prefix,
             base_template=str(get("LM_BILLING_BASE_TEMPLATE")),
             allow_all=_as_bool(get("LM_BILLING_ALLOW_ALL")),
             encryption_keys=_as_tuple(get("LM_BILLING_ENCRYPTION_KEYS")),
