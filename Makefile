@@ -16,7 +16,7 @@ $(VENV)/.demo-installed: $(VENV)/bin/python setup.py pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/bin/python setup.py pyproject.toml
-	$(PY) -m pip install -q -e '.[demo,test]'
+	$(PY) -m pip install -q -e '.[demo,test,dev]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

@@ -3,6 +3,9 @@ blueprint, CLI, menu and the scheduler's autostart into a host app. Nothing impo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
@@ -11,6 +14,8 @@ from .settings import DEFAULTS, Settings
 from .state import EXTENSION_KEY, BillingState
 from .web.access import PermissionCheck
 
+TokenCheck = Callable[[str], Any]
+
 
 class LMBilling:
     """The ListManager Billing: Servers plugin.
@@ -18,12 +23,19 @@ class LMBilling:
     ``LMBilling(app)`` or ``billing = LMBilling(); billing.init_app(app)``. Access is denied
     until the host grants it, with ``permission_check=`` or the ``permission_checker``
     decorator: a callable ``(user, action) -> bool`` for the actions view, edit and run.
+    The JSON API also takes bearer tokens once the host says whose they are, with
+    ``token_check=`` or the ``token_checker`` decorator: ``(token) -> user | None``.
     """
 
     def __init__(
-        self, app: Flask | None = None, *, permission_check: PermissionCheck | None = None
+        self,
+        app: Flask | None = None,
+        *,
+        permission_check: PermissionCheck | None = None,
+        token_check: TokenCheck | None = None,
     ) -> None:
         self.permission_check = permission_check
+        self.token_check = token_check
         if app is not None:
             self.init_app(app)
 
@@ -31,6 +43,22 @@ class LMBilling:
         """Decorator form of ``permission_check=``."""
         self.permission_check = func
         return func
+
+    def token_checker(self, func: TokenCheck) -> TokenCheck:
+        """Decorator form of ``token_check=``: the user a bearer token stands for, or None."""
+        self.token_check = func
+        return func
+
+    def shutdown(self, app: Flask) -> None:
+        """Stop what the plugin runs in this process for ``app``: the autostarted scheduler
+        (a run going on is recorded as interrupted) and the pages' batch pool (waiting for
+        batches in progress). For app teardown in a host's tests or a long-lived process that
+        builds apps; both also stop by themselves at interpreter exit."""
+        from .schedule.autostart import stop_service
+        from .web.views.runs import shutdown_executor
+
+        stop_service(app)
+        shutdown_executor(app, wait=True)
 
     def init_app(self, app: Flask) -> None:
         if EXTENSION_KEY in app.extensions:
@@ -52,6 +80,9 @@ class LMBilling:
         from .web.menu import menu_entries
 
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
+        from .web import api
+
+        api.install(app, settings.url_prefix)
         app.cli.add_command(cli)
         app.jinja_env.globals["lm_billing_menu"] = menu_entries
 

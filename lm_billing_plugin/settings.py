@@ -13,7 +13,12 @@ from .tclport.client import ClientSettings
 # One row per key: (key, default, description). The README's configuration table is
 # checked against this tuple by a test, so the two cannot drift apart.
 CONFIG: tuple[tuple[str, Any, str], ...] = (
-    ("LM_BILLING_URL_PREFIX", "/billing", "Where the Billing pages are mounted."),
+    (
+        "LM_BILLING_URL_PREFIX",
+        "/billing",
+        "Where the Billing pages are mounted (a path starting with `/`; the JSON API is "
+        "under `<prefix>/api/v1`).",
+    ),
     (
         "LM_BILLING_BASE_TEMPLATE",
         "lm_billing/base.html",
@@ -94,9 +99,16 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ),
     (
         "LM_BILLING_SCHEDULER_AUTOSTART",
-        True,
-        "Start the scheduler lazily in a serving web process (never under tests or CLI "
-        "commands). Turn off when a dedicated `flask lm-billing scheduler` runs.",
+        False,
+        "Start the scheduler in this web process, on its first request to a Billing page "
+        "(never under tests or CLI commands other than `flask run`); on a fresh database the "
+        "first run waits one interval. Off by default: run `flask lm-billing scheduler`.",
+    ),
+    (
+        "LM_BILLING_INLINE_BATCHES",
+        False,
+        "Run the pages' and the API's validate/sync batches inside the request instead of "
+        "the background pool (for a host's own test suite: no threads, results at once).",
     ),
     (
         "LM_BILLING_NOTIFY_EMAILS",
@@ -152,6 +164,7 @@ class Settings:
     validate_interval: float
     scheduled_sync: bool
     scheduler_autostart: bool
+    inline_batches: bool
     notify_emails: tuple[str, ...]
     smtp_host: str
     smtp_port: int
@@ -170,11 +183,23 @@ class Settings:
         page_size = int(get("LM_BILLING_LIST_PAGE_SIZE"))
         if not 1 <= page_size <= 5000:
             raise ValueError("LM_BILLING_LIST_PAGE_SIZE must be between 1 and 5000")
+        url_prefix = get("LM_BILLING_URL_PREFIX")
+        if (
+            not isinstance(url_prefix, str)
+            or not url_prefix.startswith("/")
+            or any(ch.isspace() or ch in "?#<>%\\" for ch in url_prefix)
+            or "//" in url_prefix
+        ):
+            # Said here, in our words: Flask's own error would come from register_blueprint.
+            raise ValueError(
+                "LM_BILLING_URL_PREFIX must be a URL path that starts with '/', such as "
+                f"'/billing' or '/admin/billing' (no spaces, '?', '#' or '//'); got {url_prefix!r}"
+            )
         max_parallel = int(get("LM_BILLING_MAX_PARALLEL"))
         if max_parallel < 1:
             raise ValueError("LM_BILLING_MAX_PARALLEL must be at least 1")
         return cls(
-            url_prefix=str(get("LM_BILLING_URL_PREFIX")),
+            url_prefix=url_prefix,
             base_template=str(get("LM_BILLING_BASE_TEMPLATE")),
             allow_all=_as_bool(get("LM_BILLING_ALLOW_ALL")),
             encryption_keys=_as_tuple(get("LM_BILLING_ENCRYPTION_KEYS")),
@@ -196,6 +221,7 @@ class Settings:
             validate_interval=float(get("LM_BILLING_VALIDATE_INTERVAL")),
             scheduled_sync=_as_bool(get("LM_BILLING_SCHEDULED_SYNC")),
             scheduler_autostart=_as_bool(get("LM_BILLING_SCHEDULER_AUTOSTART")),
+            inline_batches=_as_bool(get("LM_BILLING_INLINE_BATCHES")),
             notify_emails=_as_tuple(get("LM_BILLING_NOTIFY_EMAILS")),
             smtp_host=str(get("LM_BILLING_SMTP_HOST")),
             smtp_port=int(get("LM_BILLING_SMTP_PORT")),

@@ -78,7 +78,21 @@ def login_host_app(db_url: str, **config: Any) -> Flask:
     def login() -> str:
         return f"host login page for {request.args.get('next', '')}"
 
+    @get_state(app).extension.token_checker
+    def check_token(token: str) -> TestUser | None:
+        # "token-<user>" is that user's API token; anything else is unknown.
+        name = token.removeprefix(TOKEN_PREFIX) if token.startswith(TOKEN_PREFIX) else None
+        return TestUser(name) if name in USERS else None
+
     return app
+
+
+TOKEN_PREFIX = "token-"
+
+
+def as_token(name: str) -> dict[str, str]:
+    """Headers of an API request with ``name``'s bearer token (no session user)."""
+    return {"Authorization": f"Bearer {TOKEN_PREFIX}{name}"}
 
 
 def as_user(client: FlaskClient, name: str | None) -> dict[str, str]:
@@ -153,6 +167,18 @@ def plugin_rules(app: Flask) -> list[Rule]:
         (r for r in app.url_map.iter_rules() if r.endpoint.startswith("lm_billing.")),
         key=lambda r: (r.endpoint, r.rule),
     )
+
+
+def api_rules(app: Flask) -> list[Rule]:
+    """The JSON API's routes (blueprint lm_billing_api)."""
+    return sorted(
+        (r for r in app.url_map.iter_rules() if r.endpoint.startswith("lm_billing_api.")),
+        key=lambda r: (r.endpoint, r.rule),
+    )
+
+
+def api_methods(rule: Rule) -> list[str]:
+    return sorted(set(rule.methods or ()) - {"HEAD", "OPTIONS"})
 
 
 def build_url(app: Flask, rule: Rule, samples: dict[str, Any]) -> str:

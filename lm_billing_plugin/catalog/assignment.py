@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit
+from .. import audit, signals
 from ..engine.store import (
     ASSIGNMENT,
     open_drift_problems,
@@ -139,6 +139,9 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
     except BaseException:
         session.rollback()
         raise
+    signals.send(signals.assigned, group_id=group_id, server_id=server_id, created=len(create),
+                 site_ids=site_set, list_ids=list_set, whole_server=whole_server, start=start,
+                 actor=actor)
     return len(create)
 
 
@@ -190,4 +193,6 @@ def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = No
     except BaseException:
         session.rollback()
         raise
+    signals.send(signals.unassigned, assignment_ids=sorted({r.id for r in rows}),
+                 ended=len(ending), end=end, actor=actor)
     return len(ending)

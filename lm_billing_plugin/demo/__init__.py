@@ -95,6 +95,8 @@ def create_app(
         # show its guidance at once.
         LM_BILLING_CONNECT_TIMEOUT=3.0,
         LM_BILLING_VALIDATE_INTERVAL=600.0,
+        # One process, no separate scheduler: the demo runs the schedule in its web process.
+        LM_BILLING_SCHEDULER_AUTOSTART=True,
     )
     app.config.from_prefixed_env()
     if test_config:

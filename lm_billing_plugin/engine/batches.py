@@ -39,7 +39,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit
+from .. import audit, signals
 from ..models import (
     Batch,
     Run,
@@ -350,7 +350,22 @@ def run_batch(batch_id: int) -> BatchResult:
     session.commit()
     order = {t.server_id: i for i, t in enumerate(targets)}
     outcomes.sort(key=lambda o: order.get(o.server_id, 0))
+    if not dry_run:
+        _announce(kind, batch_id, actor, outcomes)
     return BatchResult(batch_id, kind, dry_run, outcomes)
+
+
+def _announce(kind: str, batch_id: int, actor: str, outcomes: list[ServerOutcome]) -> None:
+    """server_validated / server_synced for each server this batch worked on (skipped
+    servers were not touched; a dry run changed nothing)."""
+    signal = signals.server_synced if kind == "sync" else signals.server_validated
+    for o in outcomes:
+        if o.skipped_reason is not None:
+            continue
+        extra = {"changes": dict(o.changes)} if kind == "sync" else {}
+        signals.send(signal, server_id=o.server_id, name=o.name, ok=o.ok, status=o.status,
+                     run_id=o.run_id, batch_id=batch_id, problems_open=len(o.problems),
+                     problems_new=o.new_problems, actor=actor, **extra)
 
 
 def validate_servers(server_ids: Sequence[int] | None, *, actor: str) -> BatchResult:

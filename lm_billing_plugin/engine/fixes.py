@@ -23,6 +23,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from .. import signals
 from ..models import (
     Problem,
     Run,
@@ -235,6 +236,12 @@ def fix_problems(problem_ids: Sequence[int], *, actor: str,
     changes: dict[str, dict[str, int]] = {}
     if plans:
         _fix_servers(session, settings, actor, plans, items, changes)
+    fixed = [pid for pid in ids if items[pid].outcome == "fixed"]
+    for server_id in sorted({by_id[pid].server_id for pid in fixed
+                             if by_id[pid].kind == "logging_off"}):
+        signals.send(signals.logging_enabled, server_id=server_id, actor=actor)
+    if fixed:
+        signals.send(signals.problems_fixed, problem_ids=fixed, changes=changes, actor=actor)
     return FixResult([items[pid] for pid in ids], changes)
 
 

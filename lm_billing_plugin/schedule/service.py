@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -156,7 +156,9 @@ class SchedulerService:
     synchronous tick (for cron). ``start(blocking=...)`` drives ``tick`` with APScheduler.
     """
 
-    def __init__(self, app: Flask, *, work: Work | None = None) -> None:
+    def __init__(
+        self, app: Flask, *, work: Work | None = None, first_run_delay: float = 0.0
+    ) -> None:
         state = get_state(app)
         # Not the extension object: one service per app and process, whose ticker and run
         # threads must push this app's context themselves.
@@ -180,6 +182,9 @@ class SchedulerService:
         self._outage_announced = False
         self._stopping = threading.Event()
         self._task_ensured = False
+        # On a database without a schedule yet, the first run is due this many seconds on
+        # (autostart: one interval, so a fresh deploy does not validate at its first page).
+        self.first_run_delay = first_run_delay
         # The run this process executed last and its status (for `run-due`'s report).
         self.last_run: tuple[int, str] | None = None
 
@@ -217,7 +222,8 @@ class SchedulerService:
             if not self._task_ensured:
                 try:
                     with Session(self.engine) as session, session.begin():
-                        ensure_task(session, db_now(session))
+                        first_due = db_now(session) + timedelta(seconds=self.first_run_delay)
+                        ensure_task(session, first_due)
                 except sa.exc.IntegrityError:
                     pass  # another process created the row at the same moment
                 self._task_ensured = True

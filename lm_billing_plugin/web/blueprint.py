@@ -9,10 +9,10 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from flask_wtf.csrf import validate_csrf
-from jinja2 import TemplateError
 from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
+from ..settings import DEFAULTS
 from ..state import get_state
 from .access import guard_request, is_allowed
 from .portals import template_context as portal_context
@@ -79,24 +79,33 @@ ERROR_HINTS = {
 
 
 def error_page(exc: HTTPException) -> tuple[str | Response, int]:
-    """Errors of Billing pages inside the host's layout, with what to do next."""
+    """Errors of Billing pages inside the host's layout, with what to do next.
+
+    An error page must never fail itself: when the host's layout cannot render (a portal
+    whose navbar needs what this request never set up, e.g. Flask-AppBuilder's g.user when
+    CSRFProtect refused before FAB ran), the plugin's own layout is used, then plain text."""
     code = exc.code or 500
     if request.endpoint and request.endpoint.endswith("_json"):
         # The progress page's poller reads JSON, not a page.
         return jsonify(error=exc.description or exc.name), code
-    try:
-        html = render_template(
-            "lm_billing/error.html",
-            code=code,
-            title=ERROR_TITLES.get(code, exc.name),
-            description=exc.description or "",
-            hint=ERROR_HINTS.get(code, ""),
-        )
-    except TemplateError:
-        # A broken host layout must not turn a 403 into a 500: plain words instead.
-        log.exception("error page for %s could not be rendered in the layout", code)
-        return f"{code} {exc.name}: {exc.description}", code
-    return html, code
+    context: dict[str, Any] = {
+        "code": code,
+        "title": ERROR_TITLES.get(code, exc.name),
+        "description": exc.description or "",
+        "hint": ERROR_HINTS.get(code, ""),
+    }
+    for layout in (None, DEFAULTS["LM_BILLING_BASE_TEMPLATE"]):
+        # Explicit context wins over the context processor's lm_billing_base_template.
+        override = {} if layout is None else {"lm_billing_base_template": layout}
+        try:
+            return render_template("lm_billing/error.html", **context, **override), code
+        except Exception:
+            log.exception(
+                "error page for %s could not be rendered in the %s layout",
+                code,
+                "portal's" if layout is None else "plugin's own",
+            )
+    return Response(f"{code} {exc.name}: {exc.description}", code, mimetype="text/plain"), code
 
 
 for _code in ERROR_TITLES:
