@@ -14,7 +14,6 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from lm_billing_plugin import downgrade, upgrade
-from lm_billing_plugin.state import get_state
 from lm_billing_plugin.migrate import current
 from lm_billing_plugin.models import (
     AdditionalCharge,
@@ -23,6 +22,7 @@ from lm_billing_plugin.models import (
     charge_name_key,
     invoice_active_key,
 )
+from lm_billing_plugin.state import get_state
 
 CREATED = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 
@@ -68,7 +68,7 @@ def test_upgrade_seeds_plan_history_and_downgrade_returns_to_0001(bare_app: Flas
             " created_at) VALUES (1, 'server', 1, :s, :at)"
         ), {"s": date(2026, 2, 1), "at": stamp})
 
-    upgrade(bare_app)
+    upgrade(bare_app, "0002")
     assert current(bare_app) == "0002"
     with engine.connect() as conn:
         history = conn.execute(sa.text(

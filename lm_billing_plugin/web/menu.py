@@ -25,6 +25,8 @@ MENU: tuple[MenuEntry, ...] = (
     MenuEntry("Errors", "lm_billing.problems"),
     MenuEntry("Customers", "lm_billing.customers"),
     MenuEntry("Hosting Plans", "lm_billing.plans"),
+    MenuEntry("Additional Charges", "lm_billing.charges"),
+    MenuEntry("Invoice Templates", "lm_billing.invoice_templates"),
     MenuEntry("Background validation", "lm_billing.background"),
 )
 

@@ -6,7 +6,18 @@ from flask import Blueprint
 
 
 def register(blueprint: Blueprint) -> None:
-    from . import assign, background, customers, plans, problems, runs, servers
+    from . import (
+        assign,
+        background,
+        charges,
+        customers,
+        invoice_templates,
+        plans,
+        problems,
+        runs,
+        servers,
+        terminate,
+    )
 
     servers.register(blueprint)
     problems.register(blueprint)
@@ -15,3 +26,6 @@ def register(blueprint: Blueprint) -> None:
     plans.register(blueprint)
     assign.register(blueprint)
     background.register(blueprint)
+    charges.register(blueprint)
+    invoice_templates.register(blueprint)
+    terminate.register(blueprint)
