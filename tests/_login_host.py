@@ -18,12 +18,15 @@ from flask_login import LoginManager, UserMixin
 from werkzeug.routing import Rule
 
 from lm_billing_plugin.models import (
+    AdditionalCharge,
     Assignment,
     Base,
     Batch,
     BillingGroup,
+    ChargeAssignment,
     Customer,
     HostingPlan,
+    InvoiceTemplate,
     MailingList,
     Problem,
     Run,
@@ -145,7 +148,14 @@ def seed_rows(app: Flask) -> dict[str, Any]:
             first_run_id=run.id,
             last_run_id=run.id,
         )
-        s.add_all([assignment, problem])
+        charge = AdditionalCharge(name="Setup Fee", default_amount=Decimal("50.00"))
+        template = InvoiceTemplate(kind="email", name="Plain", body="Invoice {{ invoice.number }}")
+        s.add_all([assignment, problem, charge, template])
+        s.flush()
+        group_charge = ChargeAssignment(
+            group_id=group.id, charge_id=charge.id, start_date=date(2026, 1, 1)
+        )
+        s.add(group_charge)
         s.commit()
         return {
             "server_id": server.id,
@@ -158,6 +168,9 @@ def seed_rows(app: Flask) -> dict[str, Any]:
             "run_id": run.id,
             "problem_id": problem.id,
             "assignment_id": assignment.id,
+            "charge_id": charge.id,
+            "group_charge_id": group_charge.id,
+            "template_id": template.id,
             "filename": "lm_billing.css",
         }
 

@@ -632,7 +632,9 @@ def test_statement_count_does_not_grow_with_groups_or_lists(
             session.add(server)
             session.flush()
             for g in range(groups):
-                group = BillingGroup(customer_id=customer_id, name=f"G{g}", plan_id=plan_id)
+                group = BillingGroup(
+                    customer_id=customer_id, name=f"G{groups}-{g}", plan_id=plan_id
+                )
                 session.add(group)
                 session.flush()
                 for i in range(lists_each):

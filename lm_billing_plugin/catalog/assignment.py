@@ -68,11 +68,12 @@ def check_gate(session: Session, server_id: int) -> None:
 
 def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
            list_ids: Iterable[int] = (), whole_server: bool = False, actor: str,
-           start: date | None = None) -> int:
+           start: date | None = None, is_free: bool = False) -> int:
     """Assign sites, lists or the whole server to a billing group from ``start`` (today).
 
     Another group's active assignment of the same object ends on ``start`` (end dates are
-    exclusive: the first day not covered). Assigning what the group already has is a no-op.
+    exclusive: the first day not covered). Assigning what the group already has is a no-op;
+    with a different "Is Free" its assignment ends on ``start`` and a new one begins.
     Returns the number of assignments created. Raises GateError (see check_gate) and
     AssignmentError (unknown group, objects not on this server or removed).
     """
@@ -106,7 +107,7 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
         table = ASSIGNMENT
         current = session.execute(
             sa.select(table.c.id, table.c.group_id, table.c.object_type, table.c.site_id,
-                      table.c.list_id)
+                      table.c.list_id, table.c.is_free)
             .where(table.c.server_id == server_id,
                    sa.or_(table.c.end_date.is_(None), table.c.end_date > start))
         ).all()
@@ -117,7 +118,7 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
             key = (a.object_type, a.site_id, a.list_id)
             if key not in wanted_set:
                 continue
-            if a.group_id == group_id:
+            if a.group_id == group_id and bool(a.is_free) == is_free:
                 have.add(key)
             else:
                 end_ids.append(a.id)
@@ -129,11 +130,12 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
             session.execute(sa.insert(table), [
                 {"group_id": group_id, "object_type": t, "server_id": server_id,
                  "site_id": s, "list_id": li, "start_date": start, "end_date": None,
-                 "created_at": utcnow()} for t, s, li in create])
+                 "is_free": is_free, "created_at": utcnow()} for t, s, li in create])
         audit.record(session, actor=actor, action="assign", object_type="group",
                      object_id=group_id, server_id=server_id,
                      detail={"whole_server": whole_server, "site_ids": site_set,
                              "list_ids": list_set, "start": start.isoformat(),
+                             "is_free": is_free,
                              "created": len(create), "ended": sorted(end_ids)})
         session.commit()
     except BaseException:

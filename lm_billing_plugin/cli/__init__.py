@@ -17,6 +17,7 @@ def generate_key_command() -> None:
     click.echo(generate_key())
 
 
+from . import charges as _charges  # noqa: E402,F401
 from . import db as _db  # noqa: E402,F401  (registers its commands on cli)
 from . import engine as _engine  # noqa: E402,F401
 from . import lookups as _lookups  # noqa: E402,F401

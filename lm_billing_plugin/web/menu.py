@@ -28,6 +28,8 @@ MENU: tuple[MenuEntry, ...] = (
     MenuEntry("Hosting Plans", "lm_billing.plans"),
     MenuEntry("Reports", "lm_billing.reports"),
     MenuEntry("Utilities", "lm_billing.utilities"),
+    MenuEntry("Additional Charges", "lm_billing.charges"),
+    MenuEntry("Invoice Templates", "lm_billing.invoice_templates"),
     MenuEntry("Background validation", "lm_billing.background"),
 )
 

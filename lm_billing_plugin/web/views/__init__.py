@@ -9,18 +9,20 @@ def register(blueprint: Blueprint) -> None:
     from . import (
         assign,
         background,
+        charges,
         customers,
+        invoice_templates,
         overview,
         plans,
         problems,
         reports,
         runs,
         servers,
+        terminate,
         utilities,
     )
 
     overview.register(blueprint)
-
     servers.register(blueprint)
     problems.register(blueprint)
     runs.register(blueprint)
@@ -30,3 +32,6 @@ def register(blueprint: Blueprint) -> None:
     background.register(blueprint)
     reports.register(blueprint)
     utilities.register(blueprint)
+    charges.register(blueprint)
+    invoice_templates.register(blueprint)
+    terminate.register(blueprint)

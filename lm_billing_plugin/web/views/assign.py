@@ -175,6 +175,7 @@ def _do_assign(
             whole_server=whole,
             actor=actor_name(),
             start=form.start.data,
+            is_free=bool(form.is_free.data),
         )
     except assignment.GateError as exc:
         return gate_words(exc)

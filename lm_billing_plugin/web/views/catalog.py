@@ -15,7 +15,20 @@ from ...engine.store import active_assignment
 from ...models import Assignment
 from ...state import get_state
 
-CUSTOMER_FIELDS = ("company", "contact_name", "email", "is_active", "payment_method", "notes")
+CUSTOMER_FIELDS = (
+    "company",
+    "contact_name",
+    "email",
+    "is_active",
+    "payment_method",
+    "notes",
+    "start_date",
+    "end_date",
+    "email_template_id",
+    "web_template_id",
+)
+# Select fields whose choice 0 means "none" (stored as NULL).
+_ZERO_IS_NONE = ("plan_id", "email_template_id", "web_template_id")
 PLAN_FIELDS = (
     "name",
     "description",
@@ -62,7 +75,7 @@ def _apply(obj: Any, form: Any, names: Iterable[str]) -> dict[str, list[Any]]:
     changes: dict[str, list[Any]] = {}
     for name in names:
         new = getattr(form, name).data
-        if name == "plan_id" and new == 0:
+        if name in _ZERO_IS_NONE and new == 0:
             new = None
         old = getattr(obj, name, None)
         if old != new:

@@ -14,6 +14,9 @@ from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
 from ... import audit
+from ...billing.invoice_templates import template_choices
+from ...catalog.names import DuplicateName, check_name, conflict_message
+from ...engine.store import is_conflict
 from ...models import (
     Assignment,
     BillingGroup,
@@ -93,15 +96,59 @@ def _customer_or_404(session: Session, customer_id: int) -> Customer:
     return customer
 
 
+def _customer_form(session: Session, customer: Customer | None) -> CustomerForm:
+    form = CustomerForm(obj=customer)
+    form.email_template_id.choices = template_choices(session, "email")
+    form.web_template_id.choices = template_choices(session, "web")
+    # Not posted (a script's form) or not set yet: the stored choice, else the default (0).
+    for name in ("email_template_id", "web_template_id"):
+        field = getattr(form, name)
+        if field.data is None or not form.is_submitted():
+            field.data = (getattr(customer, name) if customer else None) or 0
+    return form
+
+
+def _name_ok(session: Session, form: Any, kind: str, name: str, **where: Any) -> bool:
+    """The shared duplicate-name rule (catalog.names), shown next to the name field."""
+    try:
+        check_name(session, kind, name, **where)
+    except DuplicateName as exc:
+        field = getattr(form, exc.field)
+        field.errors = [*field.errors, str(exc)]
+        return False
+    return True
+
+
+def _commit_or_name_conflict(session: Session, form: Any, kind: str, field: str) -> bool:
+    """Commit; a unique-name clash with a row saved meanwhile becomes a field error."""
+    try:
+        session.commit()
+    except sa.exc.DBAPIError as exc:
+        session.rollback()
+        if not is_conflict(exc):
+            raise
+        target = getattr(form, field)
+        target.errors = [*target.errors, conflict_message(kind)]
+        return False
+    return True
+
+
 @requires("edit")
 def customer_new() -> str | Response:
-    form = CustomerForm()
-    if form.validate_on_submit():
-        session = _session()
+    session = _session()
+    form = _customer_form(session, None)
+    if form.validate_on_submit() and _name_ok(session, form, "customer", form.company.data):
         customer = Customer()
         changes = _apply(customer, form, CUSTOMER_FIELDS)
         session.add(customer)
-        session.flush()
+        try:
+            session.flush()
+        except sa.exc.DBAPIError as exc:
+            session.rollback()
+            if not is_conflict(exc):
+                raise
+            form.company.errors = [*form.company.errors, conflict_message("customer")]
+            return render_template("lm_billing/customer_form.html", form=form, customer=None)
         audit.record(
             session,
             actor=actor_name(),
@@ -110,9 +157,9 @@ def customer_new() -> str | Response:
             object_id=customer.id,
             detail=changes,
         )
-        session.commit()
-        flash(f"Customer {customer.company} created. Add a billing group for its contract.")
-        return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+        if _commit_or_name_conflict(session, form, "customer", "company"):
+            flash(f"Customer {customer.company} created. Add a billing group for its contract.")
+            return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/customer_form.html", form=form, customer=None)
 
 
@@ -120,8 +167,10 @@ def customer_new() -> str | Response:
 def customer_edit(customer_id: int) -> str | Response:
     session = _session()
     customer = _customer_or_404(session, customer_id)
-    form = CustomerForm(obj=customer)
-    if form.validate_on_submit():
+    form = _customer_form(session, customer)
+    if form.validate_on_submit() and _name_ok(
+        session, form, "customer", form.company.data, exclude_id=customer.id
+    ):
         changes = _apply(customer, form, CUSTOMER_FIELDS)
         if changes:
             action = "customer_update"
@@ -135,7 +184,11 @@ def customer_edit(customer_id: int) -> str | Response:
                 object_id=customer.id,
                 detail=changes,
             )
-            session.commit()
+            if not _commit_or_name_conflict(session, form, "customer", "company"):
+                customer = _customer_or_404(session, customer_id)
+                return render_template(
+                    "lm_billing/customer_form.html", form=form, customer=customer
+                )
             if action == "customer_deactivate":
                 flash(f"Customer {customer.company} deactivated; their billing history is kept.")
             else:
@@ -300,8 +353,13 @@ def _render_customer_detail(
         .offset(page.offset)
         .limit(page.size)
     ).all()
+    from ...billing.charges import group_charges
+    from ..forms.charges import GroupChargeEndForm
+
     body = render_template(
         "lm_billing/customer_detail.html",
+        group_charges=group_charges(session, [g.id for g, _ in groups]),
+        charge_end_form=GroupChargeEndForm(),
         customer=customer,
         groups=groups,
         totals=totals,
@@ -329,11 +387,22 @@ def group_new(customer_id: int) -> str | Response:
     customer = _customer_or_404(session, customer_id)
     form = GroupForm()
     form.plan_id.choices = _plan_choices(session)
-    if form.validate_on_submit():
+    if form.validate_on_submit() and _name_ok(
+        session, form, "group", form.name.data, scope_id=customer.id
+    ):
         group = BillingGroup(customer_id=customer.id)
         changes = _apply(group, form, GROUP_FIELDS)
         session.add(group)
-        session.flush()
+        try:
+            session.flush()
+        except sa.exc.DBAPIError as exc:
+            session.rollback()
+            if not is_conflict(exc):
+                raise
+            form.name.errors = [*form.name.errors, conflict_message("group")]
+            return render_template(
+                "lm_billing/group_form.html", form=form, customer=customer, group=None
+            )
         audit.record(
             session,
             actor=actor_name(),
@@ -342,7 +411,10 @@ def group_new(customer_id: int) -> str | Response:
             object_id=group.id,
             detail={"customer_id": customer.id, **changes},
         )
-        session.commit()
+        if not _commit_or_name_conflict(session, form, "group", "name"):
+            return render_template(
+                "lm_billing/group_form.html", form=form, customer=customer, group=None
+            )
         flash(
             f"Billing group {group.name} created. Assign the lists, sites or servers it pays for."
         )
@@ -361,7 +433,9 @@ def group_edit(group_id: int) -> str | Response:
     form.plan_id.choices = _plan_choices(session)
     if not form.is_submitted():
         form.plan_id.data = group.plan_id or 0  # "no plan" is choice 0, stored as NULL
-    if form.validate_on_submit():
+    if form.validate_on_submit() and _name_ok(
+        session, form, "group", form.name.data, exclude_id=group.id, scope_id=customer.id
+    ):
         changes = _apply(group, form, GROUP_FIELDS)
         if changes:
             audit.record(
@@ -372,7 +446,11 @@ def group_edit(group_id: int) -> str | Response:
                 object_id=group.id,
                 detail=changes,
             )
-            session.commit()
+            if not _commit_or_name_conflict(session, form, "group", "name"):
+                group = session.get(BillingGroup, group_id)
+                return render_template(
+                    "lm_billing/group_form.html", form=form, customer=customer, group=group
+                )
             flash(f"Billing group {group.name} saved.")
         else:
             flash("Nothing changed.")

@@ -7,10 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
-from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
 from ... import audit
+from ...catalog.names import DuplicateName, check_name
 from ...engine.store import is_conflict
 from ...models import (
     BillingGroup,
@@ -52,24 +52,15 @@ def plans() -> str:
     return render_template("lm_billing/plans.html", rows=rows, page=page)
 
 
-def _plan_name_taken(session: Session, name: str, plan_id: int | None) -> bool:
-    # Case-insensitive: MariaDB's default collation would refuse "gold" next to "Gold"
-    # anyway, and two plans differing only in case confuse people everywhere.
-    query = sa.select(HostingPlan.id).where(sa.func.lower(HostingPlan.name) == name.lower())
-    if plan_id is not None:
-        query = query.where(HostingPlan.id != plan_id)
-    return session.scalar(query.limit(1)) is not None
-
-
 def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
     session = _session()
     if not form.validate_on_submit():
         return None
-    if _plan_name_taken(session, form.name.data or "", plan.id if plan else None):
-        form.name.errors = [
-            *form.name.errors,
-            "A hosting plan with this name exists: choose another name.",
-        ]
+    try:
+        # The shared rule (case and spaces ignored), as the CLI checks it.
+        check_name(session, "plan", form.name.data or "", exclude_id=plan.id if plan else None)
+    except DuplicateName as exc:
+        form.name.errors = [*form.name.errors, str(exc)]
         return None
     creating = plan is None
     target = plan if plan is not None else HostingPlan()
