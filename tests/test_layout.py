@@ -22,11 +22,14 @@ from test_browser import CHROMIUM, CHROMIUM_ARGS
 from werkzeug.serving import make_server
 
 from lm_billing_plugin.models import (
+    AdditionalCharge,
     Assignment,
     Batch,
     BillingGroup,
+    ChargeAssignment,
     Customer,
     HostingPlan,
+    InvoiceTemplate,
     MailingList,
     Problem,
     Run,
@@ -80,7 +83,14 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
             list_id=lst.id,
             start_date=date(2026, 1, 1),
         )
-        s.add(assignment)
+        charge = AdditionalCharge(name="Fee" + "f" * 197, default_amount=Decimal("50.00"))
+        template = InvoiceTemplate(kind="web", name="T" * 200, body="{{ invoice.number }}")
+        s.add_all([assignment, charge, template])
+        s.flush()
+        group_charge = ChargeAssignment(
+            group_id=group.id, charge_id=charge.id, start_date=date(2026, 1, 1)
+        )
+        s.add(group_charge)
         kinds = ("unknown_list", "changed_list", "unassigned_list")
         rows = [
             Problem(
@@ -108,6 +118,9 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
             "run_id": run.id,
             "problem_id": rows[0].id,
             "assignment_id": assignment.id,
+            "charge_id": charge.id,
+            "group_charge_id": group_charge.id,
+            "template_id": template.id,
             "filename": "lm_billing.css",
         }
 
@@ -118,7 +131,8 @@ def page_urls(app: Flask, samples: dict[str, Any]) -> list[str]:
         build_url(app, rule, samples)
         for rule in plugin_rules(app)
         if "GET" in (rule.methods or ())
-        and rule.endpoint not in ("lm_billing.static", "lm_billing.problems_csv")
+        and rule.endpoint != "lm_billing.static"
+        and not rule.rule.endswith(".csv")  # downloads, not pages
         and not rule.endpoint.endswith("_json")
     ]
 
