@@ -32,6 +32,7 @@ KIND_WORDS: dict[str, str] = {
     "over_max_sites": "more sites than the plan permits",
     "inactive_customer_has_lists": "inactive customer still has lists",
     "logging_off": "Enable Logging is off",
+    "invalid_field": "the server sent a value billing cannot store",
 }
 
 _PLAN_FIX = "Fixing cannot change a contract: change the group's hosting plan."
@@ -53,6 +54,8 @@ FIX_WORDS: dict[str, str] = {
     "unassign its lists.",
     "logging_off": "Fixing switches Enable Logging on through TclPort — only when you tick "
     '"also switch Enable Logging on through TclPort" below.',
+    "invalid_field": "Fixing cannot change what the hosting server sends: correct the value "
+    "there (shorten it, remove the NUL character), then validate the server again.",
 }
 
 # "Fix all that match this filter" fixes at most this many per click: the fix runs inside the
