@@ -130,7 +130,9 @@ def statements() -> Iterator[list[str]]:
     engine = get_state().db.engine
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()))
+        # On SQLite the plugin emits BEGIN itself (lm_billing_plugin.sqlite): not work.
+        if not statement.startswith("BEGIN"):
+            seen.append(" ".join(statement.split()))
 
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
@@ -958,7 +960,15 @@ def test_race_on_problem_rows_retries_once_then_says_what_to_do(
 
 
 def test_run_that_lost_its_lease_stores_nothing_and_says_so(
-        dbapp: Flask, db_url: str, sims: Callable[..., HostSim]) -> None:
+        make_app: Callable[..., Flask], db_url: str, sims: Callable[..., HostSim]) -> None:
+    # The takeover is staged between the store's BEGIN and its first statement. With the
+    # plugin's SQLite tuning no other writer can come in there (BEGIN IMMEDIATE holds the
+    # lock), so on SQLite it is staged with the tuning off.
+    with make_app(db_url, LM_BILLING_SQLITE_TUNING=False, **FAST).app_context():
+        _lost_lease(db_url, sims)
+
+
+def _lost_lease(db_url: str, sims: Callable[..., HostSim]) -> None:
     sid = add_server("Lists", sims(small(lst("a"))))
     other = sa.create_engine(db_url)
     engine = get_state().db.engine

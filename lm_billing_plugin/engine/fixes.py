@@ -30,6 +30,7 @@ from ..models import (
     utcnow,
 )
 from ..settings import Settings
+from ..sqlite import writing
 from ..state import get_state
 from ..tclport.errors import TclPortError
 from .batches import LeaseLost, _audit_server, _iso, _server_columns, _Target, _target
@@ -191,6 +192,7 @@ def _fix_work(settings: Settings, target: _Target, want_logging: bool,
     return report, inv
 
 
+@writing
 def fix_problems(problem_ids: Sequence[int], *, actor: str,
                  enable_logging: bool = False) -> FixResult:
     """Fix the chosen problems only (see the module docstring); idempotent.
