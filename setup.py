@@ -73,6 +73,13 @@ setup(
             "mypy>=1.10",
             "import-linter>=2.1",
         ],
+        # `make audit` and `make stress`.
+        "dev": [
+            "pip-audit>=2.7",
+            "bandit>=1.7",
+            "gunicorn>=22",
+            "psycopg[binary]>=3.1",
+        ],
     },
     entry_points={
         "console_scripts": [

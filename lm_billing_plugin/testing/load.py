@@ -11,6 +11,7 @@ batches finished, no lease or unfinished run left, p95 under load below ``--max-
 from __future__ import annotations
 
 import argparse
+import http.client
 import http.cookiejar
 import json
 import os
@@ -150,16 +151,20 @@ def _datasets(count: int, lists: int) -> list[Dataset]:
     return [Dataset.generate(sites=2, lists=lists, seed=i + 1) for i in range(count)]
 
 
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {proc.returncode}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
         try:
-            with urllib.request.urlopen(base + "/login", timeout=2.0):  # noqa: S310 - 127.0.0.1
-                return
-        except (OSError, urllib.error.URLError):
+            conn.request("GET", "/login")
+            conn.getresponse().read()
+            return
+        except OSError:
             time.sleep(0.2)
+        finally:
+            conn.close()
     raise RuntimeError("gunicorn did not answer within a minute")
 
 
@@ -222,7 +227,7 @@ def run_load(
                  "lm_billing_plugin.demo:create_app()"],
                 env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(base_dir),
             )
-        _wait_ready(base, proc)
+        _wait_ready(port, proc)
         samples: list[Sample] = []
         lock = threading.Lock()
         phase = {"name": "idle"}
