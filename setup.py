@@ -20,6 +20,7 @@ setup(
             "templates/lm_billing/**/*.html",
             "static/lm_billing/**/*",
             "demo/templates/demo/**/*.html",
+            "demo/static/demo/**/*",
         ],
         "lm_billing_plugin.migrations": ["script.py.mako", "README"],
     },

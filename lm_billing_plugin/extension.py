@@ -11,6 +11,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from .secrets import SecretBox
 from .settings import DEFAULTS, Settings
+from .sqlite import tune_engine
 from .state import EXTENSION_KEY, BillingState
 from .web.access import PermissionCheck
 
@@ -68,10 +69,16 @@ class LMBilling:
         for key, default in DEFAULTS.items():
             app.config.setdefault(key, default)
         settings = Settings.from_config(app.config)
+        db = _host_db(app)
+        _refuse_missing_secrets(app, settings)
+        if settings.sqlite_tuning:
+            # Only the engine object is touched (listeners); no connection is opened here.
+            with app.app_context():
+                tune_engine(db.engine, busy_timeout=settings.sqlite_busy_timeout)
         app.extensions[EXTENSION_KEY] = BillingState(
             extension=self,
             settings=settings,
-            db=_host_db(app),
+            db=db,
             secrets=SecretBox(settings.encryption_keys),
         )
 
@@ -89,6 +96,26 @@ class LMBilling:
         from .schedule.autostart import install_autostart
 
         install_autostart(app)
+
+
+def _refuse_missing_secrets(app: Flask, settings: Settings) -> None:
+    """Outside debug and testing, no SECRET_KEY (every page would be a 500: sessions and CSRF
+    need it) or no encryption key (no password could be stored) is refused here, at start."""
+    if app.debug or app.testing:
+        return
+    if not app.config.get("SECRET_KEY"):
+        raise RuntimeError(
+            "lm_billing_plugin: the app has no SECRET_KEY (or an empty one), so no Billing page "
+            "could keep a session or check a form. Set SECRET_KEY to a long random value, e.g. "
+            "the output of `python -c \"import secrets; print(secrets.token_hex(32))\"`."
+        )
+    if not settings.encryption_keys:
+        raise RuntimeError(
+            "lm_billing_plugin: LM_BILLING_ENCRYPTION_KEYS is empty, so no TclPort password "
+            "could be stored. Generate a key with `flask lm-billing generate-key` (with "
+            "FLASK_DEBUG=1 set, since this check stops the app without one) and put it in "
+            "LM_BILLING_ENCRYPTION_KEYS (e.g. FLASK_LM_BILLING_ENCRYPTION_KEYS=<key>)."
+        )
 
 
 def _host_db(app: Flask) -> SQLAlchemy:

@@ -10,6 +10,11 @@ from typing import Any
 from .tclport.addresses import parse_networks
 from .tclport.client import ClientSettings
 
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+)
+
 # One row per key: (key, default, description). The README's configuration table is
 # checked against this tuple by a test, so the two cannot drift apart.
 CONFIG: tuple[tuple[str, Any, str], ...] = (
@@ -128,6 +133,26 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "Absolute URL of the Billing pages (e.g. `https://portal.example.com/billing`) for "
         "the link in notification emails; without it the email names the page instead.",
     ),
+    (
+        "LM_BILLING_CONTENT_SECURITY_POLICY",
+        CONTENT_SECURITY_POLICY,
+        "`Content-Security-Policy` of the Billing pages. The default allows only this site's "
+        "own scripts, styles, images and forms (the pages have no inline script or style); "
+        "a host layout with inline scripts needs its own policy here.",
+    ),
+    (
+        "LM_BILLING_SQLITE_TUNING",
+        True,
+        "On SQLite, set WAL, `busy_timeout` and BEGIN IMMEDIATE for the plugin's write "
+        "transactions on the app's engine (see \"Operations\"). False leaves the engine as "
+        "the host made it.",
+    ),
+    (
+        "LM_BILLING_SQLITE_BUSY_TIMEOUT",
+        30.0,
+        "On SQLite, seconds a writer waits for another one to finish before failing with "
+        "`database is locked`.",
+    ),
 )
 
 DEFAULTS: dict[str, Any] = {key: default for key, default, _ in CONFIG}
@@ -174,6 +199,9 @@ class Settings:
     smtp_sender: str
     smtp_timeout: float
     notify_base_url: str | None
+    content_security_policy: str = CONTENT_SECURITY_POLICY
+    sqlite_tuning: bool = True
+    sqlite_busy_timeout: float = 30.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -231,4 +259,7 @@ class Settings:
             smtp_sender=str(get("LM_BILLING_SMTP_SENDER")),
             smtp_timeout=float(get("LM_BILLING_SMTP_TIMEOUT")),
             notify_base_url=get("LM_BILLING_NOTIFY_BASE_URL") or None,
+            content_security_policy=str(get("LM_BILLING_CONTENT_SECURITY_POLICY")),
+            sqlite_tuning=_as_bool(get("LM_BILLING_SQLITE_TUNING")),
+            sqlite_busy_timeout=float(get("LM_BILLING_SQLITE_BUSY_TIMEOUT")),
         )

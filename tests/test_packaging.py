@@ -57,6 +57,7 @@ def test_wheel_and_sdist_carry_everything_and_the_installed_wheel_works(tmp_path
         "lm_billing_plugin/py.typed",
         "lm_billing_plugin/demo/templates/demo/base.html",
         "lm_billing_plugin/demo/templates/demo/login.html",
+        "lm_billing_plugin/demo/static/demo/portal.css",
         "lm_billing_plugin/migrations/env.py",
         "lm_billing_plugin/migrations/script.py.mako",
         "lm_billing_plugin/migrations/versions/0001_*.py",

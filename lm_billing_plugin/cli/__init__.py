@@ -7,8 +7,16 @@ import click
 from flask.cli import AppGroup
 
 from ..secrets import generate_key
+from ..sqlite import writes
 
-cli = AppGroup("lm-billing", help="ListManager Billing: Servers.")
+
+def _write_transactions() -> None:
+    # Commands change things: on SQLite their transactions take the write lock at BEGIN
+    # (lm_billing_plugin.sqlite says why), until the command ends.
+    click.get_current_context().with_resource(writes())
+
+
+cli = AppGroup("lm-billing", help="ListManager Billing: Servers.", callback=_write_transactions)
 
 
 @cli.command("generate-key")

@@ -48,6 +48,7 @@ from ..models import (
 )
 from ..secrets import SecretsError
 from ..settings import Settings
+from ..sqlite import writing
 from ..state import get_state
 from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
@@ -239,6 +240,7 @@ def _fetcher(settings: Settings) -> Callable[[_Target, float], Inventory]:
 # --- batches -------------------------------------------------------------------------------
 
 
+@writing
 def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
                  dry_run: bool = False) -> int:
     """Queue a validate or sync of ``server_ids`` (None = every active server).
@@ -288,6 +290,7 @@ def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
     return batch_id
 
 
+@writing
 def run_batch(batch_id: int) -> BatchResult:
     """Execute a queued batch: servers in parallel (LM_BILLING_MAX_PARALLEL), each within its
     own deadline (LM_BILLING_SERVER_DEADLINE); Batch.done/failed move as servers finish and

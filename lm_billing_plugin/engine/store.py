@@ -685,9 +685,13 @@ def sweep_stale_batches(session: Session, now: datetime, lease_seconds: float) -
     lease sweep alone would leave them ``queued`` forever.
     """
     cutoff = now - timedelta(seconds=lease_seconds)
+    # A run another process ended as interrupted (its lease expired) is clean-up, not
+    # progress: the next batch ends the dead batch's claimed run "now" just before this sweep.
     moved = sa.select(RUN.c.id).where(
         RUN.c.batch_id == BATCH.c.id,
-        sa.or_(RUN.c.started_at >= cutoff, RUN.c.finished_at >= cutoff),
+        sa.or_(RUN.c.started_at >= cutoff,
+               sa.and_(RUN.c.finished_at >= cutoff,
+                       sa.func.coalesce(RUN.c.error_code, "") != "INTERRUPTED")),
     )
     stale_filter = sa.and_(
         BATCH.c.status.in_(("queued", "running")), BATCH.c.started_at < cutoff, ~sa.exists(moved)

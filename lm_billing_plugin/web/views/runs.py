@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from ...models import Batch, Problem, Run, Server, utcnow
+from ...sqlite import writes
 from ...state import get_state
 from ..access import actor_name
 
@@ -59,7 +60,7 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 def _run_in_app(app: Flask, batch_id: int) -> None:
     from ...engine import batches
 
-    with app.app_context():
+    with app.app_context(), writes():
         try:
             batches.run_batch(batch_id)
         except Exception:
