@@ -178,7 +178,8 @@ def live(tmp_path: Path) -> Iterator[Callable[..., tuple[Flask, str, dict[str, A
 
 
 def _new_page(chromium: Any, width: int) -> Any:
-    context = chromium.new_context(viewport={"width": width, "height": 900})
+    # bypass_csp: axe-core is injected as an inline script, which the pages' CSP refuses.
+    context = chromium.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
     context.set_default_timeout(15_000)
     return context.new_page()
 
