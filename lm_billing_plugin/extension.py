@@ -11,7 +11,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from .secrets import SecretBox
 from .settings import DEFAULTS, Settings
-from .state import EXTENSION_KEY, BillingState
+from .state import EXTENSION_KEY, BillingState, bind_session
 from .web.access import PermissionCheck
 
 TokenCheck = Callable[[str], Any]
@@ -68,12 +68,14 @@ class LMBilling:
         for key, default in DEFAULTS.items():
             app.config.setdefault(key, default)
         settings = Settings.from_config(app.config)
-        app.extensions[EXTENSION_KEY] = BillingState(
+        state = app.extensions[EXTENSION_KEY] = BillingState(
             extension=self,
             settings=settings,
             db=_host_db(app),
             secrets=SecretBox(settings.encryption_keys),
         )
+        if settings.bind_key is not None:
+            _use_bind(app, state)
 
         from .cli import cli
         from .web.blueprint import blueprint
@@ -89,6 +91,22 @@ class LMBilling:
         from .schedule.autostart import install_autostart
 
         install_autostart(app)
+
+
+def _use_bind(app: Flask, state: BillingState) -> None:
+    """Put the plugin on the host's LM_BILLING_BIND_KEY bind (its engine exists once the
+    host's Flask-SQLAlchemy is initialised; nothing connects here)."""
+    key = state.settings.bind_key
+    if key not in (app.config.get("SQLALCHEMY_BINDS") or {}):
+        raise RuntimeError(
+            f"LM_BILLING_BIND_KEY is {key!r}, but SQLALCHEMY_BINDS has no such bind; add "
+            f"SQLALCHEMY_BINDS[{key!r}] = <database URL> before initialising the host's "
+            "Flask-SQLAlchemy"
+        )
+    with app.app_context():
+        state.bound_session = bind_session(state.engine)
+    bound = state.bound_session
+    app.teardown_appcontext(lambda exc: bound.remove())
 
 
 def _host_db(app: Flask) -> SQLAlchemy:

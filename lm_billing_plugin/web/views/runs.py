@@ -68,7 +68,7 @@ def _run_in_app(app: Flask, batch_id: int) -> None:
             _mark_failed(batch_id)
         finally:
             # The worker thread's scoped session goes with it.
-            get_state(app).db.session.remove()
+            get_state(app).remove_session()
 
 
 def _mark_failed(batch_id: int) -> None:
