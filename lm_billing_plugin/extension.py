@@ -12,7 +12,7 @@ from flask_sqlalchemy import SQLAlchemy
 from .secrets import SecretBox
 from .settings import DEFAULTS, Settings
 from .sqlite import tune_engine
-from .state import EXTENSION_KEY, BillingState
+from .state import EXTENSION_KEY, BillingState, bind_session
 from .web.access import PermissionCheck
 
 TokenCheck = Callable[[str], Any]
@@ -71,16 +71,18 @@ class LMBilling:
         settings = Settings.from_config(app.config)
         db = _host_db(app)
         _refuse_missing_secrets(app, settings)
-        if settings.sqlite_tuning:
-            # Only the engine object is touched (listeners); no connection is opened here.
-            with app.app_context():
-                tune_engine(db.engine, busy_timeout=settings.sqlite_busy_timeout)
-        app.extensions[EXTENSION_KEY] = BillingState(
+        state = app.extensions[EXTENSION_KEY] = BillingState(
             extension=self,
             settings=settings,
             db=db,
             secrets=SecretBox(settings.encryption_keys),
         )
+        if settings.bind_key is not None:
+            _use_bind(app, state)
+        if settings.sqlite_tuning:
+            # Only the engine object is touched (listeners); no connection is opened here.
+            with app.app_context():
+                tune_engine(state.engine, busy_timeout=settings.sqlite_busy_timeout)
 
         from .cli import cli
         from .web.blueprint import blueprint
@@ -116,6 +118,22 @@ def _refuse_missing_secrets(app: Flask, settings: Settings) -> None:
             "FLASK_DEBUG=1 set, since this check stops the app without one) and put it in "
             "LM_BILLING_ENCRYPTION_KEYS (e.g. FLASK_LM_BILLING_ENCRYPTION_KEYS=<key>)."
         )
+
+
+def _use_bind(app: Flask, state: BillingState) -> None:
+    """Put the plugin on the host's LM_BILLING_BIND_KEY bind (its engine exists once the
+    host's Flask-SQLAlchemy is initialised; nothing connects here)."""
+    key = state.settings.bind_key
+    if key not in (app.config.get("SQLALCHEMY_BINDS") or {}):
+        raise RuntimeError(
+            f"LM_BILLING_BIND_KEY is {key!r}, but SQLALCHEMY_BINDS has no such bind; add "
+            f"SQLALCHEMY_BINDS[{key!r}] = <database URL> before initialising the host's "
+            "Flask-SQLAlchemy"
+        )
+    with app.app_context():
+        state.bound_session = bind_session(state.engine)
+    bound = state.bound_session
+    app.teardown_appcontext(lambda exc: bound.remove())
 
 
 def _host_db(app: Flask) -> SQLAlchemy:

@@ -25,6 +25,12 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "under `<prefix>/api/v1`).",
     ),
     (
+        "LM_BILLING_BIND_KEY",
+        None,
+        "Name of a host `SQLALCHEMY_BINDS` entry to keep the plugin's tables (and their "
+        "migrations) on that database instead of the host's default one.",
+    ),
+    (
         "LM_BILLING_BASE_TEMPLATE",
         "lm_billing/base.html",
         "Template every page extends; it must define the blocks `title` and `content` "
@@ -177,6 +183,7 @@ class Settings:
     """Typed view of the LM_BILLING_* keys, built once per app."""
 
     url_prefix: str
+    bind_key: str | None
     base_template: str
     allow_all: bool
     encryption_keys: tuple[str, ...]
@@ -223,11 +230,18 @@ class Settings:
                 "LM_BILLING_URL_PREFIX must be a URL path that starts with '/', such as "
                 f"'/billing' or '/admin/billing' (no spaces, '?', '#' or '//'); got {url_prefix!r}"
             )
+        bind_key = get("LM_BILLING_BIND_KEY")
+        if bind_key is not None and (not isinstance(bind_key, str) or not bind_key.strip()):
+            raise ValueError(
+                "LM_BILLING_BIND_KEY must be None or the name of an SQLALCHEMY_BINDS entry; "
+                f"got {bind_key!r}"
+            )
         max_parallel = int(get("LM_BILLING_MAX_PARALLEL"))
         if max_parallel < 1:
             raise ValueError("LM_BILLING_MAX_PARALLEL must be at least 1")
         return cls(
             url_prefix=url_prefix,
+            bind_key=bind_key,
             base_template=str(get("LM_BILLING_BASE_TEMPLATE")),
             allow_all=_as_bool(get("LM_BILLING_ALLOW_ALL")),
             encryption_keys=_as_tuple(get("LM_BILLING_ENCRYPTION_KEYS")),

@@ -153,8 +153,9 @@ def check_wheel_metadata(wheel: Path) -> None:
     assert any(c.startswith("Topic :: ") for c in classifiers)
     # A License-Expression replaces the deprecated license classifiers.
     assert not any(c.startswith("License :: ") for c in classifiers)
-    urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL") or ())
-    assert {"Homepage", "Source", "Issues"} <= set(urls)
+    # No Project-URL until the project has a real public address: none is better than a
+    # made-up one that pip and PyPI would show as the project's home.
+    assert not metadata.get_all("Project-URL")
     requires = metadata.get_all("Requires-Dist") or []
     assert any(r.startswith("apispec") for r in requires)
     extras = set(metadata.get_all("Provides-Extra") or ())

@@ -233,6 +233,27 @@ def get_server(server_id: int, *, session: Session | None = None) -> Server:
     return server
 
 
+def lock_server(server_id: int) -> Server:
+    """The server, its row held until the caller's commit or rollback, so a check made on it
+    (an API's If-Match) and the write that follows are one transaction: SELECT ... FOR UPDATE
+    on PostgreSQL and MariaDB; SQLite locks the database, not rows, so there a no-op write
+    takes the write lock first (a read that later upgrades would fail as busy)."""
+    session = get_state().session
+    if session.get_bind(mapper=Server).dialect.name == "sqlite":
+        session.execute(
+            sa.update(Server).where(Server.id == server_id).values(id=Server.id)
+            .execution_options(synchronize_session=False)
+        )
+    server = session.execute(
+        sa.select(Server).where(Server.id == server_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if server is None:
+        session.rollback()
+        raise ServerNotFound(f"no hosting server with id {server_id}")
+    return server
+
+
 def servers_by_name(
     names: Iterable[str], *, include_inactive: bool = False, session: Session | None = None
 ) -> list[Server]:

@@ -166,7 +166,7 @@ class SchedulerService:
         self.app = app
         self.settings = state.settings
         with app.app_context():
-            self.engine: Engine = state.db.engine
+            self.engine: Engine = state.engine
         self.work: Work = work or state.extras.get(WORK_EXTRA) or default_work
         self.owner = owner_id()
         self.kind = "sync" if self.settings.scheduled_sync else "validate"

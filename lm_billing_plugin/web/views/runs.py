@@ -69,7 +69,7 @@ def _run_in_app(app: Flask, batch_id: int) -> None:
             _mark_failed(batch_id)
         finally:
             # The worker thread's scoped session goes with it.
-            get_state(app).db.session.remove()
+            get_state(app).remove_session()
 
 
 def _mark_failed(batch_id: int) -> None:
@@ -84,12 +84,13 @@ def _mark_failed(batch_id: int) -> None:
         session.commit()
 
 
-def start_batch(kind: str, server_ids: list[int] | None) -> int:
-    """Create the batch now (so the page has something to show) and run it in the background."""
+def start_batch(kind: str, server_ids: list[int] | None, *, dry_run: bool = False) -> int:
+    """Create the batch now (so the page has something to show) and run it in the background;
+    ``dry_run`` (sync only) is the CLI's ``sync --dry-run``: it writes nothing but the runs."""
     from ...engine import batches
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    batch_id = int(batches.create_batch(kind, server_ids, actor=actor_name()))
+    batch_id = int(batches.create_batch(kind, server_ids, actor=actor_name(), dry_run=dry_run))
     if get_state(app).settings.inline_batches:
         # A host's test suite: the batch is done when the request returns, no thread.
         try:
