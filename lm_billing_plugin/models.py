@@ -52,6 +52,25 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given to a UTC column; use an aware datetime")
         return value.astimezone(UTC).replace(tzinfo=None)
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        # A bulk write binds the same instant in every row (``now``): convert it once. The
+        # memo is one immutable pair, replaced whole, so threads sharing it stay correct.
+        convert = super().bind_processor(dialect)
+        if convert is None:  # pragma: no cover - a TypeDecorator always converts
+            return None
+        memo: tuple[Any, Any] = (None, None)
+
+        def process(value: Any) -> Any:
+            nonlocal memo
+            last, out = memo
+            if value is last and value is not None:
+                return out
+            out = convert(value)
+            memo = (value, out)
+            return out
+
+        return process
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None

@@ -51,7 +51,7 @@ from ..settings import Settings
 from ..state import get_state
 from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
-from .digests import inputs_digest, inventory_digest, result_digest
+from .digests import inputs_digest, inventory_digest, result_digest, with_drift
 from .inventory import Inventory, fetch_inventory
 from .reconcile import (
     DRIFT_KINDS,
@@ -575,11 +575,10 @@ class _BatchWorker:
         if reused is not None:
             # The server and billing are as the last confirming run left them, and so are
             # its problems: that result stands; only the run itself is recorded.
-            shown = reused
+            shown, stored = reused
             if self.kind == "sync":
                 counts = apply_sync(session, sid, Changes(), inv, now).as_dict()
-            confirm_problems(session, sid, target.run_id, now,
-                             (inputs, result_digest(reused)),
+            confirm_problems(session, sid, target.run_id, now, (stored, result_digest(shown)),
                              groups=snapshot.groups)
         else:
             rec = reconcile(snapshot, inv)
@@ -602,10 +601,13 @@ class _BatchWorker:
                         after = reconcile(left, inv)
                 ids: dict[str, int] = {}
                 unique = list({f.fingerprint: f for f in after.problems}.values())
-                # The result may be reused only when billing now matches the server.
-                consistent = after.changes.empty and inventory_key is not None
-                new_inputs = (inputs_digest(inventory_key, left, today)
-                              if consistent and inventory_key is not None else None)
+                # The result may be reused by any run when billing now matches the server;
+                # with drift left (a validate), only by another validate.
+                new_inputs: str | None = None
+                if inventory_key is not None:
+                    new_inputs = inputs_digest(inventory_key, left, today)
+                    if not after.changes.empty:
+                        new_inputs = with_drift(new_inputs) if self.kind == "validate" else None
                 # (A problem found twice counts once, as record_problems stores it.)
                 new, _open = record_problems(session, sid, target.run_id, unique, now,
                                              groups=after.judged_groups, ids=ids)
@@ -654,16 +656,20 @@ class _BatchWorker:
         outcome.new_problems = new
         return outcome
 
-    def _reuse(self, sid: int, snapshot: BillingSnapshot,
-               inputs: str) -> list[tuple[int | None, str, str, str]] | None:
-        """The open problems the server's last confirming run left, when its inputs were
-        these and its problems are still exactly as it left them; else None."""
+    def _reuse(self, sid: int, snapshot: BillingSnapshot, inputs: str
+               ) -> tuple[list[tuple[int | None, str, str, str]], str] | None:
+        """The open problems the server's last confirming run left and its stored inputs
+        digest, when its inputs were these (for a sync: with no drift left) and its problems
+        are still exactly as it left them; else None."""
         stored_inputs, stored_result = last_result(self.session, sid)
-        if stored_inputs != inputs or stored_result is None:
+        if stored_result is None or stored_inputs is None:
+            return None
+        if stored_inputs != inputs and not (self.kind == "validate"
+                                            and stored_inputs == with_drift(inputs)):
             return None
         rows: list[tuple[int | None, str, str, str]] = list(
             open_problems(self.session, sid, snapshot.groups))
-        return rows if result_digest(rows) == stored_result else None
+        return (rows, stored_inputs) if result_digest(rows) == stored_result else None
 
     def _failed(self, target: _Target, exc: TclPortError) -> ServerOutcome:
         session = self.session

@@ -174,14 +174,15 @@ def load_snapshot(
             )
         )
     )
+    # Rows fetched at once and unpacked as tuples: per-row attribute access was most of it.
     lists = tuple(
-        ListRow(r.id, r.name, r.site_name, r.descr, r.members, r.admin, r.status)
+        ListRow(*r)
         for r in session.execute(
             sa.select(
                 LIST.c.id, LIST.c.name, LIST.c.site_name, LIST.c.descr, LIST.c.members,
                 LIST.c.admin, LIST.c.status,
             ).where(LIST.c.server_id == server_id)
-        )
+        ).all()
     )
     assignments = tuple(
         AssignmentRow(r.id, r.group_id, r.object_type, r.site_id, r.list_id)
@@ -472,7 +473,7 @@ def record_problems(
             sa.select(PROBLEM.c.id, PROBLEM.c.fingerprint, PROBLEM.c.kind, PROBLEM.c.status,
                       PROBLEM.c.detail, sa.cast(PROBLEM.c.data, sa.Text).label("data"),
                       PROBLEM.c.server_id, PROBLEM.c.group_id).where(scope)
-        )
+        ).all()
     }
     judged = set(kinds) if kinds is not None else None
     fixed_set = set(fixed)
@@ -583,11 +584,11 @@ def open_problems(session: Session, server_id: int,
         scope = sa.or_(scope, sa.and_(PROBLEM.c.server_id.is_(None),
                                       PROBLEM.c.group_id.in_(sorted(groups))))
     return [
-        (r.id, r.kind, r.object_name, r.detail)
+        (r[0], r[1], r[2], r[3])
         for r in session.execute(
             sa.select(PROBLEM.c.id, PROBLEM.c.kind, PROBLEM.c.object_name, PROBLEM.c.detail)
             .where(scope, PROBLEM.c.status == "open")
-        )
+        ).all()
     ]
 
 
