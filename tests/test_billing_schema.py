@@ -14,7 +14,6 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from lm_billing_plugin import downgrade, upgrade
-from lm_billing_plugin.state import get_state
 from lm_billing_plugin.migrate import current
 from lm_billing_plugin.models import (
     AdditionalCharge,
@@ -23,6 +22,7 @@ from lm_billing_plugin.models import (
     charge_name_key,
     invoice_active_key,
 )
+from lm_billing_plugin.state import get_state
 
 CREATED = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 

@@ -28,9 +28,8 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -52,6 +51,7 @@ from ..state import get_state
 from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
 from .inventory import Inventory, fetch_inventory
+from .parallel import run_parallel
 from .reconcile import (
     DRIFT_KINDS,
     RULE_KINDS,
@@ -90,9 +90,6 @@ __all__ = [
 log = logging.getLogger("lm_billing_plugin.runner")
 
 BATCH_KINDS: Final = ("validate", "sync")
-# How long past its own deadline a worker may take before the runner stops waiting for it
-# (the client's deadline normally ends it first; this only guards against surprises).
-_GRACE: Final = 5.0
 _KIND_ORDER: Final = {kind: i for i, kind in enumerate(DRIFT_KINDS + RULE_KINDS + ("logging_off",))}
 
 class LeaseLost(RuntimeError):
@@ -376,40 +373,15 @@ class _BatchWorker:
         self.fetch = _fetcher(settings)
 
     def run(self, targets: list[_Target]) -> list[ServerOutcome]:
-        outcomes: list[ServerOutcome] = []
-        pending = list(reversed(targets))
-        running: dict[Future[Inventory], tuple[_Target, float]] = {}
-        workers = max(1, min(self.settings.max_parallel, len(targets)))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lm-billing-fetch")
-        try:
-            while pending or running:
-                while pending and len(running) < workers:
-                    target = pending.pop()
-                    early = self._start(target)
-                    if early is not None:
-                        outcomes.append(early)
-                        continue
-                    deadline = time.monotonic() + self.settings.server_deadline
-                    running[pool.submit(self.fetch, target, deadline)] = (target, deadline)
-                if not running:
-                    continue
-                soonest = min(d for _t, d in running.values()) + _GRACE
-                done, _ = wait(list(running), timeout=max(0.0, soonest - time.monotonic()),
-                               return_when=FIRST_COMPLETED)
-                for fut in done:
-                    target, _deadline = running.pop(fut)
-                    outcomes.append(self._finish(target, fut))
-                for fut, (target, deadline) in list(running.items()):
-                    if fut not in done and time.monotonic() > deadline + _GRACE:
-                        # The worker overran even its grace: record it and stop waiting.
-                        running.pop(fut)
-                        err = TclPortError(target.name, "deadline", "TIMEOUT",
-                                           "the server did not finish within its deadline "
-                                           "(LM_BILLING_SERVER_DEADLINE)")
-                        outcomes.append(self._failed(target, err))
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-        return outcomes
+        def overran(target: _Target) -> ServerOutcome:
+            # The worker overran even its grace: record it and stop waiting.
+            return self._failed(target, TclPortError(
+                target.name, "deadline", "TIMEOUT",
+                "the server did not finish within its deadline (LM_BILLING_SERVER_DEADLINE)"))
+
+        return run_parallel(targets, self.fetch, workers=self.settings.max_parallel,
+                            deadline_seconds=self.settings.server_deadline, start=self._start,
+                            finish=self._finish, overran=overran)
 
     # -- start: claim ---------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
-from ... import audit
+from ...catalog.customers import CatalogError, create_customer, update_customer
+from ...catalog.groups import GROUP_FIELDS, create_group, update_group
 from ...models import (
     Assignment,
     BillingGroup,
@@ -26,10 +27,10 @@ from ...models import (
 from ..access import actor_name, requires
 from ..forms.catalog import CustomerForm, GroupForm, UnassignForm
 from .catalog import (
-    CUSTOMER_FIELDS,
-    GROUP_FIELDS,
+    CUSTOMER_FIELDS as FORM_CUSTOMER_FIELDS,
+)
+from .catalog import (
     _active_assignment,
-    _apply,
     _page_size,
     _search,
     _session,
@@ -97,22 +98,13 @@ def _customer_or_404(session: Session, customer_id: int) -> Customer:
 def customer_new() -> str | Response:
     form = CustomerForm()
     if form.validate_on_submit():
-        session = _session()
-        customer = Customer()
-        changes = _apply(customer, form, CUSTOMER_FIELDS)
-        session.add(customer)
-        session.flush()
-        audit.record(
-            session,
-            actor=actor_name(),
-            action="customer_create",
-            object_type="customer",
-            object_id=customer.id,
-            detail=changes,
-        )
-        session.commit()
-        flash(f"Customer {customer.company} created. Add a billing group for its contract.")
-        return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+        try:
+            customer = create_customer(_values(form, FORM_CUSTOMER_FIELDS), actor=actor_name())
+        except CatalogError as exc:
+            form.company.errors = [*form.company.errors, f"{exc}."]
+        else:
+            flash(f"Customer {customer.company} created. Add a billing group for its contract.")
+            return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/customer_form.html", form=form, customer=None)
 
 
@@ -122,28 +114,28 @@ def customer_edit(customer_id: int) -> str | Response:
     customer = _customer_or_404(session, customer_id)
     form = CustomerForm(obj=customer)
     if form.validate_on_submit():
-        changes = _apply(customer, form, CUSTOMER_FIELDS)
-        if changes:
-            action = "customer_update"
-            if "is_active" in changes:
-                action = "customer_activate" if customer.is_active else "customer_deactivate"
-            audit.record(
-                session,
-                actor=actor_name(),
-                action=action,
-                object_type="customer",
-                object_id=customer.id,
-                detail=changes,
-            )
-            session.commit()
-            if action == "customer_deactivate":
-                flash(f"Customer {customer.company} deactivated; their billing history is kept.")
-            else:
-                flash(f"Customer {customer.company} saved.")
+        try:
+            action, _changes = update_customer(
+                customer, _values(form, FORM_CUSTOMER_FIELDS), actor=actor_name())
+        except CatalogError as exc:
+            form.company.errors = [*form.company.errors, f"{exc}."]
+            return render_template("lm_billing/customer_form.html", form=form,
+                                   customer=customer)
+        if action == "customer_deactivate":
+            flash(f"Customer {customer.company} deactivated; their billing history is kept.")
+        elif action:
+            flash(f"Customer {customer.company} saved.")
         else:
             flash("Nothing changed.")
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/customer_form.html", form=form, customer=customer)
+
+
+def _values(form: Any, names: Iterable[str]) -> dict[str, Any]:
+    values = {name: getattr(form, name).data for name in names}
+    if "plan_id" in values and values["plan_id"] == 0:
+        values["plan_id"] = None  # "no plan" is choice 0, stored as NULL
+    return values
 
 
 # --- What a group pays for ---------------------------------------------------------------
@@ -330,23 +322,14 @@ def group_new(customer_id: int) -> str | Response:
     form = GroupForm()
     form.plan_id.choices = _plan_choices(session)
     if form.validate_on_submit():
-        group = BillingGroup(customer_id=customer.id)
-        changes = _apply(group, form, GROUP_FIELDS)
-        session.add(group)
-        session.flush()
-        audit.record(
-            session,
-            actor=actor_name(),
-            action="group_create",
-            object_type="group",
-            object_id=group.id,
-            detail={"customer_id": customer.id, **changes},
-        )
-        session.commit()
-        flash(
-            f"Billing group {group.name} created. Assign the lists, sites or servers it pays for."
-        )
-        return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+        try:
+            group = create_group(customer, _values(form, GROUP_FIELDS), actor=actor_name())
+        except CatalogError as exc:
+            form.name.errors = [*form.name.errors, f"{str(exc).capitalize()}."]
+        else:
+            flash(f"Billing group {group.name} created. Assign the lists, sites or servers "
+                  "it pays for.")
+            return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/group_form.html", form=form, customer=customer, group=None)
 
 
@@ -362,20 +345,13 @@ def group_edit(group_id: int) -> str | Response:
     if not form.is_submitted():
         form.plan_id.data = group.plan_id or 0  # "no plan" is choice 0, stored as NULL
     if form.validate_on_submit():
-        changes = _apply(group, form, GROUP_FIELDS)
-        if changes:
-            audit.record(
-                session,
-                actor=actor_name(),
-                action="group_update",
-                object_type="group",
-                object_id=group.id,
-                detail=changes,
-            )
-            session.commit()
-            flash(f"Billing group {group.name} saved.")
-        else:
-            flash("Nothing changed.")
+        try:
+            changes = update_group(group, _values(form, GROUP_FIELDS), actor=actor_name())
+        except CatalogError as exc:
+            form.plan_id.errors = [*form.plan_id.errors, f"{str(exc).capitalize()}."]
+            return render_template("lm_billing/group_form.html", form=form, customer=customer,
+                                   group=group)
+        flash(f"Billing group {group.name} saved." if changes else "Nothing changed.")
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/group_form.html", form=form, customer=customer, group=group)
 

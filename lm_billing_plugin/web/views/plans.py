@@ -7,11 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
-from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from ... import audit
-from ...engine.store import is_conflict
+from ...catalog.customers import CatalogError
+from ...catalog.plans import save_plan
 from ...models import (
     BillingGroup,
     HostingPlan,
@@ -20,7 +19,6 @@ from ..access import actor_name, requires
 from ..forms.catalog import PlanForm
 from .catalog import (
     PLAN_FIELDS,
-    _apply,
     _page_size,
     _session,
 )
@@ -52,55 +50,19 @@ def plans() -> str:
     return render_template("lm_billing/plans.html", rows=rows, page=page)
 
 
-def _plan_name_taken(session: Session, name: str, plan_id: int | None) -> bool:
-    # Case-insensitive: MariaDB's default collation would refuse "gold" next to "Gold"
-    # anyway, and two plans differing only in case confuse people everywhere.
-    query = sa.select(HostingPlan.id).where(sa.func.lower(HostingPlan.name) == name.lower())
-    if plan_id is not None:
-        query = query.where(HostingPlan.id != plan_id)
-    return session.scalar(query.limit(1)) is not None
-
-
 def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
-    session = _session()
     if not form.validate_on_submit():
         return None
-    if _plan_name_taken(session, form.name.data or "", plan.id if plan else None):
-        form.name.errors = [
-            *form.name.errors,
-            "A hosting plan with this name exists: choose another name.",
-        ]
+    try:
+        target, changes = save_plan(plan, {name: getattr(form, name).data
+                                           for name in PLAN_FIELDS}, actor=actor_name())
+    except CatalogError as exc:
+        form.name.errors = [*form.name.errors, str(exc)]
         return None
-    creating = plan is None
-    target = plan if plan is not None else HostingPlan()
-    changes = _apply(target, form, PLAN_FIELDS)
-    if creating:
-        session.add(target)
     if not changes:
         flash("Nothing changed.")
-        return redirect(url_for("lm_billing.plans"))
-    try:
-        session.flush()
-        audit.record(
-            session,
-            actor=actor_name(),
-            action="plan_create" if creating else "plan_update",
-            object_type="plan",
-            object_id=target.id,
-            detail=changes,
-        )
-        session.commit()
-    except sa.exc.DBAPIError as exc:
-        # Someone saved a plan of this name between our check and our write.
-        session.rollback()
-        if not is_conflict(exc):
-            raise
-        form.name.errors = [
-            *form.name.errors,
-            "A hosting plan with this name was saved a moment ago: choose another name.",
-        ]
-        return None
-    flash(f"Hosting plan {target.name} {'created' if creating else 'saved'}.")
+    else:
+        flash(f"Hosting plan {target.name} {'created' if plan is None else 'saved'}.")
     return redirect(url_for("lm_billing.plans"))
 
 

@@ -1,0 +1,86 @@
+"""Create and update hosting plans for pages and CLI alike: the fields, the unique name (any
+letter case) and the audit record (plan_create / plan_update)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .. import audit
+from ..engine.store import is_conflict
+from ..models import BILLING_METHODS, HostingPlan
+from ..state import get_state
+from .customers import CatalogError, apply_values
+
+__all__ = ["PLAN_FIELDS", "PlanNameTaken", "find_plan", "plan_name_taken", "save_plan"]
+
+PLAN_FIELDS: Final = (
+    "name", "description", "max_members", "max_members_per_list", "max_lists",
+    "max_lists_per_site", "max_sites", "bill_by_list", "billing_method", "monthly_price",
+    "overage_cpm", "included_messages", "max_message_size_kb", "monthly_price_per_server",
+    "cost_per_gb", "included_gb",
+)
+
+
+class PlanNameTaken(CatalogError):
+    """Another hosting plan has this name (letter case ignored)."""
+
+
+def plan_name_taken(session: Session, name: str, plan_id: int | None) -> bool:
+    # Case-insensitive: MariaDB's default collation would refuse "gold" next to "Gold"
+    # anyway, and two plans differing only in case confuse people everywhere.
+    query = sa.select(HostingPlan.id).where(sa.func.lower(HostingPlan.name) == name.lower())
+    if plan_id is not None:
+        query = query.where(HostingPlan.id != plan_id)
+    return session.scalar(query.limit(1)) is not None
+
+
+def find_plan(session: Session, key: str) -> HostingPlan | None:
+    """A plan by its name (any letter case) or its id."""
+    plan = session.scalar(sa.select(HostingPlan)
+                          .where(sa.func.lower(HostingPlan.name) == key.lower()).limit(1))
+    if plan is None and key.isdigit():
+        plan = session.get(HostingPlan, int(key))
+    return plan
+
+
+def save_plan(plan: HostingPlan | None, values: Mapping[str, Any], *, actor: str
+              ) -> tuple[HostingPlan, dict[str, list[Any]]]:
+    """Create (plan None) or update a plan from ``values`` (PLAN_FIELDS); commits when
+    something changed. Raises PlanNameTaken (also when another writer took the name a moment
+    ago) and CatalogError."""
+    session = get_state().session
+    name = str(values.get("name", plan.name if plan else "")).strip()
+    if not name:
+        raise CatalogError("enter the plan's name")
+    if values.get("billing_method", "standard") not in BILLING_METHODS:
+        raise CatalogError(f"the Billing Method is one of {', '.join(BILLING_METHODS)}")
+    if plan_name_taken(session, name, plan.id if plan else None):
+        raise PlanNameTaken("A hosting plan with this name exists: choose another name.")
+    creating = plan is None
+    target = plan if plan is not None else HostingPlan()
+    try:
+        changes = apply_values(target, values, PLAN_FIELDS)
+        if not changes:
+            session.rollback()
+            return target, changes
+        if creating:
+            session.add(target)
+        session.flush()
+        audit.record(session, actor=actor, action="plan_create" if creating else "plan_update",
+                     object_type="plan", object_id=target.id, detail=changes)
+        session.commit()
+    except sa.exc.DBAPIError as exc:
+        session.rollback()
+        if not is_conflict(exc):
+            raise
+        # Someone saved a plan of this name between our check and our write.
+        raise PlanNameTaken("A hosting plan with this name was saved a moment ago: choose "
+                            "another name.") from None
+    except BaseException:
+        session.rollback()
+        raise
+    return target, changes
