@@ -47,9 +47,13 @@ setup(
         "apscheduler>=3.10,<4",
         "cryptography>=42",
         "click>=8.1",
+        # Money on invoices is formatted for LM_BILLING_CURRENCY with Babel.
+        "babel>=2.12",
     ],
     extras_require={
         "login": ["flask-login>=0.6"],
+        # PDF invoices (WeasyPrint needs the pango library: Debian libpango-1.0-0).
+        "pdf": ["weasyprint>=62"],
         "demo": ["flask-login>=0.6"],
         "postgres": ["psycopg[binary]>=3.1"],
         "mariadb": ["pymysql>=1.1"],

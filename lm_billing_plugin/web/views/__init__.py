@@ -6,7 +6,7 @@ from flask import Blueprint
 
 
 def register(blueprint: Blueprint) -> None:
-    from . import assign, background, customers, plans, problems, runs, servers
+    from . import assign, background, bills, customers, plans, problems, runs, servers
 
     servers.register(blueprint)
     problems.register(blueprint)
@@ -15,3 +15,4 @@ def register(blueprint: Blueprint) -> None:
     plans.register(blueprint)
     assign.register(blueprint)
     background.register(blueprint)
+    bills.register(blueprint)

@@ -17,9 +17,11 @@ from ...catalog.customers import CatalogError, create_customer, update_customer
 from ...catalog.groups import GROUP_FIELDS, create_group, update_group
 from ...models import (
     Assignment,
+    AuditEntry,
     BillingGroup,
     Customer,
     HostingPlan,
+    Invoice,
     MailingList,
     Server,
     Site,
@@ -292,8 +294,18 @@ def _render_customer_detail(
         .offset(page.offset)
         .limit(page.size)
     ).all()
+    # Viewing a Customer's History: its invoices and the audit entries about it.
+    invoices = list(session.scalars(
+        sa.select(Invoice).where(Invoice.customer_id == customer.id)
+        .order_by(Invoice.period_start.desc(), Invoice.id.desc()).limit(100)))
+    history = list(session.scalars(
+        sa.select(AuditEntry).where(AuditEntry.object_type == "customer",
+                                    AuditEntry.object_id == customer.id)
+        .order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(100)))
     body = render_template(
         "lm_billing/customer_detail.html",
+        invoices=invoices,
+        history=history,
         customer=customer,
         groups=groups,
         totals=totals,

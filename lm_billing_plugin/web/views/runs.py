@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -79,17 +80,23 @@ def _mark_failed(batch_id: int) -> None:
         session.commit()
 
 
-def start_batch(kind: str, server_ids: list[int] | None) -> int:
-    """Create the batch now (so the page has something to show) and run it in the background."""
-    from ...engine import batches
-
+def submit_background(work: Callable[[Flask], None]) -> None:
+    """Run ``work(app)`` on the pages' background executor (batches and bill runs share it;
+    wait_for_batches waits for both). ``work`` opens its own app context."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    batch_id = int(batches.create_batch(kind, server_ids, actor=actor_name()))
-    future = _executor(app).submit(_run_in_app, app, batch_id)
+    future = _executor(app).submit(work, app)
     with _LOCK:
         futures: list[Future[None]] = get_state(app).extras[FUTURES_KEY]
         futures[:] = [f for f in futures if not f.done()]
         futures.append(future)
+
+
+def start_batch(kind: str, server_ids: list[int] | None) -> int:
+    """Create the batch now (so the page has something to show) and run it in the background."""
+    from ...engine import batches
+
+    batch_id = int(batches.create_batch(kind, server_ids, actor=actor_name()))
+    submit_background(lambda app: _run_in_app(app, batch_id))
     return batch_id
 
 
