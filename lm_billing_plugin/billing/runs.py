@@ -170,11 +170,17 @@ class BillRunResult:
 def _sweep_stale_runs(session: Session, lease_seconds: float) -> None:
     # A run whose process died stays "running"; after a lease's time it is marked
     # interrupted (its customers are billed by the next run, nothing was half-written).
+    # A plain read first, then an update by primary key in its own transaction: a ranged
+    # UPDATE would take gap locks on MariaDB and deadlock with another run's INSERT.
     cutoff = utcnow() - timedelta(seconds=lease_seconds)
-    session.execute(
-        sa.update(BillRun).where(BillRun.status == "running", BillRun.created_at < cutoff)
-        .values(status="interrupted", finished_at=utcnow())
-        .execution_options(synchronize_session=False))
+    stale = list(session.scalars(sa.select(BillRun.id).where(BillRun.status == "running",
+                                                             BillRun.created_at < cutoff)))
+    if stale:
+        session.execute(
+            sa.update(BillRun).where(BillRun.id.in_(stale), BillRun.status == "running")
+            .values(status="interrupted", finished_at=utcnow())
+            .execution_options(synchronize_session=False))
+    session.commit()
 
 
 def create_bill_run(start: date, end: date, customer_ids: Sequence[int] | None, *, actor: str,
