@@ -21,10 +21,11 @@ A dry run does 1-3 and computes every invoice, but stores none (only the run's o
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -90,6 +91,9 @@ _EARLY_CODES: Final = frozenset({"free", "inactive", "ended", "not_started", "no
                                  "no_plan"})
 ALREADY_BILLED: Final = "already_billed"
 DRY_RUN: Final = "dry_run"
+# Tries to store one customer's invoice when another writer clashes with it (no invoice of
+# its own appeared: a deadlock, not "already billed").
+_ATTEMPTS: Final = 5
 
 
 class BillRunError(ValueError):
@@ -292,6 +296,7 @@ def _load(session: Session, customer_ids: Sequence[int], period: c.Period
         sa.select(BillingGroup).where(BillingGroup.customer_id.in_(ids))
         .order_by(BillingGroup.name, BillingGroup.id)))
     gids = [g.id for g in groups]
+    owner_of = {g.id: g.customer_id for g in groups}
     plans: dict[int, list[c.PlanTerm]] = defaultdict(list)
     objects: dict[int, list[c.ObjectAssignment]] = defaultdict(list)
     charges: dict[int, list[tuple[ChargeAssignment, AdditionalCharge]]] = defaultdict(list)
@@ -320,8 +325,7 @@ def _load(session: Session, customer_ids: Sequence[int], period: c.Period
                 a.object_type, server_name, a.start_date, end, site=site_name or "",
                 list_name=list_name or "", is_free=bool(a.is_free)))
             if not a.is_free:
-                owner = next(g.customer_id for g in groups if g.id == a.group_id)
-                servers[owner][a.server_id] = server_name
+                servers[owner_of[a.group_id]][a.server_id] = server_name
         for ca, charge in session.execute(
                 sa.select(ChargeAssignment, AdditionalCharge)
                 .join(AdditionalCharge, AdditionalCharge.id == ChargeAssignment.charge_id)
@@ -367,6 +371,7 @@ def _lists(session: Session, server_ids: Sequence[int], period: c.Period,
     by_server: dict[int, list[c.ListUsage]] = defaultdict(list)
     if not server_ids:
         return by_server
+    first_moment = datetime.combine(period.start, datetime.min.time(), tzinfo=UTC)
     rows = session.execute(
         sa.select(MailingList.server_id, Server.name.label("server_name"),
                   MailingList.name.label("list_name"), MailingList.site_name,
@@ -374,8 +379,7 @@ def _lists(session: Session, server_ids: Sequence[int], period: c.Period,
         .join(Server, Server.id == MailingList.server_id)
         .where(MailingList.server_id.in_(sorted(set(server_ids))),
                sa.or_(MailingList.status == "active",
-                      MailingList.last_seen_at >= datetime.combine(period.start, time(),
-                                                                   tzinfo=UTC)))
+                      MailingList.last_seen_at >= first_moment))
     ).all()
     for row in rows:
         figures = (usage[row.server_id].usage.get(row.list_name) if row.server_id in usage
@@ -442,7 +446,7 @@ class _Runner:
         return c.compute_invoice(self.period, b.customer, b.groups, lists, carried), carried_from
 
     def bill(self, b: _Billable, lists: Sequence[c.ListUsage]) -> CustomerOutcome:
-        for attempt in (1, 2):
+        for attempt in range(1, _ATTEMPTS + 1):
             result, carried_from = self.compute(b, lists)
             if isinstance(result, c.Skip):
                 self.session.commit()
@@ -482,11 +486,14 @@ class _Runner:
                 if existing is not None:
                     # Another process stored this customer's invoice first.
                     return self.already(b, *existing)
+                # A deadlock victim (MariaDB: two first numbers of a year, gap locks) whose
+                # rival has not committed yet: wait a moment, then try again.
                 log.info("customer %s: storing clashed with another run (attempt %d)",
                          b.customer_id, attempt)
-        return self.skip(b, "store", "Another run was storing invoices at the same moment, "
-                         "twice; nothing was stored for this customer. Run the period again "
-                         "for it when the other run has finished.")
+                time.sleep(0.05 * attempt)
+        return self.skip(b, "store", f"Another run was storing invoices at the same moment, "
+                         f"{_ATTEMPTS} times; nothing was stored for this customer. Run the "
+                         "period again for it when the other run has finished.")
 
 
 def _store_message(exc: BaseException) -> str:
