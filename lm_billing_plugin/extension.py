@@ -3,13 +3,19 @@ blueprint, CLI, menu and the scheduler's autostart into a host app. Nothing impo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from .secrets import SecretBox
 from .settings import DEFAULTS, Settings
+from .sqlite import tune_engine
 from .state import EXTENSION_KEY, BillingState
 from .web.access import PermissionCheck
+
+TokenCheck = Callable[[str], Any]
 
 
 class LMBilling:
@@ -18,12 +24,19 @@ class LMBilling:
     ``LMBilling(app)`` or ``billing = LMBilling(); billing.init_app(app)``. Access is denied
     until the host grants it, with ``permission_check=`` or the ``permission_checker``
     decorator: a callable ``(user, action) -> bool`` for the actions view, edit and run.
+    The JSON API also takes bearer tokens once the host says whose they are, with
+    ``token_check=`` or the ``token_checker`` decorator: ``(token) -> user | None``.
     """
 
     def __init__(
-        self, app: Flask | None = None, *, permission_check: PermissionCheck | None = None
+        self,
+        app: Flask | None = None,
+        *,
+        permission_check: PermissionCheck | None = None,
+        token_check: TokenCheck | None = None,
     ) -> None:
         self.permission_check = permission_check
+        self.token_check = token_check
         if app is not None:
             self.init_app(app)
 
@@ -31,6 +44,22 @@ class LMBilling:
         """Decorator form of ``permission_check=``."""
         self.permission_check = func
         return func
+
+    def token_checker(self, func: TokenCheck) -> TokenCheck:
+        """Decorator form of ``token_check=``: the user a bearer token stands for, or None."""
+        self.token_check = func
+        return func
+
+    def shutdown(self, app: Flask) -> None:
+        """Stop what the plugin runs in this process for ``app``: the autostarted scheduler
+        (a run going on is recorded as interrupted) and the pages' batch pool (waiting for
+        batches in progress). For app teardown in a host's tests or a long-lived process that
+        builds apps; both also stop by themselves at interpreter exit."""
+        from .schedule.autostart import stop_service
+        from .web.views.runs import shutdown_executor
+
+        stop_service(app)
+        shutdown_executor(app, wait=True)
 
     def init_app(self, app: Flask) -> None:
         if EXTENSION_KEY in app.extensions:
@@ -40,10 +69,16 @@ class LMBilling:
         for key, default in DEFAULTS.items():
             app.config.setdefault(key, default)
         settings = Settings.from_config(app.config)
+        db = _host_db(app)
+        _refuse_missing_secrets(app, settings)
+        if settings.sqlite_tuning:
+            # Only the engine object is touched (listeners); no connection is opened here.
+            with app.app_context():
+                tune_engine(db.engine, busy_timeout=settings.sqlite_busy_timeout)
         app.extensions[EXTENSION_KEY] = BillingState(
             extension=self,
             settings=settings,
-            db=_host_db(app),
+            db=db,
             secrets=SecretBox(settings.encryption_keys),
         )
 
@@ -52,12 +87,35 @@ class LMBilling:
         from .web.menu import menu_entries
 
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
+        from .web import api
+
+        api.install(app, settings.url_prefix)
         app.cli.add_command(cli)
         app.jinja_env.globals["lm_billing_menu"] = menu_entries
 
         from .schedule.autostart import install_autostart
 
         install_autostart(app)
+
+
+def _refuse_missing_secrets(app: Flask, settings: Settings) -> None:
+    """Outside debug and testing, no SECRET_KEY (every page would be a 500: sessions and CSRF
+    need it) or no encryption key (no password could be stored) is refused here, at start."""
+    if app.debug or app.testing:
+        return
+    if not app.config.get("SECRET_KEY"):
+        raise RuntimeError(
+            "lm_billing_plugin: the app has no SECRET_KEY (or an empty one), so no Billing page "
+            "could keep a session or check a form. Set SECRET_KEY to a long random value, e.g. "
+            "the output of `python -c \"import secrets; print(secrets.token_hex(32))\"`."
+        )
+    if not settings.encryption_keys:
+        raise RuntimeError(
+            "lm_billing_plugin: LM_BILLING_ENCRYPTION_KEYS is empty, so no TclPort password "
+            "could be stored. Generate a key with `flask lm-billing generate-key` (with "
+            "FLASK_DEBUG=1 set, since this check stops the app without one) and put it in "
+            "LM_BILLING_ENCRYPTION_KEYS (e.g. FLASK_LM_BILLING_ENCRYPTION_KEYS=<key>)."
+        )
 
 
 def _host_db(app: Flask) -> SQLAlchemy:

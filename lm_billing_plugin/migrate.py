@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from flask import Flask
 from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (and Mako, which it loads) is imported inside the functions that use it: importing
+# the plugin, e.g. for every `flask lm-billing validate`, must not pay for them.
 
 VERSION_TABLE = "lm_billing_alembic_version"
 TABLE_PREFIX = "lm_billing_"
@@ -31,6 +33,8 @@ def script_location() -> str:
 
 
 def _config(connection: Connection, directory: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", directory or script_location())
     # New revisions are numbered files: versions/0002_add_something.py
@@ -50,12 +54,17 @@ def _engine(app: Flask | None) -> Any:
 
 def upgrade(app: Flask | None = None, revision: str = "head") -> None:
     """Bring the plugin's tables up to ``revision`` (default: the newest)."""
+    from alembic import command
+
     with _engine(app).begin() as connection:
         command.upgrade(_config(connection), revision)
 
 
 def downgrade(app: Flask | None = None, revision: str = "base") -> None:
     """Take the plugin's tables down to ``revision`` (``base`` drops them all)."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     with _engine(app).begin() as connection:
         command.downgrade(_config(connection), revision)
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
@@ -69,6 +78,9 @@ def revision(message: str, app: Flask | None = None, *, directory: str | None = 
     """For the plugin's developers: autogenerate the next numbered revision from the models
     (the database must be at head) and return its path. Read it before committing:
     autogenerate misses renames and server-side defaults."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     with _engine(app).begin() as connection:
         cfg = _config(connection, directory)
         head = ScriptDirectory.from_config(cfg).get_current_head()
@@ -81,6 +93,8 @@ def revision(message: str, app: Flask | None = None, *, directory: str | None = 
 
 def current(app: Flask | None = None) -> str | None:
     """The plugin's schema revision in the database, or None before the first upgrade."""
+    from alembic.runtime.migration import MigrationContext
+
     with _engine(app).connect() as connection:
         context = MigrationContext.configure(
             connection, opts={"version_table": VERSION_TABLE}

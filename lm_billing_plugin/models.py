@@ -3,6 +3,7 @@ customers, billing groups, hosting plans, assignments, runs, problems, schedule 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
 
 from .kinds import ALL_KINDS
@@ -68,6 +69,40 @@ def _name_type(length: int = 255) -> sa.types.TypeEngine[str]:
 
 
 NameType = _name_type
+
+
+def charge_name_key(name: str) -> str:
+    """The form in which two names are "the same name": case and spaces ignored. Used for
+    charges, customers (Company), hosting plans and billing groups alike."""
+    return "".join(name.split()).casefold()
+
+
+name_key = charge_name_key
+# Keys compare exactly like Python does: a binary collation on MariaDB, whose default one
+# would also merge "café" with "cafe" and let the database refuse what the check allowed.
+KeyType = _name_type
+
+
+def _key_default(column: str) -> Callable[[Any], str]:
+    """Column default computing a name key from the row's name, so Core inserts (tests,
+    scripts) get the key too; ORM changes go through the @validates hooks below."""
+
+    def default(context: Any) -> str:
+        return name_key(str(context.get_current_parameters()[column]))
+
+    return default
+
+
+def _rekey(obj: Any, name_attr: str, key_attr: str, value: str | None) -> None:
+    # A rename that keeps the same key keeps the stored key: rows the 0003 backfill marked
+    # as old duplicates (key "name #id") stay editable until someone renames them.
+    if value is None:
+        return
+    old = obj.__dict__.get(name_attr)
+    if old is None or name_key(old) != name_key(value) or obj.__dict__.get(key_attr) is None:
+        setattr(obj, key_attr, name_key(value))
+
+
 TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
 
 
@@ -207,6 +242,20 @@ class Customer(Base):
     end_date: Mapped[date | None]
     additional_emails: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
     customer_type: Mapped[str] = mapped_column(sa.String(50), default="", server_default="")
+    # Added by 0003: name_key(company), unique, so "Acme Publishing" exists once; the
+    # invoice templates the customer's bills use (None = the default template).
+    company_key: Mapped[str] = mapped_column(
+        KeyType(200), unique=True, default=_key_default("company")
+    )
+    email_template_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("lm_billing_template.id")
+    )
+    web_template_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_template.id"))
+
+    @validates("company")
+    def _company_key(self, _: str, value: str) -> str:
+        _rekey(self, "company", "company_key", value)
+        return value
 
 
 BILLING_METHODS = ("standard", "bandwidth")
@@ -237,13 +286,20 @@ class HostingPlan(Base):
     )
     cost_per_gb: Mapped[Decimal] = mapped_column(sa.Numeric(12, 4), default=Decimal("0"))
     included_gb: Mapped[Decimal] = mapped_column(sa.Numeric(12, 3), default=Decimal("0"))
+    # Added by 0003: name_key(name), unique ("Gold" and "gold " are one plan).
+    name_key: Mapped[str] = mapped_column(KeyType(200), unique=True, default=_key_default("name"))
+
+    @validates("name")
+    def _name_key(self, _: str, value: str) -> str:
+        _rekey(self, "name", "name_key", value)
+        return value
 
 
 class BillingGroup(Base):
     """One contract of a customer: a hosting plan and the objects it pays for."""
 
     __tablename__ = "lm_billing_group"
-    __table_args__ = (TABLE_OPTIONS,)
+    __table_args__ = (sa.UniqueConstraint("customer_id", "name_key"), TABLE_OPTIONS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     customer_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_customer.id"), index=True)
@@ -255,6 +311,13 @@ class BillingGroup(Base):
 
     customer: Mapped[Customer] = relationship(back_populates="groups", lazy="raise_on_sql")
     plan: Mapped[HostingPlan | None] = relationship(lazy="raise_on_sql")
+    # Added by 0003: name_key(name), unique within the customer.
+    name_key: Mapped[str] = mapped_column(KeyType(200), default=_key_default("name"))
+
+    @validates("name")
+    def _name_key(self, _: str, value: str) -> str:
+        _rekey(self, "name", "name_key", value)
+        return value
 
 
 ASSIGNMENT_TYPES = ("server", "site", "list")
@@ -360,6 +423,10 @@ class Problem(Base):
     __tablename__ = "lm_billing_problem"
     __table_args__ = (
         sa.Index("ix_lm_billing_problem_status_server", "status", "server_id"),
+        # A validate reads and writes one server's problems, and the ids of those its run
+        # just created: without these, both scan every server's problems.
+        sa.Index("ix_lm_billing_problem_server_status", "server_id", "status"),
+        sa.Index("ix_lm_billing_problem_first_run", "first_run_id"),
         TABLE_OPTIONS,
     )
 
@@ -438,11 +505,6 @@ class AuditEntry(Base):
 # --- The billing cycle: charges, plan history, invoices, bill runs --------------------------
 
 
-def charge_name_key(name: str) -> str:
-    """The form in which two charge names are "the same name": case and spaces ignored."""
-    return "".join(name.split()).casefold()
-
-
 class AdditionalCharge(Base):
     """An "Additional Charge": a default amount, recurring or once, proratable or whole."""
 
@@ -452,12 +514,17 @@ class AdditionalCharge(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     # charge_name_key(name), unique: "Setup Fee" and "setup  fee" are one charge.
-    name_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    name_key: Mapped[str] = mapped_column(KeyType(200), unique=True, default=_key_default("name"))
     description: Mapped[str] = mapped_column(sa.Text, default="")
     default_amount: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2), default=Decimal("0"))
     is_recurring: Mapped[bool] = mapped_column(default=False)
     is_proratable: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @validates("name")
+    def _name_key(self, _: str, value: str) -> str:
+        _rekey(self, "name", "name_key", value)
+        return value
 
 
 class ChargeAssignment(Base):
@@ -659,6 +726,37 @@ class BillRunItem(Base):
     skip_reason: Mapped[str | None] = mapped_column(sa.Text)
 
 
+# --- Invoice templates (0003) ---------------------------------------------------------------
+
+TEMPLATE_KINDS = ("email", "web")
+
+
+class InvoiceTemplate(Base):
+    """An "Email Invoice Template" (plain text) or "Web Invoice Template" (HTML): Jinja
+    source rendered in billing.invoice_templates' sandbox, never trusted as code."""
+
+    __tablename__ = "lm_billing_template"
+    __table_args__ = (
+        sa.UniqueConstraint("kind", "name_key"),
+        sa.CheckConstraint("kind IN ('email', 'web')", name="kind"),
+        TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(10))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    name_key: Mapped[str] = mapped_column(KeyType(200), default=_key_default("name"))
+    body: Mapped[str] = mapped_column(sa.Text)
+    updated_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @validates("name")
+    def _name_key(self, _: str, value: str) -> str:
+        _rekey(self, "name", "name_key", value)
+        return value
+
+
 __all__ = [
     "AdditionalCharge",
     "Assignment",
@@ -676,6 +774,7 @@ __all__ = [
     "InvoiceLine",
     "InvoiceSend",
     "InvoiceSequence",
+    "InvoiceTemplate",
     "InvoiceUsage",
     "MailingList",
     "Problem",
@@ -688,5 +787,6 @@ __all__ = [
     "Usage",
     "charge_name_key",
     "invoice_active_key",
+    "name_key",
     "utcnow",
 ]

@@ -11,10 +11,20 @@ from typing import Any
 from .tclport.addresses import parse_networks
 from .tclport.client import ClientSettings
 
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+)
+
 # One row per key: (key, default, description). The README's configuration table is
 # checked against this tuple by a test, so the two cannot drift apart.
 CONFIG: tuple[tuple[str, Any, str], ...] = (
-    ("LM_BILLING_URL_PREFIX", "/billing", "Where the Billing pages are mounted."),
+    (
+        "LM_BILLING_URL_PREFIX",
+        "/billing",
+        "Where the Billing pages are mounted (a path starting with `/`; the JSON API is "
+        "under `<prefix>/api/v1`).",
+    ),
     (
         "LM_BILLING_BASE_TEMPLATE",
         "lm_billing/base.html",
@@ -64,6 +74,12 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ),
     ("LM_BILLING_LIST_PAGE_SIZE", 5000, "Lists fetched per `lists OFFSET LIMIT` request (1-5000)."),
     (
+        "LM_BILLING_MAX_LISTS_PER_SERVER",
+        100_000,
+        "Most lists one hosting server may announce; a server announcing more is refused "
+        "(nothing stored) with a message naming it, so one read stays bounded. 0 = no limit.",
+    ),
+    (
         "LM_BILLING_SERVER_DEADLINE",
         300.0,
         "Seconds one server's validate or sync may take before it is recorded as failed.",
@@ -89,9 +105,16 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ),
     (
         "LM_BILLING_SCHEDULER_AUTOSTART",
-        True,
-        "Start the scheduler lazily in a serving web process (never under tests or CLI "
-        "commands). Turn off when a dedicated `flask lm-billing scheduler` runs.",
+        False,
+        "Start the scheduler in this web process, on its first request to a Billing page "
+        "(never under tests or CLI commands other than `flask run`); on a fresh database the "
+        "first run waits one interval. Off by default: run `flask lm-billing scheduler`.",
+    ),
+    (
+        "LM_BILLING_INLINE_BATCHES",
+        False,
+        "Run the pages' and the API's validate/sync batches inside the request instead of "
+        "the background pool (for a host's own test suite: no threads, results at once).",
     ),
     (
         "LM_BILLING_NOTIFY_EMAILS",
@@ -122,6 +145,26 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         None,
         "Absolute URL of the Billing pages (e.g. `https://portal.example.com/billing`) for "
         "the link in notification emails; without it the email names the page instead.",
+    ),
+    (
+        "LM_BILLING_CONTENT_SECURITY_POLICY",
+        CONTENT_SECURITY_POLICY,
+        "`Content-Security-Policy` of the Billing pages. The default allows only this site's "
+        "own scripts, styles, images and forms (the pages have no inline script or style); "
+        "a host layout with inline scripts needs its own policy here.",
+    ),
+    (
+        "LM_BILLING_SQLITE_TUNING",
+        True,
+        "On SQLite, set WAL, `busy_timeout` and BEGIN IMMEDIATE for the plugin's write "
+        "transactions on the app's engine (see \"Operations\"). False leaves the engine as "
+        "the host made it.",
+    ),
+    (
+        "LM_BILLING_SQLITE_BUSY_TIMEOUT",
+        30.0,
+        "On SQLite, seconds a writer waits for another one to finish before failing with "
+        "`database is locked`.",
     ),
 )
 
@@ -159,6 +202,7 @@ class Settings:
     validate_interval: float
     scheduled_sync: bool
     scheduler_autostart: bool
+    inline_batches: bool
     notify_emails: tuple[str, ...]
     smtp_host: str
     smtp_port: int
@@ -168,6 +212,9 @@ class Settings:
     smtp_sender: str
     smtp_timeout: float
     notify_base_url: str | None
+    content_security_policy: str = CONTENT_SECURITY_POLICY
+    sqlite_tuning: bool = True
+    sqlite_busy_timeout: float = 30.0
     currency: str = "USD"
     invoice_number_format: str = "{year}-{seq:05d}"
 
@@ -179,6 +226,18 @@ class Settings:
         page_size = int(get("LM_BILLING_LIST_PAGE_SIZE"))
         if not 1 <= page_size <= 5000:
             raise ValueError("LM_BILLING_LIST_PAGE_SIZE must be between 1 and 5000")
+        url_prefix = get("LM_BILLING_URL_PREFIX")
+        if (
+            not isinstance(url_prefix, str)
+            or not url_prefix.startswith("/")
+            or any(ch.isspace() or ch in "?#<>%\\" for ch in url_prefix)
+            or "//" in url_prefix
+        ):
+            # Said here, in our words: Flask's own error would come from register_blueprint.
+            raise ValueError(
+                "LM_BILLING_URL_PREFIX must be a URL path that starts with '/', such as "
+                f"'/billing' or '/admin/billing' (no spaces, '?', '#' or '//'); got {url_prefix!r}"
+            )
         max_parallel = int(get("LM_BILLING_MAX_PARALLEL"))
         if max_parallel < 1:
             raise ValueError("LM_BILLING_MAX_PARALLEL must be at least 1")
@@ -202,7 +261,7 @@ class Settings:
                 "print at most 40 characters"
             )
         return cls(
-            url_prefix=str(get("LM_BILLING_URL_PREFIX")),
+            url_prefix=url_prefix,
             base_template=str(get("LM_BILLING_BASE_TEMPLATE")),
             allow_all=_as_bool(get("LM_BILLING_ALLOW_ALL")),
             encryption_keys=_as_tuple(get("LM_BILLING_ENCRYPTION_KEYS")),
@@ -212,6 +271,7 @@ class Settings:
                 operation_timeout=float(get("LM_BILLING_OPERATION_TIMEOUT")),
                 max_reply_bytes=int(get("LM_BILLING_MAX_REPLY_BYTES")),
                 page_size=page_size,
+                max_lists=int(get("LM_BILLING_MAX_LISTS_PER_SERVER")),
                 allowed_networks=parse_networks(get("LM_BILLING_ALLOWED_NETWORKS")),
                 allow_loopback=_as_bool(get("LM_BILLING_ALLOW_LOOPBACK")),
             ),
@@ -223,6 +283,7 @@ class Settings:
             validate_interval=float(get("LM_BILLING_VALIDATE_INTERVAL")),
             scheduled_sync=_as_bool(get("LM_BILLING_SCHEDULED_SYNC")),
             scheduler_autostart=_as_bool(get("LM_BILLING_SCHEDULER_AUTOSTART")),
+            inline_batches=_as_bool(get("LM_BILLING_INLINE_BATCHES")),
             notify_emails=_as_tuple(get("LM_BILLING_NOTIFY_EMAILS")),
             smtp_host=str(get("LM_BILLING_SMTP_HOST")),
             smtp_port=int(get("LM_BILLING_SMTP_PORT")),
@@ -232,6 +293,9 @@ class Settings:
             smtp_sender=str(get("LM_BILLING_SMTP_SENDER")),
             smtp_timeout=float(get("LM_BILLING_SMTP_TIMEOUT")),
             notify_base_url=get("LM_BILLING_NOTIFY_BASE_URL") or None,
+            content_security_policy=str(get("LM_BILLING_CONTENT_SECURITY_POLICY")),
+            sqlite_tuning=_as_bool(get("LM_BILLING_SQLITE_TUNING")),
+            sqlite_busy_timeout=float(get("LM_BILLING_SQLITE_BUSY_TIMEOUT")),
             currency=currency,
             invoice_number_format=number_format,
         )

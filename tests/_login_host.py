@@ -18,14 +18,17 @@ from flask_login import LoginManager, UserMixin
 from werkzeug.routing import Rule
 
 from lm_billing_plugin.models import (
+    AdditionalCharge,
     Assignment,
     Base,
     Batch,
     BillingGroup,
     BillRun,
+    ChargeAssignment,
     Customer,
     HostingPlan,
     Invoice,
+    InvoiceTemplate,
     MailingList,
     Problem,
     Run,
@@ -81,7 +84,21 @@ def login_host_app(db_url: str, **config: Any) -> Flask:
     def login() -> str:
         return f"host login page for {request.args.get('next', '')}"
 
+    @get_state(app).extension.token_checker
+    def check_token(token: str) -> TestUser | None:
+        # "token-<user>" is that user's API token; anything else is unknown.
+        name = token.removeprefix(TOKEN_PREFIX) if token.startswith(TOKEN_PREFIX) else None
+        return TestUser(name) if name in USERS else None
+
     return app
+
+
+TOKEN_PREFIX = "token-"
+
+
+def as_token(name: str) -> dict[str, str]:
+    """Headers of an API request with ``name``'s bearer token (no session user)."""
+    return {"Authorization": f"Bearer {TOKEN_PREFIX}{name}"}
 
 
 def as_user(client: FlaskClient, name: str | None) -> dict[str, str]:
@@ -134,9 +151,17 @@ def seed_rows(app: Flask) -> dict[str, Any]:
             first_run_id=run.id,
             last_run_id=run.id,
         )
+        charge = AdditionalCharge(name="Setup Fee", default_amount=Decimal("50.00"))
+        template = InvoiceTemplate(kind="email", name="Plain", body="Invoice {{ invoice.number }}")
+        s.add_all([assignment, problem, charge, template])
+        s.flush()
+        group_charge = ChargeAssignment(
+            group_id=group.id, charge_id=charge.id, start_date=date(2026, 1, 1)
+        )
+        s.add(group_charge)
         bill_run = BillRun(period_start=date(2026, 1, 1), period_end=date(2026, 1, 31),
                            status="done", customers=1)
-        s.add_all([assignment, problem, bill_run])
+        s.add(bill_run)
         s.flush()
         invoice = Invoice(number="2026-00001", year=2026, seq=1, customer_id=customer.id,
                           run_id=bill_run.id, period_start=date(2026, 1, 1),
@@ -159,6 +184,9 @@ def seed_rows(app: Flask) -> dict[str, Any]:
             "run_id": run.id,
             "problem_id": problem.id,
             "assignment_id": assignment.id,
+            "charge_id": charge.id,
+            "group_charge_id": group_charge.id,
+            "template_id": template.id,
             "filename": "lm_billing.css",
         }
 
@@ -168,6 +196,18 @@ def plugin_rules(app: Flask) -> list[Rule]:
         (r for r in app.url_map.iter_rules() if r.endpoint.startswith("lm_billing.")),
         key=lambda r: (r.endpoint, r.rule),
     )
+
+
+def api_rules(app: Flask) -> list[Rule]:
+    """The JSON API's routes (blueprint lm_billing_api)."""
+    return sorted(
+        (r for r in app.url_map.iter_rules() if r.endpoint.startswith("lm_billing_api.")),
+        key=lambda r: (r.endpoint, r.rule),
+    )
+
+
+def api_methods(rule: Rule) -> list[str]:
+    return sorted(set(rule.methods or ()) - {"HEAD", "OPTIONS"})
 
 
 def build_url(app: Flask, rule: Rule, samples: dict[str, Any]) -> str:

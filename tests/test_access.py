@@ -152,6 +152,7 @@ def test_permission_checker_decorator_form(tmp_path: Any) -> None:
 
     app = Flask("decorated")
     app.config.update(
+        TESTING=True,
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'd.sqlite'}",
         LM_BILLING_SCHEDULER_AUTOSTART=False,
         **NO_CSRF,
@@ -193,7 +194,9 @@ def test_stylesheet_is_public_but_pages_are_not(portal: Flask) -> None:
     assert anonymous.get("/billing/").status_code == 302
 
 
-@pytest.mark.parametrize(("username", "labels"), [("stranger", []), ("viewer", ["Servers"])])
+@pytest.mark.parametrize(
+    ("username", "labels"), [("stranger", []), ("viewer", ["Overview", "Servers"])]
+)
 def test_menu_only_for_users_who_may_view(
     portal: Flask, username: str, labels: list[str]
 ) -> None:

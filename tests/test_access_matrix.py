@@ -168,3 +168,136 @@ def test_permitted_post_is_accepted(tmp_path: Path, rule: Rule) -> None:
     finally:
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
+
+
+# --- the JSON API: same callback, JSON refusals, session or bearer token ------------------
+
+
+def _api_rules() -> list[Rule]:
+    from _login_host import api_rules
+
+    app = login_host_app("sqlite://")
+    try:
+        return api_rules(app)
+    finally:
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+API_RULES = _api_rules()
+API_CASES = [
+    pytest.param(rule, method, id=f"{rule.endpoint}-{method}")
+    for rule in API_RULES
+    for method in sorted(set(rule.methods or ()) - {"HEAD", "OPTIONS"})
+]
+API_GETS = [pytest.param(r, id=r.endpoint) for r in API_RULES if "GET" in (r.methods or ())]
+API_WRITES = [case for case in API_CASES if case.values[1] != "GET"]
+
+
+def test_every_billing_url_is_in_one_of_the_matrices() -> None:
+    app = login_host_app("sqlite://")
+    try:
+        prefixed = {r.endpoint for r in app.url_map.iter_rules() if r.rule.startswith("/billing")}
+    finally:
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+    assert prefixed == {r.endpoint for r in RULES} | {r.endpoint for r in API_RULES}
+    assert len(API_CASES) >= 25 and API_WRITES
+
+
+def _json_error(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, (status, response.get_data(as_text=True)[:300])
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert set(error) <= {"code", "message", "field_errors"} and error["message"]
+    return dict(error)
+
+
+@pytest.mark.parametrize(("rule", "method"), API_CASES)
+def test_api_anonymous_is_401_json(
+    matrix: tuple[Flask, dict[str, Any]], rule: Rule, method: str
+) -> None:
+    from _login_host import as_token
+
+    app, samples = matrix
+    url = build_url(app, rule, samples)
+    before = fingerprint(app)
+    client = app.test_client()
+    _json_error(client.open(url, method=method, json={}), 401)
+    # A token nobody issued, or a malformed header, is no better.
+    _json_error(client.open(url, method=method, json={}, headers=as_token("stranger")), 401)
+    bad_scheme = {"Authorization": "Basic b3BlcmF0b3I6eA=="}
+    _json_error(client.open(url, method=method, json={}, headers=bad_scheme), 401)
+    assert fingerprint(app) == before
+
+
+@pytest.mark.parametrize(("rule", "method"), API_CASES)
+def test_api_without_the_permission_is_403_json(
+    matrix: tuple[Flask, dict[str, Any]], rule: Rule, method: str
+) -> None:
+    from _login_host import as_token
+
+    app, samples = matrix
+    url = build_url(app, rule, samples)
+    action = required_action(app, rule)
+    assert action in ACTIONS
+    before = fingerprint(app)
+    for user in ("nobody", f"all_but_{action}"):
+        client = app.test_client()
+        token = csrf_token(client)
+        session = {**as_user(client, user), "X-CSRFToken": token}
+        for headers in (session, as_token(user)):
+            response = client.open(url, method=method, json={}, headers=headers)
+            error = _json_error(response, 403)
+            assert "Acme" not in str(error) and "news" not in str(error)
+    assert fingerprint(app) == before
+
+
+@pytest.mark.parametrize("rule", API_GETS)
+def test_api_permitted_get_is_200_json(matrix: tuple[Flask, dict[str, Any]], rule: Rule) -> None:
+    from _login_host import as_token
+
+    app, samples = matrix
+    url = build_url(app, rule, samples)
+    action = required_action(app, rule)
+    before = fingerprint(app)
+    for headers in (as_user(app.test_client(), f"only_{action}"), as_token(f"only_{action}")):
+        response = _request_with(app, "GET", url, headers)
+        assert response.status_code == 200, (rule.endpoint, response.get_data(as_text=True)[:300])
+        assert response.mimetype == "application/json"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert fingerprint(app) == before
+
+
+def _request_with(app: Flask, method: str, url: str, headers: dict[str, str], **kw: Any) -> Any:
+    response = app.test_client().open(url, method=method, headers=headers, **kw)
+    response.get_data()
+    response.close()
+    return response
+
+
+@pytest.mark.parametrize(("rule", "method"), API_WRITES)
+def test_api_permitted_write_is_handled(tmp_path: Path, rule: Rule, method: str) -> None:
+    """With its permission (token, no CSRF token), each write reaches its view: the view's
+    own answer (done, or 4xx JSON about the body), never a refusal, a crash or HTML."""
+    from _login_host import as_token
+
+    from lm_billing_plugin.web.views.runs import shutdown_executor
+
+    app = login_host_app(f"sqlite:///{tmp_path / 'billing.sqlite'}")
+    try:
+        samples = seed_rows(app)
+        url = build_url(app, rule, samples)
+        action = required_action(app, rule)
+        # If-Match: * ("whatever it is now"), so an update reaches its view.
+        headers = {**as_token(f"only_{action}"), "If-Match": "*"}
+        response = _request_with(app, method, url, headers, json={})
+        assert response.status_code not in (401, 403, 405, 428), rule.endpoint
+        assert response.status_code < 500, (rule.endpoint, response.get_data(as_text=True))
+        assert response.mimetype == "application/json"
+        if response.status_code >= 400:
+            assert response.get_json()["error"]["code"] != "csrf_failed"
+    finally:
+        shutdown_executor(app, wait=True)
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()

@@ -60,7 +60,7 @@ def test_empty_schedule_renders(client: FlaskClient) -> None:
     assert "<h1>Background validation</h1>" in html
     assert "not scheduled yet" in html and "none yet" in html and "No scheduled run yet." in html
     assert ">Run now</button>" in html
-    assert "every 3600 seconds" in html
+    assert "every 1 hour<" in html
 
 
 def test_last_run_running_now_and_history(app: Flask, client: FlaskClient) -> None:

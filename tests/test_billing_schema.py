@@ -68,7 +68,7 @@ def test_upgrade_seeds_plan_history_and_downgrade_returns_to_0001(bare_app: Flas
             " created_at) VALUES (1, 'server', 1, :s, :at)"
         ), {"s": date(2026, 2, 1), "at": stamp})
 
-    upgrade(bare_app)
+    upgrade(bare_app, "0002")  # this test is about 0002 migrating 0001 data
     assert current(bare_app) == "0002"
     with engine.connect() as conn:
         history = conn.execute(sa.text(

@@ -173,7 +173,10 @@ def test_seed_flow_in_chromium(live: tuple[Flask, str], browser_page: Any) -> No
         # 6. The refused and the logging-off servers show their guidance.
         page.get_by_role("link", name="Refused", exact=True).click()
         page.get_by_role("button", name="Check connection").click()
-        expect(page.locator(".lmb-check")).to_contain_text("TCLPORT Hosts")
+        # The check's steps show after the redirect; what to do is said once, above them.
+        expect(page.locator(".lmb-check")).to_contain_text("what to do is said above")
+        expect(page.locator("#lmb-guidance")).to_contain_text("TCLPORT Hosts")
+        expect(page.locator("#lmb-guidance code")).to_contain_text("lm tclport")
         expect(page.locator("#lmb-status")).to_have_text("refused: not in TCLPORT Hosts")
         _shot(page, "server-refused")
         page.get_by_role("link", name="Billing: Servers").click()

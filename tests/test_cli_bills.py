@@ -119,3 +119,67 @@ def test_skipped_customer_exits_1(app: Flask, runner: FlaskCliRunner) -> None:
     assert doc["skipped"] == [{"customer": "Lonely", "code": "no_group",
                                "reason": doc["skipped"][0]["reason"]}]
     assert "add a billing group" in doc["skipped"][0]["reason"]
+
+
+def test_cli_refuses_duplicate_names_like_the_pages(any_db_app: Flask) -> None:
+    """customers add / plans add / groups add go through the catalog services, so the one
+    duplicate-name rule (catalog.names: case and spaces ignored) refuses what the pages do."""
+    runner = any_db_app.test_cli_runner()
+    call(runner, "customers", "add", "--company", "Acme Publishing", "--email", "a@example.com")
+    dup = call(runner, "customers", "add", "--company", " acme  PUBLISHING", "--email",
+               "b@example.com", code=2)
+    assert "A customer with this name exists" in dup
+    call(runner, "customers", "add", "--company", "Beta", "--email", "b@example.com")
+    call(runner, "plans", "add", "--name", "Gold")
+    dup = call(runner, "plans", "add", "--name", " GOLD ", code=2)
+    assert "A hosting plan with this name exists" in dup
+    call(runner, "groups", "add", "--customer", "Acme Publishing", "--name", "Newsletters")
+    dup = call(runner, "groups", "add", "--customer", "Acme Publishing", "--name",
+               "news letters", code=2)
+    assert "A billing group of this customer with this name exists" in dup
+    # Another customer may have a group of that name; names are looked up the same way.
+    call(runner, "groups", "add", "--customer", "beta", "--name", "Newsletters")
+    call(runner, "groups", "plan", "--customer", "acme publishing", "--group", "NEWSLETTERS",
+         "--plan", "gold", "--start", "2026-01-01")
+    # `groups charge` hangs off the same `groups` group.
+    call(runner, "charges", "add", "--name", "Setup Fee", "--amount", "50")
+    call(runner, "groups", "charge", "--customer", "Acme Publishing", "--group", "Newsletters",
+         "--charge", "Setup Fee", "--start", "2026-01-01")
+    listed = call(runner, "groups", "--help")
+    assert all(word in listed for word in ("add", "plan", "charge"))
+
+
+def test_cli_duplicate_saved_meanwhile_is_refused(any_db_app: Flask) -> None:
+    """A customer of the same name committed between the check and the INSERT: the unique
+    key refuses it and the command says so (exit 2), as the page does."""
+    import sqlalchemy as sa
+
+    from lm_billing_plugin.models import Customer, utcnow
+    from lm_billing_plugin.state import get_state
+
+    runner = any_db_app.test_cli_runner()
+    with any_db_app.app_context():
+        engine = get_state(any_db_app).db.engine
+    if engine.dialect.name == "sqlite":
+        # A command's transactions take SQLite's write lock at BEGIN (lm_billing_plugin.sqlite),
+        # so no other connection can commit in between there: nothing can race.
+        pytest.skip("SQLite: the command holds the write lock, nothing can race it")
+    other = sa.create_engine(engine.url)
+    raced: list[bool] = []
+
+    def race(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.startswith("INSERT INTO lm_billing_customer ") and not raced:
+            raced.append(True)
+            with other.begin() as tx:
+                tx.execute(sa.insert(Customer).values(
+                    company="Acme", contact_name="", email="", is_active=True,
+                    payment_method="", notes="", created_at=utcnow()))
+
+    sa.event.listen(engine, "before_cursor_execute", race)
+    try:
+        out = call(runner, "customers", "add", "--company", "ACME", "--email", "a@example.com",
+                   code=2)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", race)
+        other.dispose()
+    assert raced and "A customer with this name was saved a moment ago" in out

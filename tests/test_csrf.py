@@ -128,3 +128,172 @@ def test_the_same_post_with_the_token_does_change(
     response = client.post(url, data=data, headers=headers)
     assert response.status_code in (200, 302, 303), (endpoint, response.status_code)
     assert fingerprint(app) != before, f"{endpoint}: the sample form changed nothing"
+
+
+# --- the JSON API: a session request needs X-CSRFToken, a bearer-token request does not ----
+
+
+def _api_write_rules() -> list[Any]:
+    from _login_host import api_methods, api_rules
+
+    app = login_host_app("sqlite://")
+    try:
+        return [
+            pytest.param(r, m, id=f"{r.endpoint}-{m}")
+            for r in api_rules(app)
+            for m in api_methods(r)
+            if m != "GET"
+        ]
+    finally:
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+API_WRITES = _api_write_rules()
+# JSON bodies that DO change something when the request gets through.
+API_BODIES: dict[str, Any] = {
+    "lm_billing_api.server_create": lambda s: {"name": "Forged", "host": "192.0.2.7"},
+    "lm_billing_api.server_update": lambda s: {"comments": "forged"},
+    "lm_billing_api.server_delete": lambda s: {},
+    "lm_billing_api.assignment_delete": lambda s: {},
+}
+
+
+def _api_body(endpoint: str, samples: dict[str, Any]) -> Any:
+    return API_BODIES.get(endpoint, lambda s: {})(samples)
+
+
+@pytest.mark.parametrize(("rule", "method"), API_WRITES)
+def test_api_session_write_without_csrf_header_is_400_json_and_changes_nothing(
+    seeded: tuple[Flask, dict[str, Any]], rule: Rule, method: str
+) -> None:
+    app, samples = seeded
+    url = build_url(app, rule, samples)
+    client = app.test_client()
+    headers = {**as_user(client, "operator"), "If-Match": "*"}
+    real_token = csrf_token(client)
+    body = _api_body(rule.endpoint, samples)
+    before = fingerprint(app)
+    for extra in ({}, {"X-CSRFToken": real_token[:-4] + "AAAA"}):
+        response = client.open(url, method=method, json=body, headers={**headers, **extra})
+        assert response.status_code == 400, (rule.endpoint, response.status_code)
+        assert response.get_json()["error"]["code"] == "csrf_failed"
+    # A token in the form field does not count for the API: only the header does.
+    response = client.open(url, method=method, data={"csrf_token": real_token}, headers=headers)
+    assert response.status_code == 400
+    assert fingerprint(app) == before
+
+
+@pytest.mark.parametrize("endpoint", sorted(API_BODIES))
+@pytest.mark.parametrize("how", ["session+csrf", "token"])
+def test_api_write_with_csrf_header_or_bearer_token_does_change(
+    seeded: tuple[Flask, dict[str, Any]], endpoint: str, how: str
+) -> None:
+    """The counterpart: the same body from a session with X-CSRFToken, or with a bearer token
+    and no CSRF token at all, makes the change."""
+    from _login_host import as_token
+
+    app, samples = seeded
+    rule, method = next(
+        (p.values[0], p.values[1])
+        for p in API_WRITES
+        if p.values[0].endpoint == endpoint  # type: ignore[union-attr]
+    )
+    url = build_url(app, rule, samples)
+    client = app.test_client()
+    if how == "token":
+        headers = as_token("operator")
+    else:
+        headers = {**as_user(client, "operator"), "X-CSRFToken": csrf_token(client)}
+    if endpoint == "lm_billing_api.assignment_delete":
+        _validate_seeded_server(app, samples)
+    before = fingerprint(app)
+    response = client.open(
+        url, method=method, json=_api_body(endpoint, samples), headers={**headers, "If-Match": "*"}
+    )
+    assert response.status_code in (200, 201), (endpoint, response.get_data(as_text=True))
+    assert fingerprint(app) != before, f"{endpoint}: the sample body changed nothing"
+
+
+def _validate_seeded_server(app: Flask, samples: dict[str, Any]) -> None:
+    # The gate lets assignments change only on a validated server without drift.
+    from lm_billing_plugin.models import Server, utcnow
+    from lm_billing_plugin.state import get_state
+
+    with app.app_context():
+        session = get_state(app).session
+        server = session.get(Server, samples["server_id"])
+        assert server is not None
+        server.validated_at = utcnow()
+        session.commit()
+
+
+@pytest.mark.parametrize("order", ["csrfprotect-first", "csrfprotect-last"])
+def test_api_token_request_passes_the_hosts_app_wide_csrfprotect(
+    tmp_path: Path, order: str
+) -> None:
+    from _login_host import as_token
+    from flask_wtf.csrf import CSRFProtect
+
+    if order == "csrfprotect-first":
+        app = _with_csrf_first(tmp_path)
+    else:
+        app = login_host_app(f"sqlite:///{tmp_path / 'billing.sqlite'}")
+        CSRFProtect(app)
+    try:
+        client = app.test_client()
+        created = client.post(
+            "/billing/api/v1/servers",
+            json={"name": "Scripted", "host": "192.0.2.9"},
+            headers=as_token("operator"),
+        )
+        assert created.status_code == 201, created.get_data(as_text=True)
+        # Session requests are still checked, by the plugin itself.
+        refused = client.post(
+            "/billing/api/v1/servers",
+            json={"name": "Sessioned", "host": "192.0.2.10"},
+            headers=as_user(client, "operator"),
+        )
+        assert refused.status_code == 400
+        assert refused.get_json()["error"]["code"] == "csrf_failed"
+        # And the host's own forms stay protected.
+        assert client.post("/login").status_code in (400, 405)
+    finally:
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+def _with_csrf_first(tmp_path: Path) -> Flask:
+    """login_host_app's host, but with CSRFProtect set up before LMBilling."""
+    from _login_host import USER_HEADER, USERS, TestUser
+    from flask_login import LoginManager
+    from flask_sqlalchemy import SQLAlchemy
+    from flask_wtf.csrf import CSRFProtect
+
+    from lm_billing_plugin import LMBilling
+    from lm_billing_plugin.models import Base
+
+    app = Flask("csrf_first")
+    app.config.update(
+        SECRET_KEY="x", SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'csrf_first.sqlite'}",
+        LM_BILLING_ENCRYPTION_KEYS=[_key()], LM_BILLING_SCHEDULER_AUTOSTART=False, TESTING=True,
+    )
+    db = SQLAlchemy(app)
+    CSRFProtect(app)
+    manager = LoginManager(app)
+    manager.request_loader(
+        lambda req: TestUser(req.headers[USER_HEADER]) if req.headers.get(USER_HEADER) in USERS
+        else None
+    )
+    billing = LMBilling(app, permission_check=lambda user, action: user.is_authenticated)
+    billing.token_checker(lambda token: TestUser("operator") if token == "token-operator" else None)
+    app.add_url_rule("/login", "login", lambda: "login", methods=["POST"])
+    with app.app_context():
+        Base.metadata.create_all(db.engine)
+    return app
+
+
+def _key() -> str:
+    from conftest import TEST_KEY
+
+    return TEST_KEY

@@ -138,3 +138,12 @@ def test_flashed_outcomes_keep_their_category_and_are_announced(demo: Flask) -> 
         "/billing/servers/sync", data={"csrf_token": token}, follow_redirects=True
     ).get_data(as_text=True)
     assert '<li class="lmb-flash lmb-flash-error" role="alert">Nothing was synced' in page
+
+
+def test_the_demo_has_a_favicon(demo: Flask) -> None:
+    """Browsers ask for /favicon.ico on every page; the demo answers it (no 404 per load)."""
+    client = demo.test_client()
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response.mimetype == "image/svg+xml"
+    assert b"<svg" in response.data
+    assert 'rel="icon" href="/favicon.ico"' in client.get("/login").get_data(as_text=True)

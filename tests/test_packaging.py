@@ -57,6 +57,7 @@ def test_wheel_and_sdist_carry_everything_and_the_installed_wheel_works(tmp_path
         "lm_billing_plugin/py.typed",
         "lm_billing_plugin/demo/templates/demo/base.html",
         "lm_billing_plugin/demo/templates/demo/login.html",
+        "lm_billing_plugin/demo/static/demo/portal.css",
         "lm_billing_plugin/migrations/env.py",
         "lm_billing_plugin/migrations/script.py.mako",
         "lm_billing_plugin/migrations/versions/0001_*.py",
@@ -66,11 +67,13 @@ def test_wheel_and_sdist_carry_everything_and_the_installed_wheel_works(tmp_path
     for template in (ROOT / "lm_billing_plugin" / "templates").rglob("*.html"):
         assert str(template.relative_to(ROOT)) in wheel_names
     assert not any(name.startswith("tests/") for name in wheel_names)
+    check_wheel_metadata(wheel)
 
     (sdist,) = dist.glob("*.tar.gz")
     with tarfile.open(sdist) as archive:
         sdist_names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert {"tests/conftest.py", "tests/test_packaging.py", "migrations/env.py"} <= sdist_names
+    assert "LICENSE" in sdist_names
 
     target = tmp_path / "site"
     run(
@@ -118,3 +121,66 @@ def test_wheel_and_sdist_carry_everything_and_the_installed_wheel_works(tmp_path
     assert (tmp_path / "instance" / "secret_key").exists()
     help_text = run([*flask, "lm-billing", "--help"], outside, env)
     assert "db" in help_text and "generate-key" in help_text
+
+
+def check_wheel_metadata(wheel: Path) -> None:
+    """The metadata pyproject.toml's [project] declares, as the wheel carries it (PEP 639)."""
+    from email.parser import HeaderParser
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        metadata = HeaderParser().parsestr(archive.read(metadata_name).decode("utf-8"))
+        (license_name,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        license_text = archive.read(license_name).decode("utf-8")
+    assert license_text.startswith("MIT License")
+    assert license_text == (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert metadata["Name"] == "lm-billing-plugin"
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    assert metadata["Requires-Python"] == ">=3.11"
+    classifiers = set(metadata.get_all("Classifier") or ())
+    for classifier in (
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Environment :: Web Environment",
+        "Framework :: Flask",
+        "Typing :: Typed",
+    ):
+        assert classifier in classifiers, classifier
+    assert any(c.startswith("Development Status :: ") for c in classifiers)
+    assert any(c.startswith("Topic :: ") for c in classifiers)
+    # A License-Expression replaces the deprecated license classifiers.
+    assert not any(c.startswith("License :: ") for c in classifiers)
+    urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL") or ())
+    assert {"Homepage", "Source", "Issues"} <= set(urls)
+    requires = metadata.get_all("Requires-Dist") or []
+    assert any(r.startswith("apispec") for r in requires)
+    extras = set(metadata.get_all("Provides-Extra") or ())
+    assert {"test", "dev", "demo"} <= extras
+    # Test tools only in `test`; the lint tools in `dev`.
+    test_extra = [r for r in requires if 'extra == "test"' in r]
+    dev_extra = [r for r in requires if 'extra == "dev"' in r]
+    assert any(r.startswith("openapi-spec-validator") for r in test_extra)
+    for tool in ("ruff", "mypy", "import-linter"):
+        assert not any(r.startswith(tool) for r in test_extra), tool
+        assert any(r.startswith(tool) for r in dev_extra), tool
+
+
+def test_setup_py_repeats_no_project_field() -> None:
+    """setup.py keeps the packages and their data; every field [project] gives is there only."""
+    import ast
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+               and getattr(n.func, "id", None) == "setup"]
+    given = {k.arg for k in call.keywords}
+    assert given == {"packages", "package_dir", "package_data", "include_package_data",
+                     "zip_safe"}
+    renamed = {"dependencies": "install_requires", "optional-dependencies": "extras_require",
+               "scripts": "entry_points", "requires-python": "python_requires",
+               "readme": "long_description"}
+    assert not {renamed.get(k, k.replace("-", "_")) for k in project} & given

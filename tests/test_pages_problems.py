@@ -99,7 +99,7 @@ def test_validate_all_and_unreachable_server_shows_failure_not_500(
     assert "Finished: 2 of 2 server(s) done, 1 failed." in page
     assert "nothing listens on 127.0.0.1" in page
     detail = plain(client.get(f"/billing/servers/{dead}"))
-    assert "unreachable" in detail and "nothing listens on" in detail
+    assert "unreachable" in detail and "Nothing listens on" in detail
 
 
 def test_validate_all_without_servers_says_what_to_do(app: Flask, client: FlaskClient) -> None:
@@ -392,7 +392,7 @@ def test_the_password_never_reaches_a_page(app: Flask, client: FlaskClient) -> N
             client.get(batch),
             client.get(detail),
             client.get("/billing/errors"),
-            post(client, f"{detail}/check", token_from=detail),
+            post(client, f"{detail}/check", token_from=detail, follow=True),
             client.get(f"{detail}/edit"),
             client.get("/billing/"),
         ]

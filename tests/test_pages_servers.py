@@ -468,8 +468,11 @@ def test_check_connection_ok_shows_steps_and_records_version(
     )
     detail = f"/billing/servers/{sid}"
     response = post(client, f"{detail}/check", token_from=detail)
-    text = text_of(response)
-    assert response.status_code == 200
+    # Post/redirect/get: the steps show on the page the POST redirects to, once.
+    assert response.status_code == 302 and response.location == f"{detail}#lmb-check-h"
+    text = text_of(client.get(detail))
+    reloaded = text_of(client.get(detail))
+    assert "lmb-check-h" in text and "lmb-check-h" not in reloaded
     for step in ("resolve", "connect", "greeting", "password", "version"):
         assert f"<strong>{step}</strong>:\n      ok" in text
     assert "Connected" in text and "12.3" in text and SECRET not in text
@@ -491,8 +494,12 @@ def test_check_of_refused_server_shows_tclport_hosts_guidance(
     with HostSim(Dataset.generate(sites=1, lists=2), allowed_hosts=("192.0.2.1",)) as denied:
         sid = add_server(app, "Denied", port=denied.port)
         detail = f"/billing/servers/{sid}"
-        text = text_of(post(client, f"{detail}/check", token_from=detail))
+        text = text_of(post(client, f"{detail}/check", token_from=detail, follow=True))
     assert "TCLPORT Hosts" in text and "Cannot connect." in text
+    # The guidance once, as a sentence, its command as code (not in backticks).
+    assert text.count("to TCLPORT Hosts") == 1
+    assert re.search(r'<p class="lmb-guidance"[^>]*>The hosting server refused', text)
+    assert '<code class="lmb-code">lm tclport 127.0.0.1</code>' in text and "`" not in text
     assert "<strong>password</strong>:\n      not run" in text
     page = text_of(client.get(detail))
     assert "refused: not in TCLPORT Hosts" in page and "TCLPORT Hosts" in page
@@ -504,11 +511,21 @@ def test_check_of_wrong_password_and_unreachable_server(
     wrong = add_server(app, "Wrong", port=sim.port)  # default password, sim wants SECRET
     dead = add_server(app, "Dead", port=closed_port())
     text = text_of(
-        post(client, f"/billing/servers/{wrong}/check", token_from=f"/billing/servers/{wrong}")
+        post(
+            client,
+            f"/billing/servers/{wrong}/check",
+            token_from=f"/billing/servers/{wrong}",
+            follow=True,
+        )
     )
     assert "<strong>password</strong>:\n      failed" in text
     text = text_of(
-        post(client, f"/billing/servers/{dead}/check", token_from=f"/billing/servers/{dead}")
+        post(
+            client,
+            f"/billing/servers/{dead}/check",
+            token_from=f"/billing/servers/{dead}",
+            follow=True,
+        )
     )
     assert "<strong>connect</strong>:\n      failed" in text
     index = text_of(client.get("/billing/"))
@@ -523,7 +540,7 @@ def test_logging_off_shows_guidance_and_enable_button_then_switches_it_on(
     with HostSim(data) as nolog:
         sid = add_server(app, "NoLog", port=nolog.port)
         detail = f"/billing/servers/{sid}"
-        checked = text_of(post(client, f"{detail}/check", token_from=detail))
+        checked = text_of(post(client, f"{detail}/check", token_from=detail, follow=True))
         assert "Enable Logging is off" in checked
         assert "Enable logging on this server" in checked
         assert "Yes, Log All Messages that ListManager Sends to Mailing Lists" in checked
@@ -596,7 +613,7 @@ def test_detail_shows_lists_with_owner_usage_search_paging_and_escapes_names(
     search = text_of(client.get(f"/billing/servers/{sid}?q=news"))
     assert "Lists (2)" in search and "news-a" in search and "alpha" not in search
     alpha = text_of(client.get(f"/billing/servers/{sid}?q=alpha"))
-    assert "<td>11</td>" in alpha and "<td>222</td>" in alpha
+    assert '<td class="lmb-num">11</td>' in alpha and '<td class="lmb-num">222</td>' in alpha
     page2 = text_of(client.get(f"/billing/servers/{sid}?sort=name&lpage=2"))
     assert "news-b" in page2 and "alpha" not in page2
 

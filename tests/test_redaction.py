@@ -311,3 +311,21 @@ def test_nothing_a_peer_says_in_reply_to_auth_is_quoted_even_without_the_passwor
         assert error.phase == "auth"
         assert echoed not in str(error) and echoed not in error.detail, error
         assert "not shown" in str(error) or "not shown" in error.detail
+
+
+def test_the_public_default_password_withholds_nothing() -> None:
+    # "TCLPORTPasswd" shares "TCLP"/"PORT" with every HOST_DENIED message; it is documented,
+    # so messages that contain pieces of it are shown.
+    message = "you said auth TCLPORTPasswd near TCLPORT Hosts"
+
+    class Peer(EchoPeer):
+        def _command_reply(self, password: str) -> bytes:
+            return frame("ERR", encode_list(["INTERNAL", message]).encode())
+
+    with Peer("cmd_err") as peer:
+        client = TclPortClient("127.0.0.1", peer.port, settings=FAST)
+        client.connect()
+        with pytest.raises(TclPortError) as failed:
+            client.server_info()
+        client.close()
+    assert message in failed.value.message

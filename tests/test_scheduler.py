@@ -760,7 +760,10 @@ def test_autostart_in_a_serving_process_on_first_request(
     make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "argv", ["gunicorn", "host:app"])
-    app = make_app(LM_BILLING_SCHEDULER_AUTOSTART=True, TESTING=False)
+    # A short interval: on a fresh database the first run waits one interval.
+    app = make_app(
+        LM_BILLING_SCHEDULER_AUTOSTART=True, TESTING=False, LM_BILLING_VALIDATE_INTERVAL=1.0
+    )
     assert SERVICE_EXTRA not in get_state(app).extras  # init_app started nothing
     assert app.test_client().get("/billing/background").status_code == 200
     service = get_state(app).extras[SERVICE_EXTRA]

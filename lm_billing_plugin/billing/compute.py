@@ -194,7 +194,7 @@ class InvoiceDraft:
 
 @dataclass(frozen=True)
 class Skip:
-    code: str  # free | inactive | ended | not_started | no_group | no_plan | nothing
+    code: str  # free | inactive | ended | not_started | no_group | no_plan
     message: str
 
 
@@ -375,10 +375,10 @@ def _bandwidth_lines(
         gb = sum((Fraction(lst.bytes, _GB) * share(plan_days, lst)
                   for lst in paid if lst.server == server), Fraction(0))
         excess = max(Fraction(0), gb - _exact(plan.included_gb) * f)
-        amount = excess * _exact(plan.cost_per_gb)
-        if round_half_up(amount, 2):
-            b.add(group.name, "bandwidth", f"Bandwidth overage, {plan.name}, server {server}",
-                  excess, plan.cost_per_gb, amount)
+        # "a line ... and an overage line" per server: unlike the Standard overage, the spec
+        # says no "No line when zero" here, so the line is kept even at 0.00.
+        b.add(group.name, "bandwidth", f"Bandwidth overage, {plan.name}, server {server}",
+              excess, plan.cost_per_gb, excess * _exact(plan.cost_per_gb))
 
 
 def _charge_lines(b: _Builder, period: Period, group: Group, lo: date, hi: date) -> list[int]:
@@ -435,6 +435,10 @@ def compute_invoice(
         if has_paid and not has_plan:
             return Skip("no_plan", f"Group {group.name} has no hosting plan for this period: "
                         "assign one, then run the period again.")
+    # §4: "the customer has ... no hosting plan for the period" is skipped, charges or not.
+    if not any(_clip(t.start, t.end, lo, hi) for g in groups for t in g.plans):
+        return Skip("no_plan", "No hosting plan for this period: assign a hosting plan "
+                    "to a billing group, then run the period again.")
 
     b = _Builder(period.days)
     usage: list[UsageRow] = []
@@ -442,13 +446,8 @@ def compute_invoice(
     for group in groups:
         usage += _group_lines(b, group, universe, lo, hi)
         consumed += _charge_lines(b, period, group, lo, hi)
-    if not b.lines:
-        if not any(_clip(t.start, t.end, lo, hi) for g in groups for t in g.plans):
-            return Skip("no_plan", "No hosting plan for this period: assign a hosting plan "
-                        "to a billing group, then run the period again.")
-        return Skip("nothing", "Nothing to bill in this period: no paid list, server or "
-                    "charge.")
-
+    # A billable customer with a plan but no line (Bill by List with no paid list) still gets
+    # its invoice, 0.00: §4's reasons are the only ones to skip ("bills every other customer").
     if carried_in is not None and carried_in.amount:
         b.lines.append(Line("", "credit", CARRIED_FROM.format(number=carried_in.invoice_number),
                             Decimal("1.000"), -carried_in.amount,

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit
+from .. import audit, signals
 from ..engine.store import (
     ASSIGNMENT,
     open_drift_problems,
@@ -74,7 +74,8 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
     the new assignments "Is Free" (they cost nothing).
 
     Another group's active assignment of the same object ends on ``start`` (end dates are
-    exclusive: the first day not covered). Assigning what the group already has is a no-op.
+    exclusive: the first day not covered). Assigning what the group already has is a no-op;
+    with a different "Is Free" its assignment ends on ``start`` and a new one begins.
     Returns the number of assignments created. Raises GateError (see check_gate) and
     AssignmentError (unknown group, objects not on this server or removed).
     """
@@ -111,7 +112,7 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
         table = ASSIGNMENT
         current = session.execute(
             sa.select(table.c.id, table.c.group_id, table.c.object_type, table.c.site_id,
-                      table.c.list_id)
+                      table.c.list_id, table.c.is_free)
             .where(table.c.server_id == server_id,
                    sa.or_(table.c.end_date.is_(None), table.c.end_date > start))
         ).all()
@@ -122,7 +123,7 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
             key = (a.object_type, a.site_id, a.list_id)
             if key not in wanted_set:
                 continue
-            if a.group_id == group_id:
+            if a.group_id == group_id and bool(a.is_free) == is_free:
                 have.add(key)
             else:
                 end_ids.append(a.id)
@@ -145,6 +146,9 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
     except BaseException:
         session.rollback()
         raise
+    signals.send(signals.assigned, group_id=group_id, server_id=server_id, created=len(create),
+                 site_ids=site_set, list_ids=list_set, whole_server=whole_server, start=start,
+                 actor=actor)
     return len(create)
 
 
@@ -196,4 +200,6 @@ def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = No
     except BaseException:
         session.rollback()
         raise
+    signals.send(signals.unassigned, assignment_ids=sorted({r.id for r in rows}),
+                 ended=len(ending), end=end, actor=actor)
     return len(ending)

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit
-from ..models import BillingGroup, Customer, GroupPlan, HostingPlan, utcnow
+from ..models import BillingGroup, Customer, GroupPlan, HostingPlan, name_key, utcnow
 from ..state import get_state
-from .customers import CatalogError, apply_values
+from .customers import CatalogError, apply_values, check_unique_name, name_conflict
 
 __all__ = ["GROUP_FIELDS", "create_group", "find_customer", "find_group", "plan_history",
            "set_group_plan", "update_group"]
@@ -27,23 +27,24 @@ GROUP_FIELDS: Final = ("name", "plan_id", "plan_start", "plan_end")
 
 
 def find_customer(session: Session, key: str) -> Customer | None:
-    """A customer by its company name (exact, then any letter case) or its id."""
+    """A customer by its company name (exact, then ignoring case and spaces, the way names
+    are unique: catalog.names) or its id."""
     found = session.scalar(sa.select(Customer).where(Customer.company == key).limit(1))
     if found is None:
         found = session.scalar(sa.select(Customer)
-                               .where(sa.func.lower(Customer.company) == key.lower()).limit(1))
+                               .where(Customer.company_key == name_key(key)).limit(1))
     if found is None and key.isdigit():
         found = session.get(Customer, int(key))
     return found
 
 
 def find_group(session: Session, customer_id: int, name: str) -> BillingGroup | None:
-    """The customer's billing group of this name (exact, then any letter case)."""
+    """The customer's billing group of this name (exact, then ignoring case and spaces)."""
     query = sa.select(BillingGroup).where(BillingGroup.customer_id == customer_id)
     found = session.scalar(query.where(BillingGroup.name == name).limit(1))
     if found is None:
         found = session.scalar(
-            query.where(sa.func.lower(BillingGroup.name) == name.lower()).limit(1))
+            query.where(BillingGroup.name_key == name_key(name)).limit(1))
     return found
 
 
@@ -65,14 +66,14 @@ def _add_term(session: Session, group: BillingGroup, plan_id: int, start: date,
     """Add a plan term; the term in force on ``start`` ends the day before. A later term in
     the way is refused (the history is never rewritten silently)."""
     if end is not None and end < start:
-        raise CatalogError("the plan's End Date is before its Start Date")
+        raise CatalogError("the plan's End Date is before its Start Date", "plan_end")
     if session.get(HostingPlan, plan_id) is None:
-        raise CatalogError(f"there is no hosting plan {plan_id}")
+        raise CatalogError(f"there is no hosting plan {plan_id}", "plan_id")
     for term in plan_history(session, group.id):
         if term.start_date >= start:
             raise CatalogError(
                 f"group {group.name} already has a plan term from {term.start_date}; give a "
-                "Start Date after it, or change that term")
+                "Start Date after it, or change that term", "plan_start")
         if term.end_date is None or term.end_date >= start:
             term.end_date = start - timedelta(days=1)
     term = GroupPlan(group_id=group.id, plan_id=plan_id, start_date=start, end_date=end,
@@ -125,15 +126,15 @@ def _plan_change(session: Session, group: BillingGroup, plan_id: int | None,
 
 
 def create_group(customer: Customer, values: Mapping[str, Any], *, actor: str) -> BillingGroup:
-    """A new billing group (GROUP_FIELDS; a plan starts its history); commits."""
+    """A new billing group (GROUP_FIELDS; a plan starts its history); commits. Raises
+    CatalogError (field "name" when the customer has a group of this name, ignoring case and
+    spaces)."""
     session = get_state().session
     try:
         fields = dict(values)
         if not str(fields.get("name", "")).strip():
-            raise CatalogError("enter the billing group's name")
-        if find_group(session, customer.id, str(fields["name"]).strip()) is not None:
-            raise CatalogError(f"customer {customer.company} already has a group named "
-                               f"{fields['name']}")
+            raise CatalogError("enter the billing group's name", "name")
+        check_unique_name(session, "group", str(fields["name"]), scope_id=customer.id)
         plan_id = fields.pop("plan_id", None) or None
         start, end = fields.pop("plan_start", None), fields.pop("plan_end", None)
         group = BillingGroup(customer_id=customer.id, created_at=utcnow())
@@ -149,6 +150,12 @@ def create_group(customer: Customer, values: Mapping[str, Any], *, actor: str) -
         audit.record(session, actor=actor, action="group_create", object_type="group",
                      object_id=group.id, detail={"customer_id": customer.id, **changes})
         session.commit()
+    except sa.exc.DBAPIError as exc:
+        session.rollback()
+        conflict = name_conflict(exc, "group")
+        if conflict is None:
+            raise
+        raise conflict from None
     except BaseException:
         session.rollback()
         raise
@@ -158,10 +165,17 @@ def create_group(customer: Customer, values: Mapping[str, Any], *, actor: str) -
 def update_group(group: BillingGroup, values: Mapping[str, Any], *, actor: str
                  ) -> dict[str, list[Any]]:
     """Rename the group and/or change its plan (written into the history); commits.
-    Returns what changed ({} = nothing)."""
+    Returns what changed ({} = nothing). Raises CatalogError (field "name" for a name
+    another group of the customer has, else the plan field it is about)."""
     session = get_state().session
     try:
         fields = dict(values)
+        if "name" in fields:
+            if not str(fields["name"] or "").strip():
+                raise CatalogError("enter the billing group's name", "name")
+            # Before the row changes: only a name that changes is checked (catalog.names).
+            check_unique_name(session, "group", str(fields["name"]), exclude_id=group.id,
+                              scope_id=group.customer_id)
         if "plan_id" in fields and not fields["plan_id"]:
             fields["plan_id"] = None
         before = {k: getattr(group, k) for k in GROUP_FIELDS}
@@ -184,6 +198,12 @@ def update_group(group: BillingGroup, values: Mapping[str, Any], *, actor: str
         audit.record(session, actor=actor, action="group_update", object_type="group",
                      object_id=group.id, detail=changes)
         session.commit()
+    except sa.exc.DBAPIError as exc:
+        session.rollback()
+        conflict = name_conflict(exc, "group")
+        if conflict is None:
+            raise
+        raise conflict from None
     except BaseException:
         session.rollback()
         raise

@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session
 
 from .. import audit
 from ..engine.store import is_conflict
-from ..models import BILLING_METHODS, HostingPlan
+from ..models import BILLING_METHODS, HostingPlan, name_key
 from ..state import get_state
 from .customers import CatalogError, apply_values
+from .names import DuplicateName, check_name, conflict_message, name_taken
 
 __all__ = ["PLAN_FIELDS", "PlanNameTaken", "find_plan", "plan_name_taken", "save_plan"]
 
@@ -26,22 +27,21 @@ PLAN_FIELDS: Final = (
 
 
 class PlanNameTaken(CatalogError):
-    """Another hosting plan has this name (letter case ignored)."""
+    """Another hosting plan has this name (case and spaces ignored: catalog.names)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "name")
 
 
 def plan_name_taken(session: Session, name: str, plan_id: int | None) -> bool:
-    # Case-insensitive: MariaDB's default collation would refuse "gold" next to "Gold"
-    # anyway, and two plans differing only in case confuse people everywhere.
-    query = sa.select(HostingPlan.id).where(sa.func.lower(HostingPlan.name) == name.lower())
-    if plan_id is not None:
-        query = query.where(HostingPlan.id != plan_id)
-    return session.scalar(query.limit(1)) is not None
+    # The shared rule (catalog.names): "Gold" and "gold " are one plan.
+    return name_taken(session, "plan", name, exclude_id=plan_id)
 
 
 def find_plan(session: Session, key: str) -> HostingPlan | None:
-    """A plan by its name (any letter case) or its id."""
+    """A plan by its name (ignoring case and spaces) or its id."""
     plan = session.scalar(sa.select(HostingPlan)
-                          .where(sa.func.lower(HostingPlan.name) == key.lower()).limit(1))
+                          .where(HostingPlan.name_key == name_key(key)).limit(1))
     if plan is None and key.isdigit():
         plan = session.get(HostingPlan, int(key))
     return plan
@@ -55,11 +55,16 @@ def save_plan(plan: HostingPlan | None, values: Mapping[str, Any], *, actor: str
     session = get_state().session
     name = str(values.get("name", plan.name if plan else "")).strip()
     if not name:
-        raise CatalogError("enter the plan's name")
+        raise CatalogError("enter the plan's name", "name")
     if values.get("billing_method", "standard") not in BILLING_METHODS:
-        raise CatalogError(f"the Billing Method is one of {', '.join(BILLING_METHODS)}")
-    if plan_name_taken(session, name, plan.id if plan else None):
-        raise PlanNameTaken("A hosting plan with this name exists: choose another name.")
+        raise CatalogError(f"the Billing Method is one of {', '.join(BILLING_METHODS)}",
+                           "billing_method")
+    try:
+        # Before the row changes: only a name that changes is checked (a plan keeping an old
+        # duplicate name from before the unique key is not refused).
+        check_name(session, "plan", name, exclude_id=plan.id if plan else None)
+    except DuplicateName as exc:
+        raise PlanNameTaken(str(exc)) from None
     creating = plan is None
     target = plan if plan is not None else HostingPlan()
     try:
@@ -78,8 +83,7 @@ def save_plan(plan: HostingPlan | None, values: Mapping[str, Any], *, actor: str
         if not is_conflict(exc):
             raise
         # Someone saved a plan of this name between our check and our write.
-        raise PlanNameTaken("A hosting plan with this name was saved a moment ago: choose "
-                            "another name.") from None
+        raise PlanNameTaken(conflict_message("plan")) from None
     except BaseException:
         session.rollback()
         raise

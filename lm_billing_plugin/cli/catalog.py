@@ -1,5 +1,7 @@
 """`flask lm-billing customers add | plans add | groups add | groups plan | assign`: the catalog
-from the command line, through the same service functions as the pages (catalog/)."""
+from the command line, through the same service functions as the pages (catalog/), so names
+are unique the same way (catalog.names: case and spaces ignored). The one `groups` group is
+defined here; cli/charges.py adds `groups charge` to it."""
 
 from __future__ import annotations
 
@@ -128,7 +130,11 @@ def plans_add(name: str, method: str, monthly_price: str | None, included_messag
 
 @cli.group("groups")
 def groups_group() -> None:
-    """Billing groups: add, and give a group a hosting plan over time."""
+    """Billing groups: add, give a group a hosting plan over time, and add an Additional
+    Charge to it (cli/charges.py registers `charge` here).
+
+    Exit status: 0 = done; 2 = invalid input (the error is printed).
+    """
 
 
 @groups_group.command("add")

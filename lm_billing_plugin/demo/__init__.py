@@ -29,6 +29,14 @@ DEMO_ACCOUNTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The demo portal's icon: a small bill (served as /favicon.ico, an SVG).
+FAVICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<rect x="5" y="2" width="22" height="28" rx="3" fill="#24324a"/>'
+    '<path d="M10 10h12M10 16h12M10 22h7" stroke="#fff" stroke-width="2.5"/></svg>'
+)
+
+
 class DemoUser(UserMixin):  # type: ignore[misc]  # flask-login ships no types
     def __init__(self, username: str) -> None:
         self.id = username
@@ -87,6 +95,8 @@ def create_app(
         # show its guidance at once.
         LM_BILLING_CONNECT_TIMEOUT=3.0,
         LM_BILLING_VALIDATE_INTERVAL=600.0,
+        # One process, no separate scheduler: the demo runs the schedule in its web process.
+        LM_BILLING_SCHEDULER_AUTOSTART=True,
     )
     app.config.from_prefixed_env()
     if test_config:
@@ -136,5 +146,12 @@ def create_app(
         logout_user()
         flash("Logged out.")
         return redirect(url_for("login"))
+
+    @app.get("/favicon.ico")
+    def favicon() -> Any:
+        # Browsers ask for it on every page; a 404 each time clutters the log.
+        return app.response_class(
+            FAVICON_SVG, mimetype="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+        )
 
     return app

@@ -25,7 +25,7 @@ from ..models import BillingGroup, Customer, HostingPlan, Server, TaskState, utc
 from ..schedule.claims import TASK
 from ..state import get_state
 from ..tclport.records import LOGGING_LISTS, LOGGING_NO, ListRecord, SiteRecord
-from ..testing.simulator import Dataset, HostSim, SendLogEntry
+from ..testing.simulator import Dataset, HostSim, SendLogEntry, _seed_people
 from . import DEMO_ACCOUNTS, DEMO_PASSWORD, create_app
 
 log = logging.getLogger("lm_billing_plugin.demo")
@@ -138,7 +138,12 @@ def _healthy_dataset(today: date, seed: int = 2026) -> Dataset:
                         bytes=rng.randint(2_000, 120_000),
                     )
                 )
+    # Members and admin names as the simulator seeds them, so Find Member and Find
+    # Administrator have people to find (pat.jones@example.org is on several lists).
+    people, admin_names = _seed_people(lists, seed)
     return Dataset(
+        members=people,
+        admin_names=admin_names,
         sites=sites,
         lists=lists,
         log=log_entries,
@@ -163,7 +168,10 @@ def _small_dataset(prefix: str, hostname: str, version: str, count: int) -> Data
         )
         for topic in _TOPICS[:count]
     ]
+    people, admin_names = _seed_people(lists, len(prefix))
     return Dataset(
+        members=people,
+        admin_names=admin_names,
         sites=[site],
         lists=lists,
         logging_mode=LOGGING_NO,

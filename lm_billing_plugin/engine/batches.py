@@ -37,16 +37,16 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit
+from .. import audit, signals
 from ..models import (
     Batch,
-    Problem,
     Run,
     Server,
     utcnow,
 )
 from ..secrets import SecretsError
 from ..settings import Settings
+from ..sqlite import writing
 from ..state import get_state
 from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
@@ -91,6 +91,7 @@ log = logging.getLogger("lm_billing_plugin.runner")
 
 BATCH_KINDS: Final = ("validate", "sync")
 _KIND_ORDER: Final = {kind: i for i, kind in enumerate(DRIFT_KINDS + RULE_KINDS + ("logging_off",))}
+
 
 class LeaseLost(RuntimeError):
     """This run outlived its lease and another run took the server over: store nothing."""
@@ -209,8 +210,11 @@ def _audit_server(session: Session, actor: str, action: str, server_id: int, at:
 
 
 def _problem_dicts(found: Iterable[Any]) -> list[dict[str, Any]]:
-    out = [{"id": getattr(p, "id", None), "kind": p.kind, "object": p.object_name,
-            "detail": p.detail} for p in found]
+    out = [p if isinstance(p, dict) else {"id": getattr(p, "id", None), "kind": p.kind,
+                                          "object_name": p.object_name, "detail": p.detail}
+           for p in found]
+    out = [{"id": p["id"], "kind": p["kind"], "object": p["object_name"],
+            "detail": p["detail"]} for p in out]
     out.sort(key=lambda p: (_KIND_ORDER.get(p["kind"], 99), p["object"]))
     return out
 
@@ -233,6 +237,7 @@ def _fetcher(settings: Settings) -> Callable[[_Target, float], Inventory]:
 # --- batches -------------------------------------------------------------------------------
 
 
+@writing
 def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
                  dry_run: bool = False) -> int:
     """Queue a validate or sync of ``server_ids`` (None = every active server).
@@ -282,6 +287,7 @@ def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
     return batch_id
 
 
+@writing
 def run_batch(batch_id: int) -> BatchResult:
     """Execute a queued batch: servers in parallel (LM_BILLING_MAX_PARALLEL), each within its
     own deadline (LM_BILLING_SERVER_DEADLINE); Batch.done/failed move as servers finish and
@@ -344,7 +350,22 @@ def run_batch(batch_id: int) -> BatchResult:
     session.commit()
     order = {t.server_id: i for i, t in enumerate(targets)}
     outcomes.sort(key=lambda o: order.get(o.server_id, 0))
+    if not dry_run:
+        _announce(kind, batch_id, actor, outcomes)
     return BatchResult(batch_id, kind, dry_run, outcomes)
+
+
+def _announce(kind: str, batch_id: int, actor: str, outcomes: list[ServerOutcome]) -> None:
+    """server_validated / server_synced for each server this batch worked on (skipped
+    servers were not touched; a dry run changed nothing)."""
+    signal = signals.server_synced if kind == "sync" else signals.server_validated
+    for o in outcomes:
+        if o.skipped_reason is not None:
+            continue
+        extra = {"changes": dict(o.changes)} if kind == "sync" else {}
+        signals.send(signal, server_id=o.server_id, name=o.name, ok=o.ok, status=o.status,
+                     run_id=o.run_id, batch_id=batch_id, problems_open=len(o.problems),
+                     problems_new=o.new_problems, actor=actor, **extra)
 
 
 def validate_servers(server_ids: Sequence[int] | None, *, actor: str) -> BatchResult:
@@ -505,6 +526,7 @@ class _BatchWorker:
         counts = {"created": 0, "updated": 0, "removed": 0}
         found: list[Found]
         new = 0
+        ids: dict[str, int] = {}
         if self.kind == "sync" and self.dry_run:
             counts = rec.changes.counts()
             after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
@@ -516,10 +538,13 @@ class _BatchWorker:
             if self.kind == "sync":
                 counts = apply_sync(session, sid, rec.changes, inv, now).as_dict()
                 if not rec.changes.empty:
-                    after = reconcile(load_snapshot(session, sid), inv)
+                    # Billing as the sync just left it, without reading it back: the same
+                    # rows apply_sync wrote (new ones have no assignments, so their ids
+                    # do not matter to the rules).
+                    after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
             found = after.problems
             new, _open = record_problems(session, sid, target.run_id, found, now,
-                                         groups=after.judged_groups)
+                                         groups=after.judged_groups, ids=ids)
             values: dict[str, Any] = {
                 "version": inv.server_info.version,
                 "hostname_reported": inv.server_info.hostname,
@@ -553,11 +578,10 @@ class _BatchWorker:
         if self.kind == "sync" and self.dry_run:
             outcome.problems = _problem_dicts(found)
         else:
-            # Read back in the same transaction: the ids of the rows just written.
-            outcome.problems = _problem_dicts(session.execute(
-                sa.select(Problem.id, Problem.kind, Problem.object_name, Problem.detail)
-                .where(Problem.last_run_id == target.run_id, Problem.status == "open")
-            ).all())
+            # record_problems knows each found problem's row id: no read-back.
+            outcome.problems = _problem_dicts(
+                {"id": ids.get(f.fingerprint), "kind": f.kind, "object_name": f.object_name,
+                 "detail": f.detail} for f in {f.fingerprint: f for f in found}.values())
         session.commit()
         outcome.changes = counts
         outcome.new_problems = new

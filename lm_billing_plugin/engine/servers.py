@@ -15,7 +15,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit
+from .. import audit, signals
 from ..models import (
     Assignment,
     AuditEntry,
@@ -318,6 +318,7 @@ def create_server(
     )
     _commit_or_field_error(session, name)
     log.info("server %r (%s:%s) created by %s", name, host, port, actor)
+    signals.send(signals.server_created, server_id=server.id, name=name, actor=actor)
     return server
 
 
@@ -412,6 +413,9 @@ def update_server(
             detail={"name": server.name, "changes": changes},
         )
     _commit_or_field_error(session, new_name)
+    if changes:
+        signals.send(signals.server_updated, server_id=server.id, name=server.name,
+                     changes=changes, actor=actor)
     return server
 
 
@@ -460,6 +464,8 @@ def delete_server(server_id: int, *, actor: str) -> str:
         )
         session.commit()
         log.info("server %r deactivated by %s (it has billing history)", name, actor)
+        signals.send(signals.server_deleted, server_id=server.id, name=name,
+                     outcome="deactivated", actor=actor)
         return "deactivated"
     sid = server.id
     # Children first (foreign keys); audit rows are kept but let go of the server.
@@ -480,6 +486,7 @@ def delete_server(server_id: int, *, actor: str) -> str:
     )
     session.commit()
     log.info("server %r erased by %s", name, actor)
+    signals.send(signals.server_deleted, server_id=sid, name=name, outcome="erased", actor=actor)
     return "erased"
 
 
@@ -671,4 +678,6 @@ def enable_logging(server_id: int, *, actor: str) -> LoggingReport:
         },
     )
     session.commit()
+    if report.ok and report.changed:
+        signals.send(signals.logging_enabled, server_id=server_id, actor=actor)
     return report

@@ -7,6 +7,7 @@ not grow with a server's number of lists. Only claim/release/expire commit by th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -415,6 +416,7 @@ def record_problems(
     groups: Collection[int] = (),
     kinds: Collection[str] | None = None,
     fixed: Collection[str] = (),
+    ids: dict[str, int] | None = None,
 ) -> ProblemCounts:
     """Upsert the problems a run found; resolve the ones it judged and did not find again.
 
@@ -424,19 +426,23 @@ def record_problems(
     restricted to ``kinds`` (None = every kind): only those can be resolved; a run that could
     not judge a kind leaves its problems alone. Fingerprints in ``fixed`` close as ``fixed``
     instead of ``resolved``. Returns ``(new, open)``: rows created or reopened, and found.
-    Does not commit.
+    ``ids``, when given, receives each found problem's row id by fingerprint (so the caller
+    need not read the rows back). Does not commit.
     """
     found = list({f.fingerprint: f for f in found}.values())
     scope = PROBLEM.c.server_id == server_id
     if groups:
         scope = sa.or_(scope, sa.and_(PROBLEM.c.server_id.is_(None),
                                       PROBLEM.c.group_id.in_(sorted(groups))))
+    # ``data`` is read as its stored JSON text and compared with the text this run would
+    # store: decoding every open problem's JSON was most of a re-validate's time. (A row
+    # written with other spacing or key order only costs one needless refresh.)
     existing = {
         r.fingerprint: r
         for r in session.execute(
             sa.select(PROBLEM.c.id, PROBLEM.c.fingerprint, PROBLEM.c.kind, PROBLEM.c.status,
-                      PROBLEM.c.detail, PROBLEM.c.data, PROBLEM.c.server_id,
-                      PROBLEM.c.group_id).where(scope)
+                      PROBLEM.c.detail, sa.cast(PROBLEM.c.data, sa.Text).label("data"),
+                      PROBLEM.c.server_id, PROBLEM.c.group_id).where(scope)
         )
     }
     judged = set(kinds) if kinds is not None else None
@@ -461,7 +467,7 @@ def record_problems(
         reopened = row.status != "open"
         if reopened:
             new += 1
-        if reopened or row.detail != f.detail or (row.data or {}) != dict(f.data):
+        if reopened or row.detail != f.detail or row.data != json.dumps(dict(f.data)):
             refresh.append({"b_id": row.id, "b_detail": f.detail, "b_data": dict(f.data),
                             "b_group": f.group_id})
     closing = [
@@ -495,7 +501,28 @@ def record_problems(
         )
     if inserts:
         session.execute(PROBLEM.insert(), inserts)
+    if ids is not None:
+        ids.update((fp, existing[fp].id) for fp in seen if fp in existing)
+        if inserts:
+            ids.update(_new_ids(session, run_id, [row["fingerprint"] for row in inserts]))
     return new, len(found)
+
+
+def _new_ids(session: Session, run_id: int | None,
+             fingerprints: Sequence[str]) -> Iterable[tuple[str, int]]:
+    """Row ids of problems this run just inserted: by first run (one indexed query), or by
+    fingerprint in chunks when there is no run."""
+    if run_id is not None:
+        query = sa.select(PROBLEM.c.fingerprint, PROBLEM.c.id).where(
+            PROBLEM.c.first_run_id == run_id)
+        return [(r.fingerprint, r.id) for r in session.execute(query)]
+    out: list[tuple[str, int]] = []
+    for start in range(0, len(fingerprints), 500):
+        chunk = list(fingerprints[start:start + 500])
+        out.extend((r.fingerprint, r.id) for r in session.execute(
+            sa.select(PROBLEM.c.fingerprint, PROBLEM.c.id)
+            .where(PROBLEM.c.fingerprint.in_(chunk))))
+    return out
 
 
 def open_drift_problems(session: Session, server_id: int) -> list[tuple[str, str]]:
@@ -658,9 +685,13 @@ def sweep_stale_batches(session: Session, now: datetime, lease_seconds: float) -
     lease sweep alone would leave them ``queued`` forever.
     """
     cutoff = now - timedelta(seconds=lease_seconds)
+    # A run another process ended as interrupted (its lease expired) is clean-up, not
+    # progress: the next batch ends the dead batch's claimed run "now" just before this sweep.
     moved = sa.select(RUN.c.id).where(
         RUN.c.batch_id == BATCH.c.id,
-        sa.or_(RUN.c.started_at >= cutoff, RUN.c.finished_at >= cutoff),
+        sa.or_(RUN.c.started_at >= cutoff,
+               sa.and_(RUN.c.finished_at >= cutoff,
+                       sa.func.coalesce(RUN.c.error_code, "") != "INTERRUPTED")),
     )
     stale_filter = sa.and_(
         BATCH.c.status.in_(("queued", "running")), BATCH.c.started_at < cutoff, ~sa.exists(moved)

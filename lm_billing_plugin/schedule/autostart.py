@@ -1,5 +1,5 @@
-"""Lazy start of the scheduler service in serving processes: on the first request of a gunicorn
-or uWSGI worker or `flask run`, never at import, in init_app, under tests or other CLI commands."""
+"""Lazy start of the scheduler service in serving processes, when LM_BILLING_SCHEDULER_AUTOSTART
+asks for it: on the first Billing request of a worker, never at import, init_app, tests or CLI."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 
 from ..state import get_state
 from .service import SERVICE_EXTRA, SchedulerService
@@ -45,6 +45,7 @@ def _under_cli_command() -> bool:
 
 
 _AUTOSTART_LOCK = threading.Lock()
+BILLING_BLUEPRINTS = frozenset({"lm_billing", "lm_billing_api"})
 
 
 def install_autostart(app: Flask) -> None:
@@ -54,17 +55,32 @@ def install_autostart(app: Flask) -> None:
         state = get_state(app)
         if SERVICE_EXTRA in state.extras:
             return
+        # Only a Billing page (or the API) starts it: the host's own pages, its /login or
+        # health checks, say nothing about wanting billing work in this process.
+        if request.blueprint not in BILLING_BLUEPRINTS:
+            return
         with _AUTOSTART_LOCK:
             if SERVICE_EXTRA in state.extras:
                 return
             if not should_autostart(current_app):
                 state.extras[SERVICE_EXTRA] = None
                 return
-            service = SchedulerService(app)
+            service = SchedulerService(
+                app, first_run_delay=state.settings.validate_interval
+            )
             state.extras[SERVICE_EXTRA] = service
             service.start(blocking=False)
 
     app.before_request(start_on_first_request)
 
 
-__all__ = ["install_autostart", "should_autostart"]
+def stop_service(app: Flask) -> None:
+    """Stop this process's ticker for ``app`` (a run going on is recorded as interrupted)."""
+    state = get_state(app)
+    with _AUTOSTART_LOCK:
+        service = state.extras.pop(SERVICE_EXTRA, None)
+    if isinstance(service, SchedulerService):
+        service.shutdown(abandon=True)
+
+
+__all__ = ["install_autostart", "should_autostart", "stop_service"]

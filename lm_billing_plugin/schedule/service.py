@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,6 +44,7 @@ from ..engine import batches
 from ..engine.batches import BatchResult
 from ..engine.store import lease_owner as owner_id
 from ..models import TaskState, utcnow
+from ..sqlite import writes
 from ..state import get_state
 from .claims import (
     ACTOR,
@@ -156,7 +157,9 @@ class SchedulerService:
     synchronous tick (for cron). ``start(blocking=...)`` drives ``tick`` with APScheduler.
     """
 
-    def __init__(self, app: Flask, *, work: Work | None = None) -> None:
+    def __init__(
+        self, app: Flask, *, work: Work | None = None, first_run_delay: float = 0.0
+    ) -> None:
         state = get_state(app)
         # Not the extension object: one service per app and process, whose ticker and run
         # threads must push this app's context themselves.
@@ -180,6 +183,9 @@ class SchedulerService:
         self._outage_announced = False
         self._stopping = threading.Event()
         self._task_ensured = False
+        # On a database without a schedule yet, the first run is due this many seconds on
+        # (autostart: one interval, so a fresh deploy does not validate at its first page).
+        self.first_run_delay = first_run_delay
         # The run this process executed last and its status (for `run-due`'s report).
         self.last_run: tuple[int, str] | None = None
 
@@ -193,7 +199,8 @@ class SchedulerService:
         """Look at the schedule once. Returns what happened: "disabled", "stopping", "busy"
         (a run of ours is going on), "idle" (nothing due, or someone else runs it),
         "ran"/"started" (we claimed a run) or "error" (logged; the next tick retries)."""
-        with self._ticking:
+        # Every transaction of a tick may write (claims, leases): SQLite's lock at BEGIN.
+        with self._ticking, writes():
             return self._tick(synchronous)
 
     def _tick(self, synchronous: bool) -> str:
@@ -217,7 +224,8 @@ class SchedulerService:
             if not self._task_ensured:
                 try:
                     with Session(self.engine) as session, session.begin():
-                        ensure_task(session, db_now(session))
+                        first_due = db_now(session) + timedelta(seconds=self.first_run_delay)
+                        ensure_task(session, first_due)
                 except sa.exc.IntegrityError:
                     pass  # another process created the row at the same moment
                 self._task_ensured = True
@@ -306,6 +314,10 @@ class SchedulerService:
     # -- one run --
 
     def _execute(self, local: _LocalRun) -> None:
+        with writes():
+            self._execute_run(local)
+
+    def _execute_run(self, local: _LocalRun) -> None:
         claim = local.claim
         heartbeat = threading.Thread(
             target=self._heartbeat, args=(local,), name="lm-billing-lease", daemon=True
@@ -377,6 +389,10 @@ class SchedulerService:
         return record
 
     def _heartbeat(self, local: _LocalRun) -> None:
+        with writes():
+            self._beat(local)
+
+    def _beat(self, local: _LocalRun) -> None:
         every = max(0.05, self.settings.lease_seconds / 3.0)
         while not local.stop_heartbeat.wait(every):
             try:

@@ -109,6 +109,10 @@ log = logging.getLogger("lm_billing_plugin.tclport")
 StepCallback = Callable[[str, float], None]
 
 
+# A server announcing more lists than ClientSettings.max_lists (refused before reading them).
+TOO_MANY_LISTS: Final = "TOO_MANY_LISTS"
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """Timeouts (seconds) and limits; the Flask layer fills it from ``LM_BILLING_*``."""
@@ -118,6 +122,9 @@ class ClientSettings:
     operation_timeout: float = 30.0
     max_reply_bytes: int = 64 * 1024 * 1024
     page_size: int = 5000
+    # Most lists one server may announce (LM_BILLING_MAX_LISTS_PER_SERVER; 0 = no limit):
+    # with it, what one read holds is bounded whatever a peer claims.
+    max_lists: int = 0
     # Where the client may connect (LM_BILLING_ALLOWED_NETWORKS, LM_BILLING_ALLOW_LOOPBACK).
     allowed_networks: tuple[Network, ...] = ()
     allow_loopback: bool = True
@@ -132,6 +139,8 @@ class ClientSettings:
                 raise ValueError(f"ClientSettings.{field} must be positive")
         if self.max_reply_bytes < 1:
             raise ValueError("ClientSettings.max_reply_bytes must be positive")
+        if self.max_lists < 0:
+            raise ValueError("ClientSettings.max_lists must be 0 (no limit) or positive")
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"ClientSettings.page_size must be between 1 and {MAX_PAGE_SIZE}")
 
@@ -197,6 +206,8 @@ class TclPortClient:
         self._reply_bytes = 0
         # Bytes received on this connection, for messages that must not quote them.
         self._received = 0
+        # Whether this connection carried the password (from then on, peer text may echo it).
+        self._password_sent = False
         #: Milliseconds spent in each connect step (resolve, connect, greeting, auth).
         self.timings: dict[str, float] = {}
         #: Address actually connected to, and the product named in the greeting.
@@ -279,7 +290,9 @@ class TclPortClient:
         text, however short the password is.
         """
         secret = self._password
-        if not secret:
+        if not secret or secret == DEFAULT_PASSWORD or not self._password_sent:
+            # The documented default is public (the guidance names it), and before auth
+            # this connection has not carried the password: nothing to withhold then.
             return False
         forms = {secret, encode_list([secret]), repr(secret)[1:-1], encode_request([secret])}
         for form in forms:
@@ -319,6 +332,7 @@ class TclPortClient:
         self._abort()
         self._greeted = False
         self._received = 0
+        self._password_sent = False
         self.timings = {}
         deadline = time.monotonic() + self.settings.operation_timeout
 
@@ -515,6 +529,7 @@ class TclPortClient:
             # The password goes only to a peer that greeted as a TclPort of profile 1.
             raise RuntimeError("auth before a valid TclPort greeting")
         # The password goes only into the request line, never into logs or messages.
+        self._password_sent = True
         self._send("auth", deadline, [self.commands["auth"], self._password])
         reply = self._read_reply("auth", deadline)
         if reply.status == "ERR":
@@ -868,6 +883,16 @@ class TclPortClient:
         while True:
             total, items = self.lists_page(offset, limit)
             pages += 1
+            if max_pages is None and self.settings.max_lists and total > self.settings.max_lists:
+                raise self._error(
+                    "command:lists", TOO_MANY_LISTS,
+                    detail=f"{total:,} lists announced",
+                    message=(
+                        f"server {self.label!r} announces {total:,} lists, more than "
+                        f"LM_BILLING_MAX_LISTS_PER_SERVER ({self.settings.max_lists:,}); "
+                        "nothing of it was stored. Raise the setting if the server really "
+                        "holds that many."),
+                )
             if max_pages is None:
                 # Slack for lists added while paging; a server that keeps announcing more
                 # pages than its first total allows is inconsistent, not just busy.

@@ -3,10 +3,11 @@ callback decides each action (view, edit, run)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import abort, current_app, g, request
+from flask import abort, current_app, g, has_request_context, request
 
 ACTIONS = ("view", "edit", "run")
 
@@ -14,6 +15,11 @@ PermissionCheck = Callable[[Any, str], bool]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ACTION_ATTR = "_lm_billing_action"
+# Actions whose callback already failed (and was logged) in this request: a portal page
+# asks once per menu link, and one traceback per request says it all.
+_FAILED_ATTR = "_lm_billing_permission_failed"
+
+log = logging.getLogger("lm_billing_plugin.access")
 
 
 def requires(action: str) -> Callable[[F], F]:
@@ -32,8 +38,16 @@ def action_of(view: Callable[..., Any] | None) -> str:
     return str(getattr(view, _ACTION_ATTR, "view"))
 
 
+# Set by the JSON API for a request that came with a bearer token: the user the host's
+# token checker returned stands for the request, whatever the session says.
+TOKEN_USER_ATTR = "lm_billing_api_user"  # noqa: S105  (a g attribute name, not a secret)
+
+
 def current_user() -> Any:
-    """The host's user: Flask-Login's current_user when the host uses it, else g.user."""
+    """The host's user: the API token's user, else Flask-Login's current_user when the host
+    uses it, else g.user."""
+    if has_request_context() and TOKEN_USER_ATTR in g:
+        return g.get(TOKEN_USER_ATTR)
     if getattr(current_app, "login_manager", None) is not None:
         from flask_login import current_user as login_user
 
@@ -62,7 +76,16 @@ def is_allowed(action: str) -> bool:
     check = state.extension.permission_check
     if check is None:
         return state.settings.allow_all
-    return bool(check(current_user(), action))
+    try:
+        return bool(check(current_user(), action))
+    except Exception:
+        # One rule for pages, menus and portal links alike: a callback that fails says no
+        # (deny by default), and the host hears of it with the traceback.
+        failed: set[str] = g.setdefault(_FAILED_ATTR, set()) if has_request_context() else set()
+        if action not in failed:
+            failed.add(action)
+            log.exception("the billing permission callback raised for %r: access refused", action)
+        return False
 
 
 def guard_request() -> Any:

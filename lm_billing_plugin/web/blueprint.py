@@ -9,10 +9,11 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from flask_wtf.csrf import validate_csrf
-from jinja2 import TemplateError
 from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
+from ..settings import DEFAULTS
+from ..sqlite import writes_in_this_request
 from ..state import get_state
 from .access import guard_request, is_allowed
 from .portals import template_context as portal_context
@@ -32,6 +33,17 @@ blueprint = Blueprint(
 )
 
 log = logging.getLogger("lm_billing_plugin.blueprint")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+
+
+
+@blueprint.before_request
+def sqlite_write_transactions() -> None:
+    """A request that may change something takes SQLite's write lock when its transaction
+    begins (sqlite.py says why); first, before the access guard reads the user."""
+    if request.method not in SAFE_METHODS:
+        writes_in_this_request()
+
 
 blueprint.before_request(guard_request)
 
@@ -41,7 +53,7 @@ def guard_csrf() -> None:
     """Every change needs the CSRF token, whether or not the host registered CSRFProtect:
     a form that forgot to check it cannot become a cross-site write. Runs after the access
     guard, so strangers still get the login page or 403 first."""
-    if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+    if request.method in SAFE_METHODS:
         return
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return
@@ -79,43 +91,64 @@ ERROR_HINTS = {
 
 
 def error_page(exc: HTTPException) -> tuple[str | Response, int]:
-    """Errors of Billing pages inside the host's layout, with what to do next."""
+    """Errors of Billing pages inside the host's layout, with what to do next.
+
+    An error page must never fail itself: when the host's layout cannot render (a portal
+    whose navbar needs what this request never set up, e.g. Flask-AppBuilder's g.user when
+    CSRFProtect refused before FAB ran), the plugin's own layout is used, then plain text."""
     code = exc.code or 500
     if request.endpoint and request.endpoint.endswith("_json"):
         # The progress page's poller reads JSON, not a page.
         return jsonify(error=exc.description or exc.name), code
-    try:
-        html = render_template(
-            "lm_billing/error.html",
-            code=code,
-            title=ERROR_TITLES.get(code, exc.name),
-            description=exc.description or "",
-            hint=ERROR_HINTS.get(code, ""),
-        )
-    except TemplateError:
-        # A broken host layout must not turn a 403 into a 500: plain words instead.
-        log.exception("error page for %s could not be rendered in the layout", code)
-        return f"{code} {exc.name}: {exc.description}", code
-    return html, code
+    context: dict[str, Any] = {
+        "code": code,
+        "title": ERROR_TITLES.get(code, exc.name),
+        "description": exc.description or "",
+        "hint": ERROR_HINTS.get(code, ""),
+    }
+    for layout in (None, DEFAULTS["LM_BILLING_BASE_TEMPLATE"]):
+        # Explicit context wins over the context processor's lm_billing_base_template.
+        override = {} if layout is None else {"lm_billing_base_template": layout}
+        try:
+            return render_template("lm_billing/error.html", **context, **override), code
+        except Exception:
+            log.exception(
+                "error page for %s could not be rendered in the %s layout",
+                code,
+                "portal's" if layout is None else "plugin's own",
+            )
+    return Response(f"{code} {exc.name}: {exc.description}", code, mimetype="text/plain"), code
 
 
 for _code in ERROR_TITLES:
     blueprint.register_error_handler(_code, error_page)
 
 
-@blueprint.after_request
+@blueprint.after_app_request
 def security_headers(response: Response) -> Response:
+    """Every answer under the plugin's prefix — pages, refusals, and the 404/405 of paths no
+    view matched (those never reach a blueprint hook) — carries the security headers."""
+    settings = get_state().settings
+    prefix = settings.url_prefix.rstrip("/")
+    if request.blueprint != blueprint.name and not (
+        request.path == prefix or request.path.startswith(prefix + "/")
+    ):
+        return response
     # Plugin pages may sit in the host's own frames, never in anyone else's.
     response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'self'")
+    response.headers.setdefault("Content-Security-Policy", settings.content_security_policy)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != f"{blueprint.name}.static":
+        # Billing data (customers, servers, problems) must not stay in shared caches or the
+        # browser's history cache after logout; the static files may be cached.
+        response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @blueprint.context_processor
 def template_context() -> dict[str, Any]:
-    from .views.problems import KIND_WORDS
+    from .views.problem_summary import KIND_WORDS
     from .views.runs import RUN_STATUS_WORDS
 
     return {

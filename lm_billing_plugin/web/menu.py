@@ -21,10 +21,15 @@ class MenuEntry:
 
 
 MENU: tuple[MenuEntry, ...] = (
+    MenuEntry("Overview", "lm_billing.overview"),
     MenuEntry("Servers", "lm_billing.servers"),
     MenuEntry("Errors", "lm_billing.problems"),
     MenuEntry("Customers", "lm_billing.customers"),
     MenuEntry("Hosting Plans", "lm_billing.plans"),
+    MenuEntry("Reports", "lm_billing.reports"),
+    MenuEntry("Utilities", "lm_billing.utilities"),
+    MenuEntry("Additional Charges", "lm_billing.charges"),
+    MenuEntry("Invoice Templates", "lm_billing.invoice_templates"),
     MenuEntry("Background validation", "lm_billing.background"),
 )
 

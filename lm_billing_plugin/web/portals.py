@@ -4,6 +4,7 @@ links in the portal's own menu, and the template context the portal's layout nee
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from flask import current_app, has_app_context, redirect, request, url_for
@@ -30,7 +31,7 @@ def _may_view(endpoint: str) -> bool:
     if endpoint not in current_app.view_functions:
         return False
     try:
-        return is_allowed("view")
+        return is_allowed("view")  # a raising permission callback is already "no" there
     except RuntimeError:  # the plugin is not registered on this app
         return False
 
@@ -114,7 +115,11 @@ def _flask_admin_context() -> dict[str, Any]:
 
 
 def add_to_appbuilder(
-    appbuilder: Any, *, name: str = "Billing", category: str = "Billing"
+    appbuilder: Any,
+    *,
+    name: str = "Billing",
+    category: str = "Billing",
+    roles: Sequence[str] = (),
 ) -> None:
     """Add the Billing pages as links in a Flask-AppBuilder ``appbuilder``'s ``category``
     menu and let the Billing pages render in its layout (the host sets
@@ -124,7 +129,9 @@ def add_to_appbuilder(
 
     Each link is named ``"<name>: <label>"`` in FAB's permission model, so FAB's
     ``menu_access`` permissions can hide it as well; the plugin's own permission callback
-    still decides who may open the pages.
+    still decides who may open the pages. FAB shows a link only to roles with
+    ``menu_access`` on the link *and* on its ``category``: each role named in ``roles``
+    (they must exist) is granted all of them. FAB's admin role has them anyway.
     """
     if not has_app_context() or getattr(appbuilder, "menu", None) is None:
         raise RuntimeError(
@@ -144,6 +151,8 @@ def add_to_appbuilder(
             category=category,
             cond=visible,
         )
+    if roles:
+        _grant_menu_access(appbuilder, roles, [category, *(f"{name}: {e.label}" for e in MENU)])
     setattr(appbuilder, _MOUNT_ATTR, True)
     # FAB leaves Flask-Login's login_view at "login", an endpoint it does not have (its own
     # views redirect by themselves). Point it at FAB's login page, so that anonymous users
@@ -156,6 +165,23 @@ def add_to_appbuilder(
         and login_manager.login_view not in current_app.view_functions
     ):
         login_manager.login_view = f"{auth_view.endpoint}.login"
+
+
+def _grant_menu_access(appbuilder: Any, roles: Sequence[str], menus: Sequence[str]) -> None:
+    sm = appbuilder.sm
+    found = {role: sm.find_role(role) for role in roles}
+    missing = [role for role, found_role in found.items() if found_role is None]
+    if missing:
+        raise ValueError(
+            f"add_to_appbuilder(roles=...): there is no Flask-AppBuilder role {missing[0]!r}; "
+            "create it first (appbuilder.sm.add_role) or leave it out"
+        )
+    for menu in menus:
+        # add_link registered these already when FAB updates permissions; a host that turned
+        # FAB_UPDATE_PERMS off still gets the ones it grants.
+        permission = sm.add_permission_view_menu("menu_access", menu)
+        for role in found.values():
+            sm.add_permission_role(role, permission)
 
 
 def _appbuilder_context() -> dict[str, Any]:

@@ -4,25 +4,43 @@
 (function () {
   "use strict";
 
-  function addSelectAll(form) {
-    var table = form.querySelector("table");
-    if (!table) { return; }
-    var head = table.querySelector("thead th");
-    var boxes = table.querySelectorAll("tbody input[type=checkbox]");
-    if (!head || boxes.length === 0) { return; }
+  function selectBox(labelText, boxes, visibleLabel) {
     var all = document.createElement("input");
     all.type = "checkbox";
     all.id = "lmb-select-all-" + Math.random().toString(36).slice(2);
     var label = document.createElement("label");
     label.htmlFor = all.id;
-    label.className = "lmb-sr";
-    label.textContent = "Select all rows on this page";
+    label.className = visibleLabel ? "" : "lmb-sr";
+    label.textContent = labelText;
     all.addEventListener("change", function () {
       boxes.forEach(function (box) { box.checked = all.checked; });
     });
-    head.textContent = "";
-    head.appendChild(all);
-    head.appendChild(label);
+    return [all, label];
+  }
+
+  function addSelectAll(form) {
+    var slot = form.querySelector("[data-lmb-select-all-slot]");
+    var tables = slot ? form.querySelectorAll("table") : [form.querySelector("table")];
+    tables.forEach(function (table) {
+      if (!table) { return; }
+      var head = table.querySelector("thead th");
+      var boxes = table.querySelectorAll("tbody input[type=checkbox]");
+      if (!head || boxes.length === 0) { return; }
+      // On a page of several tables (the Errors page's kinds) each selects its own rows.
+      var parts = selectBox(slot ? "Select all rows of this kind" : "Select all rows on this page", boxes, false);
+      head.textContent = "";
+      head.appendChild(parts[0]);
+      head.appendChild(parts[1]);
+    });
+    if (slot) {
+      var every = form.querySelectorAll("tbody input[type=checkbox]");
+      if (every.length === 0) { return; }
+      var parts = selectBox("Select all rows on this page", every, true);
+      slot.className = "lmb-check-field";
+      slot.appendChild(parts[0]);
+      slot.appendChild(document.createTextNode(" "));
+      slot.appendChild(parts[1]);
+    }
   }
 
   function pollBatch(node) {

@@ -115,6 +115,21 @@ class CustomerForm(FlaskForm):  # type: ignore[misc]
         description="For example: Invoice, Credit Card, Check.",
     )
     notes = TextAreaField("Notes", validators=[Length(max=10_000)])
+    start_date = DateField(
+        "Start Date", validators=[Optional()], description="Billing starts (YYYY-MM-DD)."
+    )
+    end_date = DateField(
+        "End Date",
+        validators=[Optional()],
+        description="The last day billed: the final bill is prorated to it (YYYY-MM-DD).",
+    )
+    email_template_id = SelectField("Email Invoice Template", coerce=int, default=0)
+    web_template_id = SelectField("Web Invoice Template", coerce=int, default=0)
+
+    def validate_end_date(self, field: DateField) -> None:
+        start = self.start_date.data
+        if field.data is not None and start is not None and field.data < start:
+            raise WTFValidationError("The end date must not be before the start date.")
 
 
 class PlanForm(FlaskForm):  # type: ignore[misc]
@@ -201,6 +216,10 @@ class AssignForm(FlaskForm):  # type: ignore[misc]
         "Start Date",
         validators=[Optional()],
         description="Billing starts on this date (YYYY-MM-DD); blank = today.",
+    )
+    is_free = BooleanField(
+        "Is Free",
+        description="The group holds these objects without paying: no price, no usage.",
     )
 
 

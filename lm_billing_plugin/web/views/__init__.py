@@ -6,8 +6,24 @@ from flask import Blueprint
 
 
 def register(blueprint: Blueprint) -> None:
-    from . import assign, background, bills, customers, plans, problems, runs, servers
+    from . import (
+        assign,
+        background,
+        bills,
+        charges,
+        customers,
+        invoice_templates,
+        overview,
+        plans,
+        problems,
+        reports,
+        runs,
+        servers,
+        terminate,
+        utilities,
+    )
 
+    overview.register(blueprint)
     servers.register(blueprint)
     problems.register(blueprint)
     runs.register(blueprint)
@@ -15,4 +31,9 @@ def register(blueprint: Blueprint) -> None:
     plans.register(blueprint)
     assign.register(blueprint)
     background.register(blueprint)
+    reports.register(blueprint)
+    utilities.register(blueprint)
+    charges.register(blueprint)
+    invoice_templates.register(blueprint)
+    terminate.register(blueprint)
     bills.register(blueprint)

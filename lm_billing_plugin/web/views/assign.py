@@ -31,6 +31,7 @@ from .catalog import (
 )
 from .customers import _render_customer_detail
 from .paging import MAX_ID, MAX_SEARCH, Page, clamp, order_by, page_from_request
+from .problem_summary import gate_words
 
 
 def _int_args(values: Iterable[str]) -> list[int]:
@@ -174,9 +175,10 @@ def _do_assign(
             whole_server=whole,
             actor=actor_name(),
             start=form.start.data,
+            is_free=bool(form.is_free.data),
         )
     except assignment.GateError as exc:
-        return str(exc)
+        return gate_words(exc)
     except assignment.AssignmentError as exc:
         form.whole_server.errors = [f"Nothing was assigned: {exc}."]
         return ""
@@ -275,7 +277,7 @@ def unassign() -> Any:
     try:
         count = assignment.unassign(own, actor=actor_name(), end=form.end.data)
     except assignment.GateError as exc:
-        return _render_customer_detail(session, customer, form, str(exc), status=409)
+        return _render_customer_detail(session, customer, form, gate_words(exc), status=409)
     except assignment.AssignmentError as exc:
         message = f"Nothing was unassigned: {exc}. Reload the page and try again."
         return _render_customer_detail(session, customer, form, message, status=400)

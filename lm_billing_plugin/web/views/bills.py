@@ -43,6 +43,7 @@ from ...billing.runs import (
     run_outcomes,
 )
 from ...models import BillRun, Customer, Invoice, utcnow
+from ...sqlite import writes
 from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.bills import RerunForm, RunBillingForm, VoidForm
@@ -154,7 +155,8 @@ def run_billing() -> str | BaseResponse:
 
 
 def _run_in_app(app: Flask, run_id: int) -> None:
-    with app.app_context():
+    # The run writes invoices: on SQLite its transactions take the write lock at BEGIN.
+    with app.app_context(), writes():
         try:
             result = run_bill_run(run_id)
             if result.dry_run:

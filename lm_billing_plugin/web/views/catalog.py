@@ -11,11 +11,25 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ...catalog.customers import CatalogError
 from ...engine.store import active_assignment
 from ...models import Assignment
 from ...state import get_state
 
-CUSTOMER_FIELDS = ("company", "contact_name", "email", "is_active", "payment_method", "notes")
+CUSTOMER_FIELDS = (
+    "company",
+    "contact_name",
+    "email",
+    "is_active",
+    "payment_method",
+    "notes",
+    "start_date",
+    "end_date",
+    "email_template_id",
+    "web_template_id",
+)
+# Select fields whose choice 0 means "none" (stored as NULL).
+_ZERO_IS_NONE = ("plan_id", "email_template_id", "web_template_id")
 PLAN_FIELDS = (
     "name",
     "description",
@@ -62,13 +76,25 @@ def _apply(obj: Any, form: Any, names: Iterable[str]) -> dict[str, list[Any]]:
     changes: dict[str, list[Any]] = {}
     for name in names:
         new = getattr(form, name).data
-        if name == "plan_id" and new == 0:
+        if name in _ZERO_IS_NONE and new == 0:
             new = None
         old = getattr(obj, name, None)
         if old != new:
             changes[name] = [_jsonable(old), _jsonable(new)]
             setattr(obj, name, new)
     return changes
+
+
+def _field_error(form: Any, exc: CatalogError, default: str) -> None:
+    """The service's error next to the field it is about (``exc.field``; else ``default``)."""
+    field = getattr(form, exc.field or default, None)
+    if field is None or not hasattr(field, "errors"):
+        field = getattr(form, default)
+    message = str(exc)
+    message = message[:1].upper() + message[1:]
+    if not message.endswith((".", "!", "?")):
+        message += "."
+    field.errors = [*field.errors, message]
 
 
 def _search(column: Any, text: str) -> Any:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
+from ...billing.invoice_templates import template_choices
 from ...catalog.customers import CatalogError, create_customer, update_customer
 from ...catalog.groups import GROUP_FIELDS, create_group, update_group
 from ...models import (
@@ -29,14 +30,16 @@ from ...models import (
 from ..access import actor_name, requires
 from ..forms.catalog import CustomerForm, GroupForm, UnassignForm
 from .catalog import (
-    CUSTOMER_FIELDS as FORM_CUSTOMER_FIELDS,
-)
-from .catalog import (
+    _ZERO_IS_NONE,
     _active_assignment,
+    _field_error,
     _page_size,
     _search,
     _session,
     _today,
+)
+from .catalog import (
+    CUSTOMER_FIELDS as FORM_CUSTOMER_FIELDS,
 )
 from .paging import MAX_SEARCH, clamp, order_by, page_from_request
 
@@ -96,14 +99,26 @@ def _customer_or_404(session: Session, customer_id: int) -> Customer:
     return customer
 
 
+def _customer_form(session: Session, customer: Customer | None) -> CustomerForm:
+    form = CustomerForm(obj=customer)
+    form.email_template_id.choices = template_choices(session, "email")
+    form.web_template_id.choices = template_choices(session, "web")
+    # Not posted (a script's form) or not set yet: the stored choice, else the default (0).
+    for name in ("email_template_id", "web_template_id"):
+        field = getattr(form, name)
+        if field.data is None or not form.is_submitted():
+            field.data = (getattr(customer, name) if customer else None) or 0
+    return form
+
+
 @requires("edit")
 def customer_new() -> str | Response:
-    form = CustomerForm()
+    form = _customer_form(_session(), None)
     if form.validate_on_submit():
         try:
             customer = create_customer(_values(form, FORM_CUSTOMER_FIELDS), actor=actor_name())
         except CatalogError as exc:
-            form.company.errors = [*form.company.errors, f"{exc}."]
+            _field_error(form, exc, "company")
         else:
             flash(f"Customer {customer.company} created. Add a billing group for its contract.")
             return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
@@ -114,13 +129,13 @@ def customer_new() -> str | Response:
 def customer_edit(customer_id: int) -> str | Response:
     session = _session()
     customer = _customer_or_404(session, customer_id)
-    form = CustomerForm(obj=customer)
+    form = _customer_form(session, customer)
     if form.validate_on_submit():
         try:
             action, _changes = update_customer(
                 customer, _values(form, FORM_CUSTOMER_FIELDS), actor=actor_name())
         except CatalogError as exc:
-            form.company.errors = [*form.company.errors, f"{exc}."]
+            _field_error(form, exc, "company")
             return render_template("lm_billing/customer_form.html", form=form,
                                    customer=customer)
         if action == "customer_deactivate":
@@ -135,8 +150,9 @@ def customer_edit(customer_id: int) -> str | Response:
 
 def _values(form: Any, names: Iterable[str]) -> dict[str, Any]:
     values = {name: getattr(form, name).data for name in names}
-    if "plan_id" in values and values["plan_id"] == 0:
-        values["plan_id"] = None  # "no plan" is choice 0, stored as NULL
+    for name in _ZERO_IS_NONE:
+        if name in values and values[name] == 0:
+            values[name] = None  # "none" is choice 0, stored as NULL
     return values
 
 
@@ -302,10 +318,15 @@ def _render_customer_detail(
         sa.select(AuditEntry).where(AuditEntry.object_type == "customer",
                                     AuditEntry.object_id == customer.id)
         .order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(100)))
+    from ...billing.charges import group_charges
+    from ..forms.charges import GroupChargeEndForm
+
     body = render_template(
         "lm_billing/customer_detail.html",
         invoices=invoices,
         history=history,
+        group_charges=group_charges(session, [g.id for g, _ in groups]),
+        charge_end_form=GroupChargeEndForm(),
         customer=customer,
         groups=groups,
         totals=totals,
@@ -337,7 +358,7 @@ def group_new(customer_id: int) -> str | Response:
         try:
             group = create_group(customer, _values(form, GROUP_FIELDS), actor=actor_name())
         except CatalogError as exc:
-            form.name.errors = [*form.name.errors, f"{str(exc).capitalize()}."]
+            _field_error(form, exc, "name")
         else:
             flash(f"Billing group {group.name} created. Assign the lists, sites or servers "
                   "it pays for.")
@@ -360,7 +381,7 @@ def group_edit(group_id: int) -> str | Response:
         try:
             changes = update_group(group, _values(form, GROUP_FIELDS), actor=actor_name())
         except CatalogError as exc:
-            form.plan_id.errors = [*form.plan_id.errors, f"{str(exc).capitalize()}."]
+            _field_error(form, exc, "name")
             return render_template("lm_billing/group_form.html", form=form, customer=customer,
                                    group=group)
         flash(f"Billing group {group.name} saved." if changes else "Nothing changed.")

@@ -19,6 +19,7 @@ from ..access import actor_name, requires
 from ..forms.catalog import PlanForm
 from .catalog import (
     PLAN_FIELDS,
+    _field_error,
     _page_size,
     _session,
 )
@@ -57,7 +58,7 @@ def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
         target, changes = save_plan(plan, {name: getattr(form, name).data
                                            for name in PLAN_FIELDS}, actor=actor_name())
     except CatalogError as exc:
-        form.name.errors = [*form.name.errors, str(exc)]
+        _field_error(form, exc, "name")
         return None
     if not changes:
         flash("Nothing changed.")

@@ -14,25 +14,12 @@ from ...models import PROBLEM_KINDS, Batch, Problem, Run, Server
 from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.servers import FixForm
+from . import problem_summary
 from .paging import MAX_ID, clamp, order_by, page_from_request
+from .problem_summary import KIND_WORDS
 
 log = logging.getLogger("lm_billing_plugin.views.problems")
 
-KIND_WORDS: dict[str, str] = {
-    "unknown_site": "site not in billing",
-    "unknown_list": "list not in billing",
-    "missing_site": "site gone from the server",
-    "missing_list": "list gone from the server",
-    "changed_list": "list changed on the server",
-    "unassigned_list": "list has no owner",
-    "over_max_lists": "more lists than the plan permits",
-    "over_max_members": "more members than the plan permits",
-    "over_max_members_per_list": "a list has more members than the plan permits",
-    "over_max_lists_per_site": "a site has more lists than the plan permits",
-    "over_max_sites": "more sites than the plan permits",
-    "inactive_customer_has_lists": "inactive customer still has lists",
-    "logging_off": "Enable Logging is off",
-}
 
 _PLAN_FIX = "Fixing cannot change a contract: change the group's hosting plan."
 # What "Fix Selected Objects" does with a problem of each kind.
@@ -53,6 +40,8 @@ FIX_WORDS: dict[str, str] = {
     "unassign its lists.",
     "logging_off": "Fixing switches Enable Logging on through TclPort — only when you tick "
     '"also switch Enable Logging on through TclPort" below.',
+    "invalid_field": "Fixing cannot change what the hosting server sends: correct the value "
+    "there (shorten it, remove the NUL character), then validate the server again.",
 }
 
 # "Fix all that match this filter" fixes at most this many per click: the fix runs inside the
@@ -136,6 +125,7 @@ def _filter() -> tuple[int | None, str, Batch | None, list[ColumnElement[bool]]]
 
 
 def problems() -> str:
+
     state = get_state()
     session = state.session
     server_id, kind, batch, where = _filter()
@@ -163,7 +153,8 @@ def problems() -> str:
     def fetch() -> list[Any]:
         return list(
             session.execute(
-                stmt.order_by(*order_by(page, sort_keys, Problem.id))
+                # Grouped by kind on the page: kind first, then the chosen order.
+                stmt.order_by(problem_summary.kind_order(), *order_by(page, sort_keys, Problem.id))
                 .limit(page.size)
                 .offset(page.offset)
             ).all()
@@ -179,6 +170,10 @@ def problems() -> str:
         clamp(page)
         rows = fetch()
     servers = session.execute(select(Server.id, Server.name).order_by(Server.name)).all()
+    base = [Problem.status == "open"] + ([found_by_batch(batch.id)] if batch else [])
+    summary = problem_summary.summarise(
+        session, base, server_id=server_id, kind=kind, kind_words=KIND_WORDS
+    )
     return render_template(
         "lm_billing/problems.html",
         rows=rows,
@@ -194,6 +189,34 @@ def problems() -> str:
         solve_link=solve_link,
         form=FixForm(),
         any_logging_off=any(row[0].kind == "logging_off" for row in rows),
+        summary=summary,
+        meaning=problem_summary.MEANING,
+        detail_repeats=problem_summary.DETAIL_REPEATS_MEANING,
+    )
+
+
+def problems_csv() -> Response:
+    """The open problems the Errors page's filter shows, all pages, as CSV (streamed)."""
+    from flask import stream_with_context
+
+
+    _, _, _, where = _filter()
+    stmt = (
+        select(Problem, Server.name)
+        .outerjoin(Server, Server.id == Problem.server_id)
+        .where(*where)
+        .order_by(problem_summary.kind_order(), Server.name, Problem.object_name, Problem.id)
+        .execution_options(yield_per=500)
+    )
+
+    def rows() -> Any:
+        # Run while streaming, in the session of the context the stream carries.
+        yield from get_state().session.execute(stmt)
+
+    return Response(
+        stream_with_context(problem_summary.csv_lines(rows(), KIND_WORDS)),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="billing-errors.csv"'},
     )
 
 
@@ -283,4 +306,5 @@ def _flash_lines(lines: list[str], category: str, limit: int = 10) -> None:
 
 def register(blueprint: Blueprint) -> None:
     blueprint.add_url_rule("/errors", "problems", problems)
+    blueprint.add_url_rule("/errors.csv", "problems_csv", problems_csv)
     blueprint.add_url_rule("/errors/fix", "problems_fix", problems_fix, methods=["POST"])

@@ -3,6 +3,7 @@ outside the request, and the batch progress page (HTML with refresh, and JSON fo
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from ...models import Batch, Problem, Run, Server, utcnow
+from ...sqlite import writes
 from ...state import get_state
 from ..access import actor_name
 
@@ -47,6 +49,9 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
             executor = ThreadPoolExecutor(
                 max_workers=WORKERS, thread_name_prefix="lm-billing-batch"
             )
+            # Idle workers of every app go at exit, even when the host never calls
+            # billing.shutdown(app); a batch still running is then left to the stale sweep.
+            atexit.register(executor.shutdown, wait=False, cancel_futures=True)
             extras[EXECUTOR_KEY] = executor
             extras[FUTURES_KEY] = []
         assert isinstance(executor, ThreadPoolExecutor)
@@ -56,7 +61,7 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 def _run_in_app(app: Flask, batch_id: int) -> None:
     from ...engine import batches
 
-    with app.app_context():
+    with app.app_context(), writes():
         try:
             batches.run_batch(batch_id)
         except Exception:
@@ -84,6 +89,11 @@ def submit_background(work: Callable[[Flask], None]) -> None:
     """Run ``work(app)`` on the pages' background executor (batches and bill runs share it;
     wait_for_batches waits for both). ``work`` opens its own app context."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    if get_state(app).settings.inline_batches:
+        # A host's test suite: the work is done when the request returns, no thread (``work``
+        # runs in an app context of its own, so the request's session is untouched).
+        work(app)
+        return
     future = _executor(app).submit(work, app)
     with _LOCK:
         futures: list[Future[None]] = get_state(app).extras[FUTURES_KEY]
@@ -114,6 +124,7 @@ def shutdown_executor(app: Flask, *, wait: bool = True) -> None:
         executor = get_state(app).extras.pop(EXECUTOR_KEY, None)
         get_state(app).extras.pop(FUTURES_KEY, None)
     if executor is not None:
+        atexit.unregister(executor.shutdown)
         executor.shutdown(wait=wait, cancel_futures=not wait)
 
 

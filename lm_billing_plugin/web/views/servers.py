@@ -33,6 +33,7 @@ from ...tclport.client import DEFAULT_PORT
 from ..access import actor_name, requires
 from ..forms.servers import ActionForm, AssignForm, ServerForm, ServerSelectionForm
 from .paging import MAX_SEARCH, Page, clamp, order_by, page_from_request, page_number
+from .problem_summary import gate_words
 
 log = logging.getLogger("lm_billing_plugin.views.servers")
 
@@ -487,12 +488,18 @@ def _logging_off(server: Server) -> bool:
 
 def server_detail(server_id: int) -> str:
     server = _server_or_404(server_id)
-    return render_template("lm_billing/server_detail.html", **detail_context(server))
+    from flask import session as cookie
+
+    # The last "Check connection" of this server, shown once after its redirect.
+    check = cookie.pop("lm_billing_check", None)
+    if not (isinstance(check, dict) and check.get("server_id") == server_id):
+        check = None
+    return render_template("lm_billing/server_detail.html", **detail_context(server, check))
 
 
 @requires("run")
 def server_check(server_id: int) -> str | Response:
-    """Check connection step by step; the page is answered directly (the steps are not stored)."""
+    """Check connection step by step; the steps are shown on the page after the redirect."""
     server = _server_or_404(server_id)
     form = ActionForm()
     if not form.validate_on_submit():
@@ -504,11 +511,15 @@ def server_check(server_id: int) -> str | Response:
         get_state().session.rollback()
         flash(f"The connection was not checked: {exc}", "error")
         return redirect(url_for("lm_billing.server_detail", server_id=server_id))
-    session = get_state().session
-    session.expire_all()
-    server = _server_or_404(server_id)
-    check = {"connection": connection, "logging": logging_report}
-    return render_template("lm_billing/server_detail.html", **detail_context(server, check))
+    from flask import session as cookie
+
+    # Post/redirect/get: a reload shows the page again instead of checking again.
+    cookie["lm_billing_check"] = {
+        "server_id": server_id,
+        "connection": connection.as_dict(),
+        "logging": logging_report.as_dict() if logging_report else None,
+    }
+    return redirect(url_for("lm_billing.server_detail", server_id=server_id) + "#lmb-check-h")
 
 
 @requires("run")
@@ -566,7 +577,7 @@ def server_assign(server_id: int) -> Response:
         )
     except (assignment.GateError, assignment.AssignmentError) as exc:
         session.rollback()
-        flash(f"Nothing was assigned: {exc}", "error")
+        flash(f"Nothing was assigned: {gate_words(exc)}", "error")
         return back
     group = session.get(BillingGroup, form.group_id.data)
     flash(

@@ -1,0 +1,119 @@
+"""`python -m lm_billing_plugin.testing.bench_reports [LISTS...]`: times the Overview and the
+report pages on SQLite for fleets of 1,000 and 500,000 lists (this month's usage on each)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from ..extension import LMBilling
+from ..models import (
+    Assignment,
+    Base,
+    BillingGroup,
+    Customer,
+    HostingPlan,
+    MailingList,
+    Server,
+    Usage,
+)
+from ..secrets import generate_key
+from ..state import get_state
+
+PAGES = (
+    ("Overview", "/billing/overview"),
+    ("Usage per server", "/billing/reports/usage?by=server"),
+    ("Usage per list, sorted by messages", "/billing/reports/usage?by=list"),
+    ("Usage per customer", "/billing/reports/usage?by=customer"),
+    ("Revenue", "/billing/reports/revenue"),
+    ("Plan limits", "/billing/reports/limits"),
+)
+LISTS_PER_SERVER = 5000
+
+
+def build(path: Path, lists: int) -> Flask:
+    app = Flask("bench_reports")
+    app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{path}", LM_BILLING_ALLOW_ALL=True,
+                      LM_BILLING_ENCRYPTION_KEYS=[generate_key()], SECRET_KEY=generate_key(),
+                      LM_BILLING_SCHEDULER_AUTOSTART=False)
+    db = SQLAlchemy()
+    db.init_app(app)
+    LMBilling(app)
+    month = datetime.now(UTC).date().replace(day=1)
+    with app.app_context():
+        Base.metadata.create_all(db.engine)
+        s = get_state(app).session
+        plan = HostingPlan(name="Bench", max_lists=LISTS_PER_SERVER, max_message_size_kb=100)
+        s.add(plan)
+        s.flush()
+        servers = max(1, lists // LISTS_PER_SERVER)
+        for n in range(servers):
+            server = Server(name=f"server{n:04d}", host="127.0.0.1", comments="")
+            customer = Customer(company=f"Customer {n:04d}")
+            s.add_all([server, customer])
+            s.flush()
+            group = BillingGroup(customer_id=customer.id, name="lists", plan_id=plan.id)
+            s.add(group)
+            s.flush()
+            if n % 2 == 0:  # half the fleet is paid for by whole servers, half unowned
+                s.add(Assignment(group_id=group.id, object_type="server", server_id=server.id,
+                                 start_date=date(2020, 1, 1)))
+            count = min(LISTS_PER_SERVER, lists - n * LISTS_PER_SERVER)
+            s.execute(sa.insert(MailingList), [
+                {"server_id": server.id, "name": f"list-{i:05d}", "site_name": f"site{i % 4}",
+                 "members": i % 5000} for i in range(count)])
+        s.flush()
+        ids = s.execute(sa.select(MailingList.id, MailingList.server_id)).all()
+        s.execute(sa.insert(Usage), [
+            {"server_id": sid, "list_id": lid, "period": month, "messages": lid % 7,
+             "recipients": lid % 700, "bytes": (lid % 700) * 40_000} for lid, sid in ids])
+        s.commit()
+    return app
+
+
+def time_pages(app: Flask, rounds: int = 5) -> dict[str, float]:
+    client = app.test_client()
+    out = {}
+    for label, url in PAGES:
+        assert client.get(url).status_code == 200, url
+        samples = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            response = client.get(url)
+            response.get_data()
+            samples.append(time.perf_counter() - start)
+        out[label] = statistics.median(samples) * 1000
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sizes = [int(a) for a in (argv if argv is not None else sys.argv[1:])] or [1000, 500_000]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            start = time.perf_counter()
+            app = build(Path(tmp) / f"{size}.sqlite", size)
+            print(f"built {size:,} lists in {time.perf_counter() - start:.1f} s", flush=True)
+            results[size] = time_pages(app)
+            with app.app_context():
+                get_state(app).db.engine.dispose()
+    print(f"\n{'Page (median of 5, ms)':40}" + "".join(f"{s:>14,}" for s in sizes)
+          + ("       ratio" if len(sizes) > 1 else ""))
+    for label, _url in PAGES:
+        row = [results[s][label] for s in sizes]
+        ratio = f"{row[-1] / row[0]:11.1f}x" if len(sizes) > 1 else ""
+        print(f"{label:40}" + "".join(f"{v:14.1f}" for v in row) + " " + ratio)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

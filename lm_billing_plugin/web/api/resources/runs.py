@@ -1,0 +1,129 @@
+"""API resource: validate and sync (start a background batch: 202 and its URL), batches with
+their progress, and runs; batches start through the same executor as the pages' buttons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Response, jsonify, request, url_for
+
+from ....models import Batch, Run
+from ....state import get_state
+from ...views.runs import start_batch
+from ..core import (
+    PAGE_QUERY,
+    ApiError,
+    id_list,
+    int_arg,
+    invalid,
+    json_body,
+    page,
+    route,
+    row_dict,
+    schema,
+)
+
+BATCH_FIELDS = ("id", "kind", "status", "total", "done", "failed", "dry_run", "triggered_by",
+                "started_at", "finished_at")
+RUN_FIELDS = ("id", "batch_id", "server_id", "kind", "status", "triggered_by", "started_at",
+              "finished_at", "error_code", "error_message", "lists_seen", "created", "updated",
+              "removed", "problems_open", "problems_new")
+
+BATCH = schema("Batch", {"type": "object", "properties": {
+    "id": {"type": "integer"}, "kind": {"type": "string", "enum": ["validate", "sync"]},
+    "status": {"type": "string"}, "total": {"type": "integer"}, "done": {"type": "integer"},
+    "failed": {"type": "integer"}, "dry_run": {"type": "boolean"},
+    "triggered_by": {"type": "string"}, "started_at": {"type": "string"},
+    "finished_at": {"type": ["string", "null"]}, "finished": {"type": "boolean"},
+    "url": {"type": "string"}, "runs_url": {"type": "string"},
+    "problems_url": {"type": "string"}}, "required": ["id", "kind", "status", "finished"]})
+RUN = schema("Run", {"type": "object", "properties": {
+    name: {"type": ["integer", "string", "null"]} for name in RUN_FIELDS}})
+START = schema("BatchStart", {"type": "object", "properties": {
+    "server_ids": {"type": "array", "items": {"type": "integer"},
+                   "description": "Left out: every active server."}}})
+PAGE = {"type": "object", "properties": {"items": {"type": "array"},
+                                         "next_cursor": {"type": ["string", "null"]}}}
+
+
+def batch_dict(batch: Batch) -> dict[str, Any]:
+    return {
+        **row_dict(batch, BATCH_FIELDS),
+        # queued -> running -> finished (or failed), as the batch page reads it.
+        "finished": batch.finished_at is not None or batch.status in ("finished", "failed"),
+        "url": url_for("lm_billing_api.batch_get", batch_id=batch.id),
+        "runs_url": url_for("lm_billing_api.runs_list", batch_id=batch.id),
+        "problems_url": url_for("lm_billing_api.problems_list", batch_id=batch.id),
+    }
+
+
+def _start(kind: str) -> Response:
+    body = json_body() if request.content_length else {}
+    errors: dict[str, str] = {}
+    ids = id_list(body, "server_ids", errors)
+    for name in sorted(set(body) - {"server_ids"}):
+        errors[name] = "Unknown field."
+    invalid(errors)
+    try:
+        batch_id = start_batch(kind, ids)
+    except LookupError as exc:
+        raise ApiError(404, str(exc)) from None
+    batch = get_state().session.get(Batch, batch_id)
+    assert batch is not None
+    response = jsonify(batch_dict(batch))
+    response.status_code = 202
+    response.headers["Location"] = url_for("lm_billing_api.batch_get", batch_id=batch_id)
+    return response
+
+
+@route("/validate", "POST", action="run", tag="runs", request_schema=START,
+       summary="Validate servers in the background; poll the batch's URL",
+       responses={202: ("Started (Location: the batch)", BATCH), 404: ("Unknown server", None)})
+def validate() -> Response:
+    return _start("validate")
+
+
+@route("/sync", "POST", action="run", tag="runs", request_schema=START,
+       summary="Sync servers in the background; poll the batch's URL",
+       responses={202: ("Started (Location: the batch)", BATCH), 404: ("Unknown server", None)})
+def sync() -> Response:
+    return _start("sync")
+
+
+@route("/batches", "GET", summary="Batches (id order)", tag="runs", query=PAGE_QUERY,
+       responses={200: ("A page of batches", PAGE)})
+def batches_list() -> Response:
+    return page(sa.select(Batch), Batch.id, batch_dict)
+
+
+@route("/batches/<int:batch_id>", "GET", summary="A batch and its progress", tag="runs",
+       responses={200: ("The batch", BATCH), 404: ("No such batch", None)})
+def batch_get(batch_id: int) -> Response:
+    batch = get_state().session.get(Batch, batch_id)
+    if batch is None:
+        raise ApiError(404, f"There is no batch {batch_id}.")
+    return jsonify(batch_dict(batch))
+
+
+@route("/runs", "GET", summary="Runs (id order), by server or batch", tag="runs",
+       query=(*PAGE_QUERY, ("server_id", "integer", "Only this server's runs."),
+              ("batch_id", "integer", "Only this batch's runs.")),
+       responses={200: ("A page of runs", PAGE)})
+def runs_list() -> Response:
+    query = sa.select(Run)
+    server_id, batch_id = int_arg("server_id"), int_arg("batch_id")
+    if server_id is not None:
+        query = query.where(Run.server_id == server_id)
+    if batch_id is not None:
+        query = query.where(Run.batch_id == batch_id)
+    return page(query, Run.id, lambda r: row_dict(r, RUN_FIELDS))
+
+
+@route("/runs/<int:run_id>", "GET", summary="One run", tag="runs",
+       responses={200: ("The run", RUN), 404: ("No such run", None)})
+def run_get(run_id: int) -> Response:
+    run = get_state().session.get(Run, run_id)
+    if run is None:
+        raise ApiError(404, f"There is no run {run_id}.")
+    return jsonify(row_dict(run, RUN_FIELDS))

@@ -1,0 +1,176 @@
+"""The Errors page's summary: open problems counted by kind and by server (GROUP BY), what
+each kind means said once, the CSV export of a filter, and the gate's refusal in page words."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import Session
+
+from ...models import PROBLEM_KINDS, Problem, Server
+
+# The Errors page's name of each kind (the gate's refusals use it too).
+KIND_WORDS: dict[str, str] = {
+    "unknown_site": "site not in billing",
+    "unknown_list": "list not in billing",
+    "missing_site": "site gone from the server",
+    "missing_list": "list gone from the server",
+    "changed_list": "list changed on the server",
+    "unassigned_list": "list has no owner",
+    "over_max_lists": "more lists than the plan permits",
+    "over_max_members": "more members than the plan permits",
+    "over_max_members_per_list": "a list has more members than the plan permits",
+    "over_max_lists_per_site": "a site has more lists than the plan permits",
+    "over_max_sites": "more sites than the plan permits",
+    "inactive_customer_has_lists": "inactive customer still has lists",
+    "logging_off": "Enable Logging is off",
+    "invalid_field": "the server sent a value billing cannot store",
+}
+
+# What a kind means, said once above its rows (the rows then say only what differs).
+MEANING: dict[str, str] = {
+    "unknown_site": "These sites are on the hosting server but not in billing.",
+    "unknown_list": "These lists are on the hosting server but not in billing.",
+    "missing_site": "These sites are in billing but no longer on the hosting server.",
+    "missing_list": "These lists are in billing but no longer on the hosting server.",
+    "changed_list": "These lists changed on the hosting server since billing last read them.",
+    "unassigned_list": "These lists are in billing but belong to no billing group.",
+    "over_max_lists": "These billing groups have more lists than their hosting plan permits.",
+    "over_max_members": "These billing groups have more members than their hosting plan permits.",
+    "over_max_members_per_list": "These lists have more members than their hosting plan "
+    "permits per list.",
+    "over_max_lists_per_site": "These sites have more lists than their hosting plan permits "
+    "per site.",
+    "over_max_sites": "These billing groups have more sites than their hosting plan permits.",
+    "inactive_customer_has_lists": "These customers are inactive but still have lists.",
+    "logging_off": "These servers do not log the messages ListManager sends, so billing cannot "
+    "count their mail.",
+    "invalid_field": "These hosting servers sent values that do not fit billing's columns; "
+    "billing stored the rest.",
+}
+
+# Kinds whose stored detail sentence only repeats the object, the server and the meaning:
+# their rows leave it out.
+DETAIL_REPEATS_MEANING = frozenset(
+    {"unknown_site", "unknown_list", "missing_site", "missing_list", "unassigned_list"}
+)
+
+
+def kind_order() -> ColumnElement[int]:
+    """Problems sort by kind in the order the model lists the kinds (drift first)."""
+    return case({k: i for i, k in enumerate(PROBLEM_KINDS)}, value=Problem.kind, else_=99)
+
+
+@dataclass
+class Count:
+    key: Any  # a kind code, or a server id (None: no server)
+    label: str
+    count: int
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    by_kind: list[Count] = field(default_factory=list)
+    by_server: list[Count] = field(default_factory=list)
+
+    def kind_count(self, kind: str) -> int:
+        return next((c.count for c in self.by_kind if c.key == kind), 0)
+
+
+def summarise(
+    session: Session,
+    base: Sequence[ColumnElement[bool]],
+    *,
+    server_id: int | None,
+    kind: str,
+    kind_words: Mapping[str, str],
+) -> Summary:
+    """Counts of the open problems ``base`` selects: by kind within the server filter, by
+    server within the kind filter (so each count is the size of the filter its link sets).
+    Two GROUP BY queries, whatever the number of problems."""
+    server_clause = [Problem.server_id == server_id] if server_id is not None else []
+    kind_clause = [Problem.kind == kind] if kind else []
+    order = kind_order()
+    kinds = session.execute(
+        select(Problem.kind, func.count().label("n"))
+        .where(*base, *server_clause)
+        .group_by(Problem.kind)
+        .order_by(func.min(order))
+    ).all()
+    servers = session.execute(
+        select(Problem.server_id, Server.name, func.count().label("n"))
+        .outerjoin(Server, Server.id == Problem.server_id)
+        .where(*base, *kind_clause)
+        .group_by(Problem.server_id, Server.name)
+        .order_by(func.count().desc(), Server.name)
+    ).all()
+    summary = Summary(
+        by_kind=[Count(r.kind, kind_words.get(r.kind, r.kind), int(r.n)) for r in kinds],
+        by_server=[Count(r.server_id, r.name or "no server", int(r.n)) for r in servers],
+    )
+    summary.total = summary.kind_count(kind) if kind else sum(c.count for c in summary.by_kind)
+    return summary
+
+
+# --- CSV -----------------------------------------------------------------------------------
+
+CSV_HEADER = ("Server", "Problem", "Kind", "Object type", "Object", "Detail", "Found", "Last seen")
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading =, +, - or @ (a list name can start
+    with anything) would otherwise be read as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_lines(rows: Iterable[Any], kind_words: Mapping[str, str]) -> Iterator[str]:
+    """The header, then one CSV line per (Problem, server name) row, as they come."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(CSV_HEADER)
+    yield flush()
+    for problem, server_name in rows:
+        writer.writerow(
+            [
+                _cell(server_name or ""),
+                _cell(kind_words.get(problem.kind, problem.kind)),
+                problem.kind,
+                problem.object_type,
+                _cell(problem.object_name),
+                _cell(problem.detail),
+                problem.first_seen_at.isoformat() if problem.first_seen_at else "",
+                problem.last_seen_at.isoformat() if problem.last_seen_at else "",
+            ]
+        )
+        yield flush()
+
+
+# --- the gate's refusal in page words ------------------------------------------------------
+
+_CODE = re.compile(r"\b(" + "|".join(map(re.escape, PROBLEM_KINDS)) + r") (?=['\"])")
+
+
+def in_page_words(message: str, kind_words: Mapping[str, str]) -> str:
+    """A message that names problems by their codes (``unknown_list 'x'``), with the words
+    the Errors page uses instead (``list not in billing: 'x'``)."""
+    return _CODE.sub(lambda m: f"{kind_words.get(m.group(1), m.group(1))}: ", message)
+
+
+def gate_words(exc: BaseException) -> str:
+    """The gate's refusal (catalog.assignment.GateError) as the pages say it."""
+    return in_page_words(str(exc), KIND_WORDS)
