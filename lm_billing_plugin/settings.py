@@ -3,6 +3,7 @@ Read once at init_app; services take the Settings object, never current_app.conf
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,18 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ("LM_BILLING_SMTP_SENDER", "billing@localhost", "From address of notifications."),
     ("LM_BILLING_SMTP_TIMEOUT", 10.0, "Seconds to wait for the SMTP server."),
     (
+        "LM_BILLING_CURRENCY",
+        "USD",
+        "ISO 4217 code of the currency invoices are issued in (e.g. `EUR`); amounts are "
+        "shown in it with Babel's formatting.",
+    ),
+    (
+        "LM_BILLING_INVOICE_NUMBER_FORMAT",
+        "{year}-{seq:05d}",
+        "How invoice numbers are printed: `{year}` and `{seq}` (the year's gapless sequence) "
+        "in Python format syntax.",
+    ),
+    (
         "LM_BILLING_NOTIFY_BASE_URL",
         None,
         "Absolute URL of the Billing pages (e.g. `https://portal.example.com/billing`) for "
@@ -209,6 +222,8 @@ class Settings:
     content_security_policy: str = CONTENT_SECURITY_POLICY
     sqlite_tuning: bool = True
     sqlite_busy_timeout: float = 30.0
+    currency: str = "USD"
+    invoice_number_format: str = "{year}-{seq:05d}"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -239,6 +254,25 @@ class Settings:
         max_parallel = int(get("LM_BILLING_MAX_PARALLEL"))
         if max_parallel < 1:
             raise ValueError("LM_BILLING_MAX_PARALLEL must be at least 1")
+        currency = str(get("LM_BILLING_CURRENCY")).strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", currency):
+            raise ValueError(
+                f"LM_BILLING_CURRENCY must be an ISO 4217 code like USD or EUR, not {currency!r}"
+            )
+        number_format = str(get("LM_BILLING_INVOICE_NUMBER_FORMAT"))
+        try:
+            one = number_format.format(year=2026, seq=1)
+            two = number_format.format(year=2026, seq=2)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"LM_BILLING_INVOICE_NUMBER_FORMAT {number_format!r} cannot be used ({exc}); "
+                "use {year} and {seq}, e.g. {year}-{seq:05d}"
+            ) from None
+        if one == two or len(one) > 40:
+            raise ValueError(
+                f"LM_BILLING_INVOICE_NUMBER_FORMAT {number_format!r} must contain {{seq}} and "
+                "print at most 40 characters"
+            )
         return cls(
             url_prefix=url_prefix,
             bind_key=bind_key,
@@ -276,4 +310,6 @@ class Settings:
             content_security_policy=str(get("LM_BILLING_CONTENT_SECURITY_POLICY")),
             sqlite_tuning=_as_bool(get("LM_BILLING_SQLITE_TUNING")),
             sqlite_busy_timeout=float(get("LM_BILLING_SQLITE_BUSY_TIMEOUT")),
+            currency=currency,
+            invoice_number_format=number_format,
         )

@@ -24,14 +24,12 @@ Semantics (the README's "Validate, sync and fix" section says the same to users)
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -54,6 +52,7 @@ from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
 from .digests import inputs_digest, inventory_digest, result_digest, with_drift
 from .inventory import Inventory, fetch_inventory
+from .parallel import run_parallel
 from .reconcile import (
     DRIFT_KINDS,
     RULE_KINDS,
@@ -99,10 +98,8 @@ __all__ = [
 log = logging.getLogger("lm_billing_plugin.runner")
 
 BATCH_KINDS: Final = ("validate", "sync")
-# How long past its own deadline a worker may take before the runner stops waiting for it
-# (the client's deadline normally ends it first; this only guards against surprises).
-_GRACE: Final = 5.0
 _KIND_ORDER: Final = {kind: i for i, kind in enumerate(DRIFT_KINDS + RULE_KINDS + ("logging_off",))}
+
 
 class LeaseLost(RuntimeError):
     """This run outlived its lease and another run took the server over: store nothing."""
@@ -407,61 +404,21 @@ class _BatchWorker:
         self.digests: dict[int, str] = {}
 
     def run(self, targets: list[_Target]) -> list[ServerOutcome]:
-        outcomes: list[ServerOutcome] = []
-        pending = collections.deque(targets)
-        running: dict[Future[Inventory], _Target] = {}
-        # When each fetch really began (set by its worker thread): a server's deadline runs
-        # from there, not from when it was queued behind the other fetches.
-        began: dict[int, float] = {}
-        workers = max(1, min(self.settings.max_parallel, len(targets)))
-        # Servers claimed ahead of the fetch threads: while this thread stores one server's
-        # result, the threads go on fetching (at most ``workers`` results wait here, so
-        # memory stays bounded by the parallelism, not by the fleet).
-        ahead = 2 * workers
-        deadline_s = self.settings.server_deadline
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lm-billing-fetch")
+        def overran(target: _Target) -> ServerOutcome:
+            # The worker overran even its grace: record it and stop waiting.
+            return self._failed(target, TclPortError(
+                target.name, "deadline", "TIMEOUT",
+                "the server did not finish within its deadline (LM_BILLING_SERVER_DEADLINE)"))
 
-        def fetch(target: _Target) -> Inventory:
-            began[target.server_id] = start = time.monotonic()
-            inventory = self.fetch(target, start + deadline_s)
+        def fetch(target: _Target, deadline: float) -> Inventory:
+            inventory = self.fetch(target, deadline)
+            # Computed in the worker thread: the store thread only compares it.
             self.digests[target.server_id] = inventory_digest(inventory)
             return inventory
 
-        def refill() -> None:
-            while pending and len(running) < ahead:
-                target = pending.popleft()
-                early = self._start(target)
-                if early is not None:
-                    outcomes.append(early)
-                    continue
-                running[pool.submit(fetch, target)] = target
-
-        try:
-            refill()
-            while running:
-                now = time.monotonic()
-                starts = [began[t.server_id] for t in running.values() if t.server_id in began]
-                soonest = (min(starts) if starts else now) + deadline_s + _GRACE
-                done, _ = wait(list(running), timeout=max(0.0, soonest - now),
-                               return_when=FIRST_COMPLETED)
-                for fut in done:
-                    target = running.pop(fut)
-                    outcomes.append(self._finish(target, fut))
-                    refill()
-                now = time.monotonic()
-                for fut, target in list(running.items()):
-                    start = began.get(target.server_id)
-                    if start is not None and now > start + deadline_s + _GRACE:
-                        # The worker overran even its grace: record it and stop waiting.
-                        running.pop(fut)
-                        err = TclPortError(target.name, "deadline", "TIMEOUT",
-                                           "the server did not finish within its deadline "
-                                           "(LM_BILLING_SERVER_DEADLINE)")
-                        outcomes.append(self._failed(target, err))
-                refill()
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-        return outcomes
+        return run_parallel(targets, fetch, workers=self.settings.max_parallel,
+                            deadline_seconds=self.settings.server_deadline, start=self._start,
+                            finish=self._finish, overran=overran)
 
     # -- start: claim ---------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from ..tclport.client import ClientSettings, StepCallback, TclPortClient
 from ..tclport.errors import TIMEOUT, TclPortError, host_port
 from ..tclport.records import ListRecord, LoggingState, ServerInfo, SiteRecord, UsageRecord
 
-__all__ = ["Inventory", "Rejected", "fetch_inventory", "month_start", "screen"]
+__all__ = ["Inventory", "Rejected", "fetch_inventory", "fetch_usage", "month_start", "screen"]
 
 log = logging.getLogger("lm_billing_plugin.inventory")
 
@@ -290,3 +290,29 @@ def fetch_inventory(
         fetched_at=fetched,
         usage_error=usage_error,
     ))
+
+
+def fetch_usage(
+    host: str,
+    port: int,
+    password: str,
+    *,
+    name: str | None,
+    settings: ClientSettings,
+    deadline: float,
+    start: date,
+    end: date,
+) -> tuple[UsageRecord, ...]:
+    """One ``usage FROM TO`` for exactly start..end (a bill run's period), within ``deadline``
+    (a ``time.monotonic()`` instant). Raises :class:`TclPortError` on any failure, including
+    LOGGING_OFF: a period whose sending log is off cannot be billed from it."""
+    client = _DeadlineClient(
+        host, port, password, name=name, settings=settings, deadline=deadline
+    )
+    try:
+        client.connect()
+        usage = tuple(client.usage(start, end))
+    finally:
+        client.close()
+    log.debug("%s: %d usage rows for %s..%s", client.label, len(usage), start, end)
+    return usage
