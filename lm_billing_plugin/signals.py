@@ -1,5 +1,5 @@
 """Blinker signals for every state change a host may react to (servers, runs, fixes, logging,
-assignments); the services send them after their transaction committed. Sender: the app."""
+assignments, bills); the services send them after their transaction committed. Sender: the app."""
 
 from __future__ import annotations
 
@@ -37,10 +37,16 @@ logging_enabled = _signals.signal("lm-billing-logging-enabled")
 assigned = _signals.signal("lm-billing-assigned")
 #: kwargs ``assignment_ids``, ``ended`` (count), ``end`` (date), ``actor``.
 unassigned = _signals.signal("lm-billing-unassigned")
+#: Once per bill run (not a dry run) that stored at least one invoice, when it finished:
+#: kwargs ``run_id``, ``invoice_ids`` (those it stored, in its customers' order), ``start``,
+#: ``end`` (the period, dates), ``actor``.
+bills_issued = _signals.signal("lm-billing-bills-issued")
+#: kwargs ``invoice_id``, ``number``, ``reason``, ``actor``.
+bill_voided = _signals.signal("lm-billing-bill-voided")
 
 SIGNALS: tuple[NamedSignal, ...] = (
     server_created, server_updated, server_deleted, server_validated, server_synced,
-    problems_fixed, logging_enabled, assigned, unassigned,
+    problems_fixed, logging_enabled, assigned, unassigned, bills_issued, bill_voided,
 )
 
 
@@ -60,6 +66,8 @@ def send(signal: NamedSignal, **kwargs: Any) -> None:
 __all__ = [
     "SIGNALS",
     "assigned",
+    "bill_voided",
+    "bills_issued",
     "logging_enabled",
     "problems_fixed",
     "send",

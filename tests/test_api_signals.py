@@ -38,6 +38,9 @@ DOCUMENTED: dict[str, set[str]] = {
     "assigned": {"group_id", "server_id", "created", "site_ids", "list_ids", "whole_server",
                  "start", "actor"},
     "unassigned": {"assignment_ids", "ended", "end", "actor"},
+    # Their firing (page, CLI, API) is tested in test_api_bills.py.
+    "bills_issued": {"run_id", "invoice_ids", "start", "end", "actor"},
+    "bill_voided": {"invoice_id", "number", "reason", "actor"},
 }
 
 

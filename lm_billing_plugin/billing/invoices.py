@@ -14,7 +14,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit
+from .. import audit, signals
 from ..models import (
     ChargeAssignment,
     Customer,
@@ -228,6 +228,8 @@ def void_invoice(key: str | int, *, reason: str, actor: str) -> Invoice:
     except BaseException:
         session.rollback()
         raise
+    signals.send(signals.bill_voided, invoice_id=invoice.id, number=invoice.number,
+                 reason=invoice.void_reason, actor=actor)
     return invoice
 
 

@@ -32,7 +32,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit
+from .. import audit, signals
 from ..catalog.assignment import GateError, check_gate
 from ..engine.store import is_conflict
 from ..models import (
@@ -539,6 +539,11 @@ def run_bill_run(run_id: int) -> BillRunResult:
     result = BillRunResult(run_id, runner.period, runner.dry_run, runner.currency)
     result.outcomes = sorted(runner.outcomes, key=lambda o: (o.company.casefold(),
                                                               o.customer_id))
+    issued = [o.invoice_id for o in result.outcomes
+              if o.status == "invoiced" and o.invoice_id is not None]
+    if issued:
+        signals.send(signals.bills_issued, run_id=run_id, invoice_ids=issued,
+                     start=runner.period.start, end=runner.period.end, actor=runner.actor)
     return result
 
 

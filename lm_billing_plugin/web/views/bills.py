@@ -138,12 +138,11 @@ def run_billing() -> str | BaseResponse:
             ids = [c.id for c in session.scalars(_filtered(show, on))]
         session.commit()
         try:
-            run_id = create_bill_run(form.start.data, form.end.data, ids, actor=actor_name(),
-                                     dry_run=bool(form.dry_run.data))
+            run_id = start_bill_run(form.start.data, form.end.data, ids,
+                                    dry_run=bool(form.dry_run.data))
         except BillRunError as exc:
             form.start.errors = [*form.start.errors, f"{str(exc).capitalize()}."]
         else:
-            submit_background(lambda app: _run_in_app(app, run_id))
             return redirect(url_for("lm_billing.bill_run", bill_run_id=run_id))
     chosen_ids = [int(x) for x in (form.customer_ids.data or "").split(",") if x.isdigit()]
     chosen = list(session.scalars(sa.select(Customer.company).where(Customer.id.in_(chosen_ids))
@@ -152,6 +151,15 @@ def run_billing() -> str | BaseResponse:
                                  .select_from(_filtered(show, on).subquery())) or 0)
     return render_template("lm_billing/bill_run_form.html", form=form, chosen=chosen,
                            in_view=in_view, show=show, on=on, filters=FILTERS)
+
+
+def start_bill_run(start: date, end: date, customer_ids: list[int] | None, *,
+                   dry_run: bool = False) -> int:
+    """Create the bill run now (so its page and API URL have something to show) and run it in
+    the background, as Run Billing does; returns its id. Raises BillRunError."""
+    run_id = create_bill_run(start, end, customer_ids, actor=actor_name(), dry_run=dry_run)
+    submit_background(lambda app: _run_in_app(app, run_id))
+    return run_id
 
 
 def _run_in_app(app: Flask, run_id: int) -> None:
