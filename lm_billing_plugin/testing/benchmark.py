@@ -349,14 +349,19 @@ def bench_app() -> Any:
     """The host app the fleet benchmark's CLI steps run (``flask --app ...:bench_app``):
     the database from $LM_BILLING_BENCH_DB, statement and row counts to $LM_BILLING_BENCH_STATS."""
     import os
+    import secrets as _secrets
 
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
     from lm_billing_plugin import LMBilling
+    from lm_billing_plugin.secrets import generate_key
 
     app = Flask("lm_billing_bench")
     app.config.update(
+        # A CLI-only app with no stored passwords, but the plugin refuses to start without.
+        SECRET_KEY=_secrets.token_hex(16),
+        LM_BILLING_ENCRYPTION_KEYS=[generate_key()],
         SQLALCHEMY_DATABASE_URI=os.environ[_DB_ENV],
         LM_BILLING_SCHEDULER_AUTOSTART=False,
         LM_BILLING_ALLOW_ALL=True,
@@ -855,6 +860,126 @@ def bench_fleet() -> None:
 
     fleets = os.environ.get("LM_BILLING_BENCH_FLEETS", "small,medium").split(",")
     fleet_main([f.strip() for f in fleets if f.strip()])
+
+
+# --- bill run ----------------------------------------------------------------------------
+
+# 1,000 customers x 10 lists on 20 simulated servers (50 customers a server); then the same
+# customers with 2 lists each: the statements per customer must not grow with the lists.
+BILL_SERVERS = 20
+BILL_CUSTOMERS = 1_000
+BILL_LISTS_PER_CUSTOMER = (10, 2)
+BILL_PERIOD = ("2026-01-01", "2026-01-31")
+
+
+def _bill_catalog(url: str, customers: int, lists_per_customer: int, stride: int) -> None:
+    """Replace the catalog with ``customers`` customers, one group on one plan each, paying for
+    ``lists_per_customer`` of their server's lists (customer k on server k mod servers)."""
+    from datetime import date
+
+    import sqlalchemy as sa
+
+    from lm_billing_plugin import models as m
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(m.ChargeAssignment).values(invoice_id=None))
+            for table in (m.InvoiceUsage, m.InvoiceLine, m.BillRunItem, m.Invoice, m.BillRun,
+                          m.Assignment, m.GroupPlan, m.BillingGroup, m.Customer,
+                          m.HostingPlan):
+                conn.execute(sa.delete(table))
+            conn.execute(sa.insert(m.HostingPlan).values(
+                name="Standard", name_key="standard", billing_method="standard",
+                monthly_price=30, included_messages=1000, overage_cpm=2))
+            plan_id = conn.scalar(sa.select(m.HostingPlan.id))
+            conn.execute(sa.insert(m.Customer), [
+                {"company": f"Customer {k:04d}", "email": f"bills{k}@example.com",
+                 "payment_method": "Invoice"} for k in range(customers)])
+            cids = list(conn.scalars(sa.select(m.Customer.id).order_by(m.Customer.id)))
+            conn.execute(sa.insert(m.BillingGroup), [
+                {"customer_id": cid, "name": "Main", "name_key": "main", "plan_id": plan_id}
+                for cid in cids])
+            gids = list(conn.scalars(sa.select(m.BillingGroup.id).order_by(m.BillingGroup.id)))
+            start = date(2025, 12, 1)
+            conn.execute(sa.insert(m.GroupPlan), [
+                {"group_id": gid, "plan_id": plan_id, "start_date": start} for gid in gids])
+            servers = list(conn.scalars(sa.select(m.Server.id).order_by(m.Server.id)))
+            lists: dict[int, list[int]] = {sid: [] for sid in servers}
+            for sid, lid in conn.execute(sa.select(m.MailingList.server_id, m.MailingList.id)
+                                         .order_by(m.MailingList.id)):
+                lists[sid].append(lid)
+            rows = []
+            for k, gid in enumerate(gids):
+                sid = servers[k % len(servers)]
+                first = (k // len(servers)) * stride
+                for lid in lists[sid][first:first + lists_per_customer]:
+                    rows.append({"group_id": gid, "object_type": "list", "server_id": sid,
+                                 "list_id": lid, "start_date": start})
+            conn.execute(sa.insert(m.Assignment), rows)
+    finally:
+        engine.dispose()
+
+
+def _bills_run(db_name: str, url: str, latency: float, workers: int) -> dict[str, Any]:
+    servers, customers = BILL_SERVERS, BILL_CUSTOMERS
+    widest = max(BILL_LISTS_PER_CUSTOMER)
+    per_server = customers * widest // servers
+    print(f"bill run, {db_name}: {customers:,} customers on {servers} servers x "
+          f"{per_server} lists: starting simulators ...", flush=True)
+    farm = _Farm(servers, per_server, latency)
+    env = {"LM_BILLING_MAX_PARALLEL": str(workers)}
+    out: dict[str, Any] = {"database": db_name, "servers": servers, "customers": customers,
+                           "latency": latency, "steps": {}}
+    try:
+        _fresh_database(url, [(f"server-{i:04d}", port) for i, port in enumerate(farm.ports)])
+        out["steps"]["sync --all (billing's view)"] = _cli(url, ["sync", "--all"], (0, 1), env)
+        for per in BILL_LISTS_PER_CUSTOMER:
+            _bill_catalog(url, customers, per, widest)
+            label = f"bills run, {customers:,} x {per} lists"
+            print(f"  {label} ...", flush=True)
+            step = _cli(url, ["bills", "run", "--start", BILL_PERIOD[0], "--end",
+                              BILL_PERIOD[1]], (0,), env)
+            step["lists_per_customer"] = per
+            step["statements_per_customer"] = step["statements"] / customers
+            step["ms_per_customer"] = step["wall"] * 1000 / customers
+            out["steps"][label] = step
+    finally:
+        farm.stop()
+    return out
+
+
+def _print_bills(run: dict[str, Any]) -> None:
+    print(f"\nbill run: {run['customers']:,} customers on {run['servers']} servers, "
+          f"{run['database']}, {run['latency'] * 1000:.0f} ms per reply")
+    head = (f"{'step':32} {'wall s':>7} {'cpu s':>6} {'ms/cust':>8} {'SQL/cust':>9} "
+            f"{'rows':>8} {'RSS MB':>7}")
+    print(head)
+    print("-" * len(head))
+    for label, st in run["steps"].items():
+        per = st.get("ms_per_customer")
+        sql = st.get("statements_per_customer")
+        print(f"{label:32} {st['wall']:>7.2f} {st['cpu']:>6.2f} "
+              f"{format(per, '>8.1f') if per is not None else format('-', '>8s')} "
+              f"{format(sql, '>9.2f') if sql is not None else format('-', '>9s')} "
+              f"{int(st.get('rows_written', 0)):>8,} {st.get('rss_mb', 0):>7.0f}")
+
+
+@section("bills")
+def bench_bills() -> None:
+    """A bill run of a month: 1,000 customers x 10 (then 2) lists on 20 simulated servers."""
+    import json
+    import os
+
+    results = []
+    for db_name, url in _databases().items():
+        run = _bills_run(db_name, url, latency=0.02, workers=16)
+        results.append(run)
+        _print_bills(run)
+    os.makedirs("bench-results", exist_ok=True)
+    with open("bench-results/bills.json", "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2)
+    print("\nfigures written to bench-results/bills.json")
 
 
 # --- entry point -------------------------------------------------------------------------
