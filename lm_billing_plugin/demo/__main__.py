@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
+from .. import signals
 from ..engine import servers as registry
 from ..migrate import upgrade
 from ..models import BillingGroup, Customer, HostingPlan, Server, TaskState, utcnow
@@ -246,7 +247,29 @@ def register(app: Flask, demo_servers: Sequence[DemoServer]) -> None:
                 )
             registry.check_server(server.id, actor=ACTOR)
         _demo_billing(app)
+        _assign_at_first_sync(app)
         _defer_scheduled_validation(app)
+
+
+HEALTHY = "Demo: healthy"
+
+
+def _assign_at_first_sync(app: Flask) -> None:
+    """Demo-only step: when "Demo: healthy" is synced (the person's first Sync, or the
+    scheduler's), assign its site news.example.com to Acme from the first of last month,
+    unless Acme has assignments already; a bill run of last month then issues an invoice
+    straight away. The launch itself leaves every server unvalidated."""
+
+    def receiver(sender: Flask, *, name: str, ok: bool, **_: object) -> None:
+        if name != HEALTHY or not ok:
+            return
+        plan_id = get_state(sender).session.scalar(
+            sa.select(HostingPlan.id).where(HostingPlan.name == "Standard"))
+        if plan_id is not None:
+            _demo_bill_run(sender, plan_id)
+
+    # weak=False: the receiver is a closure nobody else holds; one per launch (one app).
+    signals.server_synced.connect(receiver, sender=app, weak=False)
 
 
 def _defer_scheduled_validation(app: Flask) -> None:
@@ -315,7 +338,7 @@ def _demo_bill_run(app: Flask, plan_id: int) -> None:
     session = get_state(app).session
     group = session.scalars(sa.select(BillingGroup).join(Customer).where(
         Customer.company == "Acme Publishing")).first()
-    server_id = session.scalar(sa.select(Server.id).where(Server.name == "Demo: healthy"))
+    server_id = session.scalar(sa.select(Server.id).where(Server.name == HEALTHY))
     if group is None or server_id is None:
         return
     start = (datetime.now(UTC).date().replace(day=1) - timedelta(days=1)).replace(day=1)
