@@ -70,3 +70,10 @@ __all__ = [
     "server_validated",
     "unassigned",
 ]
+
+#: An invoice was emailed to its customer (a real send, not a test; "partial" included):
+#: kwargs ``invoice_id``, ``number``, ``to`` (the addresses the mail server accepted),
+#: ``refused`` (those it refused), ``actor``.
+bill_sent = _signals.signal("lm-billing-bill-sent")
+SIGNALS = (*SIGNALS, bill_sent)
+__all__ += ["bill_sent"]

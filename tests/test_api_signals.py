@@ -38,6 +38,7 @@ DOCUMENTED: dict[str, set[str]] = {
     "assigned": {"group_id", "server_id", "created", "site_ids", "list_ids", "whole_server",
                  "start", "actor"},
     "unassigned": {"assignment_ids", "ended", "end", "actor"},
+    "bill_sent": {"invoice_id", "number", "to", "refused", "actor"},
 }
 
 
