@@ -875,3 +875,50 @@ __all__ = [
     "name_key",
     "utcnow",
 ]
+
+
+# --- Sending bills (0006) -------------------------------------------------------------------
+
+SEND_OUTCOMES = ("sending", "sent", "partial", "failed", "refused", "test-sent")
+
+
+class SendRun(Base):
+    """One "Send Bills" / "Test Selected Bills" (page or CLI): what was asked, and its
+    progress (the invoices in SendRunItem, each attempt's mail log in InvoiceSend)."""
+
+    __tablename__ = "lm_billing_send_run"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    is_test: Mapped[bool] = mapped_column(default=False)
+    resend: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(sa.String(20), default="running")
+    from_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    from_email: Mapped[str] = mapped_column(sa.String(320), default="")
+    bounce_email: Mapped[str] = mapped_column(sa.String(320), default="")
+    test_email: Mapped[str] = mapped_column(sa.String(320), default="")
+    comments_text: Mapped[str] = mapped_column(sa.Text, default="")
+    comments_html: Mapped[str] = mapped_column(sa.Text, default="")
+    total: Mapped[int] = mapped_column(default=0)
+    sent: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    skipped: Mapped[int] = mapped_column(default=0)
+    with_pdf: Mapped[bool] = mapped_column(default=False)
+    actor: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class SendRunItem(Base):
+    """One invoice of a send run: pending, then sent / failed / skipped, with the reason."""
+
+    __tablename__ = "lm_billing_send_run_item"
+    __table_args__ = (sa.UniqueConstraint("send_run_id", "invoice_id"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    send_run_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_send_run.id"))
+    invoice_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_invoice.id"), index=True)
+    position: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(sa.String(20), default="pending")
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    send_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_invoice_send.id"))

@@ -134,6 +134,23 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ("LM_BILLING_SMTP_STARTTLS", False, "Use STARTTLS."),
     ("LM_BILLING_SMTP_SENDER", "billing@localhost", "From address of notifications."),
     ("LM_BILLING_SMTP_TIMEOUT", 10.0, "Seconds to wait for the SMTP server."),
+    ("LM_BILLING_BILL_FROM_NAME", "Billing", "Default \"From Name\" of sent bills (Send page)."),
+    (
+        "LM_BILLING_BILL_FROM_EMAIL",
+        "billing@localhost",
+        "Default \"From Email Address\" of sent bills.",
+    ),
+    (
+        "LM_BILLING_BILL_BOUNCE_EMAIL",
+        None,
+        "Default \"Message Bounce Email Address\" (the envelope sender) of sent bills; "
+        "None: the From Email Address.",
+    ),
+    (
+        "LM_BILLING_BILL_TEST_EMAIL",
+        None,
+        "Default \"Test Email Address\" that \"Test Selected Bills\" sends to.",
+    ),
     (
         "LM_BILLING_CURRENCY",
         "USD",
@@ -224,6 +241,10 @@ class Settings:
     sqlite_busy_timeout: float = 30.0
     currency: str = "USD"
     invoice_number_format: str = "{year}-{seq:05d}"
+    bill_from_name: str = "Billing"
+    bill_from_email: str = "billing@localhost"
+    bill_bounce_email: str | None = None
+    bill_test_email: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -312,4 +333,8 @@ class Settings:
             sqlite_busy_timeout=float(get("LM_BILLING_SQLITE_BUSY_TIMEOUT")),
             currency=currency,
             invoice_number_format=number_format,
+            bill_from_name=str(get("LM_BILLING_BILL_FROM_NAME") or ""),
+            bill_from_email=str(get("LM_BILLING_BILL_FROM_EMAIL") or ""),
+            bill_bounce_email=get("LM_BILLING_BILL_BOUNCE_EMAIL") or None,
+            bill_test_email=get("LM_BILLING_BILL_TEST_EMAIL") or None,
         )

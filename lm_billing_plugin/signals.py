@@ -43,10 +43,14 @@ unassigned = _signals.signal("lm-billing-unassigned")
 bills_issued = _signals.signal("lm-billing-bills-issued")
 #: kwargs ``invoice_id``, ``number``, ``reason``, ``actor``.
 bill_voided = _signals.signal("lm-billing-bill-voided")
+#: An invoice was emailed to its customer (a real send, not a test; "partial" included):
+#: kwargs ``invoice_id``, ``number``, ``to`` (the addresses the mail server accepted),
+#: ``refused`` (those it refused), ``actor``.
+bill_sent = _signals.signal("lm-billing-bill-sent")
 
 SIGNALS: tuple[NamedSignal, ...] = (
     server_created, server_updated, server_deleted, server_validated, server_synced,
-    problems_fixed, logging_enabled, assigned, unassigned, bills_issued, bill_voided,
+    problems_fixed, logging_enabled, assigned, unassigned, bills_issued, bill_voided, bill_sent,
 )
 
 
@@ -66,6 +70,7 @@ def send(signal: NamedSignal, **kwargs: Any) -> None:
 __all__ = [
     "SIGNALS",
     "assigned",
+    "bill_sent",
     "bill_voided",
     "bills_issued",
     "logging_enabled",

@@ -32,6 +32,7 @@ from lm_billing_plugin.models import (
     MailingList,
     Problem,
     Run,
+    SendRun,
     Server,
     Site,
     invoice_active_key,
@@ -170,8 +171,11 @@ def seed_rows(app: Flask) -> dict[str, Any]:
                                                         date(2026, 1, 31)),
                           currency="USD", total=Decimal("19.95"), company="Acme Ltd")
         s.add(invoice)
+        send_run = SendRun(is_test=True, status="finished", test_email="qa@example.com")
+        s.add(send_run)
         s.commit()
         return {
+            "send_run_id": send_run.id,
             "bill_run_id": bill_run.id,
             "invoice_id": invoice.id,
             "server_id": server.id,

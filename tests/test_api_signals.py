@@ -41,6 +41,7 @@ DOCUMENTED: dict[str, set[str]] = {
     # Their firing (page, CLI, API) is tested in test_api_bills.py.
     "bills_issued": {"run_id", "invoice_ids", "start", "end", "actor"},
     "bill_voided": {"invoice_id", "number", "reason", "actor"},
+    "bill_sent": {"invoice_id", "number", "to", "refused", "actor"},
 }
 
 

@@ -33,11 +33,14 @@ from lm_billing_plugin.models import (
     HostingPlan,
     Invoice,
     InvoiceLine,
+    InvoiceSend,
     InvoiceTemplate,
     InvoiceUsage,
     MailingList,
     Problem,
     Run,
+    SendRun,
+    SendRunItem,
     Server,
     Site,
     invoice_active_key,
@@ -121,6 +124,16 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
                          recipients=987654321, bytes=123456789012, units=Decimal("123456.789")),
             BillRunItem(run_id=bill_run.id, customer_id=customer.id, invoice_id=invoice.id),
         ])
+        # A send of it, with the long addresses and server answers the pages show.
+        long_address = "a" * 150 + "@" + "b" * 100 + ".example"
+        send_run = SendRun(is_test=False, status="finished", from_email=long_address, total=1,
+                           sent=1, finished_at=datetime(2026, 2, 2, tzinfo=UTC))
+        send = InvoiceSend(invoice_id=invoice.id, to_addresses=long_address, is_test=False,
+                           outcome="partial", server_answer="550 " + "r" * 300, actor="t")
+        s.add_all([send_run, send])
+        s.flush()
+        s.add(SendRunItem(send_run_id=send_run.id, invoice_id=invoice.id, status="partial",
+                          reason="550 " + "r" * 300, send_id=send.id))
         kinds = ("unknown_list", "changed_list", "unassigned_list")
         rows = [
             Problem(
@@ -153,6 +166,7 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
             "template_id": template.id,
             "bill_run_id": bill_run.id,
             "invoice_id": invoice.id,
+            "send_run_id": send_run.id,
             "filename": "lm_billing.css",
         }
 

@@ -1,9 +1,11 @@
-"""`flask lm-billing bills run | list | show | void | export`: Run Bills and the invoices from
-the command line, through the same services as the pages (billing.runs, billing.invoices)."""
+"""`flask lm-billing bills run | list | show | void | export | send`: Run Bills, the invoices and
+sending them from the command line, through the same services as the pages (billing.runs,
+billing.invoices, billing.sending)."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -19,6 +21,13 @@ from ..billing.invoices import (
     void_invoice,
 )
 from ..billing.runs import BillRunError, BillRunResult, bill_customers
+from ..billing.sending import (
+    SendError,
+    SendRunResult,
+    default_options,
+    resolve_invoices,
+    send_bills,
+)
 from ..catalog.groups import find_customer
 from ..models import Invoice
 from ..state import get_state
@@ -33,7 +42,7 @@ _EXIT_HELP = ("Exit status: 0 = done; 1 = some customers were skipped for a reas
 
 @cli.group("bills", epilog=_EXIT_HELP)
 def bills_group() -> None:
-    """Run Bills and the invoices: run, list, show, void, export."""
+    """Run Bills and the invoices: run, list, show, void, export, send."""
 
 
 def _print_run(result: BillRunResult) -> None:
@@ -168,6 +177,70 @@ def bills_export(as_csv: bool, start: Any, customer_type: str, fields: tuple[str
     except InvoiceError as exc:
         fail(str(exc))
     sys.exit(EXIT_OK)
+
+
+_SEND_EXIT = ("Exit status: 0 = every invoice went to every recipient; 1 = some failed, were "
+              "partly refused or were skipped (already sent, in doubt, void); 2 = invalid "
+              "input or failure.")
+
+
+def _print_send(result: SendRunResult) -> None:
+    title = "Test send" if result.test else "Send"
+    echo(f"{title} {result.send_run_id}: {result.count('sent')} sent, "
+         f"{result.count('partial')} partly refused, {result.count('failed')} failed, "
+         f"{result.count('skipped')} skipped"
+         + ("" if result.with_pdf else " (no PDF attached: install the [pdf] extra)"))
+    echo(table(["Invoice", "Customer", "Outcome", "To", "Reason / server's answer"],
+               [[o.number, o.company, o.status, ", ".join(o.to), o.reason]
+                for o in result.outcomes]))
+
+
+@bills_group.command("send", epilog=_SEND_EXIT)
+@click.argument("numbers", nargs=-1, metavar="[N ...]")
+@click.option("--run", "run_id", type=int, metavar="ID",
+              help="Every non-void invoice of this bill run.")
+@click.option("--test-address", metavar="A",
+              help="Test Selected Bills: send every invoice to this address only (never "
+                   "marks one sent).")
+@click.option("--resend", is_flag=True,
+              help="Send again invoices sent already or in doubt.")
+@click.option("--from-name", default=None, help="From Name (LM_BILLING_BILL_FROM_NAME).")
+@click.option("--from-email", default=None,
+              help="From Email Address (LM_BILLING_BILL_FROM_EMAIL).")
+@click.option("--bounce-email", default=None,
+              help="Message Bounce Email Address, the envelope sender "
+                   "(LM_BILLING_BILL_BOUNCE_EMAIL).")
+@click.option("--comments-text", default="", help="Message Comments (Text).")
+@click.option("--comments-html", default="", help="Message Comments (HTML).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def bills_send(numbers: tuple[str, ...], run_id: int | None, test_address: str | None,
+               resend: bool, from_name: str | None, from_email: str | None,
+               bounce_email: str | None, comments_text: str, comments_html: str,
+               as_json: bool) -> None:
+    """Email invoices (numbers N, or --run ID) to their customers' Email Address and
+    Additional Email Addresses, as text + HTML with the PDF attached when [pdf] is
+    installed. A sent invoice is not sent again, nor one in doubt, unless --resend."""
+    if not numbers and run_id is None:
+        fail("name the invoices (numbers) or give --run ID")
+    defaults = default_options(get_state().settings)
+    options = replace(
+        defaults,
+        from_name=defaults.from_name if from_name is None else from_name,
+        from_email=defaults.from_email if from_email is None else from_email,
+        bounce_email=defaults.bounce_email if bounce_email is None else bounce_email,
+        test_email=test_address or "", comments_text=comments_text,
+        comments_html=comments_html)
+    try:
+        ids = resolve_invoices(numbers, run_id)
+        result = send_bills(ids, test=test_address is not None, resend=resend,
+                            options=options, actor=actor())
+    except SendError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        _print_send(result)
+    sys.exit(result.exit_code)
 
 
 __all__ = ["bills_group"]

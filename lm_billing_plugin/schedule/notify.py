@@ -21,10 +21,8 @@ that raises is logged and never stops the run or the other receivers.
 
 from __future__ import annotations
 
-import email.policy
 import logging
 import smtplib
-import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -34,6 +32,7 @@ from blinker import Namespace
 from flask import Flask
 from sqlalchemy.orm import Session
 
+from ..mail import MAIL_POLICY, redact, smtp_connection
 from ..models import Problem, Server
 from ..settings import Settings
 from ..state import get_state
@@ -57,9 +56,6 @@ TROUBLE_STATUSES = {
 }
 # An email lists this many problems and status changes; the page has the rest.
 MAX_LINES = 50
-# Headers stay on one line up to RFC 5322's hard limit: the stdlib folds a subject of 70-78
-# characters onto a continuation line, which mail clients show with a leading space.
-MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
 MAX_SUBJECT = 200
 
 
@@ -295,13 +291,7 @@ def send_email(settings: Settings, alert: Alert) -> bool:
     where = f"{settings.smtp_host}:{settings.smtp_port}"
     about = f"scheduled run {alert.run_id}" if alert.run_id is not None else "scheduler outage"
     try:
-        with smtplib.SMTP(
-            settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout
-        ) as smtp:
-            if settings.smtp_starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if settings.smtp_username:
-                smtp.login(settings.smtp_username, settings.smtp_password or "")
+        with smtp_connection(settings) as smtp:
             smtp.send_message(message)
     except smtplib.SMTPAuthenticationError as exc:
         log.error(
@@ -319,7 +309,7 @@ def send_email(settings: Settings, alert: Alert) -> bool:
             "LM_BILLING_SMTP_HOST, LM_BILLING_SMTP_PORT and LM_BILLING_SMTP_STARTTLS",
             about,
             where,
-            exc,
+            redact(str(exc), settings),
         )
         return False
     log.info(

@@ -1,10 +1,17 @@
-"""Forms of the Bill, Run Billing and Invoice pages: the period, void with a reason, run again;
-labels as ListManager users know them."""
+"""Forms of the Bill, Run Billing, Invoice and Send pages: the period, void with a reason, run
+again, the message around sent bills; labels as ListManager users know them."""
 
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, DateField, HiddenField, SubmitField, TextAreaField
+from wtforms import (
+    BooleanField,
+    DateField,
+    HiddenField,
+    StringField,
+    SubmitField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, InputRequired, Length
 from wtforms.validators import ValidationError as WTFValidationError
 
@@ -34,3 +41,28 @@ class VoidForm(FlaskForm):  # type: ignore[misc]
 
 class RerunForm(FlaskForm):  # type: ignore[misc]
     """Run again: bills the void invoice's customer and period anew."""
+
+
+class SendBillsForm(FlaskForm):  # type: ignore[misc]
+    """Billing: Customers: Send — the message around the selected invoices."""
+
+    from_name = StringField("From Name", validators=[Length(max=200)])
+    from_email = StringField("From Email Address", validators=[
+        DataRequired("Enter the From Email Address."), Length(max=320)])
+    test_email = StringField("Test Email Address", validators=[Length(max=320)],
+                             description='Where "Test Selected Bills" sends every selected '
+                             "bill (nobody else gets it).")
+    bounce_email = StringField("Message Bounce Email Address", validators=[Length(max=320)],
+                               description="The envelope sender: bounces come back here. "
+                               "Empty: the From Email Address.")
+    comments_text = TextAreaField("Message Comments (Text)",
+                                  validators=[Length(max=20_000)],
+                                  description="Above the invoice in the text part.")
+    comments_html = TextAreaField("Message Comments (HTML)",
+                                  validators=[Length(max=20_000)],
+                                  description="Above the invoice in the HTML part (your HTML, "
+                                  "sent as written).")
+    resend = BooleanField("Resend", description="Send again the selected bills that were sent "
+                          "already or are in doubt (a send that did not record its end).")
+    test = SubmitField("Test Selected Bills")
+    send = SubmitField("Send Bills")

@@ -9,6 +9,7 @@ def register(blueprint: Blueprint) -> None:
     from . import (
         assign,
         background,
+        bill_send,
         bills,
         charges,
         customers,
@@ -37,3 +38,4 @@ def register(blueprint: Blueprint) -> None:
     invoice_templates.register(blueprint)
     terminate.register(blueprint)
     bills.register(blueprint)
+    bill_send.register(blueprint)

@@ -28,8 +28,6 @@ from ...billing.invoices import (
     EXPORT_FIELDS,
     InvoiceError,
     export_csv,
-    invoice_lines,
-    invoice_usage,
     void_invoice,
 )
 from ...billing.runs import (
@@ -41,6 +39,12 @@ from ...billing.runs import (
     rerun_invoice,
     run_bill_run,
     run_outcomes,
+)
+from ...billing.sending import (
+    invoice_sends,
+    print_context,
+    render_invoice_pdf,
+    weasyprint_module,
 )
 from ...models import BillRun, Customer, Invoice, utcnow
 from ...sqlite import writes
@@ -212,21 +216,8 @@ def _invoice_or_404(invoice_id: int) -> Invoice:
 
 def _invoice_context(invoice: Invoice) -> dict[str, Any]:
     session = get_state().session
-    lines = invoice_lines(session, invoice.id)
-    groups: dict[str, list[Any]] = {}
-    for line in lines:
-        groups.setdefault(line.group_name, []).append(line)
-    usage = invoice_usage(session, invoice.id)
-    return {"invoice": invoice, "groups": groups, "usage": usage, "money": money,
-            "pdf_available": _weasyprint() is not None}
-
-
-def _weasyprint() -> Any:
-    try:
-        import weasyprint
-    except (ImportError, OSError):  # OSError: the package is there but pango is not
-        return None
-    return weasyprint
+    return {**print_context(session, invoice), "pdf_available": weasyprint_module() is not None,
+            "sends": invoice_sends(session, invoice.id)}
 
 
 def invoice(invoice_id: int) -> str:
@@ -238,13 +229,11 @@ def invoice(invoice_id: int) -> str:
 
 def invoice_pdf(invoice_id: int) -> BaseResponse:
     record = _invoice_or_404(invoice_id)
-    weasyprint = _weasyprint()
-    if weasyprint is None:
+    pdf = render_invoice_pdf(record)
+    if pdf is None:
         abort(404, description="PDF invoices need WeasyPrint: install the plugin with its "
               "[pdf] extra (pip install 'lm-billing-plugin[pdf]') and the pango library "
               "(Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0), then reload.")
-    html = render_template("lm_billing/invoice_print.html", **_invoice_context(record))
-    pdf = weasyprint.HTML(string=html, base_url=request.url_root).write_pdf()
     return Response(pdf, mimetype="application/pdf", headers={
         "Content-Disposition": f'inline; filename="invoice-{record.number}.pdf"'})
 
