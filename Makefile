@@ -34,7 +34,7 @@ test-python:
 	@test -n "$(OTHER_PYTHON)" || { echo "set OTHER_PYTHON=/path/to/python3.X" >&2; exit 2; }
 	test -x $(OTHER_VENV)/bin/python || $(OTHER_PYTHON) -m venv $(OTHER_VENV)
 	$(OTHER_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OTHER_VENV)/bin/python -m pip install -q -e '.[demo,test,pdf]'
+	$(OTHER_VENV)/bin/python -m pip install -q -e '.[demo,test,dev,pdf]'
 	env -u LM_BILLING_TEST_POSTGRES_URL -u LM_BILLING_TEST_MARIADB_URL LM_BILLING_TEST_SQLITE_ONLY=1 \
 	  $(OTHER_VENV)/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
 

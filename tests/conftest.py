@@ -3,7 +3,9 @@ SQLite always and on PostgreSQL / MariaDB when their URLs are set."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,12 @@ from lm_billing_plugin.models import Base
 from lm_billing_plugin.secrets import generate_key
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Tests that write raw SQL with date/datetime parameters relied on sqlite3's default adapters,
+# deprecated since Python 3.12 (a warning, so an error here): the same ISO formats, explicitly
+# (the recipe of the sqlite3 documentation). The plugin's own columns never reach them.
+sqlite3.register_adapter(datetime.date, lambda v: v.isoformat())
+sqlite3.register_adapter(datetime.datetime, lambda v: v.isoformat(" "))
 # The extra-Python legs of .ci/run test the SQLite part only: there a missing PostgreSQL or
 # MariaDB URL is an expected skip even under CI=true.
 SQLITE_ONLY = os.environ.get("LM_BILLING_TEST_SQLITE_ONLY", "") == "1"

@@ -497,9 +497,9 @@ def test_an_expired_lease_is_taken_over_and_its_run_marked_interrupted(
 def test_a_run_longer_than_the_interval_never_overlaps_itself(
     make_app: Callable[..., Flask],
 ) -> None:
-    # Run 2 s, interval 0.5 s, lease 0.9 s: only the heartbeat (every 0.3 s) keeps the other
-    # ticker off, with room for a heartbeat delayed by a loaded machine.
-    app = make_app(LM_BILLING_VALIDATE_INTERVAL=0.5, LM_BILLING_LEASE_SECONDS=0.9)
+    # Run 2 s, interval 0.5 s, lease 1.5 s: only the heartbeat (every 0.5 s) keeps the other
+    # ticker off, with room for a heartbeat delayed by a loaded machine (0.9 s failed at load 6).
+    app = make_app(LM_BILLING_VALIDATE_INTERVAL=0.5, LM_BILLING_LEASE_SECONDS=1.5)
 
     def long_work(request: WorkRequest) -> Any:
         time.sleep(2.0)

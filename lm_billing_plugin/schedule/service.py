@@ -353,6 +353,11 @@ class SchedulerService:
             heartbeat.join(timeout=5)
         try:
             with Session(self.engine) as session, session.begin():
+                # Renew once more in the finishing transaction: the last heartbeat may be
+                # nearly a lease old on a loaded machine, and another ticker must not take the
+                # schedule over between the work's end and this write.
+                renew_lease(session, owner=claim.owner, now=db_now(session),
+                            lease_seconds=self.settings.lease_seconds)
                 if not write_finish(session, finish):
                     log.warning(
                         "scheduled run %s finished after its lease was taken over; it ran "
