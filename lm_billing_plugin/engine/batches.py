@@ -230,8 +230,10 @@ def _fetcher(settings: Settings) -> Callable[[_Target, float], Inventory]:
 
     def fetch(target: _Target, deadline: float) -> Inventory:
         assert target.password is not None
+        # "This month's usage" is the billing month (LM_BILLING_BILLING_TIMEZONE).
         return fetch_inventory(target.host, target.port, target.password, name=target.name,
-                               settings=client, deadline=deadline)
+                               settings=client, deadline=deadline,
+                               today=settings.billing_today())
 
     return fetch
 
@@ -558,7 +560,7 @@ class _BatchWorker:
         if not hold_lease(session, sid, self.owner):
             session.rollback()
             raise LeaseLost(target.name)
-        snapshot = load_snapshot(session, sid)
+        snapshot = load_snapshot(session, sid, today=self.settings.billing_today())
         rec = reconcile(snapshot, inv)
         outcome = ServerOutcome(
             sid, target.name, ok=True, previous_status=target.previous_status,

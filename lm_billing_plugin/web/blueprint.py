@@ -12,9 +12,11 @@ from flask_wtf.csrf import validate_csrf
 from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
+from ..i18n import template_functions
 from ..settings import DEFAULTS
 from ..state import get_state
 from .access import guard_request, is_allowed
+from .l10n import template_context as l10n_context
 from .portals import template_context as portal_context
 from .views.paging import MAX_ID
 
@@ -135,6 +137,9 @@ def template_context() -> dict[str, Any]:
         **portal_context(),
         "lm_billing_base_template": get_state().settings.base_template,
         "lm_billing_can": is_allowed,
+        # {% trans %} on our pages uses our catalog; times and numbers for the viewer.
+        **template_functions(),
+        **l10n_context(),
     }
 
 

@@ -3,7 +3,6 @@ the fleet's last validation and sync, the next scheduled run, usage and revenue 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,7 +29,7 @@ def _server_arg() -> int | None:
 
 def overview() -> str:
     session = get_state().session
-    today = datetime.now(UTC).date()
+    today = get_state().settings.billing_today()
     statuses = figures.servers_by_status(session)
     status_points = [
         Point(bucket, sum(codes.values()), url_for("lm_billing.servers", sort="status"),

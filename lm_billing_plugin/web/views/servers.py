@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -355,7 +355,7 @@ def detail_context(server: Server, check: Any = None) -> dict[str, Any]:
     size = state.settings.page_size
     # A search longer than any list name finds nothing; cut it so the page stays small.
     q = request.args.get("q", "").strip()[:MAX_SEARCH]
-    today = datetime.now(UTC).date()
+    today = state.settings.billing_today()
 
     list_sort: dict[str, Any] = {
         "name": MailingList.name,
