@@ -56,11 +56,19 @@ def iso_utc(value: datetime) -> str:
     return as_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def format_number(value: Any) -> str:
-    """A count or amount for the locale: 1,234 (en), 1.234 (de)."""
+def format_number(value: Any, pattern: str | None = None) -> str:
+    """A count or amount for the locale: 1,234 (en), 1.234 (de); ``pattern`` is a CLDR
+    number pattern such as ``#,##0.0``."""
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return "" if value is None else str(value)
-    return str(numbers.format_decimal(value, locale=locale_name()))
+    return str(numbers.format_decimal(value, format=pattern, locale=locale_name()))
+
+
+def format_money(value: Any) -> str:
+    """An amount with two decimals for the locale: 1,234.50 (en), 1.234,50 (de)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return "" if value is None else str(value)
+    return str(numbers.format_decimal(value, format="#,##0.00", locale=locale_name()))
 
 
 def format_day(value: date) -> str:
@@ -73,4 +81,6 @@ def template_context() -> dict[str, Any]:
         "lmb_time": format_time,
         "lmb_iso_utc": iso_utc,
         "lmb_number": format_number,
+        "lmb_money": format_money,
+        "lmb_locale": lambda: locale_name().replace("_", "-"),
     }
