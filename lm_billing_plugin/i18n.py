@@ -64,6 +64,13 @@ def lazy_ngettext(singular: str, plural: str, num: int, **variables: Any) -> Laz
     return LazyString(ngettext, singular, plural, num, **variables)
 
 
+def N_(string: str) -> str:
+    """Marks ``string`` for the catalog and returns it unchanged: for text kept as a plain
+    str where it is defined (menu labels a host portal also reads) and translated where
+    it is shown, with ``gettext(value)`` in Python or ``{{ gettext(value) }}`` in a page."""
+    return string
+
+
 def translate(text: Any) -> str:
     """A message a service returned, in the viewer's language: lazy strings translate
     themselves; a plain string is looked up as it is (an untranslated one stays as it was)."""
