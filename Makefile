@@ -50,10 +50,10 @@ TRANSLATIONS := lm_billing_plugin/translations
 PYBABEL := $(VENV)/bin/pybabel
 translations: $(VENV)/.test-installed
 	$(PYBABEL) extract -F babel.cfg -k lazy_gettext -k lazy_ngettext:1,2 -k translate_template -k N_ \
-	  --project=lm-billing-plugin --no-location --sort-output --omit-header \
+	  --project=lm-billing-plugin --no-location --sort-output --omit-header --width=100 \
 	  -o $(TRANSLATIONS)/messages.pot .
 	$(PYBABEL) update -D lm_billing -i $(TRANSLATIONS)/messages.pot -d $(TRANSLATIONS) \
-	  --no-fuzzy-matching --ignore-obsolete --omit-header
+	  --no-fuzzy-matching --ignore-obsolete --width=100
 	$(PYBABEL) compile -D lm_billing -d $(TRANSLATIONS) --statistics
 
 # The fleet benchmark (issue 15) runs on SQLite and, when LM_BILLING_BENCH_POSTGRES_URL (or
