@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FLASK_DEMO := $(VENV)/bin/flask --app lm_billing_plugin.demo:create_app
 
-.PHONY: demo test test-python lint bench bench-large clean translations
+.PHONY: demo test test-python lint bench bench-large stress audit clean translations
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.demo-installed: $(VENV)/bin/python setup.py pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/bin/python setup.py pyproject.toml
-	$(PY) -m pip install -q -e '.[demo,test,dev]'
+	$(PY) -m pip install -q -e '.[demo,test,dev,pdf]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
@@ -34,7 +34,7 @@ test-python:
 	@test -n "$(OTHER_PYTHON)" || { echo "set OTHER_PYTHON=/path/to/python3.X" >&2; exit 2; }
 	test -x $(OTHER_VENV)/bin/python || $(OTHER_PYTHON) -m venv $(OTHER_VENV)
 	$(OTHER_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OTHER_VENV)/bin/python -m pip install -q -e '.[demo,test]'
+	$(OTHER_VENV)/bin/python -m pip install -q -e '.[demo,test,pdf]'
 	env -u LM_BILLING_TEST_POSTGRES_URL -u LM_BILLING_TEST_MARIADB_URL LM_BILLING_TEST_SQLITE_ONLY=1 \
 	  $(OTHER_VENV)/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
 
@@ -58,6 +58,22 @@ translations: $(VENV)/.test-installed
 
 # The fleet benchmark (issue 15) runs on SQLite and, when LM_BILLING_BENCH_POSTGRES_URL (or
 # LM_BILLING_TEST_POSTGRES_URL) is set, on PostgreSQL too; figures also go to bench-results/.
+
+# The load test at full size (docs/operations.md): 200 simulated servers (10% hostile), 20
+# users, the demo under gunicorn 2 x 4 threads; on SQLite, and on PostgreSQL when
+# LM_BILLING_TEST_POSTGRES_URL is set (that database is emptied first). Bounded: 15 s idle,
+# at most 300 s of load each.
+STRESS_ARGS ?= --servers 200 --users 20 --idle 15 --limit 300
+stress: $(VENV)/.test-installed
+	$(PY) -m lm_billing_plugin.testing.load $(STRESS_ARGS)
+	if [ -n "$$LM_BILLING_TEST_POSTGRES_URL" ]; then \
+	  $(PY) -m lm_billing_plugin.testing.load $(STRESS_ARGS) --database "$$LM_BILLING_TEST_POSTGRES_URL"; \
+	else echo "stress: PostgreSQL skipped (set LM_BILLING_TEST_POSTGRES_URL)"; fi
+
+# bandit (medium+ findings fail) and pip-audit (says "not checked" when offline, never "clean").
+audit: $(VENV)/.test-installed
+	$(PY) -m lm_billing_plugin.testing.audit
+
 bench: $(VENV)/.test-installed
 	$(PY) -m lm_billing_plugin.testing.benchmark
 

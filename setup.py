@@ -23,6 +23,7 @@ setup(
             "translations/messages.pot",
             "translations/*/LC_MESSAGES/*.po",
             "translations/*/LC_MESSAGES/*.mo",
+            "demo/static/demo/**/*",
         ],
         "lm_billing_plugin.migrations": ["script.py.mako", "README"],
     },

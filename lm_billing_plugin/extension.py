@@ -12,7 +12,8 @@ from flask_sqlalchemy import SQLAlchemy
 
 from .secrets import SecretBox
 from .settings import DEFAULTS, Settings
-from .state import EXTENSION_KEY, BillingState
+from .sqlite import tune_engine
+from .state import EXTENSION_KEY, BillingState, bind_session
 from .web.access import PermissionCheck
 
 TokenCheck = Callable[[str], Any]
@@ -90,12 +91,20 @@ class LMBilling:
             app.config.setdefault(key, default)
         settings = Settings.from_config(app.config)
         _ensure_babel(app, settings, self)
-        app.extensions[EXTENSION_KEY] = BillingState(
+        db = _host_db(app)
+        _refuse_missing_secrets(app, settings)
+        state = app.extensions[EXTENSION_KEY] = BillingState(
             extension=self,
             settings=settings,
-            db=_host_db(app),
+            db=db,
             secrets=SecretBox(settings.encryption_keys),
         )
+        if settings.bind_key is not None:
+            _use_bind(app, state)
+        if settings.sqlite_tuning:
+            # Only the engine object is touched (listeners); no connection is opened here.
+            with app.app_context():
+                tune_engine(state.engine, busy_timeout=settings.sqlite_busy_timeout)
 
         from .cli import cli
         from .web.blueprint import blueprint
@@ -130,6 +139,42 @@ def _ensure_babel(app: Flask, settings: Settings, extension: LMBilling) -> None:
         # callables come from the blueprint's context (i18n.template_functions).
         env.add_extension("jinja2.ext.i18n")
         env.newstyle_gettext = True  # type: ignore[attr-defined]
+
+
+def _refuse_missing_secrets(app: Flask, settings: Settings) -> None:
+    """Outside debug and testing, no SECRET_KEY (every page would be a 500: sessions and CSRF
+    need it) or no encryption key (no password could be stored) is refused here, at start."""
+    if app.debug or app.testing:
+        return
+    if not app.config.get("SECRET_KEY"):
+        raise RuntimeError(
+            "lm_billing_plugin: the app has no SECRET_KEY (or an empty one), so no Billing page "
+            "could keep a session or check a form. Set SECRET_KEY to a long random value, e.g. "
+            "the output of `python -c \"import secrets; print(secrets.token_hex(32))\"`."
+        )
+    if not settings.encryption_keys:
+        raise RuntimeError(
+            "lm_billing_plugin: LM_BILLING_ENCRYPTION_KEYS is empty, so no TclPort password "
+            "could be stored. Generate a key with `flask lm-billing generate-key` (with "
+            "FLASK_DEBUG=1 set, since this check stops the app without one) and put it in "
+            "LM_BILLING_ENCRYPTION_KEYS (e.g. FLASK_LM_BILLING_ENCRYPTION_KEYS=<key>)."
+        )
+
+
+def _use_bind(app: Flask, state: BillingState) -> None:
+    """Put the plugin on the host's LM_BILLING_BIND_KEY bind (its engine exists once the
+    host's Flask-SQLAlchemy is initialised; nothing connects here)."""
+    key = state.settings.bind_key
+    if key not in (app.config.get("SQLALCHEMY_BINDS") or {}):
+        raise RuntimeError(
+            f"LM_BILLING_BIND_KEY is {key!r}, but SQLALCHEMY_BINDS has no such bind; add "
+            f"SQLALCHEMY_BINDS[{key!r}] = <database URL> before initialising the host's "
+            "Flask-SQLAlchemy"
+        )
+    with app.app_context():
+        state.bound_session = bind_session(state.engine)
+    bound = state.bound_session
+    app.teardown_appcontext(lambda exc: bound.remove())
 
 
 def _host_db(app: Flask) -> SQLAlchemy:

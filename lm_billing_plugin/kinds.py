@@ -18,7 +18,10 @@ RULE_KINDS: Final = (
     "inactive_customer_has_lists",
 )
 SERVER_KINDS: Final = ("logging_off",)
-ALL_KINDS: Final = DRIFT_KINDS + RULE_KINDS + SERVER_KINDS
+#: A value the server sent that billing's columns cannot hold (too long, a NUL, too big): the
+#: object is left out (or the server field stored empty) and reported; only the server fixes it.
+DATA_KINDS: Final = ("invalid_field",)
+ALL_KINDS: Final = DRIFT_KINDS + RULE_KINDS + SERVER_KINDS + DATA_KINDS
 #: Rules about a whole billing group across servers; their problems belong to no server.
 GROUP_KINDS: Final = ("over_max_lists", "over_max_members", "over_max_sites",
                       "inactive_customer_has_lists")

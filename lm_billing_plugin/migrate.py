@@ -48,8 +48,8 @@ def _engine(app: Flask | None) -> Any:
 
     if app is not None:
         with app.app_context():
-            return get_state(app).db.engine
-    return get_state().db.engine
+            return get_state(app).engine
+    return get_state().engine
 
 
 def upgrade(app: Flask | None = None, revision: str = "head") -> None:

@@ -6,12 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    column_property,
+    mapped_column,
+    relationship,
+    validates,
+)
 from sqlalchemy.types import TypeDecorator
 
 from .kinds import ALL_KINDS
@@ -52,6 +59,25 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column; use an aware datetime")
         return value.astimezone(UTC).replace(tzinfo=None)
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        # A bulk write binds the same instant in every row (``now``): convert it once. The
+        # memo is one immutable pair, replaced whole, so threads sharing it stay correct.
+        convert = super().bind_processor(dialect)
+        if convert is None:  # pragma: no cover - a TypeDecorator always converts
+            return None
+        memo: tuple[Any, Any] = (None, None)
+
+        def process(value: Any) -> Any:
+            nonlocal memo
+            last, out = memo
+            if value is last and value is not None:
+                return out
+            out = convert(value)
+            memo = (value, out)
+            return out
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -418,7 +444,14 @@ PROBLEM_STATUSES = ("open", "resolved", "fixed")
 
 class Problem(Base):
     """One validation error. The fingerprint (kind + object) keeps it one row across runs:
-    found again, it stays the same problem; no longer found, it is resolved."""
+    found again, it stays the same problem; no longer found, it is resolved.
+
+    ``last_seen_at`` / ``last_run_id`` read as the last run that found it: for a server's
+    open problem that is its server's :class:`ProblemRun` (a run that confirms a server's
+    problems writes that one row, not every problem it found again), else what the row
+    stores (``stored_last_seen_at`` / ``stored_last_run_id``: when a run last wrote it; a
+    problem is frozen at its last sighting when it closes).
+    """
 
     __tablename__ = "lm_billing_problem"
     __table_args__ = (
@@ -441,10 +474,23 @@ class Problem(Base):
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     status: Mapped[str] = mapped_column(sa.String(10), default="open")
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stored_last_seen_at: Mapped[datetime] = mapped_column(
+        "last_seen_at", key="last_seen_at", default=utcnow)
     closed_at: Mapped[datetime | None]
     first_run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_run.id"))
-    last_run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_run.id"))
+    stored_last_run_id: Mapped[int | None] = mapped_column(
+        "last_run_id", sa.ForeignKey("lm_billing_run.id"), key="last_run_id")
+    if TYPE_CHECKING:  # set below (they need ProblemRun): the effective last sighting
+        last_seen_at: Mapped[datetime]
+        last_run_id: Mapped[int | None]
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Callers name the public columns; the row stores them as written.
+        for public, stored in (("last_seen_at", "stored_last_seen_at"),
+                               ("last_run_id", "stored_last_run_id")):
+            if public in kwargs:
+                kwargs[stored] = kwargs.pop(public)
+        super().__init__(**kwargs)
 
 
 class TaskState(Base):
@@ -757,6 +803,43 @@ class InvoiceTemplate(Base):
         return value
 
 
+class ProblemRun(Base):
+    """The last run that judged one server's problems (speed, issue 15): every problem of the
+    server still open was found by it, so a validate writes this row instead of moving "last
+    seen" on every problem it found again. ``inventory_digest``/``result_digest`` let the
+    next run of an unchanged server skip the comparison (see engine.store)."""
+
+    __tablename__ = "lm_billing_problem_run"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"),
+                                           primary_key=True, autoincrement=False)
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_run.id"))
+    seen_at: Mapped[datetime]
+    inventory_digest: Mapped[str | None] = mapped_column(sa.String(64))
+    result_digest: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+def confirmed_sighting(column: str) -> Any:
+    """A server's open problem: its ProblemRun's ``column`` when that run came later than the
+    row was last written; else the row's own value."""
+    table = ProblemRun.__table__
+    problem = Problem.__table__
+    pointer_seen = (sa.select(table.c.seen_at).where(table.c.server_id == problem.c.server_id)
+                    .scalar_subquery())
+    pointer = (sa.select(table.c[column]).where(table.c.server_id == problem.c.server_id)
+               .scalar_subquery())
+    return sa.case(
+        (sa.and_(problem.c.status == "open", problem.c.server_id.is_not(None),
+                 pointer_seen > problem.c.last_seen_at), pointer),
+        else_=problem.c[{"seen_at": "last_seen_at", "run_id": "last_run_id"}[column]],
+    )
+
+
+Problem.last_seen_at = column_property(confirmed_sighting("seen_at").label("last_seen_at"))
+Problem.last_run_id = column_property(confirmed_sighting("run_id").label("last_run_id"))
+
+
 __all__ = [
     "AdditionalCharge",
     "Assignment",
@@ -778,6 +861,7 @@ __all__ = [
     "InvoiceUsage",
     "MailingList",
     "Problem",
+    "ProblemRun",
     "Run",
     "Server",
     "Site",
@@ -786,6 +870,7 @@ __all__ = [
     "UTCDateTime",
     "Usage",
     "charge_name_key",
+    "confirmed_sighting",
     "invoice_active_key",
     "name_key",
     "utcnow",

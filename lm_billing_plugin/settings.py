@@ -3,6 +3,7 @@ Read once at init_app; services take the Settings object, never current_app.conf
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -12,6 +13,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .tclport.addresses import parse_networks
 from .tclport.client import ClientSettings
 
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+)
+
 # One row per key: (key, default, description). The README's configuration table is
 # checked against this tuple by a test, so the two cannot drift apart.
 CONFIG: tuple[tuple[str, Any, str], ...] = (
@@ -20,6 +26,12 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "/billing",
         "Where the Billing pages are mounted (a path starting with `/`; the JSON API is "
         "under `<prefix>/api/v1`).",
+    ),
+    (
+        "LM_BILLING_BIND_KEY",
+        None,
+        "Name of a host `SQLALCHEMY_BINDS` entry to keep the plugin's tables (and their "
+        "migrations) on that database instead of the host's default one.",
     ),
     (
         "LM_BILLING_BASE_TEMPLATE",
@@ -125,6 +137,18 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
     ("LM_BILLING_SMTP_SENDER", "billing@localhost", "From address of notifications."),
     ("LM_BILLING_SMTP_TIMEOUT", 10.0, "Seconds to wait for the SMTP server."),
     (
+        "LM_BILLING_CURRENCY",
+        "USD",
+        "ISO 4217 code of the currency invoices are issued in (e.g. `EUR`); amounts are "
+        "shown in it with Babel's formatting.",
+    ),
+    (
+        "LM_BILLING_INVOICE_NUMBER_FORMAT",
+        "{year}-{seq:05d}",
+        "How invoice numbers are printed: `{year}` and `{seq}` (the year's gapless sequence) "
+        "in Python format syntax.",
+    ),
+    (
         "LM_BILLING_NOTIFY_BASE_URL",
         None,
         "Absolute URL of the Billing pages (e.g. `https://portal.example.com/billing`) for "
@@ -148,6 +172,26 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "UTC",
         "Time zone whose midnight starts a billing day and month: \"this month's usage\", "
         "today's assignments and the default report and bill-run periods.",
+    ),
+    (
+        "LM_BILLING_CONTENT_SECURITY_POLICY",
+        CONTENT_SECURITY_POLICY,
+        "`Content-Security-Policy` of the Billing pages. The default allows only this site's "
+        "own scripts, styles, images and forms (the pages have no inline script or style); "
+        "a host layout with inline scripts needs its own policy here.",
+    ),
+    (
+        "LM_BILLING_SQLITE_TUNING",
+        True,
+        "On SQLite, set WAL, `busy_timeout` and BEGIN IMMEDIATE for the plugin's write "
+        "transactions on the app's engine (see \"Operations\"). False leaves the engine as "
+        "the host made it.",
+    ),
+    (
+        "LM_BILLING_SQLITE_BUSY_TIMEOUT",
+        30.0,
+        "On SQLite, seconds a writer waits for another one to finish before failing with "
+        "`database is locked`.",
     ),
 )
 
@@ -192,6 +236,7 @@ class Settings:
     """Typed view of the LM_BILLING_* keys, built once per app."""
 
     url_prefix: str
+    bind_key: str | None
     base_template: str
     allow_all: bool
     encryption_keys: tuple[str, ...]
@@ -217,6 +262,11 @@ class Settings:
     default_locale: str
     timezone: ZoneInfo
     billing_timezone: ZoneInfo
+    content_security_policy: str = CONTENT_SECURITY_POLICY
+    sqlite_tuning: bool = True
+    sqlite_busy_timeout: float = 30.0
+    currency: str = "USD"
+    invoice_number_format: str = "{year}-{seq:05d}"
 
     def billing_today(self, now: datetime | None = None) -> date:
         """Today's date where billing days start (``LM_BILLING_BILLING_TIMEZONE``): the day
@@ -244,11 +294,37 @@ class Settings:
                 "LM_BILLING_URL_PREFIX must be a URL path that starts with '/', such as "
                 f"'/billing' or '/admin/billing' (no spaces, '?', '#' or '//'); got {url_prefix!r}"
             )
+        bind_key = get("LM_BILLING_BIND_KEY")
+        if bind_key is not None and (not isinstance(bind_key, str) or not bind_key.strip()):
+            raise ValueError(
+                "LM_BILLING_BIND_KEY must be None or the name of an SQLALCHEMY_BINDS entry; "
+                f"got {bind_key!r}"
+            )
         max_parallel = int(get("LM_BILLING_MAX_PARALLEL"))
         if max_parallel < 1:
             raise ValueError("LM_BILLING_MAX_PARALLEL must be at least 1")
+        currency = str(get("LM_BILLING_CURRENCY")).strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", currency):
+            raise ValueError(
+                f"LM_BILLING_CURRENCY must be an ISO 4217 code like USD or EUR, not {currency!r}"
+            )
+        number_format = str(get("LM_BILLING_INVOICE_NUMBER_FORMAT"))
+        try:
+            one = number_format.format(year=2026, seq=1)
+            two = number_format.format(year=2026, seq=2)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"LM_BILLING_INVOICE_NUMBER_FORMAT {number_format!r} cannot be used ({exc}); "
+                "use {year} and {seq}, e.g. {year}-{seq:05d}"
+            ) from None
+        if one == two or len(one) > 40:
+            raise ValueError(
+                f"LM_BILLING_INVOICE_NUMBER_FORMAT {number_format!r} must contain {{seq}} and "
+                "print at most 40 characters"
+            )
         return cls(
             url_prefix=url_prefix,
+            bind_key=bind_key,
             base_template=str(get("LM_BILLING_BASE_TEMPLATE")),
             allow_all=_as_bool(get("LM_BILLING_ALLOW_ALL")),
             encryption_keys=_as_tuple(get("LM_BILLING_ENCRYPTION_KEYS")),
@@ -285,4 +361,9 @@ class Settings:
             billing_timezone=_zone(
                 "LM_BILLING_BILLING_TIMEZONE", get("LM_BILLING_BILLING_TIMEZONE")
             ),
+            content_security_policy=str(get("LM_BILLING_CONTENT_SECURITY_POLICY")),
+            sqlite_tuning=_as_bool(get("LM_BILLING_SQLITE_TUNING")),
+            sqlite_busy_timeout=float(get("LM_BILLING_SQLITE_BUSY_TIMEOUT")),
+            currency=currency,
+            invoice_number_format=number_format,
         )

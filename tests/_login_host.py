@@ -23,15 +23,18 @@ from lm_billing_plugin.models import (
     Base,
     Batch,
     BillingGroup,
+    BillRun,
     ChargeAssignment,
     Customer,
     HostingPlan,
+    Invoice,
     InvoiceTemplate,
     MailingList,
     Problem,
     Run,
     Server,
     Site,
+    invoice_active_key,
 )
 from lm_billing_plugin.state import get_state
 from lm_billing_plugin.web.access import ACTIONS, action_of
@@ -156,8 +159,21 @@ def seed_rows(app: Flask) -> dict[str, Any]:
             group_id=group.id, charge_id=charge.id, start_date=date(2026, 1, 1)
         )
         s.add(group_charge)
+        bill_run = BillRun(period_start=date(2026, 1, 1), period_end=date(2026, 1, 31),
+                           status="done", customers=1)
+        s.add(bill_run)
+        s.flush()
+        invoice = Invoice(number="2026-00001", year=2026, seq=1, customer_id=customer.id,
+                          run_id=bill_run.id, period_start=date(2026, 1, 1),
+                          period_end=date(2026, 1, 31), status="issued",
+                          active_key=invoice_active_key(customer.id, date(2026, 1, 1),
+                                                        date(2026, 1, 31)),
+                          currency="USD", total=Decimal("19.95"), company="Acme Ltd")
+        s.add(invoice)
         s.commit()
         return {
+            "bill_run_id": bill_run.id,
+            "invoice_id": invoice.id,
             "server_id": server.id,
             "site_id": site.id,
             "list_id": lst.id,

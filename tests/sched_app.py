@@ -13,6 +13,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from lm_billing_plugin import LMBilling
 from lm_billing_plugin.schedule.service import WORK_EXTRA, WorkRequest, default_work
+from lm_billing_plugin.secrets import generate_key
 from lm_billing_plugin.state import get_state
 
 
@@ -23,6 +24,8 @@ def create_app() -> Flask:
     app = Flask("sched_app")
     app.config.update(
         SECRET_KEY="sched-test",
+        # Served by gunicorn (not app.testing), where the plugin refuses to start without one.
+        LM_BILLING_ENCRYPTION_KEYS=[generate_key()],
         SQLALCHEMY_DATABASE_URI=os.environ["SCHED_DB_URL"],
         LM_BILLING_VALIDATE_INTERVAL=float(os.environ.get("SCHED_INTERVAL", "1")),
         LM_BILLING_LEASE_SECONDS=float(os.environ.get("SCHED_LEASE", "5")),

@@ -152,6 +152,7 @@ def test_permission_checker_decorator_form(tmp_path: Any) -> None:
 
     app = Flask("decorated")
     app.config.update(
+        TESTING=True,
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'd.sqlite'}",
         LM_BILLING_SCHEDULER_AUTOSTART=False,
         **NO_CSRF,

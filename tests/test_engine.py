@@ -130,7 +130,9 @@ def statements() -> Iterator[list[str]]:
     engine = get_state().db.engine
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()))
+        # On SQLite the plugin emits BEGIN itself (lm_billing_plugin.sqlite): not work.
+        if not statement.startswith("BEGIN"):
+            seen.append(" ".join(statement.split()))
 
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
@@ -205,11 +207,12 @@ def test_every_problem_kind_appears_and_is_resolved(eapp: Flask,
     sim.remove_site("s2")
     sim.set_members("b", 4)
     sim.add_list("d", site="s1", members=1)
+    sim.set_version("v" * 41)  # longer than Server.version holds
     runner.validate_servers([sid], actor="tester")
     found = open_problems(sid)
     seen_kinds |= {k for k, _ in found}
     assert {("missing_list", "c"), ("missing_site", "s2"), ("changed_list", "b"),
-            ("unknown_list", "d")} <= found
+            ("unknown_list", "d"), ("invalid_field", "Lists")} <= found
     assert seen_kinds == set(PROBLEM_KINDS)
 
     # Resolve everything: a bigger plan, an active customer, logging on, and a sync.
@@ -219,6 +222,7 @@ def test_every_problem_kind_appears_and_is_resolved(eapp: Flask,
     s.execute(sa.update(Customer).values(is_active=True))
     s.commit()
     sim.set_logging("lists")
+    sim.set_version("12.3")
     result = runner.sync_servers([sid], actor="tester")
     assert open_problems() == set()
     assert result.exit_code == 0
@@ -956,7 +960,15 @@ def test_race_on_problem_rows_retries_once_then_says_what_to_do(
 
 
 def test_run_that_lost_its_lease_stores_nothing_and_says_so(
-        dbapp: Flask, db_url: str, sims: Callable[..., HostSim]) -> None:
+        make_app: Callable[..., Flask], db_url: str, sims: Callable[..., HostSim]) -> None:
+    # The takeover is staged between the store's BEGIN and its first statement. With the
+    # plugin's SQLite tuning no other writer can come in there (BEGIN IMMEDIATE holds the
+    # lock), so on SQLite it is staged with the tuning off.
+    with make_app(db_url, LM_BILLING_SQLITE_TUNING=False, **FAST).app_context():
+        _lost_lease(db_url, sims)
+
+
+def _lost_lease(db_url: str, sims: Callable[..., HostSim]) -> None:
     sid = add_server("Lists", sims(small(lst("a"))))
     other = sa.create_engine(db_url)
     engine = get_state().db.engine

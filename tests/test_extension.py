@@ -33,6 +33,7 @@ def test_one_extension_serves_two_apps(tmp_path: Path) -> None:
     for name, prefix in (("one", "/billing"), ("two", "/money")):
         app = Flask(name)
         app.config.update(
+            TESTING=True,
             SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / name}.sqlite",
             LM_BILLING_URL_PREFIX=prefix,
         )
@@ -47,6 +48,7 @@ def test_one_extension_serves_two_apps(tmp_path: Path) -> None:
 def test_defaults_are_set_without_overriding_the_host(tmp_path: Path) -> None:
     app = Flask("host")
     app.config.update(
+        TESTING=True,
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/x.sqlite", LM_BILLING_MAX_PARALLEL=3
     )
     SQLAlchemy(app)
@@ -62,6 +64,7 @@ def test_reuses_the_hosts_sqlalchemy(app: Flask) -> None:
 
 def test_sets_up_a_database_when_the_host_has_none(tmp_path: Path) -> None:
     app = Flask("bare")
+    app.testing = True
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/own.sqlite"
     LMBilling(app)
     assert isinstance(app.extensions["sqlalchemy"], SQLAlchemy)
@@ -75,6 +78,7 @@ def test_without_any_database_init_app_says_what_to_do() -> None:
 def test_bad_setting_is_refused_at_init_app(tmp_path: Path) -> None:
     app = Flask("bad")
     app.config.update(
+        TESTING=True,
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/x.sqlite", LM_BILLING_LIST_PAGE_SIZE=0
     )
     with pytest.raises(ValueError, match="LM_BILLING_LIST_PAGE_SIZE"):

@@ -25,7 +25,7 @@ HOST = textwrap.dedent(
     loaded_at_import = test_code()
 
     app = Flask("host")
-    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", LM_BILLING_ALLOW_ALL=True,
+    app.config.update(TESTING=True, SQLALCHEMY_DATABASE_URI="sqlite://", LM_BILLING_ALLOW_ALL=True,
                       SECRET_KEY="x", LM_BILLING_SCHEDULER_AUTOSTART=False)
     lm_billing_plugin.LMBilling(app)
     lm_billing_plugin.upgrade(app)

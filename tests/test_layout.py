@@ -9,7 +9,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,21 @@ from lm_billing_plugin.models import (
     Assignment,
     Batch,
     BillingGroup,
+    BillRun,
+    BillRunItem,
     ChargeAssignment,
     Customer,
     HostingPlan,
+    Invoice,
+    InvoiceLine,
     InvoiceTemplate,
+    InvoiceUsage,
     MailingList,
     Problem,
     Run,
     Server,
     Site,
+    invoice_active_key,
 )
 from lm_billing_plugin.state import get_state
 from lm_billing_plugin.web.portals import APPBUILDER_TEMPLATE, FLASK_ADMIN_TEMPLATE
@@ -91,6 +97,30 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
             group_id=group.id, charge_id=charge.id, start_date=date(2026, 1, 1)
         )
         s.add(group_charge)
+        # A bill run and its invoice, with the long names the invoice snapshots.
+        jan, jan_end = date(2026, 1, 1), date(2026, 1, 31)
+        bill_run = BillRun(period_start=jan, period_end=jan_end, status="done", customers=1,
+                           invoiced=1, finished_at=datetime(2026, 2, 1, tzinfo=UTC))
+        s.add(bill_run)
+        s.flush()
+        invoice = Invoice(number="2026-00001", year=2026, seq=1, customer_id=customer.id,
+                          run_id=bill_run.id, period_start=jan, period_end=jan_end,
+                          status="issued",
+                          active_key=invoice_active_key(customer.id, jan, jan_end),
+                          currency="USD", total=Decimal("1234567.89"),
+                          company=customer.company, contact_name="n" * 200,
+                          email=customer.email)
+        s.add(invoice)
+        s.flush()
+        s.add_all([
+            InvoiceLine(invoice_id=invoice.id, position=1, group_name=group.name, kind="plan",
+                        description=f"Hosting plan {LONG_PLAN}", quantity=Decimal("1"),
+                        unit_price=Decimal("1234567.8900"), amount=Decimal("1234567.89")),
+            InvoiceUsage(invoice_id=invoice.id, group_name=group.name, server_name=LONG_NAME,
+                         site_name=site.name, list_name=LONG_LIST, messages=123456789,
+                         recipients=987654321, bytes=123456789012, units=Decimal("123456.789")),
+            BillRunItem(run_id=bill_run.id, customer_id=customer.id, invoice_id=invoice.id),
+        ])
         kinds = ("unknown_list", "changed_list", "unassigned_list")
         rows = [
             Problem(
@@ -121,6 +151,8 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
             "charge_id": charge.id,
             "group_charge_id": group_charge.id,
             "template_id": template.id,
+            "bill_run_id": bill_run.id,
+            "invoice_id": invoice.id,
             "filename": "lm_billing.css",
         }
 
@@ -132,7 +164,7 @@ def page_urls(app: Flask, samples: dict[str, Any]) -> list[str]:
         for rule in plugin_rules(app)
         if "GET" in (rule.methods or ())
         and rule.endpoint != "lm_billing.static"
-        and not rule.rule.endswith(".csv")  # downloads, not pages
+        and not rule.rule.endswith((".csv", ".pdf"))  # downloads, not pages
         and not rule.endpoint.endswith("_json")
     ]
 
@@ -178,7 +210,9 @@ def live(tmp_path: Path) -> Iterator[Callable[..., tuple[Flask, str, dict[str, A
 
 
 def _new_page(chromium: Any, width: int) -> Any:
-    context = chromium.new_context(viewport={"width": width, "height": 900})
+    # bypass_csp: the pages' Content-Security-Policy (script-src 'self') would refuse the
+    # axe-core script the contrast check injects; the pages themselves need no exception.
+    context = chromium.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
     context.set_default_timeout(15_000)
     return context.new_page()
 

@@ -57,6 +57,7 @@ def test_wheel_and_sdist_carry_everything_and_the_installed_wheel_works(tmp_path
         "lm_billing_plugin/py.typed",
         "lm_billing_plugin/demo/templates/demo/base.html",
         "lm_billing_plugin/demo/templates/demo/login.html",
+        "lm_billing_plugin/demo/static/demo/portal.css",
         "lm_billing_plugin/migrations/env.py",
         "lm_billing_plugin/migrations/script.py.mako",
         "lm_billing_plugin/migrations/versions/0001_*.py",
@@ -156,8 +157,9 @@ def check_wheel_metadata(wheel: Path) -> None:
     assert any(c.startswith("Topic :: ") for c in classifiers)
     # A License-Expression replaces the deprecated license classifiers.
     assert not any(c.startswith("License :: ") for c in classifiers)
-    urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL") or ())
-    assert {"Homepage", "Source", "Issues"} <= set(urls)
+    # No Project-URL until the project has a real public address: none is better than a
+    # made-up one that pip and PyPI would show as the project's home.
+    assert not metadata.get_all("Project-URL")
     requires = metadata.get_all("Requires-Dist") or []
     assert any(r.startswith("apispec") for r in requires)
     extras = set(metadata.get_all("Provides-Extra") or ())

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm_billing_plugin.engine.inventory import Inventory
+from lm_billing_plugin.engine.inventory import Inventory, screen
 from lm_billing_plugin.engine.reconcile import (
     ALL_KINDS,
     DRIFT_KINDS,
@@ -148,6 +148,15 @@ CASES: list[tuple[str, BillingSnapshot, Inventory, set[tuple[str, str]]]] = [
      inv([], [S1]), set()),
     ("logging off", snap(), inv([], [S1], mode="no"), {("logging_off", "Lists")}),
     ("other logging mode", snap(), inv([], [S1], mode="errors"), {("logging_off", "Lists")}),
+    # Values billing's columns cannot hold: reported per object, never taken for missing.
+    ("list name too long", snap(sites=(S1_ROW,)), screen(inv([rec("n" * 256)], [S1])),
+     {("invalid_field", "n" * 120 + "… (256 characters)")}),
+    ("held list sends a NUL", snap((row(1, "a"),), assignments=WHOLE, groups=(group(),)),
+     screen(inv([rec("a", descr="x\x00y")], [S1])), {("invalid_field", "a")}),
+    ("site name too long", snap(sites=()), screen(inv([], [SiteRecord("s" * 300, "")])),
+     {("invalid_field", "s" * 120 + "… (300 characters)")}),
+    ("members above 32 bits", snap(), screen(inv([rec("a", members=2**31)], [S1])),
+     {("invalid_field", "a")}),
 ]
 
 

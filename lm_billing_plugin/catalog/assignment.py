@@ -68,8 +68,10 @@ def check_gate(session: Session, server_id: int) -> None:
 
 def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
            list_ids: Iterable[int] = (), whole_server: bool = False, actor: str,
-           start: date | None = None, is_free: bool = False) -> int:
-    """Assign sites, lists or the whole server to a billing group from ``start`` (today).
+           start: date | None = None, end: date | None = None, is_free: bool = False) -> int:
+    """Assign sites, lists or the whole server to a billing group from ``start`` (today)
+    until ``end`` (exclusive: the first day not covered; None = open); ``is_free`` marks
+    the new assignments "Is Free" (they cost nothing).
 
     Another group's active assignment of the same object ends on ``start`` (end dates are
     exclusive: the first day not covered). Assigning what the group already has is a no-op;
@@ -82,6 +84,9 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
     site_set = sorted(set(site_ids))
     list_set = sorted(set(list_ids))
     try:
+        if end is not None and end <= start:
+            raise AssignmentError("the End Date must be after the Start Date (it is the "
+                                  "first day no longer billed)")
         check_gate(session, server_id)
         if session.get(BillingGroup, group_id) is None:
             raise AssignmentError(f"there is no billing group {group_id}")
@@ -129,13 +134,13 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
         if create:
             session.execute(sa.insert(table), [
                 {"group_id": group_id, "object_type": t, "server_id": server_id,
-                 "site_id": s, "list_id": li, "start_date": start, "end_date": None,
+                 "site_id": s, "list_id": li, "start_date": start, "end_date": end,
                  "is_free": is_free, "created_at": utcnow()} for t, s, li in create])
         audit.record(session, actor=actor, action="assign", object_type="group",
                      object_id=group_id, server_id=server_id,
                      detail={"whole_server": whole_server, "site_ids": site_set,
                              "list_ids": list_set, "start": start.isoformat(),
-                             "is_free": is_free,
+                             "end": end.isoformat() if end else None, "is_free": is_free,
                              "created": len(create), "ended": sorted(end_ids)})
         session.commit()
     except BaseException:

@@ -14,6 +14,7 @@ from ..billing import charges as service
 from ..models import AdditionalCharge, BillingGroup, Customer, name_key
 from ..state import get_state
 from . import cli
+from .catalog import groups_group
 from .output import EXIT_FAILED, EXIT_OK, actor, echo, emit_json
 
 # Service field -> the option a command-line user typed it with.
@@ -87,16 +88,7 @@ def charges_add(name: str, amount: str, description: str, recurring: bool, prora
     sys.exit(EXIT_OK)
 
 
-# The `groups` group: the bill-run branch may define one too (cli/catalog.py: groups add,
-# groups plan); when both land, keep one group object and register `charge` on it.
-@cli.group("groups")
-def groups_group() -> None:
-    """Billing groups: charge.
-
-    Exit status: 0 = done; 2 = invalid input (each field's error is printed).
-    """
-
-
+# One `groups` group (cli/catalog.py: groups add, groups plan); `charge` is registered on it.
 @groups_group.command("charge")
 @click.option("--customer", required=True, help="The customer's Company.")
 @click.option("--group", "group_name", required=True, help="The billing group's name.")

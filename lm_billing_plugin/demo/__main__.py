@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from types import FrameType
 
 import sqlalchemy as sa
@@ -119,6 +120,13 @@ def _healthy_dataset(today: date, seed: int = 2026) -> Dataset:
                 admin=f"{name.split('-')[0]}@example.com" if name.isascii() else "",
             )
         )
+        if site == sites[0].name:
+            # Last month's mailings of Acme's site, so a bill run of last month has usage.
+            last_month = (month_start - timedelta(days=1)).replace(day=1)
+            for _ in range(rng.randint(1, 2)):
+                log_entries.append(SendLogEntry(
+                    list=name, site=site, day=last_month + timedelta(days=rng.randint(0, 27)),
+                    recipients=rng.randint(1, members), bytes=rng.randint(2_000, 60_000)))
         if rng.random() < 0.6:
             for _ in range(rng.randint(1, 3)):
                 log_entries.append(
@@ -265,6 +273,9 @@ def _demo_billing(app: Flask) -> None:
             description="Demo plan: up to 50 lists of 5,000 members each.",
             max_lists=50,
             max_members_per_list=5000,
+            monthly_price=Decimal("49.00"),
+            included_messages=20_000,
+            overage_cpm=Decimal("1.5000"),
         )
         session.add(plan)
         session.flush()
@@ -290,6 +301,39 @@ def _demo_billing(app: Flask) -> None:
             )
         )
     session.commit()
+    _demo_bill_run(app, plan.id)
+
+
+def _demo_bill_run(app: Flask, plan_id: int) -> None:
+    """Give Acme a plan history from the first day of last month and, once the healthy server
+    has been synced (the demo leaves the first validation to the person), its site
+    news.example.com from then: Billing: Customers: Bill of last month then shows an invoice."""
+    from ..catalog.assignment import assign
+    from ..catalog.groups import plan_history, set_group_plan
+    from ..models import Assignment, GroupPlan, Site
+
+    session = get_state(app).session
+    group = session.scalars(sa.select(BillingGroup).join(Customer).where(
+        Customer.company == "Acme Publishing")).first()
+    server_id = session.scalar(sa.select(Server.id).where(Server.name == "Demo: healthy"))
+    if group is None or server_id is None:
+        return
+    start = (datetime.now(UTC).date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    terms = plan_history(session, group.id)
+    if not terms or terms[0].start_date > start:
+        session.execute(sa.delete(GroupPlan).where(GroupPlan.group_id == group.id))
+        session.commit()
+        set_group_plan(group, plan_id, start, None, actor=ACTOR)
+    if session.scalar(sa.select(Assignment.id).where(Assignment.group_id == group.id)):
+        session.commit()
+        return
+    if session.scalar(sa.select(Server.synced_at).where(Server.id == server_id)) is None:
+        session.commit()
+        return
+    site_id = session.scalar(sa.select(Site.id).where(Site.server_id == server_id,
+                                                      Site.name == "news.example.com"))
+    if site_id is not None:
+        assign(group.id, server_id=server_id, site_ids=[site_id], actor=ACTOR, start=start)
 
 
 def _port() -> int:

@@ -24,14 +24,12 @@ Semantics (the README's "Validate, sync and fix" section says the same to users)
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -48,14 +46,20 @@ from ..models import (
 )
 from ..secrets import SecretsError
 from ..settings import Settings
+from ..sqlite import writing
 from ..state import get_state
 from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
+from .digests import inputs_digest, inventory_digest, result_digest, with_drift
 from .inventory import Inventory, fetch_inventory
+from .parallel import run_parallel
 from .reconcile import (
     DRIFT_KINDS,
     RULE_KINDS,
-    Found,
+    BillingSnapshot,
+    Changes,
+    ListRow,
+    SiteRow,
     apply_to_snapshot,
     reconcile,
 )
@@ -66,12 +70,16 @@ from .store import (
     SERVER,
     apply_sync,
     claim_server,
+    confirm_problems,
     end_unfinished_runs,
     expire_leases,
     hold_lease,
     is_conflict,
+    last_result,
     lease_owner,
     load_snapshot,
+    new_row_ids,
+    open_problems,
     record_problems,
     release_server,
     sweep_stale_batches,
@@ -90,10 +98,8 @@ __all__ = [
 log = logging.getLogger("lm_billing_plugin.runner")
 
 BATCH_KINDS: Final = ("validate", "sync")
-# How long past its own deadline a worker may take before the runner stops waiting for it
-# (the client's deadline normally ends it first; this only guards against surprises).
-_GRACE: Final = 5.0
 _KIND_ORDER: Final = {kind: i for i, kind in enumerate(DRIFT_KINDS + RULE_KINDS + ("logging_off",))}
+
 
 class LeaseLost(RuntimeError):
     """This run outlived its lease and another run took the server over: store nothing."""
@@ -241,6 +247,7 @@ def _fetcher(settings: Settings) -> Callable[[_Target, float], Inventory]:
 # --- batches -------------------------------------------------------------------------------
 
 
+@writing
 def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
                  dry_run: bool = False) -> int:
     """Queue a validate or sync of ``server_ids`` (None = every active server).
@@ -290,6 +297,7 @@ def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
     return batch_id
 
 
+@writing
 def run_batch(batch_id: int) -> BatchResult:
     """Execute a queued batch: servers in parallel (LM_BILLING_MAX_PARALLEL), each within its
     own deadline (LM_BILLING_SERVER_DEADLINE); Batch.done/failed move as servers finish and
@@ -394,61 +402,25 @@ class _BatchWorker:
         self.actor = actor
         self.owner = lease_owner()
         self.fetch = _fetcher(settings)
+        # Each fetched inventory's digest, computed in its fetch thread (see digests.py).
+        self.digests: dict[int, str] = {}
 
     def run(self, targets: list[_Target]) -> list[ServerOutcome]:
-        outcomes: list[ServerOutcome] = []
-        pending = collections.deque(targets)
-        running: dict[Future[Inventory], _Target] = {}
-        # When each fetch really began (set by its worker thread): a server's deadline runs
-        # from there, not from when it was queued behind the other fetches.
-        began: dict[int, float] = {}
-        workers = max(1, min(self.settings.max_parallel, len(targets)))
-        # Servers claimed ahead of the fetch threads: while this thread stores one server's
-        # result, the threads go on fetching (at most ``workers`` results wait here, so
-        # memory stays bounded by the parallelism, not by the fleet).
-        ahead = 2 * workers
-        deadline_s = self.settings.server_deadline
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lm-billing-fetch")
+        def overran(target: _Target) -> ServerOutcome:
+            # The worker overran even its grace: record it and stop waiting.
+            return self._failed(target, TclPortError(
+                target.name, "deadline", "TIMEOUT",
+                "the server did not finish within its deadline (LM_BILLING_SERVER_DEADLINE)"))
 
-        def fetch(target: _Target) -> Inventory:
-            began[target.server_id] = start = time.monotonic()
-            return self.fetch(target, start + deadline_s)
+        def fetch(target: _Target, deadline: float) -> Inventory:
+            inventory = self.fetch(target, deadline)
+            # Computed in the worker thread: the store thread only compares it.
+            self.digests[target.server_id] = inventory_digest(inventory)
+            return inventory
 
-        def refill() -> None:
-            while pending and len(running) < ahead:
-                target = pending.popleft()
-                early = self._start(target)
-                if early is not None:
-                    outcomes.append(early)
-                    continue
-                running[pool.submit(fetch, target)] = target
-
-        try:
-            refill()
-            while running:
-                now = time.monotonic()
-                starts = [began[t.server_id] for t in running.values() if t.server_id in began]
-                soonest = (min(starts) if starts else now) + deadline_s + _GRACE
-                done, _ = wait(list(running), timeout=max(0.0, soonest - now),
-                               return_when=FIRST_COMPLETED)
-                for fut in done:
-                    target = running.pop(fut)
-                    outcomes.append(self._finish(target, fut))
-                    refill()
-                now = time.monotonic()
-                for fut, target in list(running.items()):
-                    start = began.get(target.server_id)
-                    if start is not None and now > start + deadline_s + _GRACE:
-                        # The worker overran even its grace: record it and stop waiting.
-                        running.pop(fut)
-                        err = TclPortError(target.name, "deadline", "TIMEOUT",
-                                           "the server did not finish within its deadline "
-                                           "(LM_BILLING_SERVER_DEADLINE)")
-                        outcomes.append(self._failed(target, err))
-                refill()
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-        return outcomes
+        return run_parallel(targets, fetch, workers=self.settings.max_parallel,
+                            deadline_seconds=self.settings.server_deadline, start=self._start,
+                            finish=self._finish, overran=overran)
 
     # -- start: claim ---------------------------------------------------------------------
 
@@ -557,11 +529,12 @@ class _BatchWorker:
         session = self.session
         sid = target.server_id
         now = utcnow()
+        # Assignments in force and "this month" follow the billing zone.
+        today = self.settings.billing_today()
         if not hold_lease(session, sid, self.owner):
             session.rollback()
             raise LeaseLost(target.name)
-        snapshot = load_snapshot(session, sid, today=self.settings.billing_today())
-        rec = reconcile(snapshot, inv)
+        snapshot = load_snapshot(session, sid, today=today)
         outcome = ServerOutcome(
             sid, target.name, ok=True, previous_status=target.previous_status,
             version=inv.server_info.version, validated_at=target.validated_at,
@@ -570,27 +543,58 @@ class _BatchWorker:
         status = "ok" if inv.logging.counts_messages else "logging_off"
         outcome.status = status
         counts = {"created": 0, "updated": 0, "removed": 0}
-        found: list[Found]
+        # What the run found, as (id, kind, object name, detail); id None on a dry run.
+        shown: list[tuple[int | None, str, str, str]]
         new = 0
-        ids: dict[str, int] = {}
-        if self.kind == "sync" and self.dry_run:
-            counts = rec.changes.counts()
-            after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
-            found = after.problems
-            outcome.status = target.previous_status
-            outcome.version = target.version
-        else:
-            after = rec
+        inventory_key = self.digests.pop(sid, None)
+        inputs = (inputs_digest(inventory_key, snapshot, today)
+                  if inventory_key is not None and not self.dry_run else None)
+        reused = self._reuse(sid, snapshot, inputs) if inputs is not None else None
+        if reused is not None:
+            # The server and billing are as the last confirming run left them, and so are
+            # its problems: that result stands; only the run itself is recorded.
+            shown, stored = reused
             if self.kind == "sync":
-                counts = apply_sync(session, sid, rec.changes, inv, now).as_dict()
-                if not rec.changes.empty:
-                    # Billing as the sync just left it, without reading it back: the same
-                    # rows apply_sync wrote (new ones have no assignments, so their ids
-                    # do not matter to the rules).
-                    after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
-            found = after.problems
-            new, _open = record_problems(session, sid, target.run_id, found, now,
-                                         groups=after.judged_groups, ids=ids)
+                counts = apply_sync(session, sid, Changes(), inv, now).as_dict()
+            confirm_problems(session, sid, target.run_id, now, (stored, result_digest(shown)),
+                             groups=snapshot.groups)
+        else:
+            rec = reconcile(snapshot, inv)
+            if self.kind == "sync" and self.dry_run:
+                counts = rec.changes.counts()
+                after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
+                shown = [(None, f.kind, f.object_name, f.detail) for f in after.problems]
+                outcome.status = target.previous_status
+                outcome.version = target.version
+            else:
+                after, left = rec, snapshot
+                if self.kind == "sync":
+                    counts = apply_sync(session, sid, rec.changes, inv, now).as_dict()
+                    if not rec.changes.empty:
+                        # Billing as the sync just left it, without reading it back: the
+                        # same rows apply_sync wrote (new ones have no assignments, so their
+                        # ids do not matter to the rules; they are fetched for the digest).
+                        left = _with_ids(apply_to_snapshot(snapshot, rec.changes),
+                                         *new_row_ids(session, sid, snapshot))
+                        after = reconcile(left, inv)
+                ids: dict[str, int] = {}
+                unique = list({f.fingerprint: f for f in after.problems}.values())
+                # The result may be reused by any run when billing now matches the server;
+                # with drift left (a validate), only by another validate.
+                new_inputs: str | None = None
+                if inventory_key is not None:
+                    new_inputs = inputs_digest(inventory_key, left, today)
+                    if not after.changes.empty:
+                        new_inputs = with_drift(new_inputs) if self.kind == "validate" else None
+                # (A problem found twice counts once, as record_problems stores it.)
+                new, _open = record_problems(session, sid, target.run_id, unique, now,
+                                             groups=after.judged_groups, ids=ids)
+                shown = [(ids.get(f.fingerprint), f.kind, f.object_name, f.detail)
+                         for f in unique]
+                if new_inputs is not None:
+                    confirm_problems(session, sid, target.run_id, now,
+                                     (new_inputs, result_digest(shown)))
+        if not self.dry_run:
             values: dict[str, Any] = {
                 "version": inv.server_info.version,
                 "hostname_reported": inv.server_info.hostname,
@@ -598,7 +602,7 @@ class _BatchWorker:
                 "logging_label": inv.logging.label,
                 "status": status,
                 "status_message": "" if status == "ok" else next(
-                    (f.detail for f in found if f.kind == "logging_off"), ""),
+                    (detail for _id, kind, _o, detail in shown if kind == "logging_off"), ""),
                 "validated_at": now,
                 "checked_at": now,
             }
@@ -608,30 +612,42 @@ class _BatchWorker:
             outcome.validated_at = now
             session.execute(sa.update(SERVER)
                             .where(SERVER.c.id == sid).values(**values))
-        run_status = "problems" if found else "ok"
+        run_status = "problems" if shown else "ok"
         session.execute(
             sa.update(RUN).where(RUN.c.id == target.run_id).values(
                 status=run_status, finished_at=utcnow(), lists_seen=len(inv.lists),
                 created=counts["created"], updated=counts["updated"],
-                removed=counts["removed"], problems_open=len(found), problems_new=new,
+                removed=counts["removed"], problems_open=len(shown), problems_new=new,
             )
         )
         release_server(session, sid, self.owner, commit=False)
         self._progress(failed=False)
         _audit_server(session, self.actor, self._action(), sid, now,
                       {"run_id": target.run_id, "status": run_status, "changes": counts,
-                       "problems_open": len(found), "problems_new": new})
-        if self.kind == "sync" and self.dry_run:
-            outcome.problems = _problem_dicts(found)
-        else:
-            # record_problems knows each found problem's row id: no read-back.
-            outcome.problems = _problem_dicts(
-                {"id": ids.get(f.fingerprint), "kind": f.kind, "object_name": f.object_name,
-                 "detail": f.detail} for f in {f.fingerprint: f for f in found}.values())
+                       "problems_open": len(shown), "problems_new": new})
+        # record_problems knows each found problem's row id: no read-back.
+        outcome.problems = _problem_dicts(
+            {"id": pid, "kind": kind, "object_name": name, "detail": detail}
+            for pid, kind, name, detail in shown)
         session.commit()
         outcome.changes = counts
         outcome.new_problems = new
         return outcome
+
+    def _reuse(self, sid: int, snapshot: BillingSnapshot, inputs: str
+               ) -> tuple[list[tuple[int | None, str, str, str]], str] | None:
+        """The open problems the server's last confirming run left and its stored inputs
+        digest, when its inputs were these (for a sync: with no drift left) and its problems
+        are still exactly as it left them; else None."""
+        stored_inputs, stored_result = last_result(self.session, sid)
+        if stored_result is None or stored_inputs is None:
+            return None
+        if stored_inputs != inputs and not (self.kind == "validate"
+                                            and stored_inputs == with_drift(inputs)):
+            return None
+        rows: list[tuple[int | None, str, str, str]] = list(
+            open_problems(self.session, sid, snapshot.groups))
+        return (rows, stored_inputs) if result_digest(rows) == stored_result else None
 
     def _failed(self, target: _Target, exc: TclPortError) -> ServerOutcome:
         session = self.session
@@ -661,3 +677,16 @@ class _BatchWorker:
             validated_at=target.validated_at, synced_at=target.synced_at,
             error=_error_dict(exc), run_id=target.run_id,
         )
+
+
+def _with_ids(snapshot: BillingSnapshot, sites: dict[str, int],
+              lists: dict[str, int]) -> BillingSnapshot:
+    """``snapshot`` (from apply_to_snapshot) with the new rows' real ids, by name."""
+    return BillingSnapshot(
+        snapshot.server_id, snapshot.server_name,
+        tuple(SiteRow(sites.get(r.name, r.id), r.name, r.title, r.status) if r.id < 0 else r
+              for r in snapshot.sites),
+        tuple(ListRow(lists.get(r.name, r.id), r.name, r.site_name, r.descr, r.members,
+                      r.admin, r.status) if r.id < 0 else r for r in snapshot.lists),
+        snapshot.assignments, snapshot.groups, snapshot.elsewhere,
+    )

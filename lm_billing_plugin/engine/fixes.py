@@ -31,6 +31,7 @@ from ..models import (
     utcnow,
 )
 from ..settings import Settings
+from ..sqlite import writing
 from ..state import get_state
 from ..tclport.errors import TclPortError
 from .batches import LeaseLost, _audit_server, _iso, _server_columns, _Target, _target
@@ -78,6 +79,11 @@ RULE_ACTIONS: Final = {
     "inactive_customer_has_lists": "Unassign the group's lists (or move them to a placeholder "
     "customer), or make the customer active again.",
 }
+# What an invalid_field problem needs: only the hosting server can change what it sends.
+INVALID_FIELD_ACTION: Final = (
+    "Correct the value on the hosting server (shorten it, or remove the NUL character), then "
+    "validate the server again."
+)
 ENABLE_LOGGING_HINT: Final = (
     "Enabling logging changes the hosting server's own settings, so it is done only on "
     "request: use \"Enable logging on this server\" (or `fix --enable-logging`)."
@@ -187,6 +193,7 @@ def _fix_work(settings: Settings, target: _Target, want_logging: bool,
     return report, inv
 
 
+@writing
 def fix_problems(problem_ids: Sequence[int], *, actor: str,
                  enable_logging: bool = False) -> FixResult:
     """Fix the chosen problems only (see the module docstring); idempotent.
@@ -226,6 +233,10 @@ def fix_problems(problem_ids: Sequence[int], *, actor: str,
             items[pid] = FixItem(*base, "not_fixable",
                                  "a billing rule: fixing it needs a decision, not a sync",
                                  RULE_ACTIONS[row.kind])
+        elif row.kind == "invalid_field":
+            items[pid] = FixItem(*base, "not_fixable",
+                                 "the hosting server sent a value billing cannot store",
+                                 INVALID_FIELD_ACTION)
         elif row.kind == "logging_off" and not enable_logging:
             items[pid] = FixItem(*base, "needs_confirmation", ENABLE_LOGGING_HINT,
                                  "Enable logging on this server")

@@ -18,6 +18,9 @@ Rules users can rely on (documented in the README, tested in tests/test_reconcil
   (lists, members, sites) count the group's lists on every server: this server's from the
   snapshot plus ``elsewhere`` (the group's counts on other servers, from billing). A group's
   sites are the distinct non-empty sites of the lists it owns.
+* A value the server sent that billing's columns cannot hold (``inventory.rejected``, found by
+  the inventory step) is an ``invalid_field`` problem of its object; that site or list is left
+  out, and a billing row of the same name is not taken for missing (it is still on the server).
 * Fingerprints: sha256 of kind + server id + object key for server, site and list problems;
   kind + group id for group-wide rules (their problem rows have no server).
 """
@@ -31,11 +34,12 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Generic, TypeVar
 
-from ..kinds import ALL_KINDS, DRIFT_KINDS, GROUP_KINDS, RULE_KINDS, SERVER_KINDS
+from ..kinds import ALL_KINDS, DATA_KINDS, DRIFT_KINDS, GROUP_KINDS, RULE_KINDS, SERVER_KINDS
 from ..tclport.records import LOGGING_LABELS, LOGGING_LISTS, ListRecord, LoggingState, SiteRecord
 
 __all__ = [
     "ALL_KINDS",
+    "DATA_KINDS",
     "DRIFT_KINDS",
     "GROUP_KINDS",
     "RULE_KINDS",
@@ -52,6 +56,7 @@ __all__ = [
     "SiteRow",
     "apply_to_snapshot",
     "drift",
+    "field_problems",
     "fingerprint",
     "owners",
     "reconcile",
@@ -302,7 +307,8 @@ class _Pairing(Generic[_Rec, _Row]):
     remove: list[tuple[int, str]]  # active billing rows the server no longer has
 
 
-def _pair(records: Iterable[_Rec], rows: Iterable[_Row]) -> _Pairing[_Rec, _Row]:
+def _pair(records: Iterable[_Rec], rows: Iterable[_Row],
+          still_there: Collection[str] = ()) -> _Pairing[_Rec, _Row]:
     rows = list(rows)
     billing = {row.name: row for row in rows}
     out: _Pairing[_Rec, _Row] = _Pairing([], [], [], [])
@@ -318,18 +324,25 @@ def _pair(records: Iterable[_Rec], rows: Iterable[_Row]) -> _Pairing[_Rec, _Row]
         elif row.status != "active":
             out.reactivate.append((row.id, rec))
     out.remove = [(row.id, row.name) for row in rows
-                  if row.status == "active" and row.name not in seen]
+                  if row.status == "active" and row.name not in seen
+                  and row.name not in still_there]
     return out
 
 
 def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
-          lists: Iterable[ListRecord]) -> tuple[list[Found], Changes]:
-    """Compare the server's sites and lists with billing's rows: drift problems and changes."""
+          lists: Iterable[ListRecord], *, rejected: Iterable[Any] = ()
+          ) -> tuple[list[Found], Changes]:
+    """Compare the server's sites and lists with billing's rows: drift problems and changes.
+
+    ``rejected`` (the inventory's ``Rejected`` values) names sites and lists the server has but
+    sent unstorable values for: billing's rows of those names are not taken for missing.
+    """
     sid = snapshot.server_id
     server = snapshot.server_name
     problems: list[Found] = []
-
-    site_pairs = _pair(sites, snapshot.sites)
+    held = list(rejected)
+    site_pairs = _pair(sites, snapshot.sites,
+                       {r.name for r in held if r.object_type == "site"})
     update_sites: list[tuple[int, SiteRecord]] = []
     for rec, row in site_pairs.pairs:
         if row is None or row.status != "active":
@@ -351,7 +364,7 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
             {}, fingerprint("missing_site", server_id=sid, key=("site", name)),
         ))
 
-    list_pairs = _pair(lists, snapshot.lists)
+    list_pairs = _pair(lists, snapshot.lists, {r.name for r in held if r.object_type == "list"})
     update_lists: list[tuple[int, ListRecord]] = []
     for item, lrow in list_pairs.pairs:
         if lrow is None or lrow.status != "active":
@@ -538,15 +551,52 @@ def logging_problem(snapshot: BillingSnapshot, state: LoggingState,
     )
 
 
+def _shown(name: str, limit: int = 120) -> str:
+    # The name of an object billing cannot store: every control character escaped (a NUL
+    # cannot be stored even in a problem row) and cut, so the problem row itself always fits.
+    shown = "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}"
+                    if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in name)
+    return shown if len(shown) <= limit else shown[:limit] + f"… ({len(name):,} characters)"
+
+
+def field_problems(snapshot: BillingSnapshot, rejected: Iterable[Any]) -> list[Found]:
+    """One ``invalid_field`` problem per value billing cannot store (``Rejected`` records)."""
+    sid = snapshot.server_id
+    server = snapshot.server_name
+    out: list[Found] = []
+    for r in rejected:
+        if r.object_type == "server":
+            name = server
+            whose = ""
+            outcome = (f"billing keeps this server's {r.what} empty until it is corrected on "
+                       "the hosting server")
+        else:
+            name = _shown(r.name)
+            whose = f" for {r.object_type} '{name}'" if r.field != "name" else ""
+            outcome = (f"billing leaves this {r.object_type} out until it is corrected on the "
+                       "hosting server")
+        shown_value = "" if r.field != "name" or r.object_type == "server" else f" '{name}'"
+        out.append(Found(
+            "invalid_field", r.object_type, name,
+            f"Server {_q(server)} sent a {r.what}{shown_value} {r.problem}{whose}; {outcome}. "
+            "Everything else was stored.",
+            {"field": r.field, **r.data},
+            fingerprint("invalid_field", server_id=sid, key=(r.object_type, r.name, r.field)),
+        ))
+    return out
+
+
 def reconcile(snapshot: BillingSnapshot, inventory: Any) -> Reconciliation:
     """Everything one run finds for one server.
 
     ``inventory`` is an :class:`lm_billing_plugin.engine.inventory.Inventory` (typed loosely so this
     module stays free of the network layer's imports): ``sites``, ``lists``, ``logging``,
-    ``usage_error``.
+    ``usage_error``, ``rejected``.
     """
-    problems, changes = drift(snapshot, inventory.sites, inventory.lists)
+    rejected = getattr(inventory, "rejected", ())
+    problems, changes = drift(snapshot, inventory.sites, inventory.lists, rejected=rejected)
     problems.extend(rule_problems(snapshot))
+    problems.extend(field_problems(snapshot, rejected))
     off = logging_problem(snapshot, inventory.logging, getattr(inventory, "usage_error", None))
     if off is not None:
         problems.append(off)

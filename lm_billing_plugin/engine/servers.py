@@ -21,6 +21,7 @@ from ..models import (
     AuditEntry,
     MailingList,
     Problem,
+    ProblemRun,
     Run,
     Server,
     Site,
@@ -34,7 +35,7 @@ from ..tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT
 from ..tclport.errors import DNS, REFUSED, TIMEOUT, UNREACHABLE
 from . import checks
 from .checks import ConnectionReport, LoggingReport
-from .store import is_conflict
+from .store import PROBLEM, close_values, is_conflict
 
 __all__ = [
     "MAX_COMMENTS",
@@ -229,6 +230,27 @@ def get_server(server_id: int, *, session: Session | None = None) -> Server:
     session = session if session is not None else get_state().session
     server = session.get(Server, server_id)
     if server is None:
+        raise ServerNotFound(f"no hosting server with id {server_id}")
+    return server
+
+
+def lock_server(server_id: int) -> Server:
+    """The server, its row held until the caller's commit or rollback, so a check made on it
+    (an API's If-Match) and the write that follows are one transaction: SELECT ... FOR UPDATE
+    on PostgreSQL and MariaDB; SQLite locks the database, not rows, so there a no-op write
+    takes the write lock first (a read that later upgrades would fail as busy)."""
+    session = get_state().session
+    if session.get_bind(mapper=Server).dialect.name == "sqlite":
+        session.execute(
+            sa.update(Server).where(Server.id == server_id).values(id=Server.id)
+            .execution_options(synchronize_session=False)
+        )
+    server = session.execute(
+        sa.select(Server).where(Server.id == server_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if server is None:
+        session.rollback()
         raise ServerNotFound(f"no hosting server with id {server_id}")
     return server
 
@@ -471,6 +493,7 @@ def delete_server(server_id: int, *, actor: str) -> str:
     # Children first (foreign keys); audit rows are kept but let go of the server.
     session.execute(sa.update(AuditEntry).where(AuditEntry.server_id == sid).values(server_id=None))
     session.execute(sa.delete(Usage).where(Usage.server_id == sid))
+    session.execute(sa.delete(ProblemRun).where(ProblemRun.server_id == sid))
     session.execute(sa.delete(Problem).where(Problem.server_id == sid))
     session.execute(sa.delete(MailingList).where(MailingList.server_id == sid))
     session.execute(sa.delete(Site).where(Site.server_id == sid))
@@ -645,13 +668,13 @@ def enable_logging(server_id: int, *, actor: str) -> LoggingReport:
         # The Errors page should not keep offering a fix that was just made; the next
         # validation reopens the same problem (same fingerprint) if logging goes off again.
         session.execute(
-            sa.update(Problem)
+            sa.update(PROBLEM)
             .where(
-                Problem.server_id == server.id,
-                Problem.kind == "logging_off",
-                Problem.status == "open",
+                PROBLEM.c.server_id == server.id,
+                PROBLEM.c.kind == "logging_off",
+                PROBLEM.c.status == "open",
             )
-            .values(status="fixed", closed_at=utcnow())
+            .ordered_values(*close_values("fixed"), (PROBLEM.c.closed_at, utcnow()))
         )
     elif report.code is not None and report.code != "NOT_PERMITTED":
         # It could not even be asked: the connection failure is the server's state now.

@@ -28,10 +28,12 @@ from ..models import (
     HostingPlan,
     MailingList,
     Problem,
+    ProblemRun,
     Run,
     Server,
     Site,
     Usage,
+    confirmed_sighting,
 )
 from .inventory import Inventory
 from .reconcile import (
@@ -53,13 +55,18 @@ __all__ = [
     "active_assignment",
     "apply_sync",
     "claim_server",
+    "close_values",
+    "confirm_problems",
     "end_unfinished_runs",
     "expire_leases",
     "hold_lease",
     "is_conflict",
+    "last_result",
     "lease_owner",
     "load_snapshot",
+    "new_row_ids",
     "open_drift_problems",
+    "open_problems",
     "record_problems",
     "release_server",
     "sweep_stale_batches",
@@ -77,6 +84,7 @@ GROUP = cast(sa.Table, BillingGroup.__table__)
 CUSTOMER = cast(sa.Table, Customer.__table__)
 PLAN = cast(sa.Table, HostingPlan.__table__)
 PROBLEM = cast(sa.Table, Problem.__table__)
+PROBLEM_RUN = cast(sa.Table, ProblemRun.__table__)
 RUN = cast(sa.Table, Run.__table__)
 BATCH = cast(sa.Table, Batch.__table__)
 
@@ -166,14 +174,15 @@ def load_snapshot(
             )
         )
     )
+    # Rows fetched at once and unpacked as tuples: per-row attribute access was most of it.
     lists = tuple(
-        ListRow(r.id, r.name, r.site_name, r.descr, r.members, r.admin, r.status)
+        ListRow(*r)
         for r in session.execute(
             sa.select(
                 LIST.c.id, LIST.c.name, LIST.c.site_name, LIST.c.descr, LIST.c.members,
                 LIST.c.admin, LIST.c.status,
             ).where(LIST.c.server_id == server_id)
-        )
+        ).all()
     )
     assignments = tuple(
         AssignmentRow(r.id, r.group_id, r.object_type, r.site_id, r.list_id)
@@ -406,6 +415,20 @@ def _store_usage(session: Session, server_id: int, inventory: Inventory, now: da
 # --- problems ------------------------------------------------------------------------------
 
 
+def close_values(status: Any) -> list[tuple[Any, Any]]:
+    """SET clauses that close problems as ``status``, freezing each one's "last seen" at its
+    last sighting (its server's ProblemRun, when that came later than the row was written).
+
+    In this order: MariaDB evaluates SET left to right with the new values, and the
+    sighting depends on the old status and last seen.
+    """
+    return [
+        (PROBLEM.c.last_run_id, confirmed_sighting("run_id")),
+        (PROBLEM.c.last_seen_at, confirmed_sighting("seen_at")),
+        (PROBLEM.c.status, status),
+    ]
+
+
 def record_problems(
     session: Session,
     server_id: int,
@@ -417,23 +440,30 @@ def record_problems(
     kinds: Collection[str] | None = None,
     fixed: Collection[str] = (),
     ids: dict[str, int] | None = None,
+    digests: tuple[str | None, str | None] = (None, None),
 ) -> ProblemCounts:
     """Upsert the problems a run found; resolve the ones it judged and did not find again.
 
-    A problem is one row per fingerprint: found again it keeps its row (``last_seen_at`` and
-    ``last_run_id`` move, ``detail``/``data`` refresh, a resolved or fixed one reopens). The
-    run's scope is this server's problems plus the group-wide problems of ``groups``,
-    restricted to ``kinds`` (None = every kind): only those can be resolved; a run that could
-    not judge a kind leaves its problems alone. Fingerprints in ``fixed`` close as ``fixed``
-    instead of ``resolved``. Returns ``(new, open)``: rows created or reopened, and found.
-    ``ids``, when given, receives each found problem's row id by fingerprint (so the caller
-    need not read the rows back). Does not commit.
+    A problem is one row per fingerprint: found again it keeps its row (``detail``/``data``
+    refresh, a resolved or fixed one reopens). The run's scope is this server's problems plus
+    the group-wide problems of ``groups``, restricted to ``kinds`` (None = every kind): only
+    those can be resolved; a run that could not judge a kind leaves its problems alone.
+    Fingerprints in ``fixed`` close as ``fixed`` instead of ``resolved``. Returns ``(new,
+    open)``: rows created or reopened, and found. ``ids``, when given, receives each found
+    problem's row id by fingerprint (so the caller need not read the rows back).
+
+    Only new, changed and closed rows are written: a run that judged every kind records
+    itself in the server's ProblemRun row (one row, with ``digests``: the inventory's and the
+    result's, see :func:`unchanged_result`), which is every still-open problem's "last seen";
+    group-wide problems found again (few) move their own. Does not commit.
     """
     found = list({f.fingerprint: f for f in found}.values())
     scope = PROBLEM.c.server_id == server_id
+    group_scope: sa.ColumnElement[bool] | None = None
     if groups:
-        scope = sa.or_(scope, sa.and_(PROBLEM.c.server_id.is_(None),
-                                      PROBLEM.c.group_id.in_(sorted(groups))))
+        group_scope = sa.and_(PROBLEM.c.server_id.is_(None),
+                              PROBLEM.c.group_id.in_(sorted(groups)))
+        scope = sa.or_(scope, group_scope)
     # ``data`` is read as its stored JSON text and compared with the text this run would
     # store: decoding every open problem's JSON was most of a re-validate's time. (A row
     # written with other spacing or key order only costs one needless refresh.)
@@ -443,7 +473,7 @@ def record_problems(
             sa.select(PROBLEM.c.id, PROBLEM.c.fingerprint, PROBLEM.c.kind, PROBLEM.c.status,
                       PROBLEM.c.detail, sa.cast(PROBLEM.c.data, sa.Text).label("data"),
                       PROBLEM.c.server_id, PROBLEM.c.group_id).where(scope)
-        )
+        ).all()
     }
     judged = set(kinds) if kinds is not None else None
     fixed_set = set(fixed)
@@ -451,6 +481,7 @@ def record_problems(
     inserts: list[dict[str, Any]] = []
     refresh: list[dict[str, Any]] = []
     new = 0
+    dumps = json.dumps
     for f in found:
         row = existing.get(f.fingerprint)
         if row is None:
@@ -467,7 +498,7 @@ def record_problems(
         reopened = row.status != "open"
         if reopened:
             new += 1
-        if reopened or row.detail != f.detail or row.data != json.dumps(dict(f.data)):
+        if reopened or row.detail != f.detail or row.data != dumps(dict(f.data)):
             refresh.append({"b_id": row.id, "b_detail": f.detail, "b_data": dict(f.data),
                             "b_group": f.group_id})
     closing = [
@@ -477,9 +508,9 @@ def record_problems(
     ]
     if closing:
         session.execute(
-            PROBLEM.update().where(PROBLEM.c.id == sa.bindparam("b_id")).values(
-                status=sa.bindparam("b_status"), closed_at=now
-            ),
+            PROBLEM.update().where(PROBLEM.c.id == sa.bindparam("b_id"))
+            .ordered_values(*close_values(sa.bindparam("b_status")),
+                            (PROBLEM.c.closed_at, now)),
             closing,
         )
     if refresh:
@@ -487,18 +518,23 @@ def record_problems(
             PROBLEM.update().where(PROBLEM.c.id == sa.bindparam("b_id")).values(
                 detail=sa.bindparam("b_detail"), data=sa.bindparam("b_data"),
                 group_id=sa.bindparam("b_group"), status="open", closed_at=None,
+                last_seen_at=now, last_run_id=run_id,
             ),
             refresh,
         )
-    if len(seen) > len(inserts):
-        # Everything still open in scope was found again (the rest was just closed): one
-        # statement moves last seen / last run for all of them, however many there are.
-        touched = sa.and_(scope, PROBLEM.c.status == "open")
-        if judged is not None:
-            touched = sa.and_(touched, PROBLEM.c.kind.in_(sorted(judged)))
-        session.execute(
-            PROBLEM.update().where(touched).values(last_seen_at=now, last_run_id=run_id)
-        )
+    if judged is not None:
+        # A run that judged only some kinds cannot speak for the server's other problems:
+        # it moves last seen on the rows of its kinds it found again, one statement.
+        if len(seen) > len(inserts):
+            session.execute(
+                PROBLEM.update().where(scope, PROBLEM.c.status == "open",
+                                       PROBLEM.c.kind.in_(sorted(judged)))
+                .values(last_seen_at=now, last_run_id=run_id)
+            )
+    else:
+        regroup = any(not f.server_scoped and f.fingerprint in existing for f in found)
+        confirm_problems(session, server_id, run_id, now, digests,
+                         groups=groups if regroup else ())
     if inserts:
         session.execute(PROBLEM.insert(), inserts)
     if ids is not None:
@@ -506,6 +542,69 @@ def record_problems(
         if inserts:
             ids.update(_new_ids(session, run_id, [row["fingerprint"] for row in inserts]))
     return new, len(found)
+
+
+def confirm_problems(session: Session, server_id: int, run_id: int | None, now: datetime,
+                     digests: tuple[str | None, str | None], *,
+                     groups: Collection[int] = ()) -> None:
+    """Record ``run_id`` as the run that last judged (and found) every open problem of the
+    server: its ProblemRun row, and "last seen" of the open group-wide problems of ``groups``
+    (a handful of rows). ``digests``: (inputs, result), or None when unknown. Does not commit.
+    """
+    if groups:
+        session.execute(
+            PROBLEM.update().where(PROBLEM.c.server_id.is_(None),
+                                   PROBLEM.c.group_id.in_(sorted(groups)),
+                                   PROBLEM.c.status == "open")
+            .values(last_seen_at=now, last_run_id=run_id)
+        )
+    values = {"run_id": run_id, "seen_at": now, "inventory_digest": digests[0],
+              "result_digest": digests[1]}
+    done = session.execute(
+        PROBLEM_RUN.update().where(PROBLEM_RUN.c.server_id == server_id).values(**values))
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        session.execute(PROBLEM_RUN.insert().values(server_id=server_id, **values))
+
+
+def last_result(session: Session, server_id: int) -> tuple[str | None, str | None]:
+    """(inputs digest, result digest) the server's last confirming run stored."""
+    row = session.execute(
+        sa.select(PROBLEM_RUN.c.inventory_digest, PROBLEM_RUN.c.result_digest)
+        .where(PROBLEM_RUN.c.server_id == server_id)
+    ).one_or_none()
+    return (None, None) if row is None else (row.inventory_digest, row.result_digest)
+
+
+def open_problems(session: Session, server_id: int,
+                  groups: Collection[int] = ()) -> list[tuple[int, str, str, str]]:
+    """(id, kind, object name, detail) of the server's open problems and the open group-wide
+    problems of ``groups`` (one indexed query)."""
+    scope = PROBLEM.c.server_id == server_id
+    if groups:
+        scope = sa.or_(scope, sa.and_(PROBLEM.c.server_id.is_(None),
+                                      PROBLEM.c.group_id.in_(sorted(groups))))
+    return [
+        (r[0], r[1], r[2], r[3])
+        for r in session.execute(
+            sa.select(PROBLEM.c.id, PROBLEM.c.kind, PROBLEM.c.object_name, PROBLEM.c.detail)
+            .where(scope, PROBLEM.c.status == "open")
+        ).all()
+    ]
+
+
+def new_row_ids(session: Session, server_id: int, snapshot: BillingSnapshot
+                ) -> tuple[dict[str, int], dict[str, int]]:
+    """Ids (by name) of the sites and lists a sync just created on the server: those above
+    the snapshot's highest id (two indexed queries)."""
+    top_site = max((r.id for r in snapshot.sites), default=0)
+    top_list = max((r.id for r in snapshot.lists), default=0)
+    sites = {r.name: r.id for r in session.execute(
+        sa.select(SITE.c.id, SITE.c.name).where(SITE.c.server_id == server_id,
+                                                SITE.c.id > top_site))}
+    lists = {r.name: r.id for r in session.execute(
+        sa.select(LIST.c.id, LIST.c.name).where(LIST.c.server_id == server_id,
+                                                LIST.c.id > top_list))}
+    return sites, lists
 
 
 def _new_ids(session: Session, run_id: int | None,
@@ -685,9 +784,13 @@ def sweep_stale_batches(session: Session, now: datetime, lease_seconds: float) -
     lease sweep alone would leave them ``queued`` forever.
     """
     cutoff = now - timedelta(seconds=lease_seconds)
+    # A run another process ended as interrupted (its lease expired) is clean-up, not
+    # progress: the next batch ends the dead batch's claimed run "now" just before this sweep.
     moved = sa.select(RUN.c.id).where(
         RUN.c.batch_id == BATCH.c.id,
-        sa.or_(RUN.c.started_at >= cutoff, RUN.c.finished_at >= cutoff),
+        sa.or_(RUN.c.started_at >= cutoff,
+               sa.and_(RUN.c.finished_at >= cutoff,
+                       sa.func.coalesce(RUN.c.error_code, "") != "INTERRUPTED")),
     )
     stale_filter = sa.and_(
         BATCH.c.status.in_(("queued", "running")), BATCH.c.started_at < cutoff, ~sa.exists(moved)

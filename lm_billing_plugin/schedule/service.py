@@ -44,6 +44,7 @@ from ..engine import batches
 from ..engine.batches import BatchResult
 from ..engine.store import lease_owner as owner_id
 from ..models import TaskState, utcnow
+from ..sqlite import writes
 from ..state import get_state
 from .claims import (
     ACTOR,
@@ -165,7 +166,7 @@ class SchedulerService:
         self.app = app
         self.settings = state.settings
         with app.app_context():
-            self.engine: Engine = state.db.engine
+            self.engine: Engine = state.engine
         self.work: Work = work or state.extras.get(WORK_EXTRA) or default_work
         self.owner = owner_id()
         self.kind = "sync" if self.settings.scheduled_sync else "validate"
@@ -198,7 +199,8 @@ class SchedulerService:
         """Look at the schedule once. Returns what happened: "disabled", "stopping", "busy"
         (a run of ours is going on), "idle" (nothing due, or someone else runs it),
         "ran"/"started" (we claimed a run) or "error" (logged; the next tick retries)."""
-        with self._ticking:
+        # Every transaction of a tick may write (claims, leases): SQLite's lock at BEGIN.
+        with self._ticking, writes():
             return self._tick(synchronous)
 
     def _tick(self, synchronous: bool) -> str:
@@ -312,6 +314,10 @@ class SchedulerService:
     # -- one run --
 
     def _execute(self, local: _LocalRun) -> None:
+        with writes():
+            self._execute_run(local)
+
+    def _execute_run(self, local: _LocalRun) -> None:
         claim = local.claim
         heartbeat = threading.Thread(
             target=self._heartbeat, args=(local,), name="lm-billing-lease", daemon=True
@@ -383,6 +389,10 @@ class SchedulerService:
         return record
 
     def _heartbeat(self, local: _LocalRun) -> None:
+        with writes():
+            self._beat(local)
+
+    def _beat(self, local: _LocalRun) -> None:
         every = max(0.05, self.settings.lease_seconds / 3.0)
         while not local.stop_heartbeat.wait(every):
             try:

@@ -183,6 +183,7 @@ def bench_engine() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         app = Flask("lm_billing_benchmark")
         app.config.update(
+            TESTING=True,  # a measuring app, not a deployment: needs no secrets
             SQLALCHEMY_DATABASE_URI=f"sqlite:///{Path(tmp) / 'bench.sqlite'}",
             LM_BILLING_SCHEDULER_AUTOSTART=False,
             LM_BILLING_MAX_PARALLEL=16,
@@ -265,6 +266,7 @@ def bench_pages() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         app = Flask("lm_billing_benchmark_pages")
         app.config.update(
+            TESTING=True,  # a measuring app, not a deployment: needs no encryption key
             SQLALCHEMY_DATABASE_URI=f"sqlite:///{Path(tmp) / 'pages.sqlite'}",
             SECRET_KEY=secrets.token_hex(16),  # the session cookie of this run only
             LM_BILLING_SCHEDULER_AUTOSTART=False,

@@ -14,6 +14,7 @@ from wtforms.validators import ValidationError
 
 from ..i18n import template_functions
 from ..settings import DEFAULTS
+from ..sqlite import writes_in_this_request
 from ..state import get_state
 from .access import guard_request, is_allowed
 from .l10n import template_context as l10n_context
@@ -34,6 +35,17 @@ blueprint = Blueprint(
 )
 
 log = logging.getLogger("lm_billing_plugin.blueprint")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+
+
+
+@blueprint.before_request
+def sqlite_write_transactions() -> None:
+    """A request that may change something takes SQLite's write lock when its transaction
+    begins (sqlite.py says why); first, before the access guard reads the user."""
+    if request.method not in SAFE_METHODS:
+        writes_in_this_request()
+
 
 blueprint.before_request(guard_request)
 
@@ -43,7 +55,7 @@ def guard_csrf() -> None:
     """Every change needs the CSRF token, whether or not the host registered CSRFProtect:
     a form that forgot to check it cannot become a cross-site write. Runs after the access
     guard, so strangers still get the login page or 403 first."""
-    if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+    if request.method in SAFE_METHODS:
         return
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return
@@ -114,13 +126,25 @@ for _code in ERROR_TITLES:
     blueprint.register_error_handler(_code, error_page)
 
 
-@blueprint.after_request
+@blueprint.after_app_request
 def security_headers(response: Response) -> Response:
+    """Every answer under the plugin's prefix — pages, refusals, and the 404/405 of paths no
+    view matched (those never reach a blueprint hook) — carries the security headers."""
+    settings = get_state().settings
+    prefix = settings.url_prefix.rstrip("/")
+    if request.blueprint != blueprint.name and not (
+        request.path == prefix or request.path.startswith(prefix + "/")
+    ):
+        return response
     # Plugin pages may sit in the host's own frames, never in anyone else's.
     response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'self'")
+    response.headers.setdefault("Content-Security-Policy", settings.content_security_policy)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != f"{blueprint.name}.static":
+        # Billing data (customers, servers, problems) must not stay in shared caches or the
+        # browser's history cache after logout; the static files may be cached.
+        response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask_wtf.csrf import validate_csrf
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from wtforms.validators import ValidationError
 
 from ...state import get_state
@@ -99,6 +99,32 @@ def _unexpected(exc: Exception) -> Response:
     log.exception("API request %s %s failed", request.method, request.path)
     get_state().session.rollback()
     return error_response(ApiError(500, "The request failed unexpectedly; see the server's log."))
+
+
+def unrouted_as_json(root: str) -> Callable[[], Response | None]:
+    """An app-level before_request hook: an unknown URL under the API's ``root`` (404) or a
+    method its route lacks (405) answers a JSON error too. No blueprint handler sees these
+    (no rule matched, so no blueprint), and an app-level errorhandler would replace the
+    host's own 404 page or be replaced by it; this hook runs before Flask raises the routing
+    error and looks only at the API's paths, so the host's error pages stay as they are."""
+
+    def answer() -> Response | None:
+        exc = request.routing_exception
+        path = request.path
+        if not isinstance(exc, NotFound | MethodNotAllowed) or not (
+            path == root or path.startswith(root + "/")
+        ):
+            return None
+        if isinstance(exc, MethodNotAllowed):
+            allowed = sorted(exc.valid_methods or ())
+            error = ApiError(405, f"{request.method} is not allowed on {path}; it takes "
+                             f"{', '.join(allowed)}.", headers={"Allow": ", ".join(allowed)})
+        else:
+            error = ApiError(404, f"There is no API route {path}; the routes are listed in "
+                             f"{root}/openapi.json.")
+        return _headers(error_response(error))
+
+    return answer
 
 
 # --- authentication, permission, CSRF -------------------------------------------------------

@@ -9,6 +9,7 @@ def register(blueprint: Blueprint) -> None:
     from . import (
         assign,
         background,
+        bills,
         charges,
         customers,
         invoice_templates,
@@ -35,3 +36,4 @@ def register(blueprint: Blueprint) -> None:
     charges.register(blueprint)
     invoice_templates.register(blueprint)
     terminate.register(blueprint)
+    bills.register(blueprint)

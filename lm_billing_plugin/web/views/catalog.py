@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ...catalog.customers import CatalogError
 from ...engine.store import active_assignment
 from ...models import Assignment
 from ...state import get_state
@@ -83,6 +84,18 @@ def _apply(obj: Any, form: Any, names: Iterable[str]) -> dict[str, list[Any]]:
             changes[name] = [_jsonable(old), _jsonable(new)]
             setattr(obj, name, new)
     return changes
+
+
+def _field_error(form: Any, exc: CatalogError, default: str) -> None:
+    """The service's error next to the field it is about (``exc.field``; else ``default``)."""
+    field = getattr(form, exc.field or default, None)
+    if field is None or not hasattr(field, "errors"):
+        field = getattr(form, default)
+    message = str(exc)
+    message = message[:1].upper() + message[1:]
+    if not message.endswith((".", "!", "?")):
+        message += "."
+    field.errors = [*field.errors, message]
 
 
 def _search(column: Any, text: str) -> Any:

@@ -13,15 +13,16 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
-from ... import audit
 from ...billing.invoice_templates import template_choices
-from ...catalog.names import DuplicateName, check_name, conflict_message
-from ...engine.store import is_conflict
+from ...catalog.customers import CatalogError, create_customer, update_customer
+from ...catalog.groups import GROUP_FIELDS, create_group, update_group
 from ...models import (
     Assignment,
+    AuditEntry,
     BillingGroup,
     Customer,
     HostingPlan,
+    Invoice,
     MailingList,
     Server,
     Site,
@@ -29,14 +30,16 @@ from ...models import (
 from ..access import actor_name, requires
 from ..forms.catalog import CustomerForm, GroupForm, UnassignForm
 from .catalog import (
-    CUSTOMER_FIELDS,
-    GROUP_FIELDS,
+    _ZERO_IS_NONE,
     _active_assignment,
-    _apply,
+    _field_error,
     _page_size,
     _search,
     _session,
     _today,
+)
+from .catalog import (
+    CUSTOMER_FIELDS as FORM_CUSTOMER_FIELDS,
 )
 from .paging import MAX_SEARCH, clamp, order_by, page_from_request
 
@@ -108,56 +111,15 @@ def _customer_form(session: Session, customer: Customer | None) -> CustomerForm:
     return form
 
 
-def _name_ok(session: Session, form: Any, kind: str, name: str, **where: Any) -> bool:
-    """The shared duplicate-name rule (catalog.names), shown next to the name field."""
-    try:
-        check_name(session, kind, name, **where)
-    except DuplicateName as exc:
-        field = getattr(form, exc.field)
-        field.errors = [*field.errors, str(exc)]
-        return False
-    return True
-
-
-def _commit_or_name_conflict(session: Session, form: Any, kind: str, field: str) -> bool:
-    """Commit; a unique-name clash with a row saved meanwhile becomes a field error."""
-    try:
-        session.commit()
-    except sa.exc.DBAPIError as exc:
-        session.rollback()
-        if not is_conflict(exc):
-            raise
-        target = getattr(form, field)
-        target.errors = [*target.errors, conflict_message(kind)]
-        return False
-    return True
-
-
 @requires("edit")
 def customer_new() -> str | Response:
-    session = _session()
-    form = _customer_form(session, None)
-    if form.validate_on_submit() and _name_ok(session, form, "customer", form.company.data):
-        customer = Customer()
-        changes = _apply(customer, form, CUSTOMER_FIELDS)
-        session.add(customer)
+    form = _customer_form(_session(), None)
+    if form.validate_on_submit():
         try:
-            session.flush()
-        except sa.exc.DBAPIError as exc:
-            session.rollback()
-            if not is_conflict(exc):
-                raise
-            form.company.errors = [*form.company.errors, conflict_message("customer")]
-            return render_template("lm_billing/customer_form.html", form=form, customer=None)
-        audit.record(
-            session,
-            actor=actor_name(),
-            action="customer_create",
-            object_type="customer",
-            object_id=customer.id,
-            detail=changes,
-        )
-        if _commit_or_name_conflict(session, form, "customer", "company"):
+            customer = create_customer(_values(form, FORM_CUSTOMER_FIELDS), actor=actor_name())
+        except CatalogError as exc:
+            _field_error(form, exc, "company")
+        else:
             flash(f"Customer {customer.company} created. Add a billing group for its contract.")
             return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/customer_form.html", form=form, customer=None)
@@ -168,35 +130,30 @@ def customer_edit(customer_id: int) -> str | Response:
     session = _session()
     customer = _customer_or_404(session, customer_id)
     form = _customer_form(session, customer)
-    if form.validate_on_submit() and _name_ok(
-        session, form, "customer", form.company.data, exclude_id=customer.id
-    ):
-        changes = _apply(customer, form, CUSTOMER_FIELDS)
-        if changes:
-            action = "customer_update"
-            if "is_active" in changes:
-                action = "customer_activate" if customer.is_active else "customer_deactivate"
-            audit.record(
-                session,
-                actor=actor_name(),
-                action=action,
-                object_type="customer",
-                object_id=customer.id,
-                detail=changes,
-            )
-            if not _commit_or_name_conflict(session, form, "customer", "company"):
-                customer = _customer_or_404(session, customer_id)
-                return render_template(
-                    "lm_billing/customer_form.html", form=form, customer=customer
-                )
-            if action == "customer_deactivate":
-                flash(f"Customer {customer.company} deactivated; their billing history is kept.")
-            else:
-                flash(f"Customer {customer.company} saved.")
+    if form.validate_on_submit():
+        try:
+            action, _changes = update_customer(
+                customer, _values(form, FORM_CUSTOMER_FIELDS), actor=actor_name())
+        except CatalogError as exc:
+            _field_error(form, exc, "company")
+            return render_template("lm_billing/customer_form.html", form=form,
+                                   customer=customer)
+        if action == "customer_deactivate":
+            flash(f"Customer {customer.company} deactivated; their billing history is kept.")
+        elif action:
+            flash(f"Customer {customer.company} saved.")
         else:
             flash("Nothing changed.")
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/customer_form.html", form=form, customer=customer)
+
+
+def _values(form: Any, names: Iterable[str]) -> dict[str, Any]:
+    values = {name: getattr(form, name).data for name in names}
+    for name in _ZERO_IS_NONE:
+        if name in values and values[name] == 0:
+            values[name] = None  # "none" is choice 0, stored as NULL
+    return values
 
 
 # --- What a group pays for ---------------------------------------------------------------
@@ -353,11 +310,21 @@ def _render_customer_detail(
         .offset(page.offset)
         .limit(page.size)
     ).all()
+    # Viewing a Customer's History: its invoices and the audit entries about it.
+    invoices = list(session.scalars(
+        sa.select(Invoice).where(Invoice.customer_id == customer.id)
+        .order_by(Invoice.period_start.desc(), Invoice.id.desc()).limit(100)))
+    history = list(session.scalars(
+        sa.select(AuditEntry).where(AuditEntry.object_type == "customer",
+                                    AuditEntry.object_id == customer.id)
+        .order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(100)))
     from ...billing.charges import group_charges
     from ..forms.charges import GroupChargeEndForm
 
     body = render_template(
         "lm_billing/customer_detail.html",
+        invoices=invoices,
+        history=history,
         group_charges=group_charges(session, [g.id for g, _ in groups]),
         charge_end_form=GroupChargeEndForm(),
         customer=customer,
@@ -387,38 +354,15 @@ def group_new(customer_id: int) -> str | Response:
     customer = _customer_or_404(session, customer_id)
     form = GroupForm()
     form.plan_id.choices = _plan_choices(session)
-    if form.validate_on_submit() and _name_ok(
-        session, form, "group", form.name.data, scope_id=customer.id
-    ):
-        group = BillingGroup(customer_id=customer.id)
-        changes = _apply(group, form, GROUP_FIELDS)
-        session.add(group)
+    if form.validate_on_submit():
         try:
-            session.flush()
-        except sa.exc.DBAPIError as exc:
-            session.rollback()
-            if not is_conflict(exc):
-                raise
-            form.name.errors = [*form.name.errors, conflict_message("group")]
-            return render_template(
-                "lm_billing/group_form.html", form=form, customer=customer, group=None
-            )
-        audit.record(
-            session,
-            actor=actor_name(),
-            action="group_create",
-            object_type="group",
-            object_id=group.id,
-            detail={"customer_id": customer.id, **changes},
-        )
-        if not _commit_or_name_conflict(session, form, "group", "name"):
-            return render_template(
-                "lm_billing/group_form.html", form=form, customer=customer, group=None
-            )
-        flash(
-            f"Billing group {group.name} created. Assign the lists, sites or servers it pays for."
-        )
-        return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+            group = create_group(customer, _values(form, GROUP_FIELDS), actor=actor_name())
+        except CatalogError as exc:
+            _field_error(form, exc, "name")
+        else:
+            flash(f"Billing group {group.name} created. Assign the lists, sites or servers "
+                  "it pays for.")
+            return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/group_form.html", form=form, customer=customer, group=None)
 
 
@@ -433,27 +377,14 @@ def group_edit(group_id: int) -> str | Response:
     form.plan_id.choices = _plan_choices(session)
     if not form.is_submitted():
         form.plan_id.data = group.plan_id or 0  # "no plan" is choice 0, stored as NULL
-    if form.validate_on_submit() and _name_ok(
-        session, form, "group", form.name.data, exclude_id=group.id, scope_id=customer.id
-    ):
-        changes = _apply(group, form, GROUP_FIELDS)
-        if changes:
-            audit.record(
-                session,
-                actor=actor_name(),
-                action="group_update",
-                object_type="group",
-                object_id=group.id,
-                detail=changes,
-            )
-            if not _commit_or_name_conflict(session, form, "group", "name"):
-                group = session.get(BillingGroup, group_id)
-                return render_template(
-                    "lm_billing/group_form.html", form=form, customer=customer, group=group
-                )
-            flash(f"Billing group {group.name} saved.")
-        else:
-            flash("Nothing changed.")
+    if form.validate_on_submit():
+        try:
+            changes = update_group(group, _values(form, GROUP_FIELDS), actor=actor_name())
+        except CatalogError as exc:
+            _field_error(form, exc, "name")
+            return render_template("lm_billing/group_form.html", form=form, customer=customer,
+                                   group=group)
+        flash(f"Billing group {group.name} saved." if changes else "Nothing changed.")
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/group_form.html", form=form, customer=customer, group=group)
 

@@ -9,9 +9,8 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
-from ... import audit
-from ...catalog.names import DuplicateName, check_name
-from ...engine.store import is_conflict
+from ...catalog.customers import CatalogError
+from ...catalog.plans import save_plan
 from ...models import (
     BillingGroup,
     HostingPlan,
@@ -20,7 +19,7 @@ from ..access import actor_name, requires
 from ..forms.catalog import PlanForm
 from .catalog import (
     PLAN_FIELDS,
-    _apply,
+    _field_error,
     _page_size,
     _session,
 )
@@ -53,45 +52,18 @@ def plans() -> str:
 
 
 def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
-    session = _session()
     if not form.validate_on_submit():
         return None
     try:
-        # The shared rule (case and spaces ignored), as the CLI checks it.
-        check_name(session, "plan", form.name.data or "", exclude_id=plan.id if plan else None)
-    except DuplicateName as exc:
-        form.name.errors = [*form.name.errors, str(exc)]
+        target, changes = save_plan(plan, {name: getattr(form, name).data
+                                           for name in PLAN_FIELDS}, actor=actor_name())
+    except CatalogError as exc:
+        _field_error(form, exc, "name")
         return None
-    creating = plan is None
-    target = plan if plan is not None else HostingPlan()
-    changes = _apply(target, form, PLAN_FIELDS)
-    if creating:
-        session.add(target)
     if not changes:
         flash("Nothing changed.")
-        return redirect(url_for("lm_billing.plans"))
-    try:
-        session.flush()
-        audit.record(
-            session,
-            actor=actor_name(),
-            action="plan_create" if creating else "plan_update",
-            object_type="plan",
-            object_id=target.id,
-            detail=changes,
-        )
-        session.commit()
-    except sa.exc.DBAPIError as exc:
-        # Someone saved a plan of this name between our check and our write.
-        session.rollback()
-        if not is_conflict(exc):
-            raise
-        form.name.errors = [
-            *form.name.errors,
-            "A hosting plan with this name was saved a moment ago: choose another name.",
-        ]
-        return None
-    flash(f"Hosting plan {target.name} {'created' if creating else 'saved'}.")
+    else:
+        flash(f"Hosting plan {target.name} {'created' if plan is None else 'saved'}.")
     return redirect(url_for("lm_billing.plans"))
 
 

@@ -30,6 +30,7 @@ KIND_WORDS: dict[str, str] = {
     "over_max_sites": "more sites than the plan permits",
     "inactive_customer_has_lists": "inactive customer still has lists",
     "logging_off": "Enable Logging is off",
+    "invalid_field": "the server sent a value billing cannot store",
 }
 
 # What a kind means, said once above its rows (the rows then say only what differs).
@@ -50,6 +51,8 @@ MEANING: dict[str, str] = {
     "inactive_customer_has_lists": "These customers are inactive but still have lists.",
     "logging_off": "These servers do not log the messages ListManager sends, so billing cannot "
     "count their mail.",
+    "invalid_field": "These hosting servers sent values that do not fit billing's columns; "
+    "billing stored the rest.",
 }
 
 # Kinds whose stored detail sentence only repeats the object, the server and the meaning:

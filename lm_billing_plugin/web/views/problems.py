@@ -40,6 +40,8 @@ FIX_WORDS: dict[str, str] = {
     "unassign its lists.",
     "logging_off": "Fixing switches Enable Logging on through TclPort — only when you tick "
     '"also switch Enable Logging on through TclPort" below.',
+    "invalid_field": "Fixing cannot change what the hosting server sends: correct the value "
+    "there (shorten it, remove the NUL character), then validate the server again.",
 }
 
 # "Fix all that match this filter" fixes at most this many per click: the fix runs inside the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from ...models import Batch, Problem, Run, Server, utcnow
+from ...sqlite import writes
 from ...state import get_state
 from ..access import actor_name
 
@@ -59,7 +61,7 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 def _run_in_app(app: Flask, batch_id: int) -> None:
     from ...engine import batches
 
-    with app.app_context():
+    with app.app_context(), writes():
         try:
             batches.run_batch(batch_id)
         except Exception:
@@ -68,7 +70,7 @@ def _run_in_app(app: Flask, batch_id: int) -> None:
             _mark_failed(batch_id)
         finally:
             # The worker thread's scoped session goes with it.
-            get_state(app).db.session.remove()
+            get_state(app).remove_session()
 
 
 def _mark_failed(batch_id: int) -> None:
@@ -83,25 +85,29 @@ def _mark_failed(batch_id: int) -> None:
         session.commit()
 
 
-def start_batch(kind: str, server_ids: list[int] | None) -> int:
-    """Create the batch now (so the page has something to show) and run it in the background."""
-    from ...engine import batches
-
+def submit_background(work: Callable[[Flask], None]) -> None:
+    """Run ``work(app)`` on the pages' background executor (batches and bill runs share it;
+    wait_for_batches waits for both). ``work`` opens its own app context."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    batch_id = int(batches.create_batch(kind, server_ids, actor=actor_name()))
     if get_state(app).settings.inline_batches:
-        # A host's test suite: the batch is done when the request returns, no thread.
-        try:
-            batches.run_batch(batch_id)
-        except Exception:
-            log.exception("batch %s failed", batch_id)
-            _mark_failed(batch_id)
-        return batch_id
-    future = _executor(app).submit(_run_in_app, app, batch_id)
+        # A host's test suite: the work is done when the request returns, no thread (``work``
+        # runs in an app context of its own, so the request's session is untouched).
+        work(app)
+        return
+    future = _executor(app).submit(work, app)
     with _LOCK:
         futures: list[Future[None]] = get_state(app).extras[FUTURES_KEY]
         futures[:] = [f for f in futures if not f.done()]
         futures.append(future)
+
+
+def start_batch(kind: str, server_ids: list[int] | None, *, dry_run: bool = False) -> int:
+    """Create the batch now (so the page has something to show) and run it in the background;
+    ``dry_run`` (sync only) is the CLI's ``sync --dry-run``: it writes nothing but the runs."""
+    from ...engine import batches
+
+    batch_id = int(batches.create_batch(kind, server_ids, actor=actor_name(), dry_run=dry_run))
+    submit_background(lambda app: _run_in_app(app, batch_id))
     return batch_id
 
 

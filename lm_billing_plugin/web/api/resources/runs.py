@@ -14,6 +14,7 @@ from ...views.runs import start_batch
 from ..core import (
     PAGE_QUERY,
     ApiError,
+    field,
     id_list,
     int_arg,
     invalid,
@@ -42,7 +43,10 @@ RUN = schema("Run", {"type": "object", "properties": {
     name: {"type": ["integer", "string", "null"]} for name in RUN_FIELDS}})
 START = schema("BatchStart", {"type": "object", "properties": {
     "server_ids": {"type": "array", "items": {"type": "integer"},
-                   "description": "Left out: every active server."}}})
+                   "description": "Left out: every active server."},
+    "dry_run": {"type": "boolean", "default": False,
+                "description": "Sync only: work out what would change (the runs' created, "
+                "updated, removed) and write nothing else, as `sync --dry-run`."}}})
 PAGE = {"type": "object", "properties": {"items": {"type": "array"},
                                          "next_cursor": {"type": ["string", "null"]}}}
 
@@ -62,11 +66,14 @@ def _start(kind: str) -> Response:
     body = json_body() if request.content_length else {}
     errors: dict[str, str] = {}
     ids = id_list(body, "server_ids", errors)
-    for name in sorted(set(body) - {"server_ids"}):
+    dry_run = bool(field(body, "dry_run", bool, errors))
+    if dry_run and kind != "sync":
+        errors["dry_run"] = "Only a sync has a dry run (a validate changes nothing anyway)."
+    for name in sorted(set(body) - {"server_ids", "dry_run"}):
         errors[name] = "Unknown field."
     invalid(errors)
     try:
-        batch_id = start_batch(kind, ids)
+        batch_id = start_batch(kind, ids, dry_run=dry_run)
     except LookupError as exc:
         raise ApiError(404, str(exc)) from None
     batch = get_state().session.get(Batch, batch_id)

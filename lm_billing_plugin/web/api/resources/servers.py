@@ -114,6 +114,23 @@ def _server(server_id: int) -> Server:
         raise ApiError(404, f"There is no hosting server {server_id}.") from None
 
 
+def _lock_if_match(server_id: int) -> Server:
+    """Lock the server's row, then compare If-Match with it: two requests with the same
+    ETag cannot both pass, the second one waits for the first one's commit and gets 412."""
+    if not request.headers.get("If-Match"):
+        require_if_match({})  # no If-Match: 428, before any lock is taken
+    try:
+        server = registry.lock_server(server_id)
+    except registry.ServerNotFound:
+        raise ApiError(404, f"There is no hosting server {server_id}.") from None
+    try:
+        require_if_match(server_dict(server))
+    except ApiError:
+        get_state().session.rollback()
+        raise
+    return server
+
+
 def _write_fields(body: dict[str, Any], *, create: bool) -> dict[str, Any]:
     errors: dict[str, str] = {}
     values = {
@@ -181,8 +198,9 @@ def server_get(server_id: int) -> Response:
                   422: ("Invalid", None), 428: ("If-Match missing", None)})
 def server_update(server_id: int) -> Response:
     values = _write_fields(json_body(), create=False)
-    require_if_match(server_dict(_server(server_id)))
+    _lock_if_match(server_id)
     try:
+        # Commits the transaction _lock_if_match began: no other change in between.
         server = registry.update_server(server_id, actor=actor_name(), **values)
     except registry.ServerError as exc:
         raise _field_error(exc) from None
@@ -194,9 +212,10 @@ def server_update(server_id: int) -> Response:
        responses={200: ("Deleted or deactivated", DELETED), 409: ("A run holds it", None),
                   412: ("Changed meanwhile", None)})
 def server_delete(server_id: int) -> Response:
-    current = server_dict(_server(server_id))
     if request.headers.get("If-Match"):
-        require_if_match(current)
+        _lock_if_match(server_id)
+    else:
+        _server(server_id)
     try:
         outcome = registry.delete_server(server_id, actor=actor_name())
     except registry.ServerError as exc:

@@ -1,0 +1,36 @@
+"""Forms of the Bill, Run Billing and Invoice pages: the period, void with a reason, run again;
+labels as ListManager users know them."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, DateField, HiddenField, SubmitField, TextAreaField
+from wtforms.validators import DataRequired, InputRequired, Length
+from wtforms.validators import ValidationError as WTFValidationError
+
+
+class RunBillingForm(FlaskForm):  # type: ignore[misc]
+    """Run Billing: Start and End Dates (inclusive), for all customers in view or the chosen."""
+
+    start = DateField("Start Date", validators=[InputRequired("Enter the Start Date.")],
+                      description="First day billed (YYYY-MM-DD).")
+    end = DateField("End Date", validators=[InputRequired("Enter the End Date.")],
+                    description="Last day billed, inclusive (YYYY-MM-DD).")
+    dry_run = BooleanField("Dry run", description="Compute and show the invoices; store none.")
+    customer_ids = HiddenField()
+    run_all = SubmitField("Run All Customers")
+    run_selected = SubmitField("Run Selected Customers")
+
+    def validate_end(self, field: DateField) -> None:
+        if field.data and self.start.data and field.data < self.start.data:
+            raise WTFValidationError("The End Date must be on or after the Start Date.")
+
+
+class VoidForm(FlaskForm):  # type: ignore[misc]
+    reason = TextAreaField("Reason", validators=[
+        DataRequired("Give the reason for voiding: it is kept with the invoice."),
+        Length(max=10_000)])
+
+
+class RerunForm(FlaskForm):  # type: ignore[misc]
+    """Run again: bills the void invoice's customer and period anew."""
