@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FLASK_DEMO := $(VENV)/bin/flask --app lm_billing_plugin.demo:create_app
 
-.PHONY: demo test test-python lint bench bench-large stress audit clean
+.PHONY: demo test test-python lint bench bench-large stress audit clean translations
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,19 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check lm_billing_plugin migrations tests setup.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# The plugin's catalog (domain lm_billing): extract the marked strings into messages.pot,
+# merge them into every language's .po, compile the .mo files that ship in the wheel
+# (tests/test_translations.py fails when a committed .mo is older than its .po).
+TRANSLATIONS := lm_billing_plugin/translations
+PYBABEL := $(VENV)/bin/pybabel
+translations: $(VENV)/.test-installed
+	$(PYBABEL) extract -F babel.cfg -k lazy_gettext -k lazy_ngettext:1,2 -k translate_template -k N_ \
+	  --project=lm-billing-plugin --no-location --sort-output --omit-header --width=100 \
+	  -o $(TRANSLATIONS)/messages.pot .
+	$(PYBABEL) update -D lm_billing -i $(TRANSLATIONS)/messages.pot -d $(TRANSLATIONS) \
+	  --no-fuzzy-matching --ignore-obsolete --width=100
+	$(PYBABEL) compile -D lm_billing -d $(TRANSLATIONS) --statistics
 
 # The fleet benchmark (issue 15) runs on SQLite and, when LM_BILLING_BENCH_POSTGRES_URL (or
 # LM_BILLING_TEST_POSTGRES_URL) is set, on PostgreSQL too; figures also go to bench-results/.

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from flask_babel import Babel
 from flask_sqlalchemy import SQLAlchemy
 
 from .secrets import SecretBox
@@ -16,6 +17,9 @@ from .state import EXTENSION_KEY, BillingState, bind_session
 from .web.access import PermissionCheck
 
 TokenCheck = Callable[[str], Any]
+# () -> a zone name, a tzinfo or None (None: LM_BILLING_TIMEZONE); () -> a locale or None.
+TimezoneSelector = Callable[[], Any]
+LocaleSelector = Callable[[], Any]
 
 
 class LMBilling:
@@ -26,6 +30,9 @@ class LMBilling:
     decorator: a callable ``(user, action) -> bool`` for the actions view, edit and run.
     The JSON API also takes bearer tokens once the host says whose they are, with
     ``token_check=`` or the ``token_checker`` decorator: ``(token) -> user | None``.
+    Times are shown in ``LM_BILLING_TIMEZONE`` unless the ``timezone_selector`` decorator
+    names the viewer's zone; the language is the host's Flask-Babel locale, or (when the host
+    has no Flask-Babel) ``locale_selector``'s, falling back on ``LM_BILLING_DEFAULT_LOCALE``.
     """
 
     def __init__(
@@ -37,6 +44,8 @@ class LMBilling:
     ) -> None:
         self.permission_check = permission_check
         self.token_check = token_check
+        self.timezone_select: TimezoneSelector | None = None
+        self.locale_select: LocaleSelector | None = None
         if app is not None:
             self.init_app(app)
 
@@ -48,6 +57,18 @@ class LMBilling:
     def token_checker(self, func: TokenCheck) -> TokenCheck:
         """Decorator form of ``token_check=``: the user a bearer token stands for, or None."""
         self.token_check = func
+        return func
+
+    def timezone_selector(self, func: TimezoneSelector) -> TimezoneSelector:
+        """Decorator: ``() -> zone name | tzinfo | None``, the viewer's time zone for the
+        current request (None: ``LM_BILLING_TIMEZONE``)."""
+        self.timezone_select = func
+        return func
+
+    def locale_selector(self, func: LocaleSelector) -> LocaleSelector:
+        """Decorator: ``() -> locale | None`` for the pages, used when the plugin sets
+        Flask-Babel up itself (a host with its own Flask-Babel picks the locale there)."""
+        self.locale_select = func
         return func
 
     def shutdown(self, app: Flask) -> None:
@@ -69,6 +90,7 @@ class LMBilling:
         for key, default in DEFAULTS.items():
             app.config.setdefault(key, default)
         settings = Settings.from_config(app.config)
+        _ensure_babel(app, settings, self)
         db = _host_db(app)
         _refuse_missing_secrets(app, settings)
         state = app.extensions[EXTENSION_KEY] = BillingState(
@@ -86,6 +108,7 @@ class LMBilling:
 
         from .cli import cli
         from .web.blueprint import blueprint
+        from .web.l10n import template_context as l10n_context
         from .web.menu import menu_entries
 
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
@@ -94,10 +117,32 @@ class LMBilling:
         api.install(app, settings.url_prefix)
         app.cli.add_command(cli)
         app.jinja_env.globals["lm_billing_menu"] = menu_entries
+        # Times, numbers and money for the viewer's locale: globals, not page context, so
+        # invoices rendered outside a request (emails, PDFs) format the same way.
+        app.jinja_env.globals.update(l10n_context())
 
         from .schedule.autostart import install_autostart
 
         install_autostart(app)
+
+
+def _ensure_babel(app: Flask, settings: Settings, extension: LMBilling) -> None:
+    """Flask-Babel for the pages: the host's when it has one (its locale selector decides),
+    else one set up here with ``LM_BILLING_DEFAULT_LOCALE``. Nothing goes into app.config, so
+    a host that calls ``Babel(app)`` later simply replaces ours with its own settings. The
+    plugin's words are in its own domain (i18n.py) either way: host catalogs stay untouched."""
+    if "babel" not in app.extensions:
+
+        def select_locale() -> Any:
+            return extension.locale_select() if extension.locale_select else None
+
+        Babel().init_app(app, default_locale=settings.default_locale, locale_selector=select_locale)
+    env = app.jinja_env
+    if "jinja2.ext.InternationalizationExtension" not in env.extensions:
+        # A host's Babel(configure_jinja=False): {% trans %} still has to compile. The
+        # callables come from the blueprint's context (i18n.template_functions).
+        env.add_extension("jinja2.ext.i18n")
+        env.newstyle_gettext = True  # type: ignore[attr-defined]
 
 
 def _refuse_missing_secrets(app: Flask, settings: Settings) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .tclport.addresses import parse_networks
 from .tclport.client import ClientSettings
@@ -170,6 +172,25 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "the link in notification emails; without it the email names the page instead.",
     ),
     (
+        "LM_BILLING_DEFAULT_LOCALE",
+        "en",
+        "Language of the Billing pages when the host has no Flask-Babel of its own (then the "
+        "plugin sets Flask-Babel up with this default); a host's Flask-Babel locale selector "
+        "wins. Shipped: `en`, `de`.",
+    ),
+    (
+        "LM_BILLING_TIMEZONE",
+        "UTC",
+        "Time zone times are shown in (an IANA name such as `Europe/Berlin`), unless the "
+        "host's `@billing.timezone_selector` names the viewer's own; the zone is always named.",
+    ),
+    (
+        "LM_BILLING_BILLING_TIMEZONE",
+        "UTC",
+        "Time zone whose midnight starts a billing day and month: \"this month's usage\", "
+        "today's assignments and the default report and bill-run periods.",
+    ),
+    (
         "LM_BILLING_CONTENT_SECURITY_POLICY",
         CONTENT_SECURITY_POLICY,
         "`Content-Security-Policy` of the Billing pages. The default allows only this site's "
@@ -208,6 +229,25 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
+def _zone(key: str, value: Any) -> ZoneInfo:
+    try:
+        return value if isinstance(value, ZoneInfo) else ZoneInfo(str(value).strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{key} must be an IANA time zone name such as 'UTC' or 'Europe/Berlin'; "
+            f"got {value!r}"
+        ) from None
+
+
+def _locale(value: Any) -> str:
+    text = str(value or "en").strip().replace("-", "_")
+    if not text or not all(part.isalnum() for part in text.split("_")):
+        raise ValueError(
+            f"LM_BILLING_DEFAULT_LOCALE must be a locale such as 'en' or 'de'; got {value!r}"
+        )
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Typed view of the LM_BILLING_* keys, built once per app."""
@@ -236,6 +276,9 @@ class Settings:
     smtp_sender: str
     smtp_timeout: float
     notify_base_url: str | None
+    default_locale: str
+    timezone: ZoneInfo
+    billing_timezone: ZoneInfo
     content_security_policy: str = CONTENT_SECURITY_POLICY
     sqlite_tuning: bool = True
     sqlite_busy_timeout: float = 30.0
@@ -245,6 +288,12 @@ class Settings:
     bill_from_email: str = "billing@localhost"
     bill_bounce_email: str | None = None
     bill_test_email: str | None = None
+
+    def billing_today(self, now: datetime | None = None) -> date:
+        """Today's date where billing days start (``LM_BILLING_BILLING_TIMEZONE``): the day
+        assignments are in force on and whose month "this month's usage" means."""
+        moment = now if now is not None else datetime.now(self.billing_timezone)
+        return moment.astimezone(self.billing_timezone).date()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -328,6 +377,11 @@ class Settings:
             smtp_sender=str(get("LM_BILLING_SMTP_SENDER")),
             smtp_timeout=float(get("LM_BILLING_SMTP_TIMEOUT")),
             notify_base_url=get("LM_BILLING_NOTIFY_BASE_URL") or None,
+            default_locale=_locale(get("LM_BILLING_DEFAULT_LOCALE")),
+            timezone=_zone("LM_BILLING_TIMEZONE", get("LM_BILLING_TIMEZONE")),
+            billing_timezone=_zone(
+                "LM_BILLING_BILLING_TIMEZONE", get("LM_BILLING_BILLING_TIMEZONE")
+            ),
             content_security_policy=str(get("LM_BILLING_CONTENT_SECURITY_POLICY")),
             sqlite_tuning=_as_bool(get("LM_BILLING_SQLITE_TUNING")),
             sqlite_busy_timeout=float(get("LM_BILLING_SQLITE_BUSY_TIMEOUT")),

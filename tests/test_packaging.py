@@ -61,6 +61,10 @@ def test_wheel_and_sdist_carry_everything_and_the_installed_wheel_works(tmp_path
         "lm_billing_plugin/migrations/env.py",
         "lm_billing_plugin/migrations/script.py.mako",
         "lm_billing_plugin/migrations/versions/0001_*.py",
+        # The German catalog, compiled (Flask-Babel reads the .mo) and its source.
+        "lm_billing_plugin/translations/messages.pot",
+        "lm_billing_plugin/translations/de/LC_MESSAGES/lm_billing.mo",
+        "lm_billing_plugin/translations/de/LC_MESSAGES/lm_billing.po",
     ):
         assert any(fnmatch(name, pattern) for name in wheel_names), f"wheel lacks {pattern}"
     # Every template of the checkout is in the wheel, not only the ones listed above.

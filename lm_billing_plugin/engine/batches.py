@@ -236,8 +236,10 @@ def _fetcher(settings: Settings) -> Callable[[_Target, float], Inventory]:
 
     def fetch(target: _Target, deadline: float) -> Inventory:
         assert target.password is not None
+        # "This month's usage" is the billing month (LM_BILLING_BILLING_TIMEZONE).
         return fetch_inventory(target.host, target.port, target.password, name=target.name,
-                               settings=client, deadline=deadline)
+                               settings=client, deadline=deadline,
+                               today=settings.billing_today())
 
     return fetch
 
@@ -527,7 +529,8 @@ class _BatchWorker:
         session = self.session
         sid = target.server_id
         now = utcnow()
-        today = now.date()
+        # Assignments in force and "this month" follow the billing zone.
+        today = self.settings.billing_today()
         if not hold_lease(session, sid, self.owner):
             session.rollback()
             raise LeaseLost(target.name)

@@ -12,6 +12,7 @@ from flask_wtf.csrf import validate_csrf
 from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
+from ..i18n import template_functions
 from ..settings import DEFAULTS
 from ..sqlite import writes_in_this_request
 from ..state import get_state
@@ -159,6 +160,8 @@ def template_context() -> dict[str, Any]:
         **portal_context(),
         "lm_billing_base_template": get_state().settings.base_template,
         "lm_billing_can": is_allowed,
+        # {% trans %} on our pages uses our catalog (times and numbers: the app's globals).
+        **template_functions(),
     }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from flask import current_app, url_for
 
+from ..i18n import N_
 from .access import is_allowed
 
 
@@ -21,16 +22,16 @@ class MenuEntry:
 
 
 MENU: tuple[MenuEntry, ...] = (
-    MenuEntry("Overview", "lm_billing.overview"),
-    MenuEntry("Servers", "lm_billing.servers"),
-    MenuEntry("Errors", "lm_billing.problems"),
-    MenuEntry("Customers", "lm_billing.customers"),
-    MenuEntry("Hosting Plans", "lm_billing.plans"),
-    MenuEntry("Reports", "lm_billing.reports"),
-    MenuEntry("Utilities", "lm_billing.utilities"),
-    MenuEntry("Additional Charges", "lm_billing.charges"),
-    MenuEntry("Invoice Templates", "lm_billing.invoice_templates"),
-    MenuEntry("Background validation", "lm_billing.background"),
+    MenuEntry(N_("Overview"), "lm_billing.overview"),
+    MenuEntry(N_("Servers"), "lm_billing.servers"),
+    MenuEntry(N_("Errors"), "lm_billing.problems"),
+    MenuEntry(N_("Customers"), "lm_billing.customers"),
+    MenuEntry(N_("Hosting Plans"), "lm_billing.plans"),
+    MenuEntry(N_("Reports"), "lm_billing.reports"),
+    MenuEntry(N_("Utilities"), "lm_billing.utilities"),
+    MenuEntry(N_("Additional Charges"), "lm_billing.charges"),
+    MenuEntry(N_("Invoice Templates"), "lm_billing.invoice_templates"),
+    MenuEntry(N_("Background validation"), "lm_billing.background"),
 )
 
 

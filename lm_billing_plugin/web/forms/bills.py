@@ -15,27 +15,33 @@ from wtforms import (
 from wtforms.validators import DataRequired, InputRequired, Length
 from wtforms.validators import ValidationError as WTFValidationError
 
+from ...i18n import lazy_gettext
+
 
 class RunBillingForm(FlaskForm):  # type: ignore[misc]
     """Run Billing: Start and End Dates (inclusive), for all customers in view or the chosen."""
 
-    start = DateField("Start Date", validators=[InputRequired("Enter the Start Date.")],
-                      description="First day billed (YYYY-MM-DD).")
-    end = DateField("End Date", validators=[InputRequired("Enter the End Date.")],
-                    description="Last day billed, inclusive (YYYY-MM-DD).")
-    dry_run = BooleanField("Dry run", description="Compute and show the invoices; store none.")
+    start = DateField(lazy_gettext("Start Date"),
+                      validators=[InputRequired(lazy_gettext("Enter the Start Date."))],
+                      description=lazy_gettext("First day billed (YYYY-MM-DD)."))
+    end = DateField(lazy_gettext("End Date"),
+                    validators=[InputRequired(lazy_gettext("Enter the End Date."))],
+                    description=lazy_gettext("Last day billed, inclusive (YYYY-MM-DD)."))
+    dry_run = BooleanField(lazy_gettext("Dry run"),
+                           description=lazy_gettext("Compute and show the invoices; store none."))
     customer_ids = HiddenField()
-    run_all = SubmitField("Run All Customers")
-    run_selected = SubmitField("Run Selected Customers")
+    run_all = SubmitField(lazy_gettext("Run All Customers"))
+    run_selected = SubmitField(lazy_gettext("Run Selected Customers"))
 
     def validate_end(self, field: DateField) -> None:
         if field.data and self.start.data and field.data < self.start.data:
-            raise WTFValidationError("The End Date must be on or after the Start Date.")
+            raise WTFValidationError(
+                lazy_gettext("The End Date must be on or after the Start Date."))
 
 
 class VoidForm(FlaskForm):  # type: ignore[misc]
-    reason = TextAreaField("Reason", validators=[
-        DataRequired("Give the reason for voiding: it is kept with the invoice."),
+    reason = TextAreaField(lazy_gettext("Reason"), validators=[
+        DataRequired(lazy_gettext("Give the reason for voiding: it is kept with the invoice.")),
         Length(max=10_000)])
 
 

@@ -25,7 +25,9 @@ from wtforms import (
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 from wtforms.validators import ValidationError as WTFValidationError
 
-UNLIMITED_HELP = "0 = unlimited."
+from ...i18n import lazy_gettext
+
+UNLIMITED_HELP = lazy_gettext("0 = unlimited.")
 # Integer columns are 32-bit on every backend; BigInteger ones hold more.
 MAX_INT = 2_147_483_647
 MAX_BIGINT = 9_223_372_036_854_775_807
@@ -37,7 +39,7 @@ def email_address(form: Form, field: Field) -> None:
     """A plain address check (no DNS): name@domain.tld, no spaces or list separators."""
     value = (field.data or "").strip()
     if value and not _EMAIL.match(value):
-        raise WTFValidationError("Enter an email address like billing@example.com.")
+        raise WTFValidationError(lazy_gettext("Enter an email address like billing@example.com."))
 
 
 def _decimal_places(places: int, digits: int = 12) -> Any:
@@ -49,7 +51,7 @@ def _decimal_places(places: int, digits: int = 12) -> Any:
             return
         assert isinstance(value, Decimal)
         if not value.is_finite():
-            raise WTFValidationError("Enter a number, like 19.95.")
+            raise WTFValidationError(lazy_gettext("Enter a number, like 19.95."))
         exponent = value.as_tuple().exponent
         assert isinstance(exponent, int)
         if -exponent > places:
@@ -65,7 +67,7 @@ def _count(label: str, help_text: str, maximum: int = MAX_INT) -> IntegerField:
         label,
         default=0,
         validators=[
-            InputRequired("Enter a whole number (0 or more)."),
+            InputRequired(lazy_gettext("Enter a whole number (0 or more).")),
             NumberRange(min=0, max=maximum, message=f"Enter a whole number from 0 to {maximum}."),
         ],
         description=help_text,
@@ -78,8 +80,8 @@ def _money(label: str, help_text: str, places: int) -> DecimalField:
         default=Decimal("0"),
         places=places,
         validators=[
-            InputRequired("Enter an amount (0 or more)."),
-            NumberRange(min=0, message="Enter 0 or more."),
+            InputRequired(lazy_gettext("Enter an amount (0 or more).")),
+            NumberRange(min=0, message=lazy_gettext("Enter 0 or more.")),
             _decimal_places(places),
         ],
         description=help_text,
@@ -92,134 +94,171 @@ def _strip(value: Any) -> Any:
 
 class CustomerForm(FlaskForm):  # type: ignore[misc]
     company = StringField(
-        "Company",
+        lazy_gettext("Company"),
         filters=[_strip],
-        validators=[DataRequired("Enter the company name."), Length(max=200)],
+        validators=[DataRequired(lazy_gettext("Enter the company name.")), Length(max=200)],
     )
-    contact_name = StringField("Contact Name", filters=[_strip], validators=[Length(max=200)])
+    contact_name = StringField(
+        lazy_gettext("Contact Name"), filters=[_strip], validators=[Length(max=200)]
+    )
     email = StringField(
-        "Email Address",
+        lazy_gettext("Email Address"),
         filters=[_strip],
         validators=[Length(max=320), email_address],
-        description="Where bills for this customer are sent.",
+        description=lazy_gettext("Where bills for this customer are sent."),
     )
     is_active = BooleanField(
-        "Is Active",
+        lazy_gettext("Is Active"),
         default=True,
-        description="Untick to deactivate a customer who has left: their history is kept.",
+        description=lazy_gettext(
+            "Untick to deactivate a customer who has left: their history is kept."
+        ),
     )
     payment_method = StringField(
-        "Payment Method",
+        lazy_gettext("Payment Method"),
         filters=[_strip],
         validators=[Length(max=100)],
-        description="For example: Invoice, Credit Card, Check.",
+        description=lazy_gettext("For example: Invoice, Credit Card, Check."),
     )
-    notes = TextAreaField("Notes", validators=[Length(max=10_000)])
+    notes = TextAreaField(lazy_gettext("Notes"), validators=[Length(max=10_000)])
     start_date = DateField(
-        "Start Date", validators=[Optional()], description="Billing starts (YYYY-MM-DD)."
+        lazy_gettext("Start Date"),
+        validators=[Optional()],
+        description=lazy_gettext("Billing starts (YYYY-MM-DD)."),
     )
     end_date = DateField(
-        "End Date",
+        lazy_gettext("End Date"),
         validators=[Optional()],
-        description="The last day billed: the final bill is prorated to it (YYYY-MM-DD).",
+        description=lazy_gettext(
+            "The last day billed: the final bill is prorated to it (YYYY-MM-DD)."
+        ),
     )
-    email_template_id = SelectField("Email Invoice Template", coerce=int, default=0)
-    web_template_id = SelectField("Web Invoice Template", coerce=int, default=0)
+    email_template_id = SelectField(lazy_gettext("Email Invoice Template"), coerce=int, default=0)
+    web_template_id = SelectField(lazy_gettext("Web Invoice Template"), coerce=int, default=0)
 
     def validate_end_date(self, field: DateField) -> None:
         start = self.start_date.data
         if field.data is not None and start is not None and field.data < start:
-            raise WTFValidationError("The end date must not be before the start date.")
+            raise WTFValidationError(
+                lazy_gettext("The end date must not be before the start date.")
+            )
 
 
 class PlanForm(FlaskForm):  # type: ignore[misc]
     name = StringField(
-        "Name",
+        lazy_gettext("Name"),
         filters=[_strip],
-        validators=[DataRequired("Enter the plan's name."), Length(max=200)],
+        validators=[DataRequired(lazy_gettext("Enter the plan's name.")), Length(max=200)],
     )
-    description = TextAreaField("Description", validators=[Length(max=10_000)])
+    description = TextAreaField(lazy_gettext("Description"), validators=[Length(max=10_000)])
     max_members = _count(
-        "Max Members", "Members in all the group's lists together. " + UNLIMITED_HELP
+        lazy_gettext("Max Members"),
+        lazy_gettext("Members in all the group's lists together. 0 = unlimited."),
     )
-    max_members_per_list = _count("Max Members Per List", UNLIMITED_HELP)
-    max_lists = _count("Max Lists", UNLIMITED_HELP)
-    max_lists_per_site = _count("Max Lists Per Site", UNLIMITED_HELP)
-    max_sites = _count("Max Sites", UNLIMITED_HELP)
+    max_members_per_list = _count(lazy_gettext("Max Members Per List"), UNLIMITED_HELP)
+    max_lists = _count(lazy_gettext("Max Lists"), UNLIMITED_HELP)
+    max_lists_per_site = _count(lazy_gettext("Max Lists Per Site"), UNLIMITED_HELP)
+    max_sites = _count(lazy_gettext("Max Sites"), UNLIMITED_HELP)
     bill_by_list = BooleanField(
-        "Bill by List", description="The limits and prices apply to each list separately."
+        lazy_gettext("Bill by List"),
+        description=lazy_gettext("The limits and prices apply to each list separately."),
     )
     billing_method = RadioField(
-        "Billing Method",
-        choices=[SelectChoice("standard", "Standard"), SelectChoice("bandwidth", "Bandwidth")],
+        lazy_gettext("Billing Method"),
+        choices=[
+            SelectChoice("standard", lazy_gettext("Standard")),
+            SelectChoice("bandwidth", lazy_gettext("Bandwidth")),
+        ],
         default="standard",
-        validators=[InputRequired("Choose Standard or Bandwidth.")],
+        validators=[InputRequired(lazy_gettext("Choose Standard or Bandwidth."))],
     )
     # Standard
-    monthly_price = _money("Monthly Price", "Charged every month.", 2)
+    monthly_price = _money(lazy_gettext("Monthly Price"), lazy_gettext("Charged every month."), 2)
     overage_cpm = _money(
-        "Overage CPM", "Price per thousand message units above the included messages.", 4
+        lazy_gettext("Overage CPM"),
+        lazy_gettext("Price per thousand message units above the included messages."),
+        4,
     )
     included_messages = _count(
-        "Included Messages", "Message units included in the monthly price.", MAX_BIGINT
+        lazy_gettext("Included Messages"),
+        lazy_gettext("Message units included in the monthly price."),
+        MAX_BIGINT,
     )
     max_message_size_kb = _count(
-        "Max Message Size in KB",
-        "Size of one message unit: a larger message counts as several units; "
-        "0 = every message counts as one unit.",
+        lazy_gettext("Max Message Size in KB"),
+        lazy_gettext(
+            "Size of one message unit: a larger message counts as several units; "
+            "0 = every message counts as one unit."
+        ),
     )
     # Bandwidth
-    monthly_price_per_server = _money("Monthly Price Per Server", "Charged every month.", 2)
-    cost_per_gb = _money("Cost Per GB", "Price of each GB sent above the included GB.", 4)
-    included_gb = _money("Included GB", "GB sent included in the monthly price.", 3)
+    monthly_price_per_server = _money(
+        lazy_gettext("Monthly Price Per Server"), lazy_gettext("Charged every month."), 2
+    )
+    cost_per_gb = _money(
+        lazy_gettext("Cost Per GB"), lazy_gettext("Price of each GB sent above the included GB."), 4
+    )
+    included_gb = _money(
+        lazy_gettext("Included GB"), lazy_gettext("GB sent included in the monthly price."), 3
+    )
 
 
 class GroupForm(FlaskForm):  # type: ignore[misc]
     name = StringField(
-        "Name",
+        lazy_gettext("Name"),
         filters=[_strip],
-        validators=[DataRequired("Enter the billing group's name."), Length(max=200)],
-        description="One group per contract, e.g. 'Newsletters 2026'.",
+        validators=[DataRequired(lazy_gettext("Enter the billing group's name.")), Length(max=200)],
+        description=lazy_gettext("One group per contract, e.g. 'Newsletters 2026'."),
     )
-    plan_id = SelectField("Hosting Plan", coerce=int, default=0)
+    plan_id = SelectField(lazy_gettext("Hosting Plan"), coerce=int, default=0)
     plan_start = DateField(
-        "Start Date", validators=[Optional()], description="When the plan starts (YYYY-MM-DD)."
+        lazy_gettext("Start Date"),
+        validators=[Optional()],
+        description=lazy_gettext("When the plan starts (YYYY-MM-DD)."),
     )
     plan_end = DateField(
-        "End Date",
+        lazy_gettext("End Date"),
         validators=[Optional()],
-        description="Leave blank while the contract runs (YYYY-MM-DD).",
+        description=lazy_gettext("Leave blank while the contract runs (YYYY-MM-DD)."),
     )
 
     def validate_plan_end(self, field: DateField) -> None:
         start = self.plan_start.data
         if field.data is not None and start is not None and field.data <= start:
-            raise WTFValidationError("The end date must be after the start date.")
+            raise WTFValidationError(lazy_gettext("The end date must be after the start date."))
 
     def validate_plan_id(self, field: SelectField) -> None:
         if field.data == 0 and (self.plan_start.data or self.plan_end.data):
-            raise WTFValidationError("Choose a hosting plan for these dates, or clear the dates.")
+            raise WTFValidationError(
+                lazy_gettext("Choose a hosting plan for these dates, or clear the dates.")
+            )
 
 
 class AssignForm(FlaskForm):  # type: ignore[misc]
     """Bulk assignment; the chosen lists and sites come as repeated list_id / site_id fields."""
 
     group_id = SelectField(
-        "Billing Group", coerce=int, validators=[DataRequired("Choose a billing group.")]
+        lazy_gettext("Billing Group"),
+        coerce=int,
+        validators=[DataRequired(lazy_gettext("Choose a billing group."))],
     )
-    server_id = HiddenField(validators=[DataRequired("Choose a server first.")])
+    server_id = HiddenField(validators=[DataRequired(lazy_gettext("Choose a server first."))])
     whole_server = BooleanField(
-        "Assign the whole server",
-        description="The group pays for every list on this server, present and future.",
+        lazy_gettext("Assign the whole server"),
+        description=lazy_gettext(
+            "The group pays for every list on this server, present and future."
+        ),
     )
     start = DateField(
-        "Start Date",
+        lazy_gettext("Start Date"),
         validators=[Optional()],
-        description="Billing starts on this date (YYYY-MM-DD); blank = today.",
+        description=lazy_gettext("Billing starts on this date (YYYY-MM-DD); blank = today."),
     )
     is_free = BooleanField(
-        "Is Free",
-        description="The group holds these objects without paying: no price, no usage.",
+        lazy_gettext("Is Free"),
+        description=lazy_gettext(
+            "The group holds these objects without paying: no price, no usage."
+        ),
     )
 
 
@@ -228,7 +267,7 @@ class UnassignForm(FlaskForm):  # type: ignore[misc]
 
     customer_id = HiddenField()
     end = DateField(
-        "End Date",
+        lazy_gettext("End Date"),
         validators=[Optional()],
-        description="The first day no longer billed (YYYY-MM-DD); blank = today.",
+        description=lazy_gettext("The first day no longer billed (YYYY-MM-DD); blank = today."),
     )

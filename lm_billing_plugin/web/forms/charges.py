@@ -15,6 +15,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, InputRequired, Length, Optional
 
 from ...billing.invoice_templates import MAX_SOURCE
+from ...i18n import lazy_gettext
 
 
 def _strip(value: object) -> object:
@@ -23,58 +24,64 @@ def _strip(value: object) -> object:
 
 class ChargeForm(FlaskForm):  # type: ignore[misc]
     name = StringField(
-        "Name",
+        lazy_gettext("Name"),
         filters=[_strip],
-        validators=[DataRequired("Enter the charge's name."), Length(max=200)],
+        validators=[DataRequired(lazy_gettext("Enter the charge's name.")), Length(max=200)],
     )
-    description = TextAreaField("Description", validators=[Length(max=10_000)])
+    description = TextAreaField(lazy_gettext("Description"), validators=[Length(max=10_000)])
     # Text, parsed by billing.charges.parse_amount: negative amounts (credits) are allowed.
     default_amount = StringField(
-        "Default Amount",
+        lazy_gettext("Default Amount"),
         filters=[_strip],
-        validators=[InputRequired("Enter an amount like 19.95 (negative for a credit).")],
-        description="A negative amount is a credit, e.g. -100 for a prepaid account.",
+        validators=[
+            InputRequired(lazy_gettext("Enter an amount like 19.95 (negative for a credit)."))
+        ],
+        description=lazy_gettext("A negative amount is a credit, e.g. -100 for a prepaid account."),
     )
     is_recurring = BooleanField(
-        "Is Recurring?", description="Billed every period; otherwise billed once."
+        lazy_gettext("Is Recurring?"),
+        description=lazy_gettext("Billed every period; otherwise billed once."),
     )
     is_proratable = BooleanField(
-        "Is Proratable?", description="A recurring charge billed for the part of the period."
+        lazy_gettext("Is Proratable?"),
+        description=lazy_gettext("A recurring charge billed for the part of the period."),
     )
 
 
 class GroupChargeForm(FlaskForm):  # type: ignore[misc]
     charge_id = SelectField(
-        "Additional Charge", coerce=int, validators=[DataRequired("Choose an additional charge.")]
+        lazy_gettext("Additional Charge"),
+        coerce=int,
+        validators=[DataRequired(lazy_gettext("Choose an additional charge."))],
     )
     amount = StringField(
-        "Amount",
+        lazy_gettext("Amount"),
         filters=[_strip],
         validators=[Optional()],
-        description="Blank = the charge's Default Amount; negative = a credit.",
+        description=lazy_gettext("Blank = the charge's Default Amount; negative = a credit."),
     )
     start_date = DateField(
-        "Start Date",
-        validators=[InputRequired("Enter the start date (YYYY-MM-DD).")],
-        description="The first day billed (YYYY-MM-DD).",
+        lazy_gettext("Start Date"),
+        validators=[InputRequired(lazy_gettext("Enter the start date (YYYY-MM-DD)."))],
+        description=lazy_gettext("The first day billed (YYYY-MM-DD)."),
     )
     end_date = DateField(
-        "End Date",
+        lazy_gettext("End Date"),
         validators=[Optional()],
-        description="The last day billed (YYYY-MM-DD); blank while it runs.",
+        description=lazy_gettext("The last day billed (YYYY-MM-DD); blank while it runs."),
     )
     description = TextAreaField(
-        "Description",
+        lazy_gettext("Description"),
         validators=[Length(max=10_000)],
-        description="Shown on the invoice; blank = the charge's description.",
+        description=lazy_gettext("Shown on the invoice; blank = the charge's description."),
     )
 
 
 class GroupChargeEndForm(FlaskForm):  # type: ignore[misc]
     end = DateField(
-        "End Date",
+        lazy_gettext("End Date"),
         validators=[Optional()],
-        description="The last day billed (YYYY-MM-DD); blank = today.",
+        description=lazy_gettext("The last day billed (YYYY-MM-DD); blank = today."),
     )
 
 
@@ -84,27 +91,27 @@ class ConfirmForm(FlaskForm):  # type: ignore[misc]
 
 class InvoiceTemplateForm(FlaskForm):  # type: ignore[misc]
     name = StringField(
-        "Name",
+        lazy_gettext("Name"),
         filters=[_strip],
-        validators=[DataRequired("Enter the template's name."), Length(max=200)],
+        validators=[DataRequired(lazy_gettext("Enter the template's name.")), Length(max=200)],
     )
     body = TextAreaField(
-        "Template",
+        lazy_gettext("Template"),
         validators=[
-            DataRequired("Enter the template (Jinja syntax)."),
+            DataRequired(lazy_gettext("Enter the template (Jinja syntax).")),
             Length(max=MAX_SOURCE, message=f"Use at most {MAX_SOURCE} characters."),
         ],
         description="Jinja syntax: {{ invoice.number }}, {% for group in invoice.groups %} ...",
     )
-    preview_invoice = SelectField("Preview with", coerce=int, default=0)
+    preview_invoice = SelectField(lazy_gettext("Preview with"), coerce=int, default=0)
 
 
 class TerminateListsForm(FlaskForm):  # type: ignore[misc]
     """Posted by the Assign page's "Terminate lists" button (the same form's fields)."""
 
-    server_id = HiddenField(validators=[DataRequired("Choose a server first.")])
+    server_id = HiddenField(validators=[DataRequired(lazy_gettext("Choose a server first."))])
     start = DateField(
-        "Start Date",
+        lazy_gettext("Start Date"),
         validators=[Optional()],
-        description="The lists move on this date (YYYY-MM-DD); blank = today.",
+        description=lazy_gettext("The lists move on this date (YYYY-MM-DD); blank = today."),
     )

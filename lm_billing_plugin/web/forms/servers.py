@@ -25,10 +25,13 @@ from wtforms.validators import (
 )
 
 from ...engine.servers import MAX_COMMENTS, MAX_HOST, MAX_NAME, MAX_PASSWORD, validate_host_name
+from ...i18n import lazy_gettext
 from ...state import get_state
 from ...tclport import addresses
 
-PORT_MESSAGE = "The port must be a number from 1 to 65535 (TclPort's default is 2021)."
+PORT_MESSAGE = lazy_gettext(
+    "The port must be a number from 1 to 65535 (TclPort's default is 2021)."
+)
 
 
 def _host_validator(form: FlaskForm, field: Field) -> None:
@@ -63,7 +66,7 @@ class IdListField(Field):  # type: ignore[misc]
             except (TypeError, ValueError):
                 self.data = []
                 raise ValueError(
-                    "The selection is not valid; reload the page and tick again."
+                    lazy_gettext("The selection is not valid; reload the page and tick again.")
                 ) from None
         # Keep the order, drop repeats.
         self.data = list(dict.fromkeys(ids))
@@ -93,29 +96,29 @@ class ServerForm(FlaskForm):  # type: ignore[misc]
     """Create or edit a hosting server; the password is write-only (never rendered back)."""
 
     name = StringField(
-        "Name",
+        lazy_gettext("Name"),
         validators=[
-            DataRequired("Enter a name for the server (e.g. Lists)."),
+            DataRequired(lazy_gettext("Enter a name for the server (e.g. Lists).")),
             Length(max=MAX_NAME, message=f"A name has at most {MAX_NAME} characters."),
         ],
     )
     host = StringField(
-        "Host Name",
+        lazy_gettext("Host Name"),
         validators=[
             Length(max=MAX_HOST, message=f"A host name has at most {MAX_HOST} characters."),
             _host_validator,
         ],
     )
     port = PortField(
-        "Port",
+        lazy_gettext("Port"),
         default=2021,
         validators=[
-            InputRequired("Enter the TclPort port (ListManager's default is 2021)."),
+            InputRequired(lazy_gettext("Enter the TclPort port (ListManager's default is 2021).")),
             NumberRange(1, 65535, PORT_MESSAGE),
         ],
     )
     comments = TextAreaField(
-        "Comments",
+        lazy_gettext("Comments"),
         validators=[
             Optional(),
             Length(max=MAX_COMMENTS, message=f"Comments have at most {MAX_COMMENTS} characters."),
@@ -123,14 +126,14 @@ class ServerForm(FlaskForm):  # type: ignore[misc]
     )
     # render_kw autocomplete=new-password: browsers must not offer the operator's own password.
     password = PasswordField(
-        "TclPort password",
+        lazy_gettext("TclPort password"),
         validators=[
             Optional(),
             Length(max=MAX_PASSWORD, message=f"A password has at most {MAX_PASSWORD} characters."),
         ],
         render_kw={"autocomplete": "new-password"},
     )
-    default_password = BooleanField("Use ListManager's default TclPort password")
+    default_password = BooleanField(lazy_gettext("Use ListManager's default TclPort password"))
 
 
 class ActionForm(FlaskForm):  # type: ignore[misc]
@@ -140,22 +143,22 @@ class ActionForm(FlaskForm):  # type: ignore[misc]
 class ServerSelectionForm(FlaskForm):  # type: ignore[misc]
     """The Servers table's checkboxes with its buttons Validate All / Selected, Sync Selected."""
 
-    server_ids = IdListField("Selected servers")
+    server_ids = IdListField(lazy_gettext("Selected servers"))
 
 
 class FixForm(FlaskForm):  # type: ignore[misc]
     """Fix Selected Objects on the Errors page."""
 
-    problem_ids = IdListField("Selected problems")
-    enable_logging = BooleanField("also switch Enable Logging on through TclPort")
-    all_matching = BooleanField("all problems this filter shows, on every page")
+    problem_ids = IdListField(lazy_gettext("Selected problems"))
+    enable_logging = BooleanField(lazy_gettext("also switch Enable Logging on through TclPort"))
+    all_matching = BooleanField(lazy_gettext("all problems this filter shows, on every page"))
 
 
 class AssignForm(FlaskForm):  # type: ignore[misc]
     """Assign the ticked lists of one server to a billing group."""
 
-    list_ids = IdListField("Selected lists")
-    group_id = SelectField("Billing group", coerce=int, validate_choice=True)
+    list_ids = IdListField(lazy_gettext("Selected lists"))
+    group_id = SelectField(lazy_gettext("Billing group"), coerce=int, validate_choice=True)
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from wtforms import BooleanField, Field, HiddenField, StringField
 from wtforms.validators import ValidationError
 
 from ...engine.lookups import LookupInputError, Membership, check_email, check_pattern
+from ...i18n import lazy_gettext
 
 __all__ = [
     "DeleteMembersForm",
@@ -50,10 +51,12 @@ class FindAdminForm(FlaskForm):  # type: ignore[misc]
         csrf = False
 
     pattern = StringField(
-        "Administrator's name or email address",
+        lazy_gettext("Administrator's name or email address"),
         validators=[_pattern_rule],
-        description="Part of a name or address, any letter case; separate several with | "
-        "(e.g. smith|jones).",
+        description=lazy_gettext(
+            "Part of a name or address, any letter case; separate several with | "
+            "(e.g. smith|jones)."
+        ),
         # The service's own limit (200) decides; the browser only stops absurd input early.
         render_kw={"maxlength": 1000, "autocomplete": "off"},
     )
@@ -66,9 +69,11 @@ class FindMemberForm(FlaskForm):  # type: ignore[misc]
         csrf = False
 
     email = StringField(
-        "Member's email address",
+        lazy_gettext("Member's email address"),
         validators=[_email_rule],
-        description="The whole address, e.g. pat.jones@example.org (any letter case).",
+        description=lazy_gettext(
+            "The whole address, e.g. pat.jones@example.org (any letter case)."
+        ),
         render_kw={"maxlength": 1000, "autocomplete": "off"},
     )
 
@@ -91,7 +96,9 @@ class MembershipField(Field):  # type: ignore[misc]
                 ok = False
             if not ok:
                 self.data = []
-                raise ValueError("The selection is not valid; search again and tick the rows.")
+                raise ValueError(
+                    lazy_gettext("The selection is not valid; search again and tick the rows.")
+                )
             out.append(Membership(server_id, name, email))
         self.data = list(dict.fromkeys(out))
 
@@ -111,6 +118,6 @@ class DeleteMembersForm(FlaskForm):  # type: ignore[misc]
     """Delete Them: the ticked memberships of one address; ``confirmed`` is set by the
     confirmation page's button, so the first POST only asks."""
 
-    email = HiddenField("Email", validators=[_email_rule])
-    membership = MembershipField("Memberships to delete")
-    confirmed = BooleanField("Yes, delete them")
+    email = HiddenField(lazy_gettext("Email"), validators=[_email_rule])
+    membership = MembershipField(lazy_gettext("Memberships to delete"))
+    confirmed = BooleanField(lazy_gettext("Yes, delete them"))

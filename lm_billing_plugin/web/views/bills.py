@@ -46,22 +46,34 @@ from ...billing.sending import (
     render_invoice_pdf,
     weasyprint_module,
 )
+from ...i18n import N_, gettext
 from ...models import BillRun, Customer, Invoice, utcnow
 from ...sqlite import writes
 from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.bills import RerunForm, RunBillingForm, VoidForm
+from ..l10n import locale_name
 from .runs import submit_background
 
 log = logging.getLogger("lm_billing_plugin.views.bills")
 
 FILTERS: Final = (
-    ("all", "All Customers"),
-    ("active", "Active Customers"),
-    ("inactive", "Inactive Customers"),
-    ("start_after", "Start Date After"),
-    ("active_before", "Active Before"),
+    ("all", N_("All Customers")),
+    ("active", N_("Active Customers")),
+    ("inactive", N_("Inactive Customers")),
+    ("start_after", N_("Start Date After")),
+    ("active_before", N_("Active Before")),
 )
+# Invoice statuses as shown (the stored value is the key).
+INVOICE_STATUSES: Final = (N_("issued"), N_("void"))
+# Export Invoice Data: each CSV column's label on the page (the CSV header keeps the names).
+EXPORT_FIELD_WORDS: Final = {
+    "number": N_("Invoice number"), "issued": N_("Issued"), "start": N_("Period start"),
+    "end": N_("Period end"), "customer": N_("Customer"), "customer_type": N_("Customer Type"),
+    "group": N_("Billing group"), "kind": N_("Line kind"), "line": N_("Line"),
+    "quantity": N_("Quantity"), "unit_price": N_("Unit Price"), "amount": N_("Amount"),
+    "invoice_total": N_("Invoice total"), "currency": N_("Currency"), "status": N_("Status"),
+}
 DRY_RUNS_KEY: Final = "bills.dry_runs"
 _KEEP_DRY_RUNS: Final = 20
 
@@ -71,7 +83,7 @@ def money(amount: Decimal | int | None, currency: str | None = None) -> str:
     from babel.numbers import format_currency
 
     code = currency or get_state().settings.currency
-    return str(format_currency(Decimal(amount or 0), code, locale="en_US"))
+    return str(format_currency(Decimal(amount or 0), code, locale=locale_name()))
 
 
 def _parse_day(text: str | None) -> date | None:
@@ -248,7 +260,8 @@ def invoice_void(invoice_id: int) -> str | BaseResponse:
         except InvoiceError as exc:
             flash(f"{str(exc).capitalize()}.", "error")
         else:
-            flash(f"Invoice {record.number} is void. Run again bills its period anew.")
+            flash(gettext("Invoice %(number)s is void. Run again bills its period anew.",
+                          number=record.number))
         return redirect(url_for("lm_billing.invoice", invoice_id=record.id))
     return render_template("lm_billing/invoice.html", void_form=form, rerun_form=RerunForm(),
                            printable=False, **_invoice_context(record)), 400  # type: ignore[return-value]
@@ -282,6 +295,7 @@ def invoice_export() -> str | BaseResponse:
         return render_template("lm_billing/invoice_export.html", start=start or
                                last_month().start, fields=fields or list(EXPORT_FIELDS),
                                all_fields=EXPORT_FIELDS, types=types,
+                               field_words=EXPORT_FIELD_WORDS,
                                customer_type=customer_type,
                                missing_start=bool(request.args.get("download")))
 

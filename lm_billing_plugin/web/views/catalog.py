@@ -4,7 +4,7 @@ applying a form to a row with an audit diff, search, paging size and today's dat
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -60,7 +60,8 @@ def _page_size() -> int:
 
 
 def _today() -> date:
-    return datetime.now(UTC).date()
+    # Today where billing days start (LM_BILLING_BILLING_TIMEZONE).
+    return get_state().settings.billing_today()
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,6 +16,7 @@ from wtforms import SelectChoice
 from ...billing.invoice_templates import template_choices
 from ...catalog.customers import CatalogError, create_customer, update_customer
 from ...catalog.groups import GROUP_FIELDS, create_group, update_group
+from ...i18n import gettext
 from ...models import (
     Assignment,
     AuditEntry,
@@ -345,7 +346,8 @@ def _render_customer_detail(
 
 def _plan_choices(session: Session) -> list[Any]:
     plans = session.execute(sa.select(HostingPlan.id, HostingPlan.name).order_by(HostingPlan.name))
-    return [SelectChoice(0, "— no plan yet —"), *(SelectChoice(pid, name) for pid, name in plans)]
+    return [SelectChoice(0, gettext("— no plan yet —")),
+            *(SelectChoice(pid, name) for pid, name in plans)]
 
 
 @requires("edit")

@@ -3,12 +3,12 @@ the fleet's last validation and sync, the next scheduled run, usage and revenue 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, render_template, request, url_for
 
+from ...i18n import gettext
 from ...models import Server
 from ...reports import overview as figures
 from ...reports.charts import Point, columns, rows
@@ -18,6 +18,10 @@ from ...state import get_state
 from .paging import MAX_ID
 from .problem_summary import KIND_WORDS
 from .servers import STATUS_WORDS
+
+
+def _status(code: str) -> str:
+    return gettext(STATUS_WORDS[code]) if code in STATUS_WORDS else code
 
 
 def _server_arg() -> int | None:
@@ -30,13 +34,13 @@ def _server_arg() -> int | None:
 
 def overview() -> str:
     session = get_state().session
-    today = datetime.now(UTC).date()
+    today = get_state().settings.billing_today()
     statuses = figures.servers_by_status(session)
     status_points = [
         Point(bucket, sum(codes.values()), url_for("lm_billing.servers", sort="status"),
               f"{bucket}: {sum(codes.values())} server(s)"
               + ("" if not codes else " (" + ", ".join(
-                  f"{STATUS_WORDS.get(c, c)}: {n}" for c, n in sorted(codes.items())) + ")"))
+                  f"{_status(c)}: {n}" for c, n in sorted(codes.items())) + ")"))
         for bucket, codes in statuses.items()
     ]
     kinds = figures.problems_by_kind(session)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -28,7 +28,8 @@ DIMENSION_WORDS: Final = {"server": "Server", "site": "Site", "list": "List",
 
 
 def _today() -> date:
-    return datetime.now(UTC).date()
+    # The billing month boundary (LM_BILLING_BILLING_TIMEZONE), not the server's clock.
+    return get_state().settings.billing_today()
 
 
 def _range(default_months: int = 1) -> tuple[date, date]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +15,7 @@ from werkzeug.wrappers import Response
 
 from ...engine import servers as service
 from ...engine.servers import ServerError
+from ...i18n import N_, gettext
 from ...models import (
     Assignment,
     BillingGroup,
@@ -39,14 +40,14 @@ log = logging.getLogger("lm_billing_plugin.views.servers")
 
 # Server.status in the words of the Servers table.
 STATUS_WORDS: dict[str, str] = {
-    "unchecked": "not checked yet",
-    "ok": "reachable",
-    "logging_off": "logging off",
-    "host_denied": "refused: not in TCLPORT Hosts",
-    "auth_failed": "password rejected",
-    "unreachable": "unreachable",
-    "error": "protocol error",
-    "interrupted": "interrupted",
+    "unchecked": N_("not checked yet"),
+    "ok": N_("reachable"),
+    "logging_off": N_("logging off"),
+    "host_denied": N_("refused: not in TCLPORT Hosts"),
+    "auth_failed": N_("password rejected"),
+    "unreachable": N_("unreachable"),
+    "error": N_("protocol error"),
+    "interrupted": N_("interrupted"),
 }
 STATUS_CLASS: dict[str, str] = {
     "unchecked": "lmb-st-none",
@@ -68,8 +69,9 @@ RUN_KIND_WORDS = {
 
 def status_words(server: Server) -> str:
     if not server.active:
-        return "deactivated"
-    return STATUS_WORDS.get(server.status, server.status)
+        return gettext("deactivated")
+    words = STATUS_WORDS.get(server.status)
+    return gettext(words) if words else server.status
 
 
 def status_class(server: Server) -> str:
@@ -355,7 +357,7 @@ def detail_context(server: Server, check: Any = None) -> dict[str, Any]:
     size = state.settings.page_size
     # A search longer than any list name finds nothing; cut it so the page stays small.
     q = request.args.get("q", "").strip()[:MAX_SEARCH]
-    today = datetime.now(UTC).date()
+    today = state.settings.billing_today()
 
     list_sort: dict[str, Any] = {
         "name": MailingList.name,

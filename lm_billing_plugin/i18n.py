@@ -1,0 +1,137 @@
+"""The plugin's own translation domain (`lm_billing`, catalogs in translations/) and the
+gettext functions every layer above tclport uses to mark user-facing text.
+
+Services mark what they say with ``lazy_gettext`` (or ``gettext`` at the moment they build
+it); the words are looked up when the text is shown, in the locale Flask-Babel picks for the
+request (the host's selector if it has Flask-Babel, else ``LM_BILLING_DEFAULT_LOCALE``).
+Outside an app context every function returns the English text, formatted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import current_app, has_app_context
+from flask_babel import Domain, LazyString
+from flask_babel import get_translations as host_translations
+from jinja2 import pass_context
+from jinja2.runtime import Context
+from markupsafe import Markup
+
+DOMAIN = "lm_billing"
+TRANSLATIONS_DIR = Path(__file__).resolve().parent / "translations"
+
+# Our catalog only: the host's catalogs ("messages" or whatever it uses) stay untouched.
+domain = Domain(translation_directories=[str(TRANSLATIONS_DIR)], domain=DOMAIN)
+
+
+def _babel_ready() -> bool:
+    # Flask-Babel needs app.extensions["babel"]; init_app makes sure there is one, but a
+    # thread or a CLI call outside an app context has none: then the text stays English.
+    return has_app_context() and "babel" in current_app.extensions
+
+
+def _format(text: str, variables: dict[str, Any]) -> str:
+    return text % variables if variables else text
+
+
+def gettext(string: str, **variables: Any) -> str:
+    """``string`` in the viewer's language, then ``% variables``."""
+    if not _babel_ready():
+        return _format(string, variables)
+    return str(domain.gettext(string, **variables))
+
+
+_ = gettext
+
+
+def ngettext(singular: str, plural: str, num: int, **variables: Any) -> str:
+    """The singular or plural form for ``num`` (available as ``%(num)s``), translated."""
+    if not _babel_ready():
+        variables.setdefault("num", num)
+        return _format(singular if num == 1 else plural, variables)
+    return str(domain.ngettext(singular, plural, num, **variables))
+
+
+def lazy_gettext(string: str, **variables: Any) -> LazyString:
+    """Like :func:`gettext`, translated each time it is shown (form labels, messages built
+    at import time or by services that do not know the viewer)."""
+    return LazyString(gettext, string, **variables)
+
+
+def lazy_ngettext(singular: str, plural: str, num: int, **variables: Any) -> LazyString:
+    return LazyString(ngettext, singular, plural, num, **variables)
+
+
+def N_(string: str) -> str:
+    """Marks ``string`` for the catalog and returns it unchanged: for text kept as a plain
+    str where it is defined (menu labels a host portal also reads) and translated where
+    it is shown, with ``gettext(value)`` in Python or ``{{ gettext(value) }}`` in a page."""
+    return string
+
+
+def translate(text: Any) -> str:
+    """A message a service returned, in the viewer's language: lazy strings translate
+    themselves; a plain string is looked up as it is (an untranslated one stays as it was)."""
+    if isinstance(text, LazyString):
+        return str(text)
+    return gettext(str(text)) if text else ""
+
+
+def translate_template(template: str, params: dict[str, Any]) -> str:
+    """A parameterised message (e.g. a TclPort error: ``"%(server)s refused ..."`` with its
+    values) translated as a template, then filled in: the catalog holds the template, never
+    the formatted text with a server's name in it."""
+    return gettext(template, **params)
+
+
+# --- Templates ------------------------------------------------------------------------------
+# {% trans %} compiles to calls of `gettext` / `ngettext` looked up in the render context; the
+# blueprint's context processor puts these there, so the plugin's pages use the plugin's
+# catalog whatever the host installed in jinja_env.globals. A host layout our pages extend
+# gets the same context: what our catalog does not know goes on to the host's catalog.
+
+
+def _page_gettext(string: str) -> str:
+    text = domain.gettext(string) if _babel_ready() else string
+    if text == string and _babel_ready():
+        text = host_translations().ugettext(string)
+    return str(text)
+
+
+def _page_ngettext(singular: str, plural: str, num: int) -> str:
+    if not _babel_ready():
+        return singular if num == 1 else plural
+    # Formatting happens in the caller (newstyle), so %(num)s must survive here.
+    text = domain.get_translations().ungettext(singular, plural, num)
+    if text in (singular, plural):
+        text = host_translations().ungettext(singular, plural, num)
+    return str(text)
+
+
+@pass_context
+def template_gettext(context: Context, string: str, **variables: Any) -> str:
+    rv = _page_gettext(string)
+    if context.eval_ctx.autoescape:
+        # The message is the plugin's own text (template or catalog), never data; the data
+        # are the variables, which Markup's % escapes. Jinja's own gettext does the same.
+        rv = Markup(rv)  # noqa: S704
+    # Always format, as Jinja's own newstyle gettext does: a literal % must be written %%.
+    return rv % variables
+
+
+@pass_context
+def template_ngettext(
+    context: Context, singular: str, plural: str, num: int, **variables: Any
+) -> str:
+    variables.setdefault("num", num)
+    rv = _page_ngettext(singular, plural, num)
+    if context.eval_ctx.autoescape:
+        rv = Markup(rv)  # noqa: S704  (our text; the variables are escaped, as above)
+    return rv % variables
+
+
+def template_functions() -> dict[str, Any]:
+    """What the blueprint's context processor adds to every page's context."""
+    return {"gettext": template_gettext, "ngettext": template_ngettext, "_": template_gettext}
