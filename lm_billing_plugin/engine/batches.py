@@ -52,6 +52,16 @@ from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
 from .digests import inputs_digest, inventory_digest, result_digest, with_drift
 from .inventory import Inventory, fetch_inventory
+from .leases import (
+    LeaseLost,
+    claim_server,
+    end_unfinished_runs,
+    expire_leases,
+    hold_lease,
+    lease_owner,
+    release_server,
+    sweep_stale_batches,
+)
 from .parallel import run_parallel
 from .reconcile import (
     DRIFT_KINDS,
@@ -69,20 +79,13 @@ from .store import (
     RUN,
     SERVER,
     apply_sync,
-    claim_server,
     confirm_problems,
-    end_unfinished_runs,
-    expire_leases,
-    hold_lease,
     is_conflict,
     last_result,
-    lease_owner,
     load_snapshot,
     new_row_ids,
     open_problems,
     record_problems,
-    release_server,
-    sweep_stale_batches,
 )
 
 __all__ = [
@@ -99,10 +102,6 @@ log = logging.getLogger("lm_billing_plugin.runner")
 
 BATCH_KINDS: Final = ("validate", "sync")
 _KIND_ORDER: Final = {kind: i for i, kind in enumerate(DRIFT_KINDS + RULE_KINDS + ("logging_off",))}
-
-
-class LeaseLost(RuntimeError):
-    """This run outlived its lease and another run took the server over: store nothing."""
 
 
 # --- results -------------------------------------------------------------------------------

@@ -34,10 +34,11 @@ from ..settings import Settings
 from ..sqlite import writing
 from ..state import get_state
 from ..tclport.errors import TclPortError
-from .batches import LeaseLost, _audit_server, _iso, _server_columns, _Target, _target
+from .batches import _audit_server, _iso, _server_columns, _Target, _target
 from .checks import LoggingReport
 from .checks import enable_logging as _enable_logging_call
 from .inventory import Inventory, fetch_inventory
+from .leases import LeaseLost, claim_server, hold_lease, lease_owner, release_server
 from .reconcile import (
     DRIFT_KINDS,
     reconcile,
@@ -47,13 +48,9 @@ from .store import (
     RUN,
     SERVER,
     apply_sync,
-    claim_server,
-    hold_lease,
     is_conflict,
-    lease_owner,
     load_snapshot,
     record_problems,
-    release_server,
 )
 
 __all__ = ["ENABLE_LOGGING_HINT", "FIX_OUTCOMES", "RULE_ACTIONS", "FixItem", "FixResult",
