@@ -18,6 +18,7 @@ def register(blueprint: Blueprint) -> None:
         problems,
         reports,
         runs,
+        server_actions,
         servers,
         terminate,
         utilities,
@@ -25,6 +26,7 @@ def register(blueprint: Blueprint) -> None:
 
     overview.register(blueprint)
     servers.register(blueprint)
+    server_actions.register(blueprint)
     problems.register(blueprint)
     runs.register(blueprint)
     customers.register(blueprint)
