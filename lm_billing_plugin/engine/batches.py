@@ -20,6 +20,9 @@ Semantics (the README's "Validate, sync and fix" section says the same to users)
   records and the audit entry, so the request itself is on record).
 * Two runs never work on one server at once: each claims the server's lease (one
   conditional UPDATE); a second claimant reports "already running" and is skipped.
+
+Most of the module is one thing, the batch worker (claim, fetch in parallel, store, fail),
+whose steps share its state; the lease is in leases.py, what fixes.py shares in targets.py.
 """
 
 from __future__ import annotations

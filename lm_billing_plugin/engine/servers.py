@@ -1,5 +1,10 @@
 """The hosting-server registry: create, edit, delete, check and enable logging, with audit.
-Pages and CLI both call these functions; none of them ever returns or logs a password."""
+Pages and CLI both call these functions; none of them ever returns or logs a password.
+
+One module on purpose: the field rules, the writes and the checks all guard the same secret
+(the stored TclPort password, which an edit of the host must not carry to another host), and
+keeping them together keeps every path that decrypts or sends it in one place to review.
+"""
 
 from __future__ import annotations
 
