@@ -167,13 +167,6 @@ class FixResult:
 # --- fix -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _FixPlan:
-    target: Target
-    drift: list[Any] = field(default_factory=list)  # problem rows
-    logging: list[Any] = field(default_factory=list)
-
-
 def _fix_work(settings: Settings, target: Target, want_logging: bool,
               deadline: float) -> tuple[LoggingReport | None, Inventory | TclPortError]:
     """Worker thread: switch logging on if asked, then read the server afresh."""
