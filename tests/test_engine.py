@@ -632,7 +632,7 @@ import os, signal, sys
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from lm_billing_plugin.models import utcnow
-from lm_billing_plugin.engine.store import claim_server, release_server
+from lm_billing_plugin.engine.leases import claim_server, release_server
 url, server_id, lease, run_id, mode = sys.argv[1:]
 engine = sa.create_engine(url)
 owner = f"holder:{os.getpid()}"
@@ -706,7 +706,7 @@ def test_lease_across_processes(dbapp: Flask, db_url: str, sims: Callable[..., H
 
 
 def test_expired_leases_are_swept(eapp: Flask, sims: Callable[..., HostSim]) -> None:
-    from lm_billing_plugin.engine.store import claim_server, expire_leases
+    from lm_billing_plugin.engine.leases import claim_server, expire_leases
 
     sid = add_server("Lists", sims(small(lst("a"))))
     batch = Batch(kind="validate", status="running", total=1)
@@ -844,7 +844,7 @@ def test_batch_of_a_dead_process_is_closed_by_the_next_batch(
         assert (r.error_message or "").startswith(f"server '{r.name}': ")
         assert "run it again" in (r.error_message or "")
     # Nothing left to sweep: a second sweep changes nothing.
-    from lm_billing_plugin.engine.store import sweep_stale_batches
+    from lm_billing_plugin.engine.leases import sweep_stale_batches
 
     assert sweep_stale_batches(session(), utcnow(), lease) == 0
 

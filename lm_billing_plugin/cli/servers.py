@@ -25,7 +25,6 @@ from .output import (
     echo,
     emit_json,
     fail,
-    iso,
     table,
     when,
 )
@@ -117,27 +116,6 @@ def _shell_word(value: str) -> str:
     return shlex.quote(value)
 
 
-def _server_dict(server: Server) -> dict[str, Any]:
-    # Never the password: only whether one is stored.
-    return {
-        "id": server.id,
-        "name": server.name,
-        "host": server.host,
-        "port": server.port,
-        "comments": server.comments,
-        "active": server.active,
-        "password_set": server.password_encrypted is not None,
-        "status": server.status,
-        "status_message": server.status_message,
-        "version": server.version,
-        "logging_mode": server.logging_mode,
-        "logging_label": server.logging_label,
-        "checked_at": iso(server.checked_at),
-        "validated_at": iso(server.validated_at),
-        "synced_at": iso(server.synced_at),
-    }
-
-
 @servers_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--all", "show_all", is_flag=True, help="Include deactivated servers.")
@@ -149,7 +127,7 @@ def list_command(as_json: bool, show_all: bool) -> None:
         query = query.where(Server.active.is_(True))
     rows = list(session.scalars(query))
     if as_json:
-        emit_json([_server_dict(s) for s in rows])
+        emit_json([registry.server_json(s) for s in rows])
         return
     if not rows:
         echo("No hosting servers yet: add one with `flask lm-billing servers add`.")

@@ -20,6 +20,9 @@ Semantics (the README's "Validate, sync and fix" section says the same to users)
   records and the audit entry, so the request itself is on record).
 * Two runs never work on one server at once: each claims the server's lease (one
   conditional UPDATE); a second claimant reports "already running" and is skipped.
+
+Most of the module is one thing, the batch worker (claim, fetch in parallel, store, fail),
+whose steps share its state; the lease is in leases.py, what fixes.py shares in targets.py.
 """
 
 from __future__ import annotations
@@ -37,14 +40,13 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit, signals
+from .. import signals
 from ..models import (
     Batch,
     Run,
     Server,
     utcnow,
 )
-from ..secrets import SecretsError
 from ..settings import Settings
 from ..sqlite import writing
 from ..state import get_state
@@ -52,6 +54,16 @@ from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
 from .digests import inputs_digest, inventory_digest, result_digest, with_drift
 from .inventory import Inventory, fetch_inventory
+from .leases import (
+    LeaseLost,
+    claim_server,
+    end_unfinished_runs,
+    expire_leases,
+    hold_lease,
+    lease_owner,
+    release_server,
+    sweep_stale_batches,
+)
 from .parallel import run_parallel
 from .reconcile import (
     DRIFT_KINDS,
@@ -63,27 +75,21 @@ from .reconcile import (
     apply_to_snapshot,
     reconcile,
 )
-from .servers import run_message, status_for_error, tclport_password
+from .servers import run_message, status_for_error
 from .store import (
     BATCH,
     RUN,
     SERVER,
     apply_sync,
-    claim_server,
     confirm_problems,
-    end_unfinished_runs,
-    expire_leases,
-    hold_lease,
     is_conflict,
     last_result,
-    lease_owner,
     load_snapshot,
     new_row_ids,
     open_problems,
     record_problems,
-    release_server,
-    sweep_stale_batches,
 )
+from .targets import Target, audit_server, iso, server_columns, target_from_row
 
 __all__ = [
     "BATCH_KINDS",
@@ -101,15 +107,7 @@ BATCH_KINDS: Final = ("validate", "sync")
 _KIND_ORDER: Final = {kind: i for i, kind in enumerate(DRIFT_KINDS + RULE_KINDS + ("logging_off",))}
 
 
-class LeaseLost(RuntimeError):
-    """This run outlived its lease and another run took the server over: store nothing."""
-
-
 # --- results -------------------------------------------------------------------------------
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 @dataclass
@@ -143,8 +141,8 @@ class ServerOutcome:
             "name": self.name,
             "ok": self.ok,
             "version": self.version,
-            "validated_at": _iso(self.validated_at),
-            "synced_at": _iso(self.synced_at),
+            "validated_at": iso(self.validated_at),
+            "synced_at": iso(self.synced_at),
             "error": self.error,
             "changes": dict(self.changes),
             "problems": [dict(p) for p in self.problems],
@@ -177,46 +175,6 @@ class BatchResult:
 # --- helpers -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Target:
-    """Plain values of one server for a worker thread (no ORM object crosses threads)."""
-
-    server_id: int
-    name: str
-    host: str
-    port: int
-    password: str | None = field(repr=False)
-    password_error: str | None
-    previous_status: str
-    version: str | None
-    validated_at: datetime | None
-    synced_at: datetime | None
-    run_id: int
-
-
-def _server_columns() -> list[Any]:
-    return [Server.id, Server.name, Server.host, Server.port, Server.password_encrypted,
-            Server.status, Server.version, Server.validated_at, Server.synced_at]
-
-
-def _target(row: Any, run_id: int) -> _Target:
-    password: str | None = None
-    error: str | None = None
-    try:
-        password = tclport_password(row.password_encrypted)
-    except SecretsError as exc:
-        error = str(exc)
-    return _Target(row.id, row.name, row.host, row.port, password, error, row.status,
-                   row.version, row.validated_at, row.synced_at, run_id)
-
-
-def _audit_server(session: Session, actor: str, action: str, server_id: int, at: datetime,
-                  detail: dict[str, Any]) -> None:
-    """Record an engine action on one server in the audit log."""
-    audit.record(session, actor=actor, action=action, object_type="server",
-                 object_id=server_id, server_id=server_id, detail=detail, at=at)
-
-
 def _problem_dicts(found: Iterable[Any]) -> list[dict[str, Any]]:
     out = [p if isinstance(p, dict) else {"id": getattr(p, "id", None), "kind": p.kind,
                                           "object_name": p.object_name, "detail": p.detail}
@@ -231,10 +189,10 @@ def _error_dict(exc: TclPortError) -> dict[str, str]:
     return {"code": exc.code, "message": exc.message}
 
 
-def _fetcher(settings: Settings) -> Callable[[_Target, float], Inventory]:
+def _fetcher(settings: Settings) -> Callable[[Target, float], Inventory]:
     client: ClientSettings = settings.client
 
-    def fetch(target: _Target, deadline: float) -> Inventory:
+    def fetch(target: Target, deadline: float) -> Inventory:
         assert target.password is not None
         # "This month's usage" is the billing month (LM_BILLING_BILLING_TIMEZONE).
         return fetch_inventory(target.host, target.port, target.password, name=target.name,
@@ -321,12 +279,12 @@ def run_batch(batch_id: int) -> BatchResult:
     ).one()
     kind, dry_run, actor = batch.kind, bool(batch.dry_run), batch.triggered_by
     rows = session.execute(
-        sa.select(Run.id.label("run_id"), *_server_columns())
+        sa.select(Run.id.label("run_id"), *server_columns())
         .join(Server, Server.id == Run.server_id)
         .where(Run.batch_id == batch_id, Run.status == "queued")
         .order_by(Server.name)
     ).all()
-    targets = [_target(r, r.run_id) for r in rows]
+    targets = [target_from_row(r, r.run_id) for r in rows]
     session.commit()
     worker = _BatchWorker(session, settings, batch_id, kind, dry_run, actor)
     try:
@@ -405,14 +363,14 @@ class _BatchWorker:
         # Each fetched inventory's digest, computed in its fetch thread (see digests.py).
         self.digests: dict[int, str] = {}
 
-    def run(self, targets: list[_Target]) -> list[ServerOutcome]:
-        def overran(target: _Target) -> ServerOutcome:
+    def run(self, targets: list[Target]) -> list[ServerOutcome]:
+        def overran(target: Target) -> ServerOutcome:
             # The worker overran even its grace: record it and stop waiting.
             return self._failed(target, TclPortError(
                 target.name, "deadline", "TIMEOUT",
                 "the server did not finish within its deadline (LM_BILLING_SERVER_DEADLINE)"))
 
-        def fetch(target: _Target, deadline: float) -> Inventory:
+        def fetch(target: Target, deadline: float) -> Inventory:
             inventory = self.fetch(target, deadline)
             # Computed in the worker thread: the store thread only compares it.
             self.digests[target.server_id] = inventory_digest(inventory)
@@ -424,7 +382,7 @@ class _BatchWorker:
 
     # -- start: claim ---------------------------------------------------------------------
 
-    def _start(self, target: _Target) -> ServerOutcome | None:
+    def _start(self, target: Target) -> ServerOutcome | None:
         """Claim the server; return an outcome when it must not be fetched."""
         session = self.session
         now = utcnow()
@@ -436,14 +394,14 @@ class _BatchWorker:
                 .where(Server.id == target.server_id)
             ).one()
             message = (f"already running (claimed by {holder.lease_owner} until "
-                       f"{_iso(holder.lease_expires_at)}); try again when it has finished")
+                       f"{iso(holder.lease_expires_at)}); try again when it has finished")
             session.execute(
                 sa.update(RUN).where(RUN.c.id == target.run_id)
                 .values(status="skipped", finished_at=now, error_code="ALREADY_RUNNING",
                         error_message=run_message(target.name, message))
             )
             self._progress(failed=False)
-            _audit_server(session, self.actor, self._action(), target.server_id, now,
+            audit_server(session, self.actor, self._action(), target.server_id, now,
                           {"run_id": target.run_id, "status": "skipped"})
             session.commit()
             return ServerOutcome(
@@ -475,7 +433,7 @@ class _BatchWorker:
 
     # -- finish: store --------------------------------------------------------------------
 
-    def _finish(self, target: _Target, fut: Future[Inventory]) -> ServerOutcome:
+    def _finish(self, target: Target, fut: Future[Inventory]) -> ServerOutcome:
         try:
             inventory = fut.result()
         except TclPortError as exc:
@@ -525,7 +483,7 @@ class _BatchWorker:
                     "server's log if it repeats.")
             return self._failed(target, TclPortError(target.name, "store", "STORE", message))
 
-    def _stored(self, target: _Target, inv: Inventory) -> ServerOutcome:
+    def _stored(self, target: Target, inv: Inventory) -> ServerOutcome:
         session = self.session
         sid = target.server_id
         now = utcnow()
@@ -622,7 +580,7 @@ class _BatchWorker:
         )
         release_server(session, sid, self.owner, commit=False)
         self._progress(failed=False)
-        _audit_server(session, self.actor, self._action(), sid, now,
+        audit_server(session, self.actor, self._action(), sid, now,
                       {"run_id": target.run_id, "status": run_status, "changes": counts,
                        "problems_open": len(shown), "problems_new": new})
         # record_problems knows each found problem's row id: no read-back.
@@ -649,7 +607,7 @@ class _BatchWorker:
             open_problems(self.session, sid, snapshot.groups))
         return (rows, stored_inputs) if result_digest(rows) == stored_result else None
 
-    def _failed(self, target: _Target, exc: TclPortError) -> ServerOutcome:
+    def _failed(self, target: Target, exc: TclPortError) -> ServerOutcome:
         session = self.session
         now = utcnow()
         status = status_for_error(exc.code)
@@ -666,7 +624,7 @@ class _BatchWorker:
         )
         release_server(session, target.server_id, self.owner, commit=False)
         self._progress(failed=True)
-        _audit_server(session, self.actor, self._action(), target.server_id, now,
+        audit_server(session, self.actor, self._action(), target.server_id, now,
                       {"run_id": target.run_id, "status": "failed", "error": exc.code})
         session.commit()
         log.info("server %s: %s failed: %s", target.name, self.kind, exc.code)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -227,6 +228,21 @@ def _failed_logging(server: str, exc: TclPortError) -> LoggingReport:
     return LoggingReport(server, None, None, False, exc.message, code=exc.code)
 
 
+def _not_permitted(server: str, before: LoggingState | None, code: str) -> LoggingReport:
+    message = (
+        "this hosting server does not allow Enable Logging to be changed remotely: "
+        f'set it to "{LISTS_LABEL}" on the hosting server itself ({LOGGING_PATH}).'
+    )
+    return LoggingReport(
+        server,
+        before.mode if before else None,
+        before.label if before else None,
+        False,
+        message,
+        code=code,
+    )
+
+
 def _client(
     host: str, port: int, password: str, name: str | None, settings: ClientSettings | None
 ) -> TclPortClient:
@@ -242,11 +258,8 @@ def check_connection(
     settings: ClientSettings | None = None,
 ) -> ConnectionReport:
     """Resolve, connect, greeting, password, version: stops at the first failure."""
-    client = _client(host, port, password, name, settings)
-    try:
+    with closing(_client(host, port, password, name, settings)) as client:
         return _run_connection(client)
-    finally:
-        client.close()
 
 
 def check_logging(
@@ -258,14 +271,12 @@ def check_logging(
     settings: ClientSettings | None = None,
 ) -> LoggingReport:
     """Read Enable Logging; ok only for "Yes, Log All Messages ... to Mailing Lists"."""
-    client = _client(host, port, password, name, settings)
-    try:
-        client.connect()
-        return _logging_report(client.label, client.logging())
-    except TclPortError as exc:
-        return _failed_logging(client.label, exc)
-    finally:
-        client.close()
+    with closing(_client(host, port, password, name, settings)) as client:
+        try:
+            client.connect()
+            return _logging_report(client.label, client.logging())
+        except TclPortError as exc:
+            return _failed_logging(client.label, exc)
 
 
 def enable_logging(
@@ -277,32 +288,19 @@ def enable_logging(
     settings: ClientSettings | None = None,
 ) -> LoggingReport:
     """Switch Enable Logging to ``lists`` over TclPort (``logging_set lists``), if allowed."""
-    client = _client(host, port, password, name, settings)
     before: LoggingState | None = None
-    try:
-        client.connect()
-        before = client.logging()
-        if before.counts_messages:
-            return _logging_report(client.label, before)
-        after = client.logging_set(LOGGING_LISTS)
-        return _logging_report(client.label, after, changed=after.mode != before.mode)
-    except TclPortError as exc:
-        if exc.code == "NOT_PERMITTED":
-            message = (
-                "this hosting server does not allow Enable Logging to be changed remotely: "
-                f'set it to "{LISTS_LABEL}" on the hosting server itself ({LOGGING_PATH}).'
-            )
-            return LoggingReport(
-                client.label,
-                before.mode if before else None,
-                before.label if before else None,
-                False,
-                message,
-                code=exc.code,
-            )
-        return _failed_logging(client.label, exc)
-    finally:
-        client.close()
+    with closing(_client(host, port, password, name, settings)) as client:
+        try:
+            client.connect()
+            before = client.logging()
+            if before.counts_messages:
+                return _logging_report(client.label, before)
+            after = client.logging_set(LOGGING_LISTS)
+            return _logging_report(client.label, after, changed=after.mode != before.mode)
+        except TclPortError as exc:
+            if exc.code == "NOT_PERMITTED":
+                return _not_permitted(client.label, before, exc.code)
+            return _failed_logging(client.label, exc)
 
 
 def check_server(
@@ -314,8 +312,7 @@ def check_server(
     settings: ClientSettings | None = None,
 ) -> ServerCheck:
     """Connection steps, then Enable Logging, over one connection."""
-    client = _client(host, port, password, name, settings)
-    try:
+    with closing(_client(host, port, password, name, settings)) as client:
         connection = _run_connection(client)
         if not connection.ok:
             return ServerCheck(connection)
@@ -324,5 +321,3 @@ def check_server(
         except TclPortError as exc:
             return ServerCheck(connection, _failed_logging(client.label, exc))
         return ServerCheck(connection, _logging_report(client.label, state))
-    finally:
-        client.close()

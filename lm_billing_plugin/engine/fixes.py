@@ -34,10 +34,10 @@ from ..settings import Settings
 from ..sqlite import writing
 from ..state import get_state
 from ..tclport.errors import TclPortError
-from .batches import LeaseLost, _audit_server, _iso, _server_columns, _Target, _target
 from .checks import LoggingReport
 from .checks import enable_logging as _enable_logging_call
 from .inventory import Inventory, fetch_inventory
+from .leases import LeaseLost, claim_server, hold_lease, lease_owner, release_server
 from .reconcile import (
     DRIFT_KINDS,
     reconcile,
@@ -47,14 +47,11 @@ from .store import (
     RUN,
     SERVER,
     apply_sync,
-    claim_server,
-    hold_lease,
     is_conflict,
-    lease_owner,
     load_snapshot,
     record_problems,
-    release_server,
 )
+from .targets import Target, audit_server, iso, server_columns, target_from_row
 
 __all__ = ["ENABLE_LOGGING_HINT", "FIX_OUTCOMES", "RULE_ACTIONS", "FixItem", "FixResult",
            "fix_problems"]
@@ -170,14 +167,7 @@ class FixResult:
 # --- fix -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _FixPlan:
-    target: _Target
-    drift: list[Any] = field(default_factory=list)  # problem rows
-    logging: list[Any] = field(default_factory=list)
-
-
-def _fix_work(settings: Settings, target: _Target, want_logging: bool,
+def _fix_work(settings: Settings, target: Target, want_logging: bool,
               deadline: float) -> tuple[LoggingReport | None, Inventory | TclPortError]:
     """Worker thread: switch logging on if asked, then read the server afresh."""
     assert target.password is not None
@@ -228,7 +218,7 @@ def fix_problems(problem_ids: Sequence[int], *, actor: str,
         base = (pid, row.kind, row.object_name, row.server_name)
         if row.status != "open":
             items[pid] = FixItem(*base, "already_fixed",
-                                 f"already {row.status} ({_iso(row.closed_at)}); nothing to do")
+                                 f"already {row.status} ({iso(row.closed_at)}); nothing to do")
         elif row.kind in RULE_ACTIONS:
             items[pid] = FixItem(*base, "not_fixable",
                                  "a billing rule: fixing it needs a decision, not a sync",
@@ -262,7 +252,7 @@ def _fix_servers(session: Session, settings: Settings, actor: str,
     owner = lease_owner()
     now = utcnow()
     servers = session.execute(
-        sa.select(*_server_columns()).where(Server.id.in_(sorted(plans)))
+        sa.select(*server_columns()).where(Server.id.in_(sorted(plans)))
     ).all()
     runs: dict[int, int] = {}
     for srv in servers:
@@ -272,9 +262,9 @@ def _fix_servers(session: Session, settings: Settings, actor: str,
         session.flush()
         runs[srv.id] = run.id
     session.commit()
-    targets: list[_Target] = []
+    targets: list[Target] = []
     for srv in servers:
-        target = _target(srv, runs[srv.id])
+        target = target_from_row(srv, runs[srv.id])
         problems = plans[srv.id]
         if not claim_server(session, srv.id, owner, settings.lease_seconds, utcnow(),
                             run_id=target.run_id):
@@ -335,7 +325,7 @@ def _fix_servers(session: Session, settings: Settings, actor: str,
                             release=owner)
 
 
-def _fix_failed(session: Session, target: _Target, problems: list[Any],
+def _fix_failed(session: Session, target: Target, problems: list[Any],
                 items: dict[int, FixItem], actor: str, code: str, message: str, *,
                 release: str | None) -> None:
     now = utcnow()
@@ -348,13 +338,13 @@ def _fix_failed(session: Session, target: _Target, problems: list[Any],
     )
     if release is not None:
         release_server(session, target.server_id, release, commit=False)
-    _audit_server(session, actor, "fix", target.server_id, now,
+    audit_server(session, actor, "fix", target.server_id, now,
                   {"run_id": target.run_id, "problem_ids": [p.id for p in problems],
                    "status": "failed", "error": code})
     session.commit()
 
 
-def _fix_store(session: Session, target: _Target, owner: str, actor: str,
+def _fix_store(session: Session, target: Target, owner: str, actor: str,
                problems: list[Any], report: LoggingReport | None,
                result: Inventory | TclPortError, items: dict[int, FixItem],
                changes: dict[str, dict[str, int]]) -> None:
@@ -363,7 +353,7 @@ def _fix_store(session: Session, target: _Target, owner: str, actor: str,
     logging_rows = [p for p in problems if p.kind == "logging_off"]
     drift_rows = [p for p in problems if p.kind in DRIFT_KINDS]
     if report is not None:
-        _audit_server(session, actor, "enable_logging", sid, now,
+        audit_server(session, actor, "enable_logging", sid, now,
                       {"ok": report.ok, "changed": report.changed, "mode": report.mode,
                        "code": report.code})
         for p in logging_rows:
@@ -385,7 +375,7 @@ def _fix_store(session: Session, target: _Target, owner: str, actor: str,
                     error_message=run_message(target.name, message))
         )
         release_server(session, sid, owner, commit=False)
-        _audit_server(session, actor, "fix", sid, now,
+        audit_server(session, actor, "fix", sid, now,
                       {"run_id": target.run_id, "status": "failed",
                        "problem_ids": [p.id for p in problems], "error": result.code})
         session.commit()
@@ -449,7 +439,7 @@ def _fix_store(session: Session, target: _Target, owner: str, actor: str,
         )
     )
     release_server(session, sid, owner, commit=False)
-    _audit_server(session, actor, "fix", sid, now,
+    audit_server(session, actor, "fix", sid, now,
                   {"run_id": target.run_id, "changes": counts,
                    "problems": {str(p.id): items[p.id].outcome for p in problems}})
     session.commit()

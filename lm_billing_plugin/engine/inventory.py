@@ -14,7 +14,8 @@ from typing import Final
 import sqlalchemy as sa
 
 from ..models import MailingList, Server, Site
-from ..tclport.client import ClientSettings, StepCallback, TclPortClient
+from ..tclport.client import ClientSettings, TclPortClient
+from ..tclport.connection import StepCallback
 from ..tclport.errors import TIMEOUT, TclPortError, host_port
 from ..tclport.records import ListRecord, LoggingState, ServerInfo, SiteRecord, UsageRecord
 

@@ -182,10 +182,6 @@ class Found:
     group_id: int | None = None
     server_scoped: bool = True
 
-    @property
-    def is_drift(self) -> bool:
-        return self.kind in DRIFT_KINDS
-
 
 @dataclass(frozen=True)
 class Changes:

@@ -1,5 +1,10 @@
 """The hosting-server registry: create, edit, delete, check and enable logging, with audit.
-Pages and CLI both call these functions; none of them ever returns or logs a password."""
+Pages and CLI both call these functions; none of them ever returns or logs a password.
+
+One module on purpose: the field rules, the writes and the checks all guard the same secret
+(the stored TclPort password, which an edit of the host must not carry to another host), and
+keeping them together keeps every path that decrypts or sends it in one place to review.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ __all__ = [
     "enable_logging",
     "get_server",
     "run_message",
+    "server_json",
     "servers_by_name",
     "status_for",
     "status_for_error",
@@ -270,6 +276,31 @@ def servers_by_name(
     if missing:
         raise UnknownServers(missing)
     return [found[n] for n in wanted]
+
+
+def server_json(server: Server) -> dict[str, Any]:
+    """The server as JSON values, as the API and ``servers list --json`` give it: never the
+    password, only whether one is stored; times in ISO 8601."""
+    return {
+        "id": server.id,
+        "name": server.name,
+        "host": server.host,
+        "port": server.port,
+        "comments": server.comments,
+        "active": server.active,
+        "password_set": server.password_encrypted is not None,
+        "status": server.status,
+        "status_message": server.status_message,
+        "version": server.version,
+        "logging_mode": server.logging_mode,
+        "logging_label": server.logging_label,
+        **{name: _iso(getattr(server, name)) for name in ("checked_at", "validated_at",
+                                                           "synced_at")},
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def tclport_password(token: str | None) -> str:

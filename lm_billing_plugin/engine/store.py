@@ -1,20 +1,17 @@
 """Billing's side of reconciliation in the database: load one server's snapshot in a fixed few
-queries, apply a sync in bulk, upsert problems by fingerprint, and the per-server run lease.
+queries, apply a sync in bulk, upsert problems by fingerprint (the run lease is in leases.py).
 
 Every function takes the caller's session and does set-based work; the statement count does
-not grow with a server's number of lists. Only claim/release/expire commit by themselves.
+not grow with a server's number of lists. None of them commits.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -54,22 +51,15 @@ __all__ = [
     "ProblemCounts",
     "active_assignment",
     "apply_sync",
-    "claim_server",
     "close_values",
     "confirm_problems",
-    "end_unfinished_runs",
-    "expire_leases",
-    "hold_lease",
     "is_conflict",
     "last_result",
-    "lease_owner",
     "load_snapshot",
     "new_row_ids",
     "open_drift_problems",
     "open_problems",
     "record_problems",
-    "release_server",
-    "sweep_stale_batches",
 ]
 
 log = logging.getLogger("lm_billing_plugin.store")
@@ -88,25 +78,12 @@ PROBLEM_RUN = cast(sa.Table, ProblemRun.__table__)
 RUN = cast(sa.Table, Run.__table__)
 BATCH = cast(sa.Table, Batch.__table__)
 
-INTERRUPTED_MESSAGE = (
-    "the process running this stopped before finishing (its lease expired); run it again"
-)
-STALE_BATCH_MESSAGE = (
-    "the process running this batch stopped before reaching this server (nothing progressed "
-    "for LM_BILLING_LEASE_SECONDS); run it again"
-)
 # MariaDB/MySQL error numbers PyMySQL raises as OperationalError although they are about the
 # data, not the connection: a failed CHECK constraint (4025 on MariaDB, 3819 on MySQL) and a
 # deadlock between two writers (1213), which one retry settles like a unique-key clash.
 _MYSQL_CONFLICTS = frozenset({4025, 3819, 1213})
 # PostgreSQL's deadlock and serialization failures (SQLSTATE), raised as OperationalError.
 _PG_CONFLICTS = frozenset({"40P01", "40001"})
-
-
-def lease_owner() -> str:
-    """This process's name in leases (servers and the schedule): host, pid and a random part
-    (pids are reused, and one process may hold several leases)."""
-    return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 def is_conflict(exc: BaseException) -> bool:
@@ -635,182 +612,3 @@ def open_drift_problems(session: Session, server_id: int) -> list[tuple[str, str
             .order_by(PROBLEM.c.id)
         )
     ]
-
-
-# --- the lease -----------------------------------------------------------------------------
-
-
-def claim_server(
-    session: Session,
-    server_id: int,
-    owner: str,
-    lease_seconds: float,
-    now: datetime,
-    *,
-    run_id: int | None = None,
-    commit: bool = True,
-) -> bool:
-    """Claim the server for one run with ONE conditional UPDATE; commit. False = taken.
-
-    The claim succeeds when the server has no lease or its lease expired; in the second case
-    the run that held it is marked ``interrupted`` (its process died or hung). With
-    ``commit=False`` the caller commits (to record more in the same short transaction).
-    """
-    previous = session.execute(
-        sa.select(SERVER.c.lease_owner, SERVER.c.lease_expires_at, SERVER.c.lease_run_id)
-        .where(SERVER.c.id == server_id)
-    ).one_or_none()
-    result = session.execute(
-        SERVER.update()
-        .where(SERVER.c.id == server_id,
-               sa.or_(SERVER.c.lease_owner.is_(None), SERVER.c.lease_expires_at < now))
-        .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
-                lease_run_id=run_id)
-    )
-    claimed = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-    if claimed and previous is not None and previous.lease_owner is not None:
-        if previous.lease_run_id is not None:
-            _interrupt_runs(session, [previous.lease_run_id], now)
-        log.warning("server %s: lease of %s expired; its run is marked interrupted",
-                    server_id, previous.lease_owner)
-    if commit:
-        session.commit()
-    return claimed
-
-
-def hold_lease(session: Session, server_id: int, owner: str) -> bool:
-    """Check (and row-lock, on PostgreSQL and MariaDB) that ``owner`` still holds the lease.
-
-    The first statement of a run's write transaction: a run whose lease was taken over (it
-    outlived its lease) must not write. Does not commit.
-    """
-    result = session.execute(
-        SERVER.update()
-        .where(SERVER.c.id == server_id, SERVER.c.lease_owner == owner)
-        .values(lease_owner=owner)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def release_server(session: Session, server_id: int, owner: str, *, commit: bool = True) -> bool:
-    """Give the lease back (only if ``owner`` still holds it)."""
-    result = session.execute(
-        SERVER.update()
-        .where(SERVER.c.id == server_id, SERVER.c.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None, lease_run_id=None)
-    )
-    released = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-    if commit:
-        session.commit()
-    return released
-
-
-def _naming_server(message: str) -> sa.ScalarSelect[Any]:
-    """``server '<name>': <message>`` for each run row an UPDATE touches (set-based)."""
-    return (
-        sa.select(sa.literal("server '") + SERVER.c.name + sa.literal("': " + message))
-        .where(SERVER.c.id == RUN.c.server_id)
-        .scalar_subquery()
-    )
-
-
-def end_unfinished_runs(
-    session: Session, where: sa.ColumnElement[bool], now: datetime, *, status: str, code: str,
-    message: str,
-) -> int:
-    """End the queued or running runs matching ``where`` as ``status`` with ``code`` and
-    ``message`` (prefixed by each run's server name). Returns how many; does not commit."""
-    result = session.execute(
-        RUN.update()
-        .where(where, RUN.c.status.in_(("running", "queued")))
-        .values(status=status, finished_at=now, error_code=code,
-                error_message=_naming_server(message))
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def _interrupt_runs(session: Session, run_ids: Sequence[int], now: datetime) -> None:
-    end_unfinished_runs(session, RUN.c.id.in_(list(run_ids)), now, status="interrupted",
-                        code="INTERRUPTED", message=INTERRUPTED_MESSAGE)
-    # A batch whose every run has ended, one of them interrupted, will never be finished by
-    # its (dead) process: close it, so the progress page stops waiting.
-    batches = sa.select(RUN.c.batch_id).where(RUN.c.id.in_(list(run_ids)),
-                                              RUN.c.batch_id.is_not(None))
-    unfinished = sa.select(RUN.c.id).where(RUN.c.batch_id == BATCH.c.id,
-                                           RUN.c.status.in_(("running", "queued")))
-    session.execute(
-        BATCH.update()
-        .where(BATCH.c.id.in_(batches), BATCH.c.status.in_(("running", "queued")),
-               ~sa.exists(unfinished))
-        .values(status="interrupted", finished_at=now)
-    )
-
-
-def expire_leases(session: Session, now: datetime) -> int:
-    """Free every expired lease and mark its run interrupted; commit. Returns how many.
-
-    Claimants do this for their own server; pages and the scheduler may call it to clean up
-    after a crashed process without waiting for the next run of each server.
-    """
-    rows = session.execute(
-        sa.select(SERVER.c.id, SERVER.c.lease_owner, SERVER.c.lease_run_id)
-        .where(SERVER.c.lease_owner.is_not(None), SERVER.c.lease_expires_at < now)
-    ).all()
-    freed = 0
-    for row in rows:
-        result = session.execute(
-            SERVER.update()
-            .where(SERVER.c.id == row.id, SERVER.c.lease_owner == row.lease_owner,
-                   SERVER.c.lease_expires_at < now)
-            .values(lease_owner=None, lease_expires_at=None, lease_run_id=None,
-                    status="interrupted", status_message=INTERRUPTED_MESSAGE)
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            freed += 1
-            if row.lease_run_id is not None:
-                _interrupt_runs(session, [row.lease_run_id], now)
-    session.commit()
-    return freed
-
-
-def sweep_stale_batches(session: Session, now: datetime, lease_seconds: float) -> int:
-    """Close the batches whose process died: mark them and their unfinished runs
-    ``interrupted``; commit. Returns how many batches were closed.
-
-    A batch is stale when it is still queued or running and nothing of it moved for
-    ``lease_seconds``: neither the batch's start nor any of its runs' start (a claim) or
-    finish. A live batch moves at least once per LM_BILLING_SERVER_DEADLINE (each server ends
-    within it), which is shorter than the lease. Runs it never started have no lease, so the
-    lease sweep alone would leave them ``queued`` forever.
-    """
-    cutoff = now - timedelta(seconds=lease_seconds)
-    # A run another process ended as interrupted (its lease expired) is clean-up, not
-    # progress: the next batch ends the dead batch's claimed run "now" just before this sweep.
-    moved = sa.select(RUN.c.id).where(
-        RUN.c.batch_id == BATCH.c.id,
-        sa.or_(RUN.c.started_at >= cutoff,
-               sa.and_(RUN.c.finished_at >= cutoff,
-                       sa.func.coalesce(RUN.c.error_code, "") != "INTERRUPTED")),
-    )
-    stale_filter = sa.and_(
-        BATCH.c.status.in_(("queued", "running")), BATCH.c.started_at < cutoff, ~sa.exists(moved)
-    )
-    stale = list(session.execute(sa.select(BATCH.c.id).where(stale_filter)).scalars())
-    if not stale:
-        session.commit()
-        return 0
-    # The UPDATE repeats the test, so a batch that moved since the SELECT is left alone.
-    closed = session.execute(
-        BATCH.update().where(BATCH.c.id.in_(stale), stale_filter)
-        .values(status="interrupted", finished_at=now)
-    ).rowcount  # type: ignore[attr-defined]
-    end_unfinished_runs(
-        session,
-        RUN.c.batch_id.in_(sa.select(BATCH.c.id).where(
-            BATCH.c.id.in_(stale), BATCH.c.status == "interrupted", BATCH.c.finished_at == now)),
-        now, status="interrupted", code="INTERRUPTED", message=STALE_BATCH_MESSAGE,
-    )
-    session.commit()
-    if closed:
-        log.warning("closed %d batch(es) whose process stopped: %s", closed, stale)
-    return int(closed)

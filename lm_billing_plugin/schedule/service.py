@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from ..engine import batches
 from ..engine.batches import BatchResult
-from ..engine.store import lease_owner as owner_id
+from ..engine.leases import lease_owner as owner_id
 from ..models import TaskState, utcnow
 from ..sqlite import writes
 from ..state import get_state

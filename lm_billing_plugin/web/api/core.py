@@ -341,6 +341,24 @@ def int_arg(name: str) -> int | None:
     return int(text)
 
 
+def id_filters(query: sa.Select[Any], **columns: Any) -> sa.Select[Any]:
+    """``query`` narrowed to ``column == id`` for each ``name=column`` whose id argument the
+    request has (checked in the order given, so the first bad one is the one reported)."""
+    for name, column in columns.items():
+        value = int_arg(name)
+        if value is not None:
+            query = query.where(column == value)
+    return query
+
+
+def get_or_404(model: type[Any], object_id: int, what: str) -> Any:
+    """The ``model`` row ``object_id``, or a 404 saying "There is no <what> <id>."."""
+    obj = get_state().session.get(model, object_id)
+    if obj is None:
+        raise ApiError(404, f"There is no {what} {object_id}.")
+    return obj
+
+
 def page(
     query: sa.Select[Any], id_column: Any, serialise: Callable[[Any], dict[str, Any]]
 ) -> Response:
@@ -419,6 +437,9 @@ def route(
     return register
 
 
+# The response of every list route: one page of items and the cursor of the next.
+PAGE_SCHEMA: Final = {"type": "object", "properties": {"items": {"type": "array"},
+                                                       "next_cursor": {"type": ["string", "null"]}}}
 PAGE_QUERY: Final = (
     ("cursor", "string", "The next_cursor of the previous page (opaque)."),
     ("limit", "integer", f"Items per page, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})."),

@@ -19,6 +19,7 @@ def register(blueprint: Blueprint) -> None:
         problems,
         reports,
         runs,
+        server_actions,
         servers,
         terminate,
         utilities,
@@ -26,6 +27,7 @@ def register(blueprint: Blueprint) -> None:
 
     overview.register(blueprint)
     servers.register(blueprint)
+    server_actions.register(blueprint)
     problems.register(blueprint)
     runs.register(blueprint)
     customers.register(blueprint)

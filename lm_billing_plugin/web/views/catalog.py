@@ -3,7 +3,7 @@ applying a form to a row with an audit diff, search, paging size and today's dat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -15,6 +15,7 @@ from ...catalog.customers import CatalogError
 from ...engine.store import active_assignment
 from ...models import Assignment
 from ...state import get_state
+from .paging import Page, clamp, order_by
 
 CUSTOMER_FIELDS = (
     "company",
@@ -57,6 +58,27 @@ def _session() -> Session:
 
 def _page_size() -> int:
     return get_state().settings.page_size
+
+
+def counted_page(
+    page: Page, model: Any, sorts: dict[str, Any], counted: Any, link: Any,
+    where: Sequence[Any] = (),
+) -> list[Any]:
+    """One page of ``model`` rows (``where`` them), each with how many ``counted`` rows
+    ``link`` to it, as (row, count); sets the page's total and clamps it first."""
+    session = _session()
+    page.total = session.scalar(sa.select(sa.func.count()).select_from(model).where(*where)) or 0
+    clamp(page)
+    count = sa.select(sa.func.count(counted)).where(link).scalar_subquery()
+    return list(
+        session.execute(
+            sa.select(model, count)
+            .where(*where)
+            .order_by(*order_by(page, sorts, model.id))
+            .offset(page.offset)
+            .limit(page.size)
+        ).all()
+    )
 
 
 def _today() -> date:

@@ -14,8 +14,8 @@ from ...billing import charges as service
 from ...models import AdditionalCharge, BillingGroup, ChargeAssignment, Customer
 from ..access import actor_name, requires
 from ..forms.charges import ChargeForm, ConfirmForm, GroupChargeEndForm, GroupChargeForm
-from .catalog import _page_size, _session
-from .paging import clamp, order_by, page_from_request
+from .catalog import _page_size, _session, counted_page
+from .paging import page_from_request
 
 CHARGE_SORTS: dict[str, Any] = {
     "name": AdditionalCharge.name,
@@ -34,23 +34,11 @@ def _show_errors(form: Any, errors: dict[str, list[str]]) -> None:
 
 
 def charges() -> str:
-    session = _session()
     page = page_from_request(
         "lm_billing.charges", CHARGE_SORTS, default_sort="name", size=_page_size()
     )
-    page.total = session.scalar(sa.select(sa.func.count()).select_from(AdditionalCharge)) or 0
-    clamp(page)
-    in_use = (
-        sa.select(sa.func.count(ChargeAssignment.id))
-        .where(ChargeAssignment.charge_id == AdditionalCharge.id)
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        sa.select(AdditionalCharge, in_use)
-        .order_by(*order_by(page, CHARGE_SORTS, AdditionalCharge.id))
-        .offset(page.offset)
-        .limit(page.size)
-    ).all()
+    rows = counted_page(page, AdditionalCharge, CHARGE_SORTS, ChargeAssignment.id,
+                        ChargeAssignment.charge_id == AdditionalCharge.id)
     return render_template("lm_billing/charges.html", rows=rows, page=page)
 
 

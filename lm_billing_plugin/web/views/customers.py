@@ -38,6 +38,7 @@ from .catalog import (
     _search,
     _session,
     _today,
+    counted_page,
 )
 from .catalog import (
     CUSTOMER_FIELDS as FORM_CUSTOMER_FIELDS,
@@ -53,7 +54,6 @@ CUSTOMER_SORTS: dict[str, Any] = {
 
 
 def customers() -> str:
-    session = _session()
     q = request.args.get("q", "").strip()[:MAX_SEARCH]
     show = request.args.get("show", "active")
     if show not in ("active", "inactive", "all"):
@@ -76,20 +76,8 @@ def customers() -> str:
         )
     if show != "all":
         where.append(Customer.is_active.is_(show == "active"))
-    page.total = session.scalar(sa.select(sa.func.count()).select_from(Customer).where(*where)) or 0
-    clamp(page)
-    group_count = (
-        sa.select(sa.func.count(BillingGroup.id))
-        .where(BillingGroup.customer_id == Customer.id)
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        sa.select(Customer, group_count)
-        .where(*where)
-        .order_by(*order_by(page, CUSTOMER_SORTS, Customer.id))
-        .offset(page.offset)
-        .limit(page.size)
-    ).all()
+    rows = counted_page(page, Customer, CUSTOMER_SORTS, BillingGroup.id,
+                        BillingGroup.customer_id == Customer.id, where)
     return render_template("lm_billing/customers.html", rows=rows, page=page, q=q, show=show)
 
 

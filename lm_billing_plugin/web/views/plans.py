@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
@@ -22,8 +21,9 @@ from .catalog import (
     _field_error,
     _page_size,
     _session,
+    counted_page,
 )
-from .paging import clamp, order_by, page_from_request
+from .paging import page_from_request
 
 PLAN_SORTS: dict[str, Any] = {
     "name": HostingPlan.name,
@@ -33,21 +33,9 @@ PLAN_SORTS: dict[str, Any] = {
 
 
 def plans() -> str:
-    session = _session()
     page = page_from_request("lm_billing.plans", PLAN_SORTS, default_sort="name", size=_page_size())
-    page.total = session.scalar(sa.select(sa.func.count()).select_from(HostingPlan)) or 0
-    clamp(page)
-    in_use = (
-        sa.select(sa.func.count(BillingGroup.id))
-        .where(BillingGroup.plan_id == HostingPlan.id)
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        sa.select(HostingPlan, in_use)
-        .order_by(*order_by(page, PLAN_SORTS, HostingPlan.id))
-        .offset(page.offset)
-        .limit(page.size)
-    ).all()
+    rows = counted_page(page, HostingPlan, PLAN_SORTS, BillingGroup.id,
+                        BillingGroup.plan_id == HostingPlan.id)
     return render_template("lm_billing/plans.html", rows=rows, page=page)
 
 

@@ -1,5 +1,6 @@
-"""Billing: Servers — the plugin's index, the create/edit/delete forms, the per-server detail page
-and the POST actions on servers (check, enable logging, validate, sync, assign lists)."""
+"""Billing: Servers — the plugin's index, the create/edit/delete forms and the per-server detail
+page; the POST actions on servers (check, enable logging, assign, validate, sync) are in
+server_actions.py."""
 
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ from ...tclport.client import DEFAULT_PORT
 from ..access import actor_name, requires
 from ..forms.servers import ActionForm, AssignForm, ServerForm, ServerSelectionForm
 from .paging import MAX_SEARCH, Page, clamp, order_by, page_from_request, page_number
-from .problem_summary import gate_words
 
 log = logging.getLogger("lm_billing_plugin.views.servers")
 
@@ -180,7 +180,7 @@ def servers() -> str:
 # --- Create / edit / delete -----------------------------------------------------------------
 
 
-def _server_or_404(server_id: int) -> Server:
+def server_or_404(server_id: int) -> Server:
     server = get_state().session.get(Server, server_id)
     if server is None:
         abort(404)
@@ -232,7 +232,7 @@ def server_new() -> str | Response:
 
 @requires("edit")
 def server_edit(server_id: int) -> str | Response:
-    server = _server_or_404(server_id)
+    server = server_or_404(server_id)
     form = ServerForm(obj=None if request.method == "POST" else server)
     if form.validate_on_submit():
         name = (form.name.data or "").strip()
@@ -252,7 +252,7 @@ def server_edit(server_id: int) -> str | Response:
         except ServerError as exc:
             get_state().session.rollback()
             _apply_field_errors(form, exc)
-            server = _server_or_404(server_id)
+            server = server_or_404(server_id)
         else:
             flash(f'Server "{name}" saved.', "message")
             return redirect(url_for("lm_billing.server_detail", server_id=server.id))
@@ -262,7 +262,7 @@ def server_edit(server_id: int) -> str | Response:
 
 @requires("edit")
 def server_delete(server_id: int) -> str | Response:
-    server = _server_or_404(server_id)
+    server = server_or_404(server_id)
     form = ActionForm()
     session = get_state().session
     if form.validate_on_submit():
@@ -489,7 +489,7 @@ def _logging_off(server: Server) -> bool:
 
 
 def server_detail(server_id: int) -> str:
-    server = _server_or_404(server_id)
+    server = server_or_404(server_id)
     from flask import session as cookie
 
     # The last "Check connection" of this server, shown once after its redirect.
@@ -497,176 +497,6 @@ def server_detail(server_id: int) -> str:
     if not (isinstance(check, dict) and check.get("server_id") == server_id):
         check = None
     return render_template("lm_billing/server_detail.html", **detail_context(server, check))
-
-
-@requires("run")
-def server_check(server_id: int) -> str | Response:
-    """Check connection step by step; the steps are shown on the page after the redirect."""
-    server = _server_or_404(server_id)
-    form = ActionForm()
-    if not form.validate_on_submit():
-        flash("The form expired; click Check connection again.", "error")
-        return redirect(url_for("lm_billing.server_detail", server_id=server_id))
-    try:
-        connection, logging_report = service.check_server(server.id, actor=actor_name())
-    except ServerError as exc:
-        get_state().session.rollback()
-        flash(f"The connection was not checked: {exc}", "error")
-        return redirect(url_for("lm_billing.server_detail", server_id=server_id))
-    from flask import session as cookie
-
-    # Post/redirect/get: a reload shows the page again instead of checking again.
-    cookie["lm_billing_check"] = {
-        "server_id": server_id,
-        "connection": connection.as_dict(),
-        "logging": logging_report.as_dict() if logging_report else None,
-    }
-    return redirect(url_for("lm_billing.server_detail", server_id=server_id) + "#lmb-check-h")
-
-
-@requires("run")
-def server_enable_logging(server_id: int) -> Response:
-    server = _server_or_404(server_id)
-    form = ActionForm()
-    if not form.validate_on_submit():
-        flash("The form expired; click the button again.", "error")
-        return redirect(url_for("lm_billing.server_detail", server_id=server_id))
-    try:
-        report = service.enable_logging(server.id, actor=actor_name())
-    except ServerError as exc:
-        get_state().session.rollback()
-        flash(f"Enable Logging was not changed: {exc}", "error")
-        return redirect(url_for("lm_billing.server_detail", server_id=server_id))
-    flash(report.message, "message" if report.ok else "error")
-    return redirect(url_for("lm_billing.server_detail", server_id=server_id))
-
-
-@requires("edit")
-def server_assign(server_id: int) -> Response:
-    """Assign the ticked lists of this server to a billing group (through the engine's gate)."""
-    server = _server_or_404(server_id)
-    session = get_state().session
-    form = AssignForm()
-    form.group_id.choices = [(gid, "") for gid in session.scalars(select(BillingGroup.id)).all()]
-    back = redirect(url_for("lm_billing.server_detail", server_id=server_id) + "#lists")
-    if not form.validate_on_submit():
-        for errors in form.errors.values():
-            for message in errors:
-                flash(f"Nothing was assigned: {message}", "error")
-        return back
-    if not form.list_ids.data:
-        flash("Nothing was assigned: tick at least one list first.", "error")
-        return back
-    valid_ids = set(
-        session.scalars(
-            select(MailingList.id).where(
-                MailingList.server_id == server.id, MailingList.id.in_(form.list_ids.data)
-            )
-        ).all()
-    )
-    list_ids = [i for i in form.list_ids.data if i in valid_ids]
-    if not list_ids:
-        flash("Nothing was assigned: the ticked lists are not on this server.", "error")
-        return back
-    from ...catalog import assignment
-
-    try:
-        created = assignment.assign(
-            int(form.group_id.data or 0),
-            server_id=server.id,
-            list_ids=list_ids,
-            actor=actor_name(),
-        )
-    except (assignment.GateError, assignment.AssignmentError) as exc:
-        session.rollback()
-        flash(f"Nothing was assigned: {gate_words(exc)}", "error")
-        return back
-    group = session.get(BillingGroup, form.group_id.data)
-    flash(
-        f"{created} list(s) assigned to the billing group "
-        f'"{group.name if group else form.group_id.data}"'
-        + (f" ({len(list_ids) - created} had it already)." if created < len(list_ids) else "."),
-        "message",
-    )
-    return back
-
-
-# --- Validate / sync (background) -----------------------------------------------------------
-
-
-def _selected_server_ids(form: ServerSelectionForm) -> list[int]:
-    ids = form.server_ids.data or []
-    if not ids:
-        return []
-    rows = (
-        get_state()
-        .session.execute(select(Server.id, Server.name, Server.active).where(Server.id.in_(ids)))
-        .all()
-    )
-    inactive = [row.name for row in rows if not row.active]
-    if inactive:
-        # A deactivated server only keeps history; reading it again would bill nothing.
-        flash(
-            "Skipped deactivated server(s): "
-            + ", ".join(inactive)
-            + " (kept as billing history; deactivated servers are not validated or synced).",
-            "message",
-        )
-    active = {row.id for row in rows if row.active}
-    return [i for i in ids if i in active]
-
-
-def _start(kind: str, server_ids: list[int] | None) -> Response:
-    from .runs import start_batch
-
-    batch_id = start_batch(kind, server_ids)
-    return redirect(url_for("lm_billing.batch", batch_id=batch_id))
-
-
-@requires("run")
-def servers_validate() -> Response:
-    """Validate All Servers (scope=all) or Validate Selected Servers, in the background."""
-    form = ServerSelectionForm()
-    if not form.validate_on_submit():
-        flash(
-            "Nothing was started: the form expired or the selection is not valid; try again.",
-            "error",
-        )
-        return redirect(url_for("lm_billing.servers"))
-    if request.form.get("scope") == "all":
-        active = get_state().session.scalar(
-            select(func.count()).select_from(Server).where(Server.active.is_(True))
-        )
-        if not active:
-            flash('There is no server to validate yet: click "Create New Server" first.', "error")
-            return redirect(url_for("lm_billing.servers"))
-        return _start("validate", None)
-    ids = _selected_server_ids(form)
-    if not ids:
-        flash(
-            "Nothing was validated: tick the servers to validate first "
-            '(or click "Validate All Servers").',
-            "error",
-        )
-        return redirect(url_for("lm_billing.servers"))
-    return _start("validate", ids)
-
-
-@requires("run")
-def servers_sync() -> Response:
-    """Sync Selected Servers, in the background."""
-    form = ServerSelectionForm()
-    if not form.validate_on_submit():
-        flash(
-            "Nothing was started: the form expired or the selection is not valid; try again.",
-            "error",
-        )
-        return redirect(url_for("lm_billing.servers"))
-    ids = _selected_server_ids(form)
-    if not ids:
-        flash("Nothing was synced: tick the servers to sync first.", "error")
-        return redirect(url_for("lm_billing.servers"))
-    return _start("sync", ids)
 
 
 def register(blueprint: Blueprint) -> None:
@@ -679,19 +509,3 @@ def register(blueprint: Blueprint) -> None:
     blueprint.add_url_rule(
         "/servers/<int:server_id>/delete", "server_delete", server_delete, methods=["GET", "POST"]
     )
-    blueprint.add_url_rule(
-        "/servers/<int:server_id>/check", "server_check", server_check, methods=["POST"]
-    )
-    blueprint.add_url_rule(
-        "/servers/<int:server_id>/enable-logging",
-        "server_enable_logging",
-        server_enable_logging,
-        methods=["POST"],
-    )
-    blueprint.add_url_rule(
-        "/servers/<int:server_id>/assign", "server_assign", server_assign, methods=["POST"]
-    )
-    blueprint.add_url_rule(
-        "/servers/validate", "servers_validate", servers_validate, methods=["POST"]
-    )
-    blueprint.add_url_rule("/servers/sync", "servers_sync", servers_sync, methods=["POST"])

@@ -11,14 +11,15 @@ from flask import Response, jsonify, request
 
 from ....catalog.assignment import AssignmentError, GateError, assign, unassign
 from ....models import Assignment, BillingGroup, Customer, HostingPlan, utcnow
-from ....state import get_state
 from ...access import actor_name
 from ..core import (
     PAGE_QUERY,
+    PAGE_SCHEMA,
     ApiError,
     field,
+    get_or_404,
+    id_filters,
     id_list,
-    int_arg,
     invalid,
     json_body,
     page,
@@ -37,8 +38,6 @@ PLAN_FIELDS = ("id", "name", "description", "max_members", "max_members_per_list
 ASSIGNMENT_FIELDS = ("id", "group_id", "object_type", "server_id", "site_id", "list_id",
                      "start_date", "end_date", "is_free", "created_at")
 
-PAGE = {"type": "object", "properties": {"items": {"type": "array"},
-                                         "next_cursor": {"type": ["string", "null"]}}}
 CUSTOMER = schema("Customer", {"type": "object", "properties": {
     name: {} for name in CUSTOMER_FIELDS}})
 GROUP = schema("BillingGroup", {"type": "object", "properties": {
@@ -59,14 +58,11 @@ COUNT = {"type": "object", "properties": {"created": {"type": "integer"},
 
 
 def _get(model: type[Any], object_id: int, what: str, fields: tuple[str, ...]) -> Response:
-    obj = get_state().session.get(model, object_id)
-    if obj is None:
-        raise ApiError(404, f"There is no {what} {object_id}.")
-    return jsonify(row_dict(obj, fields))
+    return jsonify(row_dict(get_or_404(model, object_id, what), fields))
 
 
 @route("/customers", "GET", summary="Customers (id order)", tag="catalog", query=PAGE_QUERY,
-       responses={200: ("A page of customers", PAGE)})
+       responses={200: ("A page of customers", PAGE_SCHEMA)})
 def customers_list() -> Response:
     return page(sa.select(Customer), Customer.id, lambda c: row_dict(c, CUSTOMER_FIELDS))
 
@@ -79,12 +75,9 @@ def customer_get(customer_id: int) -> Response:
 
 @route("/groups", "GET", summary="Billing groups (id order)", tag="catalog",
        query=(*PAGE_QUERY, ("customer_id", "integer", "Only this customer's groups.")),
-       responses={200: ("A page of groups", PAGE)})
+       responses={200: ("A page of groups", PAGE_SCHEMA)})
 def groups_list() -> Response:
-    query = sa.select(BillingGroup)
-    customer_id = int_arg("customer_id")
-    if customer_id is not None:
-        query = query.where(BillingGroup.customer_id == customer_id)
+    query = id_filters(sa.select(BillingGroup), customer_id=BillingGroup.customer_id)
     return page(query, BillingGroup.id, lambda g: row_dict(g, GROUP_FIELDS))
 
 
@@ -95,7 +88,7 @@ def group_get(group_id: int) -> Response:
 
 
 @route("/plans", "GET", summary="Hosting plans (id order)", tag="catalog", query=PAGE_QUERY,
-       responses={200: ("A page of plans", PAGE)})
+       responses={200: ("A page of plans", PAGE_SCHEMA)})
 def plans_list() -> Response:
     return page(sa.select(HostingPlan), HostingPlan.id, lambda p: row_dict(p, PLAN_FIELDS))
 
@@ -110,14 +103,10 @@ def plan_get(plan_id: int) -> Response:
        query=(*PAGE_QUERY, ("group_id", "integer", "Only this group's."),
               ("server_id", "integer", "Only on this server."),
               ("active", "boolean", "true: only those in force today.")),
-       responses={200: ("A page of assignments", PAGE)})
+       responses={200: ("A page of assignments", PAGE_SCHEMA)})
 def assignments_list() -> Response:
-    query = sa.select(Assignment)
-    group_id, server_id = int_arg("group_id"), int_arg("server_id")
-    if group_id is not None:
-        query = query.where(Assignment.group_id == group_id)
-    if server_id is not None:
-        query = query.where(Assignment.server_id == server_id)
+    query = id_filters(sa.select(Assignment), group_id=Assignment.group_id,
+                       server_id=Assignment.server_id)
     active = request.args.get("active")
     if active not in (None, "true", "false"):
         raise ApiError(400, "active is true or false.")
@@ -179,8 +168,7 @@ def assignment_create() -> Response:
        responses={200: ("How many were ended", COUNT), 404: ("No such assignment", None),
                   409: ("The gate: validate and sync first", None)})
 def assignment_delete(assignment_id: int) -> Response:
-    if get_state().session.get(Assignment, assignment_id) is None:
-        raise ApiError(404, f"There is no assignment {assignment_id}.")
+    get_or_404(Assignment, assignment_id, "assignment")
     try:
         ended = unassign([assignment_id], actor=actor_name())
     except (GateError, AssignmentError) as exc:

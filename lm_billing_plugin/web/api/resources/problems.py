@@ -10,13 +10,14 @@ from flask import Response, jsonify, request
 
 from ....engine import fixes
 from ....models import PROBLEM_KINDS, Problem
-from ....state import get_state
 from ...access import actor_name
 from ...views.problems import FIX_ALL_LIMIT, found_by_batch
 from ..core import (
     PAGE_QUERY,
     ApiError,
     field,
+    get_or_404,
+    id_filters,
     id_list,
     int_arg,
     invalid,
@@ -68,9 +69,8 @@ def problems_list() -> Response:
         query = query.where(Problem.status == status)
     if kind is not None:
         query = query.where(Problem.kind == kind)
-    server_id, batch_id = int_arg("server_id"), int_arg("batch_id")
-    if server_id is not None:
-        query = query.where(Problem.server_id == server_id)
+    query = id_filters(query, server_id=Problem.server_id)
+    batch_id = int_arg("batch_id")
     if batch_id is not None:
         query = query.where(found_by_batch(batch_id))
     return page(query, Problem.id, problem_dict)
@@ -79,10 +79,7 @@ def problems_list() -> Response:
 @route("/problems/<int:problem_id>", "GET", summary="One problem", tag="problems",
        responses={200: ("The problem", PROBLEM), 404: ("No such problem", None)})
 def problem_get(problem_id: int) -> Response:
-    problem = get_state().session.get(Problem, problem_id)
-    if problem is None:
-        raise ApiError(404, f"There is no problem {problem_id}.")
-    return jsonify(problem_dict(problem))
+    return jsonify(problem_dict(get_or_404(Problem, problem_id, "problem")))
 
 
 @route("/problems/fix", "POST", action="run", summary="Fix the chosen problems", tag="problems",

@@ -13,10 +13,12 @@ from ....state import get_state
 from ...views.runs import start_batch
 from ..core import (
     PAGE_QUERY,
+    PAGE_SCHEMA,
     ApiError,
     field,
+    get_or_404,
+    id_filters,
     id_list,
-    int_arg,
     invalid,
     json_body,
     page,
@@ -47,8 +49,6 @@ START = schema("BatchStart", {"type": "object", "properties": {
     "dry_run": {"type": "boolean", "default": False,
                 "description": "Sync only: work out what would change (the runs' created, "
                 "updated, removed) and write nothing else, as `sync --dry-run`."}}})
-PAGE = {"type": "object", "properties": {"items": {"type": "array"},
-                                         "next_cursor": {"type": ["string", "null"]}}}
 
 
 def batch_dict(batch: Batch) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def sync() -> Response:
 
 
 @route("/batches", "GET", summary="Batches (id order)", tag="runs", query=PAGE_QUERY,
-       responses={200: ("A page of batches", PAGE)})
+       responses={200: ("A page of batches", PAGE_SCHEMA)})
 def batches_list() -> Response:
     return page(sa.select(Batch), Batch.id, batch_dict)
 
@@ -107,30 +107,19 @@ def batches_list() -> Response:
 @route("/batches/<int:batch_id>", "GET", summary="A batch and its progress", tag="runs",
        responses={200: ("The batch", BATCH), 404: ("No such batch", None)})
 def batch_get(batch_id: int) -> Response:
-    batch = get_state().session.get(Batch, batch_id)
-    if batch is None:
-        raise ApiError(404, f"There is no batch {batch_id}.")
-    return jsonify(batch_dict(batch))
+    return jsonify(batch_dict(get_or_404(Batch, batch_id, "batch")))
 
 
 @route("/runs", "GET", summary="Runs (id order), by server or batch", tag="runs",
        query=(*PAGE_QUERY, ("server_id", "integer", "Only this server's runs."),
               ("batch_id", "integer", "Only this batch's runs.")),
-       responses={200: ("A page of runs", PAGE)})
+       responses={200: ("A page of runs", PAGE_SCHEMA)})
 def runs_list() -> Response:
-    query = sa.select(Run)
-    server_id, batch_id = int_arg("server_id"), int_arg("batch_id")
-    if server_id is not None:
-        query = query.where(Run.server_id == server_id)
-    if batch_id is not None:
-        query = query.where(Run.batch_id == batch_id)
+    query = id_filters(sa.select(Run), server_id=Run.server_id, batch_id=Run.batch_id)
     return page(query, Run.id, lambda r: row_dict(r, RUN_FIELDS))
 
 
 @route("/runs/<int:run_id>", "GET", summary="One run", tag="runs",
        responses={200: ("The run", RUN), 404: ("No such run", None)})
 def run_get(run_id: int) -> Response:
-    run = get_state().session.get(Run, run_id)
-    if run is None:
-        raise ApiError(404, f"There is no run {run_id}.")
-    return jsonify(row_dict(run, RUN_FIELDS))
+    return jsonify(row_dict(get_or_404(Run, run_id, "run"), RUN_FIELDS))

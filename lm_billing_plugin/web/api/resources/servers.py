@@ -18,7 +18,6 @@ from ..core import (
     field,
     invalid,
     json_body,
-    jsonable,
     page,
     require_if_match,
     route,
@@ -86,25 +85,8 @@ DELETED = schema("ServerDeleted", {"type": "object", "properties": {
 
 
 def server_dict(server: Server) -> dict[str, Any]:
-    # Never the password: only whether one is stored (the CLI's `servers list --json` too).
-    return {
-        "id": server.id,
-        "name": server.name,
-        "host": server.host,
-        "port": server.port,
-        "comments": server.comments,
-        "active": server.active,
-        "password_set": server.password_encrypted is not None,
-        "status": server.status,
-        "status_message": server.status_message,
-        "version": server.version,
-        "logging_mode": server.logging_mode,
-        "logging_label": server.logging_label,
-        "checked_at": jsonable(server.checked_at),
-        "validated_at": jsonable(server.validated_at),
-        "synced_at": jsonable(server.synced_at),
-        "url": url_for("lm_billing_api.server_get", server_id=server.id),
-    }
+    return {**registry.server_json(server),
+            "url": url_for("lm_billing_api.server_get", server_id=server.id)}
 
 
 def _server(server_id: int) -> Server:
