@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
@@ -28,6 +28,7 @@ from ..models import (
     Server,
     Site,
     Usage,
+    UsageRollup,
 )
 from .periods import add_months
 
@@ -100,8 +101,70 @@ def _owner_joins(stmt: sa.Select[Any], day: date) -> tuple[sa.Select[Any], Any]:
     return stmt, sa.func.coalesce(by_list.group_id, by_site.group_id, by_server.group_id)
 
 
+def _per_server(q: UsageQuery, *, with_total: bool) -> sa.Select[Any]:
+    """By server, from the roll-ups (a row per server and month, engine.rollup): messages,
+    recipients and bytes summed; units = recipients plus what sizes add over them. Sizes add
+    only on lists of a Standard plan with a Max Message Size whose bytes per recipient exceed
+    it, i.e. Usage rows with kb_per_recipient >= the smallest such size (an index range)."""
+    r = UsageRollup
+    totals = (
+        sa.select(r.server_id, sa.func.sum(r.messages).label("messages"),
+                  sa.func.sum(r.recipients).label("recipients"),
+                  sa.func.sum(r.bytes).label("bytes"))
+        .where(r.period >= q.first, r.period <= q.last)
+        .group_by(r.server_id)
+    )
+    if q.server_id is not None:
+        totals = totals.where(r.server_id == q.server_id)
+    totals_q = totals.subquery("totals")
+    plan = aliased(HostingPlan)
+    kb = plan.max_message_size_kb
+    smallest = (sa.select(sa.func.min(HostingPlan.max_message_size_kb))
+                .where(HostingPlan.billing_method == "standard",
+                       HostingPlan.max_message_size_kb > 0)
+                .scalar_subquery())
+    per_size = sa.cast(Usage.bytes, sa.Numeric(24, 6)) / (kb * 1024)
+    base = cast("sa.Select[Any]", (
+        sa.select(Usage.server_id,
+                  sa.func.sum(per_size - sa.cast(Usage.recipients, sa.Numeric(24, 6)))
+                  .label("extra"))
+        .select_from(Usage)
+        .join(MailingList, MailingList.id == Usage.list_id)
+    ))
+    heavy, group_id = _owner_joins(base, _last_day(q.last))
+    heavy = (
+        heavy.join(BillingGroup, BillingGroup.id == group_id)
+        .join(plan, plan.id == BillingGroup.plan_id)
+        .where(Usage.kb_per_recipient >= smallest, Usage.period >= q.first,
+               Usage.period <= q.last, kb > 0, plan.billing_method == "standard",
+               per_size > Usage.recipients)
+        .group_by(Usage.server_id)
+    )
+    if q.server_id is not None:
+        heavy = heavy.where(Usage.server_id == q.server_id)
+    extra_q = heavy.subquery("extra")
+    units = (sa.cast(totals_q.c.recipients, sa.Numeric(24, 6))
+             + sa.func.coalesce(extra_q.c.extra, 0))
+    sums = [totals_q.c.messages.label("messages"), totals_q.c.recipients.label("recipients"),
+            totals_q.c.bytes.label("bytes"), units.label("units")]
+    extra = [sa.func.count().over().label("total")] if with_total else []
+    stmt = (
+        sa.select(Server.id.label("server_id"), Server.name.label("server"), *sums, *extra)
+        .select_from(totals_q)
+        .join(Server, Server.id == totals_q.c.server_id)
+        .outerjoin(extra_q, extra_q.c.server_id == totals_q.c.server_id)
+    )
+    sort_by: Any = {"name": Server.name, "messages": totals_q.c.messages,
+                    "recipients": totals_q.c.recipients, "bytes": totals_q.c.bytes,
+                    "units": units}[q.sort]
+    order = sort_by.desc() if q.descending else sort_by.asc()
+    return stmt.order_by(order, Server.id, Server.name)
+
+
 def _grouped(q: UsageQuery, *, with_total: bool) -> sa.Select[Any]:
     """One row per group of ``q.by`` with its sums (and the number of groups, for paging)."""
+    if q.by == "server":
+        return _per_server(q, with_total=with_total)
     plan = aliased(HostingPlan)
     kb = plan.max_message_size_kb
     # Units per list and month, as billing counts them (see the module docstring).
@@ -194,12 +257,14 @@ def usage_rows(session: Session, q: UsageQuery) -> Iterator[UsageRow]:
 
 def usage_trend(session: Session, q: UsageQuery, months: list[date]
                 ) -> dict[date, tuple[int, int]]:
-    """Messages and recipients per month over ``months`` (same server filter)."""
+    """Messages and recipients per month over ``months`` (same server filter), from the
+    roll-ups."""
+    r = UsageRollup
     stmt = (
-        sa.select(Usage.period, sa.func.sum(Usage.messages), sa.func.sum(Usage.recipients))
-        .where(Usage.period >= months[0], Usage.period <= months[-1])
-        .group_by(Usage.period)
+        sa.select(r.period, sa.func.sum(r.messages), sa.func.sum(r.recipients))
+        .where(r.period >= months[0], r.period <= months[-1])
+        .group_by(r.period)
     )
     if q.server_id is not None:
-        stmt = stmt.where(Usage.server_id == q.server_id)
+        stmt = stmt.where(r.server_id == q.server_id)
     return {p: (int(m or 0), int(r or 0)) for p, m, r in session.execute(stmt)}
