@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -232,7 +232,14 @@ class Usage(Base):
     """Sending-log figures of one list for one month (period = first day of the month)."""
 
     __tablename__ = "lm_billing_usage"
-    __table_args__ = (sa.UniqueConstraint("list_id", "period"), TABLE_OPTIONS)
+    __table_args__ = (
+        sa.UniqueConstraint("list_id", "period"),
+        # A month or a range of months reads only its own rows (reports; a sync's read).
+        sa.Index("ix_lm_billing_usage_period_server", "period", "server_id"),
+        # The few rows whose size can count more message units than recipients.
+        sa.Index("ix_lm_billing_usage_kb_period", "kb_per_recipient", "period"),
+        TABLE_OPTIONS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"), index=True)
@@ -241,7 +248,28 @@ class Usage(Base):
     messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     recipients: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    # bytes / recipients in KB, rounded down (KB_CAP when nothing was received but bytes were
+    # sent): a plan's Max Message Size of N KB counts more units than recipients only where
+    # this is >= N, so the per-server report reads those rows only (see usage_kb_per_recipient).
+    kb_per_recipient: Mapped[int] = mapped_column(default=lambda ctx: _kb_default(ctx),
+                                                  server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+KB_CAP: Final = 2**31 - 1
+
+
+def usage_kb_per_recipient(bytes_sent: int, recipients: int) -> int:
+    """Usage.kb_per_recipient of these figures."""
+    if recipients <= 0:
+        return KB_CAP if bytes_sent > 0 else 0
+    return min(KB_CAP, max(0, bytes_sent) // (recipients * 1024))
+
+
+def _kb_default(ctx: Any) -> int:
+    params = ctx.get_current_parameters()
+    return usage_kb_per_recipient(int(params.get("bytes") or 0),
+                                  int(params.get("recipients") or 0))
 
 
 # --- Customers, plans, billing groups ------------------------------------------------------
@@ -840,7 +868,31 @@ Problem.last_seen_at = column_property(confirmed_sighting("seen_at").label("last
 Problem.last_run_id = column_property(confirmed_sighting("run_id").label("last_run_id"))
 
 
+# --- Roll-ups of usage (reports, issue 16) -------------------------------------------------
+
+
+class UsageRollup(Base):
+    """The sums of one server's Usage rows for one month (period = first day): what the Overview
+    and the fleet- and server-level reports read instead of every list's row. Written only in
+    the transaction that writes those Usage rows (engine.store; engine.rollup.rebuild_rollups
+    for anything else), from every Usage row of that server and month, so it always equals
+    them. A row exists while the server has usage rows for the month."""
+
+    __tablename__ = "lm_billing_usage_rollup"
+    __table_args__ = (sa.Index("ix_lm_billing_usage_rollup_period", "period"), TABLE_OPTIONS)
+
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"),
+                                           primary_key=True, autoincrement=False)
+    period: Mapped[date] = mapped_column(primary_key=True)
+    lists: Mapped[int] = mapped_column(default=0)  # Usage rows (lists with figures)
+    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    recipients: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 __all__ = [
+    "KB_CAP",
     "AdditionalCharge",
     "Assignment",
     "AuditEntry",
@@ -869,10 +921,12 @@ __all__ = [
     "TaskState",
     "UTCDateTime",
     "Usage",
+    "UsageRollup",
     "charge_name_key",
     "confirmed_sighting",
     "invoice_active_key",
     "name_key",
+    "usage_kb_per_recipient",
     "utcnow",
 ]
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from _pages import count_statements
 from flask import Flask
 
+from lm_billing_plugin.engine.rollup import rebuild_rollups
 from lm_billing_plugin.models import (
     Assignment,
     BillingGroup,
@@ -73,6 +74,7 @@ def seed(app: Flask, lists: int = 4, *, servers: int = 2) -> dict[str, Any]:
             usage.append({"server_id": sid, "list_id": lid, "period": LAST, "messages": 1,
                           "recipients": 5, "bytes": 5 * 1024})
         s.execute(sa.insert(Usage), usage)
+        rebuild_rollups(s)  # written directly: the roll-ups a sync would have written
         first_of_two = s.scalar(sa.select(sa.func.min(MailingList.id))
                                 .where(MailingList.server_id == ids[1]))
         s.add_all([

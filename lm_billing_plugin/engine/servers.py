@@ -31,6 +31,7 @@ from ..models import (
     Server,
     Site,
     Usage,
+    UsageRollup,
     utcnow,
 )
 from ..secrets import SecretsError
@@ -523,6 +524,7 @@ def delete_server(server_id: int, *, actor: str) -> str:
     sid = server.id
     # Children first (foreign keys); audit rows are kept but let go of the server.
     session.execute(sa.update(AuditEntry).where(AuditEntry.server_id == sid).values(server_id=None))
+    session.execute(sa.delete(UsageRollup).where(UsageRollup.server_id == sid))
     session.execute(sa.delete(Usage).where(Usage.server_id == sid))
     session.execute(sa.delete(ProblemRun).where(ProblemRun.server_id == sid))
     session.execute(sa.delete(Problem).where(Problem.server_id == sid))

@@ -31,6 +31,7 @@ from ..models import (
     Site,
     Usage,
     confirmed_sighting,
+    usage_kb_per_recipient,
 )
 from .inventory import Inventory
 from .reconcile import (
@@ -45,6 +46,7 @@ from .reconcile import (
     PlanLimits,
     SiteRow,
 )
+from .rollup import write_rollup
 
 __all__ = [
     "ChangeCounts",
@@ -358,6 +360,8 @@ def _store_usage(session: Session, server_id: int, inventory: Inventory, now: da
     }
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
+    # Every Usage row of this server and month after the write: its roll-up (engine.rollup).
+    figures = {lid: (r.messages, r.recipients, r.bytes) for lid, r in existing.items()}
     unknown = 0
     for rec in inventory.usage:
         lid = ids.get(rec.list)
@@ -365,14 +369,16 @@ def _store_usage(session: Session, server_id: int, inventory: Inventory, now: da
             unknown += 1
             continue
         row = existing.get(lid)
+        kb = usage_kb_per_recipient(rec.bytes, rec.recipients)
         if row is None:
             inserts.append({"server_id": server_id, "list_id": lid, "period": inventory.period,
                             "messages": rec.messages, "recipients": rec.recipients,
-                            "bytes": rec.bytes, "updated_at": now})
+                            "bytes": rec.bytes, "kb_per_recipient": kb, "updated_at": now})
         elif (row.messages, row.recipients, row.bytes) != (rec.messages, rec.recipients,
                                                            rec.bytes):
             updates.append({"b_id": row.id, "b_messages": rec.messages,
-                            "b_recipients": rec.recipients, "b_bytes": rec.bytes})
+                            "b_recipients": rec.recipients, "b_bytes": rec.bytes, "b_kb": kb})
+        figures[lid] = (rec.messages, rec.recipients, rec.bytes)
     if unknown:
         log.warning("server %s: usage of %d list(s) unknown to billing was not stored",
                     server_id, unknown)
@@ -382,10 +388,13 @@ def _store_usage(session: Session, server_id: int, inventory: Inventory, now: da
         session.execute(
             USAGE.update().where(USAGE.c.id == sa.bindparam("b_id")).values(
                 messages=sa.bindparam("b_messages"), recipients=sa.bindparam("b_recipients"),
-                bytes=sa.bindparam("b_bytes"), updated_at=now,
+                bytes=sa.bindparam("b_bytes"), kb_per_recipient=sa.bindparam("b_kb"),
+                updated_at=now,
             ),
             updates,
         )
+    if inserts or updates:
+        write_rollup(session, server_id, inventory.period, figures.values(), now)
     return len(inserts) + len(updates)
 
 

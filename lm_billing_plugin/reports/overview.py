@@ -1,5 +1,6 @@
 """The Overview's figures: servers by status, open problems by kind and server, the fleet's
-last validation and sync, usage and invoiced revenue per month; a fixed number of queries."""
+last validation and sync, usage (from the roll-ups per server and month, engine.rollup) and
+invoiced revenue per month; a fixed number of queries."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..models import Invoice, Problem, Server, Usage
+from ..models import Invoice, Problem, Server, UsageRollup
 from .periods import last_months
 
 __all__ = [
@@ -121,13 +122,14 @@ def usage_by_month(session: Session, today: date, server_id: int | None = None,
     """Messages and recipients per month over the last ``months`` months (fleet, or one
     server), every month present (0 when nothing was logged)."""
     wanted = last_months(today, months)
+    r = UsageRollup
     query = (
-        sa.select(Usage.period, sa.func.sum(Usage.messages), sa.func.sum(Usage.recipients))
-        .where(Usage.period >= wanted[0], Usage.period <= wanted[-1])
-        .group_by(Usage.period)
+        sa.select(r.period, sa.func.sum(r.messages), sa.func.sum(r.recipients))
+        .where(r.period >= wanted[0], r.period <= wanted[-1])
+        .group_by(r.period)
     )
     if server_id is not None:
-        query = query.where(Usage.server_id == server_id)
+        query = query.where(r.server_id == server_id)
     got = {period: (int(m or 0), int(r or 0)) for period, m, r in session.execute(query)}
     return [MonthUsage(m, *got.get(m, (0, 0))) for m in wanted]
 
@@ -136,12 +138,13 @@ def usage_by_server(session: Session, today: date, months: int = 12
                     ) -> list[tuple[int, str, int, int]]:
     """Per active server: messages and recipients over the last ``months`` months."""
     wanted = last_months(today, months)
-    messages = sa.func.coalesce(sa.func.sum(Usage.messages), 0).label("messages")
+    r = UsageRollup
+    messages = sa.func.coalesce(sa.func.sum(r.messages), 0).label("messages")
     rows = session.execute(
         sa.select(Server.id, Server.name, messages,
-                  sa.func.coalesce(sa.func.sum(Usage.recipients), 0))
-        .outerjoin(Usage, sa.and_(Usage.server_id == Server.id, Usage.period >= wanted[0],
-                                  Usage.period <= wanted[-1]))
+                  sa.func.coalesce(sa.func.sum(r.recipients), 0))
+        .outerjoin(r, sa.and_(r.server_id == Server.id, r.period >= wanted[0],
+                              r.period <= wanted[-1]))
         .where(Server.active.is_(True))
         .group_by(Server.id, Server.name).order_by(sa.desc("messages"), Server.name)
     ).all()

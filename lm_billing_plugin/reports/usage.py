@@ -1,5 +1,7 @@
 """The Usage report: messages, recipients, bytes and message units per server, site, list,
 customer or billing group over whole months; one grouped query per page, one for the trend.
+Per server and the trend read the roll-ups (engine.rollup: a row per server and month), not
+every list's row; the per-list dimensions read Usage through its index by month.
 
 Owners (customer, group) and the plan that sizes message units are those of the assignment in
 force on the report's last day, the most specific one winning (a list's own over its site's
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
@@ -28,6 +30,7 @@ from ..models import (
     Server,
     Site,
     Usage,
+    UsageRollup,
 )
 from .periods import add_months
 
@@ -100,8 +103,78 @@ def _owner_joins(stmt: sa.Select[Any], day: date) -> tuple[sa.Select[Any], Any]:
     return stmt, sa.func.coalesce(by_list.group_id, by_site.group_id, by_server.group_id)
 
 
-def _grouped(q: UsageQuery, *, with_total: bool) -> sa.Select[Any]:
-    """One row per group of ``q.by`` with its sums (and the number of groups, for paging)."""
+def _per_server(q: UsageQuery, smallest: int | None, *, with_total: bool) -> sa.Select[Any]:
+    """By server, from the roll-ups (a row per server and month, engine.rollup): messages,
+    recipients and bytes summed; units = recipients plus what sizes add over them. Sizes add
+    only on lists of a Standard plan with a Max Message Size whose bytes per recipient exceed
+    it: Usage rows with kb_per_recipient >= ``smallest`` such size, read through that index
+    alone (the month is checked on those rows, not looked up: a month holds every list)."""
+    r = UsageRollup
+    totals = (
+        sa.select(r.server_id, sa.func.sum(r.messages).label("messages"),
+                  sa.func.sum(r.recipients).label("recipients"),
+                  sa.func.sum(r.bytes).label("bytes"))
+        .where(r.period >= q.first, r.period <= q.last)
+        .group_by(r.server_id)
+    )
+    if q.server_id is not None:
+        totals = totals.where(r.server_id == q.server_id)
+    totals_q = totals.subquery("totals")
+    units: Any = sa.cast(totals_q.c.recipients, sa.Numeric(24, 6))
+    stmt: sa.Select[Any] = cast("sa.Select[Any]", (
+        sa.select(Server.id.label("server_id"), Server.name.label("server"))
+        .select_from(totals_q)
+        .join(Server, Server.id == totals_q.c.server_id)
+    ))
+    if smallest is not None:
+        plan = aliased(HostingPlan)
+        kb = plan.max_message_size_kb
+        per_size = sa.cast(Usage.bytes, sa.Numeric(24, 6)) / (kb * 1024)
+        # COALESCE: no index by month here (SQLite's planner would take it over the size's).
+        month = sa.func.coalesce(Usage.period, Usage.period)
+        base = cast("sa.Select[Any]", (
+            sa.select(MailingList.server_id,
+                      sa.func.sum(per_size - sa.cast(Usage.recipients, sa.Numeric(24, 6)))
+                      .label("extra"))
+            .select_from(Usage)
+            .join(MailingList, MailingList.id == Usage.list_id)
+        ))
+        heavy, group_id = _owner_joins(base, _last_day(q.last))
+        heavy = (
+            heavy.join(BillingGroup, BillingGroup.id == group_id)
+            .join(plan, plan.id == BillingGroup.plan_id)
+            .where(Usage.kb_per_recipient >= smallest, month >= q.first, month <= q.last,
+                   kb > 0, plan.billing_method == "standard", per_size > Usage.recipients)
+            .group_by(MailingList.server_id)
+        )
+        if q.server_id is not None:
+            heavy = heavy.where(MailingList.server_id == q.server_id)
+        extra_q = heavy.subquery("extra")
+        stmt = stmt.outerjoin(extra_q, extra_q.c.server_id == totals_q.c.server_id)
+        units = units + sa.func.coalesce(extra_q.c.extra, 0)
+    extra = [sa.func.count().over().label("total")] if with_total else []
+    stmt = stmt.add_columns(
+        totals_q.c.messages.label("messages"), totals_q.c.recipients.label("recipients"),
+        totals_q.c.bytes.label("bytes"), units.label("units"), *extra)
+    sort_by: Any = {"name": Server.name, "messages": totals_q.c.messages,
+                    "recipients": totals_q.c.recipients, "bytes": totals_q.c.bytes,
+                    "units": units}[q.sort]
+    order = sort_by.desc() if q.descending else sort_by.asc()
+    return stmt.order_by(order, Server.id, Server.name)
+
+
+def smallest_size(session: Session) -> int | None:
+    """The smallest Max Message Size (KB) of a Standard plan: below it no size counts."""
+    return session.scalar(
+        sa.select(sa.func.min(HostingPlan.max_message_size_kb))
+        .where(HostingPlan.billing_method == "standard", HostingPlan.max_message_size_kb > 0))
+
+
+def _grouped(session: Session, q: UsageQuery, *, with_total: bool) -> sa.Select[Any]:
+    """One row per group of ``q.by`` with its sums (and the number of groups, for paging).
+    By server it reads the smallest plan size first (one more, small, statement)."""
+    if q.by == "server":
+        return _per_server(q, smallest_size(session), with_total=with_total)
     plan = aliased(HostingPlan)
     kb = plan.max_message_size_kb
     # Units per list and month, as billing counts them (see the module docstring).
@@ -174,32 +247,36 @@ def _row(r: Any, by: str) -> UsageRow:
 def usage_page(session: Session, q: UsageQuery, *, offset: int, limit: int
                ) -> tuple[list[UsageRow], int]:
     """One page of rows and the number of rows in all: one statement."""
-    rows = session.execute(_grouped(q, with_total=True).offset(offset).limit(limit)).all()
+    rows = session.execute(_grouped(session, q, with_total=True)
+                           .offset(offset).limit(limit)).all()
     total = int(rows[0].total) if rows else 0
     return [_row(r, q.by) for r in rows], total
 
 
 def usage_count(session: Session, q: UsageQuery) -> int:
     """How many rows the report has (for a page number past the end)."""
-    inner = _grouped(q, with_total=False).order_by(None).subquery("grouped")
+    inner = _grouped(session, q, with_total=False).order_by(None).subquery("grouped")
     return int(session.scalar(sa.select(sa.func.count()).select_from(inner)) or 0)
 
 
 def usage_rows(session: Session, q: UsageQuery) -> Iterator[UsageRow]:
     """Every row, streamed (for the CSV): one statement, fetched in chunks."""
-    result = session.execute(_grouped(q, with_total=False).execution_options(yield_per=2000))
+    result = session.execute(_grouped(session, q, with_total=False)
+                             .execution_options(yield_per=2000))
     for r in result:
         yield _row(r, q.by)
 
 
 def usage_trend(session: Session, q: UsageQuery, months: list[date]
                 ) -> dict[date, tuple[int, int]]:
-    """Messages and recipients per month over ``months`` (same server filter)."""
+    """Messages and recipients per month over ``months`` (same server filter), from the
+    roll-ups."""
+    r = UsageRollup
     stmt = (
-        sa.select(Usage.period, sa.func.sum(Usage.messages), sa.func.sum(Usage.recipients))
-        .where(Usage.period >= months[0], Usage.period <= months[-1])
-        .group_by(Usage.period)
+        sa.select(r.period, sa.func.sum(r.messages), sa.func.sum(r.recipients))
+        .where(r.period >= months[0], r.period <= months[-1])
+        .group_by(r.period)
     )
     if q.server_id is not None:
-        stmt = stmt.where(Usage.server_id == q.server_id)
+        stmt = stmt.where(r.server_id == q.server_id)
     return {p: (int(m or 0), int(r or 0)) for p, m, r in session.execute(stmt)}

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
+from ..engine.rollup import rebuild_rollups
 from ..extension import LMBilling
 from ..models import (
     Assignment,
@@ -76,6 +77,7 @@ def build(path: Path, lists: int) -> Flask:
         s.execute(sa.insert(Usage), [
             {"server_id": sid, "list_id": lid, "period": month, "messages": lid % 7,
              "recipients": lid % 700, "bytes": (lid % 700) * 40_000} for lid, sid in ids])
+        rebuild_rollups(s)  # what the syncs would have written with these rows
         s.commit()
     return app
 

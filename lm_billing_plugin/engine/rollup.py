@@ -1,0 +1,81 @@
+"""Roll-ups of usage: one row per server and month with the sums of its Usage rows
+(models.UsageRollup), written in the transaction that writes those rows, so the Overview and
+the fleet- and server-level reports read a row per server instead of one per list.
+
+``write_rollup`` is engine.store's: a sync has just read every Usage row of the server and
+month, so it writes the totals it knows (one statement). ``rebuild_rollups`` recomputes them
+set-based from Usage, for writers that insert Usage rows directly (tests, benchmarks, imports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import date, datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from ..models import Usage, UsageRollup, utcnow
+
+__all__ = ["rebuild_rollups", "rollup_select", "write_rollup"]
+
+ROLLUP = cast(sa.Table, UsageRollup.__table__)
+USAGE = cast(sa.Table, Usage.__table__)
+_SUMS = ("lists", "messages", "recipients", "bytes", "updated_at")
+
+
+def write_rollup(session: Session, server_id: int, period: date,
+                 figures: Iterable[tuple[int, int, int]], now: datetime) -> None:
+    """Set the (server, period) row to the totals of ``figures`` — (messages, recipients,
+    bytes) of EVERY Usage row of that server and month, as they are after this write."""
+    rows = list(figures)
+    values: dict[str, Any] = {
+        "server_id": server_id, "period": period, "lists": len(rows),
+        "messages": sum(r[0] for r in rows), "recipients": sum(r[1] for r in rows),
+        "bytes": sum(r[2] for r in rows), "updated_at": now,
+    }
+    name = session.get_bind().dialect.name
+    stmt: Any
+    if name in ("mysql", "mariadb"):
+        stmt = mysql.insert(ROLLUP).values(values)
+        stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in _SUMS})
+    elif name in ("postgresql", "sqlite"):
+        stmt = (postgresql if name == "postgresql" else sqlite).insert(ROLLUP).values(values)
+        stmt = stmt.on_conflict_do_update(index_elements=["server_id", "period"],
+                                          set_={c: stmt.excluded[c] for c in _SUMS})
+    else:  # portable fallback: the server's lease keeps a second writer away
+        session.execute(ROLLUP.delete().where(ROLLUP.c.server_id == server_id,
+                                              ROLLUP.c.period == period))
+        stmt = ROLLUP.insert().values(values)
+    session.execute(stmt)
+
+
+def rollup_select(usage: Any = USAGE) -> sa.Select[Any]:
+    """(server_id, period, lists, messages, recipients, bytes) per server and month of
+    ``usage`` (the table, or a table clause naming its columns, as the migration does)."""
+    return (
+        sa.select(usage.c.server_id, usage.c.period, sa.func.count().label("lists"),
+                  sa.func.coalesce(sa.func.sum(usage.c.messages), 0).label("messages"),
+                  sa.func.coalesce(sa.func.sum(usage.c.recipients), 0).label("recipients"),
+                  sa.func.coalesce(sa.func.sum(usage.c.bytes), 0).label("bytes"))
+        .group_by(usage.c.server_id, usage.c.period)
+    )
+
+
+def rebuild_rollups(session: Session, server_ids: Collection[int] | None = None,
+                    *, now: datetime | None = None) -> None:
+    """Recompute the roll-ups (of ``server_ids``, or all) from Usage: two statements. Does
+    not commit."""
+    delete = ROLLUP.delete()
+    select = rollup_select()
+    if server_ids is not None:
+        delete = delete.where(ROLLUP.c.server_id.in_(list(server_ids)))
+        select = select.where(USAGE.c.server_id.in_(list(server_ids)))
+    stamp = now or utcnow()
+    select = select.add_columns(sa.literal(stamp, ROLLUP.c.updated_at.type).label("updated_at"))
+    session.execute(delete)
+    session.execute(ROLLUP.insert().from_select(
+        ["server_id", "period", "lists", "messages", "recipients", "bytes", "updated_at"],
+        select))
