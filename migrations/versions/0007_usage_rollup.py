@@ -3,8 +3,8 @@ with the usage rows; Usage indexed by month, and by KB per recipient (the few ro
 can count more message units than recipients). The upgrade fills both from the Usage rows
 there are, set-based; the downgrade drops them.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-10 10:00:00.000000
 
 Self-contained on purpose, like 0001: no import of the plugin's models.
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
