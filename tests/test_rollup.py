@@ -121,7 +121,7 @@ def test_rollups_equal_the_usage_rows_through_syncs(make_app: Callable[..., Flas
 
 def test_migration_backfills_rollups_from_existing_usage(bare_app: Flask) -> None:  # noqa: F811
     engine = engine_of(bare_app)
-    upgrade(bare_app, "0005")
+    upgrade(bare_app, "0006")
     with engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO lm_billing_server (id, name, host, port, comments, active, status, "
@@ -150,7 +150,7 @@ def test_migration_backfills_rollups_from_existing_usage(bare_app: Flask) -> Non
     assert rolled == {date(2026, 1, 1): (2, 4, 10, 10 * 300 * 1024 + 5000),
                       date(2026, 2, 1): (1, 2, 4, 100)}
     assert [k[2] for k in kbs] == [300, 0, usage_kb_per_recipient(5000, 0)]
-    downgrade(bare_app, "0005")
+    downgrade(bare_app, "0006")
     assert "lm_billing_usage_rollup" not in sa.inspect(engine).get_table_names()
 
 
