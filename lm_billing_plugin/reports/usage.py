@@ -130,10 +130,12 @@ def _per_server(q: UsageQuery, smallest: int | None, *, with_total: bool) -> sa.
         plan = aliased(HostingPlan)
         kb = plan.max_message_size_kb
         per_size = sa.cast(Usage.bytes, sa.Numeric(24, 6)) / (kb * 1024)
-        # COALESCE: no index by month here (SQLite's planner would take it over the size's).
+        # COALESCE: no index by month or server here (SQLite's planner, without statistics,
+        # would walk every row of the month or every list in server order instead).
         month = sa.func.coalesce(Usage.period, Usage.period)
+        server = sa.func.coalesce(Usage.server_id, 0).label("server_id")
         base = cast("sa.Select[Any]", (
-            sa.select(MailingList.server_id,
+            sa.select(server,
                       sa.func.sum(per_size - sa.cast(Usage.recipients, sa.Numeric(24, 6)))
                       .label("extra"))
             .select_from(Usage)
@@ -145,10 +147,10 @@ def _per_server(q: UsageQuery, smallest: int | None, *, with_total: bool) -> sa.
             .join(plan, plan.id == BillingGroup.plan_id)
             .where(Usage.kb_per_recipient >= smallest, month >= q.first, month <= q.last,
                    kb > 0, plan.billing_method == "standard", per_size > Usage.recipients)
-            .group_by(MailingList.server_id)
+            .group_by(server)
         )
         if q.server_id is not None:
-            heavy = heavy.where(MailingList.server_id == q.server_id)
+            heavy = heavy.where(server == q.server_id)
         extra_q = heavy.subquery("extra")
         stmt = stmt.outerjoin(extra_q, extra_q.c.server_id == totals_q.c.server_id)
         units = units + sa.func.coalesce(extra_q.c.extra, 0)
