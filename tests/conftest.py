@@ -81,6 +81,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     reset_schema(url)
 
 
+# Every app build_app made, so each test's engines are disposed at its end (an unclosed SQLite
+# connection is a ResourceWarning, an error here, whenever the collector finds it later).
+_BUILT: list[Flask] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_built_apps() -> Iterator[None]:
+    yield
+    while _BUILT:
+        built = _BUILT.pop()
+        with built.app_context():
+            for engine in built.extensions["sqlalchemy"].engines.values():
+                engine.dispose()
+
+
 def build_app(
     db_url: str, *, permission_check: Any = "allow", create_tables: bool = True, **config: Any
 ) -> Flask:
@@ -103,6 +118,7 @@ def build_app(
     if create_tables:
         with app.app_context():
             Base.metadata.create_all(db.engine)
+    _BUILT.append(app)
     return app
 
 
