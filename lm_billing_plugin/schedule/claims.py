@@ -85,6 +85,10 @@ def db_now(session: Session) -> datetime:
     elif name in ("mysql", "mariadb"):
         value = session.scalar(sa.text("SELECT UTC_TIMESTAMP(6)"))
     if not isinstance(value, datetime):
+        # SQLite: begin the transaction first (BEGIN IMMEDIATE in a write block, which waits
+        # for the write lock), so the time is read once this transaction's turn has come and
+        # timestamps follow the order in which writers really held the database.
+        session.connection()
         return utcnow()
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
