@@ -3,7 +3,8 @@ record (customer_create / customer_update / customer_activate / customer_deactiv
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
 from typing import Any, Final
@@ -18,7 +19,7 @@ from ..state import get_state
 from .names import NAME_KINDS, DuplicateName, check_name, conflict_message
 
 __all__ = ["CUSTOMER_FIELDS", "CatalogError", "check_unique_name", "create_customer", "jsonable",
-           "name_conflict", "update_customer"]
+           "saving", "update_customer"]
 
 CUSTOMER_FIELDS: Final = ("company", "contact_name", "email", "is_active", "payment_method",
                           "notes", "start_date", "end_date", "additional_emails",
@@ -45,12 +46,21 @@ def check_unique_name(session: Session, kind: str, name: str, **where: Any) -> N
         raise CatalogError(str(exc), exc.field) from None
 
 
-def name_conflict(exc: sa.exc.DBAPIError, kind: str) -> CatalogError | None:
-    """A unique-key refusal (a row of this name saved a moment ago by another writer) as the
-    same field error; None for any other database error."""
-    if not is_conflict(exc):
-        return None
-    return CatalogError(conflict_message(kind), NAME_KINDS[kind][3])
+@contextmanager
+def saving(session: Session, kind: str) -> Iterator[None]:
+    """One catalog change (create or update, committed inside): rolled back on any error,
+    and a unique-key refusal (a row of this name saved a moment ago by another writer)
+    raised as the same field error as the name check's."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        session.rollback()
+        if not is_conflict(exc):
+            raise
+        raise CatalogError(conflict_message(kind), NAME_KINDS[kind][3]) from None
+    except BaseException:
+        session.rollback()
+        raise
 
 
 def jsonable(value: Any) -> Any:
@@ -91,7 +101,7 @@ def create_customer(values: Mapping[str, Any], *, actor: str) -> Customer:
     """A new customer from ``values`` (CUSTOMER_FIELDS); commits. Raises CatalogError
     (field "company" when another customer has the name, ignoring case and spaces)."""
     session = get_state().session
-    try:
+    with saving(session, "customer"):
         customer = Customer(is_active=True)
         changes = apply_values(customer, values, CUSTOMER_FIELDS)
         _check(customer)
@@ -101,15 +111,6 @@ def create_customer(values: Mapping[str, Any], *, actor: str) -> Customer:
         audit.record(session, actor=actor, action="customer_create", object_type="customer",
                      object_id=customer.id, detail=changes)
         session.commit()
-    except sa.exc.DBAPIError as exc:
-        session.rollback()
-        conflict = name_conflict(exc, "customer")
-        if conflict is None:
-            raise
-        raise conflict from None
-    except BaseException:
-        session.rollback()
-        raise
     return customer
 
 
@@ -118,7 +119,7 @@ def update_customer(customer: Customer, values: Mapping[str, Any], *, actor: str
     """Apply ``values`` and record what changed; commits. Returns (audit action, changes);
     action is "" when nothing changed."""
     session = get_state().session
-    try:
+    with saving(session, "customer"):
         if "company" in values:
             # Before the row changes: only a name that changes is checked (catalog.names).
             check_unique_name(session, "customer", str(values["company"] or ""),
@@ -134,13 +135,4 @@ def update_customer(customer: Customer, values: Mapping[str, Any], *, actor: str
         audit.record(session, actor=actor, action=action, object_type="customer",
                      object_id=customer.id, detail=changes)
         session.commit()
-    except sa.exc.DBAPIError as exc:
-        session.rollback()
-        conflict = name_conflict(exc, "customer")
-        if conflict is None:
-            raise
-        raise conflict from None
-    except BaseException:
-        session.rollback()
-        raise
     return action, changes

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from .. import audit
 from ..models import BillingGroup, Customer, GroupPlan, HostingPlan, name_key, utcnow
 from ..state import get_state
-from .customers import CatalogError, apply_values, check_unique_name, name_conflict
+from .customers import CatalogError, apply_values, check_unique_name, saving
 
 __all__ = ["GROUP_FIELDS", "create_group", "find_customer", "find_group", "plan_history",
            "set_group_plan", "update_group"]
@@ -130,7 +130,7 @@ def create_group(customer: Customer, values: Mapping[str, Any], *, actor: str) -
     CatalogError (field "name" when the customer has a group of this name, ignoring case and
     spaces)."""
     session = get_state().session
-    try:
+    with saving(session, "group"):
         fields = dict(values)
         if not str(fields.get("name", "")).strip():
             raise CatalogError("enter the billing group's name", "name")
@@ -150,15 +150,6 @@ def create_group(customer: Customer, values: Mapping[str, Any], *, actor: str) -
         audit.record(session, actor=actor, action="group_create", object_type="group",
                      object_id=group.id, detail={"customer_id": customer.id, **changes})
         session.commit()
-    except sa.exc.DBAPIError as exc:
-        session.rollback()
-        conflict = name_conflict(exc, "group")
-        if conflict is None:
-            raise
-        raise conflict from None
-    except BaseException:
-        session.rollback()
-        raise
     return group
 
 
@@ -168,7 +159,7 @@ def update_group(group: BillingGroup, values: Mapping[str, Any], *, actor: str
     Returns what changed ({} = nothing). Raises CatalogError (field "name" for a name
     another group of the customer has, else the plan field it is about)."""
     session = get_state().session
-    try:
+    with saving(session, "group"):
         fields = dict(values)
         if "name" in fields:
             if not str(fields["name"] or "").strip():
@@ -198,13 +189,4 @@ def update_group(group: BillingGroup, values: Mapping[str, Any], *, actor: str
         audit.record(session, actor=actor, action="group_update", object_type="group",
                      object_id=group.id, detail=changes)
         session.commit()
-    except sa.exc.DBAPIError as exc:
-        session.rollback()
-        conflict = name_conflict(exc, "group")
-        if conflict is None:
-            raise
-        raise conflict from None
-    except BaseException:
-        session.rollback()
-        raise
     return changes
