@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,19 +82,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     reset_schema(url)
 
 
-# Every app build_app made, so each test's engines are disposed at its end (an unclosed SQLite
-# connection is a ResourceWarning, an error here, whenever the collector finds it later).
-_BUILT: list[Flask] = []
+# Every engine a test connected through (apps of build_app, the demo's, the login host's, a
+# test's own) is disposed at the test's end: an idle SQLite connection left for the collector is
+# a ResourceWarning on Python 3.13, an error here, raised in whichever later test the collector
+# happens to run. In-memory SQLite is left alone (disposing it would drop its data).
+_ENGINES: weakref.WeakSet[sa.engine.Engine] = weakref.WeakSet()
+
+
+@sa.event.listens_for(sa.engine.Engine, "engine_connect")
+def _remember_engine(connection: sa.engine.Connection) -> None:
+    engine = connection.engine
+    _ENGINES.add(getattr(engine, "_proxied", engine))  # an execution_options() copy: its parent
+
+
+def _in_memory(engine: sa.engine.Engine) -> bool:
+    url = engine.url
+    return url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory")
 
 
 @pytest.fixture(autouse=True)
-def _dispose_built_apps() -> Iterator[None]:
+def _dispose_engines() -> Iterator[None]:
     yield
-    while _BUILT:
-        built = _BUILT.pop()
-        with built.app_context():
-            for engine in built.extensions["sqlalchemy"].engines.values():
-                engine.dispose()
+    for engine in list(_ENGINES):
+        if not _in_memory(engine):
+            engine.dispose()
+    _ENGINES.clear()
 
 
 def build_app(
@@ -118,24 +132,17 @@ def build_app(
     if create_tables:
         with app.app_context():
             Base.metadata.create_all(db.engine)
-    _BUILT.append(app)
     return app
 
 
 @pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
-    """Factory for host apps on SQLite in tmp_path; disposes their engines afterwards."""
-    made: list[Flask] = []
+def make_app(tmp_path: Path) -> Callable[..., Flask]:
+    """Factory for host apps on SQLite in tmp_path (their engines are disposed afterwards)."""
 
     def make(db_url: str | None = None, **kwargs: Any) -> Flask:
-        app = build_app(db_url or f"sqlite:///{tmp_path / 'billing.sqlite'}", **kwargs)
-        made.append(app)
-        return app
+        return build_app(db_url or f"sqlite:///{tmp_path / 'billing.sqlite'}", **kwargs)
 
-    yield make
-    for app in made:
-        with app.app_context():
-            app.extensions["sqlalchemy"].engine.dispose()
+    return make
 
 
 @pytest.fixture
