@@ -250,3 +250,27 @@ def test_counts_follow_the_locale(tmp_path: Path) -> None:
         with force_locale("de"):
             assert format_number(1234567) == "1.234.567"
             assert format_money(1234.5) == "1.234,50"
+
+
+def test_the_default_bill_period_and_assignment_day_follow_the_billing_zone(tmp_path: Path) -> None:
+    """Run Billing's default period and an assignment's default start are billing days
+    (LM_BILLING_BILLING_TIMEZONE), not the server's UTC date: at UTC+14 and UTC-12 the days
+    are always apart, and each app's default follows its own zone."""
+    from zoneinfo import ZoneInfo
+
+    from lm_billing_plugin import LMBilling
+    from lm_billing_plugin.billing.runs import last_month
+    from lm_billing_plugin.state import get_state
+
+    days = {}
+    for zone in ("Etc/GMT-14", "Etc/GMT+12"):
+        app = Flask(f"zone_{zone.replace('/', '_')}")
+        app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/{len(days)}.sqlite",
+                          TESTING=True, LM_BILLING_BILLING_TIMEZONE=zone)
+        LMBilling(app)
+        with app.app_context():
+            today = get_state().settings.billing_today()
+            assert today == datetime.now(ZoneInfo(zone)).date()
+            assert last_month() == last_month(today)
+            days[zone] = today
+    assert days["Etc/GMT-14"] > days["Etc/GMT+12"]

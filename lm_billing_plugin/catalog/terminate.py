@@ -106,7 +106,7 @@ def terminate_lists(
     Removed lists may be terminated: that is what the placeholder is for.
     """
     session = get_state().session
-    end = end or utcnow().date()
+    end = end or get_state().settings.billing_today()
     wanted = sorted(set(list_ids))
     if not wanted:
         raise AssignmentError("tick the lists to terminate first")
