@@ -9,6 +9,7 @@ Outside an app context every function returns the English text, formatted.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,32 @@ def N_(string: str) -> str:
     str where it is defined (menu labels a host portal also reads) and translated where
     it is shown, with ``gettext(value)`` in Python or ``{{ gettext(value) }}`` in a page."""
     return string
+
+
+class Words(Mapping[str, str]):
+    """A view's table of words for codes (status, kind, outcome...), translated when read.
+
+    The table is built at import time, before any request knows its locale, so it holds the
+    English (marked with :func:`N_` for the catalog) and looks each value up in the catalog
+    at the moment a page reads it: ``WORDS[code]`` and ``WORDS.get(code, code)`` give the
+    viewer's language, and the English unchanged outside a request. Callers keep reading it
+    as the plain ``dict[str, str]`` it was."""
+
+    def __init__(self, words: Mapping[str, str]) -> None:
+        self._words = dict(words)
+
+    def __getitem__(self, key: str) -> str:
+        return gettext(self._words[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._words)
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    def english(self, key: str, default: str = "") -> str:
+        """The source (English) words, for output that must not follow the viewer (logs)."""
+        return self._words.get(key, default)
 
 
 def translate(text: Any) -> str:

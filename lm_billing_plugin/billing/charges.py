@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from .. import audit
 from ..catalog.names import DuplicateName, check_name, conflict_message
 from ..engine.store import is_conflict
-from ..models import AdditionalCharge, BillingGroup, ChargeAssignment, Invoice, utcnow
+from ..models import AdditionalCharge, BillingGroup, ChargeAssignment, Invoice
 from ..state import get_state
 
 __all__ = [
@@ -299,7 +299,7 @@ def end_group_charge(group_charge_id: int, *, end: date | None, actor: str) -> C
     row = session.get(ChargeAssignment, group_charge_id)
     if row is None:
         raise LookupError(f"there is no group charge {group_charge_id}")
-    end = end or utcnow().date()
+    end = end or get_state().settings.billing_today()
     if end < row.start_date:
         raise ChargeInputError({"end": [
             f"The end date must not be before the start date {row.start_date.isoformat()}."]})

@@ -16,8 +16,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from string import Template
 from types import BuiltinMethodType, FrameType, MethodType
 from typing import Any
 
@@ -31,6 +32,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from ..i18n import N_, Words, gettext
 from ..models import Customer, Invoice, InvoiceLine, InvoiceTemplate
 
 __all__ = [
@@ -46,7 +48,7 @@ __all__ = [
     "template_source",
 ]
 
-KIND_LABELS = {"email": "Email Invoice Template", "web": "Web Invoice Template"}
+KIND_LABELS = Words({"email": N_("Email Invoice Template"), "web": N_("Web Invoice Template")})
 
 # The bounds. A real invoice template needs a fraction of each.
 MAX_SOURCE = 100_000  # characters of template source
@@ -207,20 +209,35 @@ class _SampleLine:
     amount: Decimal
 
 
+def _billing_today() -> date:
+    """Today where billing days start (LM_BILLING_BILLING_TIMEZONE) in an app; UTC outside."""
+    from flask import has_app_context
+
+    from ..state import get_state
+
+    if has_app_context():
+        return get_state().settings.billing_today()
+    return datetime.now(UTC).date()
+
+
 def sample_context(customer: Customer | None = None, currency: str = "USD") -> InvoiceContext:
     """An invoice built in memory for the preview when no invoice exists yet."""
     lines = [
-        _SampleLine("Newsletters", "plan", "Gold plan", Decimal("1"), Decimal("19.95"),
+        _SampleLine(gettext("Newsletters"), "plan", gettext("Gold plan"), Decimal("1"),
+                    Decimal("19.95"),
                     Decimal("19.95")),
-        _SampleLine("Newsletters", "overage", "Overage: 12.5 thousand message units",
+        _SampleLine(gettext("Newsletters"), "overage",
+                    gettext("Overage: 12.5 thousand message units"),
                     Decimal("12.5"), Decimal("0.45"), Decimal("5.63")),
-        _SampleLine("Newsletters", "charge", "Setup Fee", Decimal("1"), Decimal("50"),
+        _SampleLine(gettext("Newsletters"), "charge", gettext("Setup Fee"), Decimal("1"),
+                    Decimal("50"),
                     Decimal("50.00")),
-        _SampleLine("Announcements", "plan", "Basic plan", Decimal("0.484"), Decimal("10"),
+        _SampleLine(gettext("Announcements"), "plan", gettext("Basic plan"), Decimal("0.484"),
+                    Decimal("10"),
                     Decimal("4.84")),
     ]
     groups, other = _group_lines(lines)
-    today = date.today()
+    today = _billing_today()
     start = today.replace(day=1)
     return InvoiceContext(
         number=f"{today.year}-00000",
@@ -230,7 +247,7 @@ def sample_context(customer: Customer | None = None, currency: str = "USD") -> I
         issued=today.isoformat(),
         currency=currency,
         customer=CustomerData(
-            company=customer.company if customer else "Example Publishing",
+            company=customer.company if customer else gettext("Example Publishing"),
             contact_name=customer.contact_name if customer else "Pat Example",
             email=customer.email if customer else "billing@example.com",
             additional_emails=customer.additional_emails if customer else "",
@@ -246,36 +263,41 @@ def sample_context(customer: Customer | None = None, currency: str = "USD") -> I
 
 # --- The shipped defaults --------------------------------------------------------------------
 
-DEFAULT_EMAIL = """\
-Invoice {{ invoice.number }} for {{ invoice.customer.company }}
-Period: {{ invoice.period_start }} to {{ invoice.period_end }}
+# The defaults' words are translatable: the skeletons hold the markup, the words come from
+# the catalog in the viewer's language (default_source) -- built outside a request they are
+# the English below. A customer's own stored template is never translated: it stays as
+# written. The catalog's messages carry the Jinja expressions as %(...)s values, so a
+# translation can move them but never has to spell them.
+_EMAIL_SKELETON = """\
+$invoice_for
+$period
 
-Dear {{ invoice.customer.contact_name or invoice.customer.company }},
+$dear
 
-here is your invoice for list hosting.
+$here_is
 {% for group in invoice.groups %}
 {{ group.name }}
 {% for line in group.lines %}  {{ line.description }}: {{ line.quantity }} x \
 {{ line.unit_price }} = {{ line.amount }}
-{% endfor %}  Subtotal: {{ group.subtotal }}
+{% endfor %}  $subtotal
 {% endfor %}{% for line in invoice.other_lines %}
 {{ line.description }}: {{ line.amount }}
 {% endfor %}
-Total: {{ invoice.currency }} {{ invoice.total }}
+$total
 
-Thank you for your business.
+$thanks
 """
 
-DEFAULT_WEB = """\
+_WEB_SKELETON = """\
 <!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Invoice {{ invoice.number }}</title></head>
+<html lang="$lang">
+<head><meta charset="utf-8"><title>$invoice</title></head>
 <body>
-<h1>Invoice {{ invoice.number }}</h1>
+<h1>$invoice</h1>
 <p>{{ invoice.customer.company }}<br>{{ invoice.customer.contact_name }}</p>
-<p>Period: {{ invoice.period_start }} to {{ invoice.period_end }} · Issued {{ invoice.issued }}</p>
+<p>$period_issued</p>
 <table>
-<thead><tr><th>Description</th><th>Quantity</th><th>Unit price</th><th>Amount</th></tr></thead>
+<thead><tr><th>$description</th><th>$quantity</th><th>$unit_price</th><th>$amount</th></tr></thead>
 {% for group in invoice.groups %}
 <tbody>
 <tr><th colspan="4">{{ group.name }}</th></tr>
@@ -283,18 +305,68 @@ DEFAULT_WEB = """\
 <tr><td>{{ line.description }}</td><td>{{ line.quantity }}</td>
 <td>{{ line.unit_price }}</td><td>{{ line.amount }}</td></tr>
 {% endfor %}
-<tr><td colspan="3">Subtotal</td><td>{{ group.subtotal }}</td></tr>
+<tr><td colspan="3">$subtotal_word</td><td>{{ group.subtotal }}</td></tr>
 </tbody>
 {% endfor %}
 {% for line in invoice.other_lines %}
 <tr><td colspan="3">{{ line.description }}</td><td>{{ line.amount }}</td></tr>
 {% endfor %}
-<tfoot><tr><th colspan="3">Total ({{ invoice.currency }})</th>
+<tfoot><tr><th colspan="3">$total_currency</th>
 <td>{{ invoice.total }}</td></tr></tfoot>
 </table>
 </body>
 </html>
 """
+
+
+def _email_words() -> dict[str, str]:
+    return {
+        "invoice_for": gettext("Invoice %(number)s for %(company)s",
+                               number="{{ invoice.number }}",
+                               company="{{ invoice.customer.company }}"),
+        "period": gettext("Period: %(start)s to %(end)s", start="{{ invoice.period_start }}",
+                          end="{{ invoice.period_end }}"),
+        "dear": gettext("Dear %(name)s,",
+                        name="{{ invoice.customer.contact_name or invoice.customer.company }}"),
+        "here_is": gettext("here is your invoice for list hosting."),
+        "subtotal": gettext("Subtotal: %(amount)s", amount="{{ group.subtotal }}"),
+        "total": gettext("Total: %(currency)s %(amount)s", currency="{{ invoice.currency }}",
+                         amount="{{ invoice.total }}"),
+        "thanks": gettext("Thank you for your business."),
+    }
+
+
+def _web_words() -> dict[str, str]:
+    return {
+        # The page's language code, as the catalog's language names itself ("de" in German).
+        "lang": gettext("en"),
+        "invoice": gettext("Invoice %(number)s", number="{{ invoice.number }}"),
+        "period_issued": gettext("Period: %(start)s to %(end)s · Issued %(day)s",
+                                 start="{{ invoice.period_start }}",
+                                 end="{{ invoice.period_end }}", day="{{ invoice.issued }}"),
+        "description": gettext("Description"),
+        "quantity": gettext("Quantity"),
+        "unit_price": gettext("Unit price"),
+        "amount": gettext("Amount"),
+        "subtotal_word": gettext("Subtotal"),
+        "total_currency": gettext("Total (%(currency)s)", currency="{{ invoice.currency }}"),
+    }
+
+
+def default_source(kind: str) -> str:
+    """The shipped default template of ``kind`` in the viewer's language (English outside a
+    request): what a customer without a template of their own gets, and what a new template
+    starts from."""
+    if kind == "email":
+        return Template(_EMAIL_SKELETON).substitute(_email_words())
+    if kind == "web":
+        return Template(_WEB_SKELETON).substitute(_web_words())
+    raise ValueError(f"unknown template kind {kind!r}")
+
+
+# The English defaults (the source language), as the tests and the docs quote them.
+DEFAULT_EMAIL = default_source("email")
+DEFAULT_WEB = default_source("web")
 
 DEFAULT_SOURCES = {"email": DEFAULT_EMAIL, "web": DEFAULT_WEB}
 
@@ -306,7 +378,7 @@ def template_choices(session: Session, kind: str) -> list[tuple[int, str]]:
         .where(InvoiceTemplate.kind == kind)
         .order_by(InvoiceTemplate.name, InvoiceTemplate.id)
     ).all()
-    return [(0, "Built-in default"), *((int(tid), name) for tid, name in rows)]
+    return [(0, gettext("Built-in default")), *((int(tid), name) for tid, name in rows)]
 
 
 def template_source(session: Session, kind: str, customer_id: int | None) -> str:
@@ -322,7 +394,7 @@ def template_source(session: Session, kind: str, customer_id: int | None) -> str
         )
         if body is not None:
             return str(body)
-    return DEFAULT_SOURCES[kind]
+    return default_source(kind)
 
 
 # --- The bounded sandbox ---------------------------------------------------------------------

@@ -101,8 +101,12 @@ class BillRunError(ValueError):
 
 
 def last_month(today: date | None = None) -> c.Period:
-    """The default period of Run Billing: the last whole calendar month."""
-    today = today or utcnow().date()
+    """The default period of Run Billing: the last whole calendar month, where billing days
+    start (LM_BILLING_BILLING_TIMEZONE); UTC outside an app."""
+    if today is None:
+        from flask import has_app_context
+
+        today = get_state().settings.billing_today() if has_app_context() else utcnow().date()
     end = today.replace(day=1) - timedelta(days=1)
     return c.Period(end.replace(day=1), end)
 

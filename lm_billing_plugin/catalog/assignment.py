@@ -80,7 +80,7 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
     AssignmentError (unknown group, objects not on this server or removed).
     """
     session = get_state().session
-    start = start or utcnow().date()
+    start = start or get_state().settings.billing_today()
     site_set = sorted(set(site_ids))
     list_set = sorted(set(list_ids))
     try:
@@ -171,7 +171,7 @@ def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = No
     alone. Raises GateError for a server that needs validating or syncing first.
     """
     session = get_state().session
-    end = end or utcnow().date()
+    end = end or get_state().settings.billing_today()
     table = ASSIGNMENT
     try:
         rows = session.execute(

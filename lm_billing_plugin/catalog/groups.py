@@ -108,7 +108,7 @@ def _plan_change(session: Session, group: BillingGroup, plan_id: int | None,
     with no plan (then the mirror says so too, though the history keeps the ended term)."""
     terms = plan_history(session, group.id)
     latest = terms[-1] if terms else None
-    today = utcnow().date()
+    today = get_state().settings.billing_today()
     if plan_id is None:
         # "No plan": a term not started yet never billed anything and goes; the one in
         # force ends yesterday (today is no longer billed).
@@ -142,7 +142,7 @@ def create_group(customer: Customer, values: Mapping[str, Any], *, actor: str) -
         session.add(group)
         session.flush()
         if plan_id is not None:
-            _add_term(session, group, plan_id, start or utcnow().date(), end)
+            _add_term(session, group, plan_id, start or get_state().settings.billing_today(), end)
             _mirror(session, group)
             changes.update({"plan_id": [None, plan_id],
                             "plan_start": [None, group.plan_start.isoformat()

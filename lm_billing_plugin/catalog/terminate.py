@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from .. import audit
 from ..engine.store import ASSIGNMENT, active_assignment, is_conflict
+from ..i18n import N_, gettext
 from ..models import (
     Assignment,
     BillingGroup,
@@ -105,7 +106,7 @@ def terminate_lists(
     Removed lists may be terminated: that is what the placeholder is for.
     """
     session = get_state().session
-    end = end or utcnow().date()
+    end = end or get_state().settings.billing_today()
     wanted = sorted(set(list_ids))
     if not wanted:
         raise AssignmentError("tick the lists to terminate first")
@@ -253,6 +254,7 @@ def deletion_blockers(session: Session, customer_id: int) -> list[str]:
         sa.select(sa.func.count(ChargeAssignment.id))
         .where(ChargeAssignment.group_id.in_(groups)).scalar_subquery(),
     )).one()
-    words = ("invoice(s)", "bill run entries", "assignment(s) (ended ones count too)",
-             "additional charge(s)")
-    return [f"{n} {w}" for n, w in zip(counts, words, strict=True) if n]
+    words = (N_("%(num)s invoice(s)"), N_("%(num)s bill run entries"),
+             N_("%(num)s assignment(s) (ended ones count too)"),
+             N_("%(num)s additional charge(s)"))
+    return [gettext(w, num=n) for n, w in zip(counts, words, strict=True) if n]

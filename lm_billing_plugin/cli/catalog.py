@@ -174,7 +174,9 @@ def groups_plan(customer_key: str, group_name: str, plan_key: str, start: Any,
     if plan is None:
         fail(f"there is no hosting plan {plan_key!r}; `flask lm-billing plans add` creates one")
     try:
-        set_group_plan(group, plan.id, _day(start) or date.today(), _day(end), actor=actor())
+        # The plan starts today where billing days start (LM_BILLING_BILLING_TIMEZONE).
+        start_day = _day(start) or get_state().settings.billing_today()
+        set_group_plan(group, plan.id, start_day, _day(end), actor=actor())
     except CatalogError as exc:
         fail(str(exc))
     echo(f"Group {group.name} of {customer.company}: plan {plan.name} from "

@@ -17,17 +17,19 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..engine.store import active_assignment
+from ..i18n import N_
 from ..models import Assignment, BillingGroup, Customer, HostingPlan, MailingList, Site
 
 __all__ = ["LIMITS", "NEAR", "LimitRow", "plan_limits"]
 
-# (plan column, label as ListManager names it, the group's figure that it limits)
+# (plan column, label as ListManager names it, the group's figure that it limits); the page
+# shows the label translated (gettext at display).
 LIMITS: Final = (
-    ("max_members", "Max Members", "members"),
-    ("max_members_per_list", "Max Members Per List", "largest_list"),
-    ("max_lists", "Max Lists", "lists"),
-    ("max_lists_per_site", "Max Lists Per Site", "fullest_site"),
-    ("max_sites", "Max Sites", "sites"),
+    ("max_members", N_("Max Members"), "members"),
+    ("max_members_per_list", N_("Max Members Per List"), "largest_list"),
+    ("max_lists", N_("Max Lists"), "lists"),
+    ("max_lists_per_site", N_("Max Lists Per Site"), "fullest_site"),
+    ("max_sites", N_("Max Sites"), "sites"),
 )
 NEAR: Final = 90  # per cent of a limit from which a group is "near" it
 

@@ -52,23 +52,27 @@ class RerunForm(FlaskForm):  # type: ignore[misc]
 class SendBillsForm(FlaskForm):  # type: ignore[misc]
     """Billing: Customers: Send — the message around the selected invoices."""
 
-    from_name = StringField("From Name", validators=[Length(max=200)])
-    from_email = StringField("From Email Address", validators=[
-        DataRequired("Enter the From Email Address."), Length(max=320)])
-    test_email = StringField("Test Email Address", validators=[Length(max=320)],
-                             description='Where "Test Selected Bills" sends every selected '
-                             "bill (nobody else gets it).")
-    bounce_email = StringField("Message Bounce Email Address", validators=[Length(max=320)],
-                               description="The envelope sender: bounces come back here. "
-                               "Empty: the From Email Address.")
-    comments_text = TextAreaField("Message Comments (Text)",
-                                  validators=[Length(max=20_000)],
-                                  description="Above the invoice in the text part.")
-    comments_html = TextAreaField("Message Comments (HTML)",
-                                  validators=[Length(max=20_000)],
-                                  description="Above the invoice in the HTML part (your HTML, "
-                                  "sent as written).")
-    resend = BooleanField("Resend", description="Send again the selected bills that were sent "
-                          "already or are in doubt (a send that did not record its end).")
-    test = SubmitField("Test Selected Bills")
-    send = SubmitField("Send Bills")
+    from_name = StringField(lazy_gettext("From Name"), validators=[Length(max=200)])
+    from_email = StringField(lazy_gettext("From Email Address"), validators=[
+        DataRequired(lazy_gettext("Enter the From Email Address.")), Length(max=320)])
+    test_email = StringField(
+        lazy_gettext("Test Email Address"), validators=[Length(max=320)],
+        description=lazy_gettext('Where "Test Selected Bills" sends every selected bill '
+                                 "(nobody else gets it)."))
+    bounce_email = StringField(
+        lazy_gettext("Message Bounce Email Address"), validators=[Length(max=320)],
+        description=lazy_gettext("The envelope sender: bounces come back here. Empty: the From "
+                                 "Email Address."))
+    comments_text = TextAreaField(
+        lazy_gettext("Message Comments (Text)"), validators=[Length(max=20_000)],
+        description=lazy_gettext("Above the invoice in the text part."))
+    comments_html = TextAreaField(
+        lazy_gettext("Message Comments (HTML)"), validators=[Length(max=20_000)],
+        description=lazy_gettext("Above the invoice in the HTML part (your HTML, sent as "
+                                 "written)."))
+    resend = BooleanField(
+        lazy_gettext("Resend"),
+        description=lazy_gettext("Send again the selected bills that were sent already or are "
+                                 "in doubt (a send that did not record its end)."))
+    test = SubmitField(lazy_gettext("Test Selected Bills"))
+    send = SubmitField(lazy_gettext("Send Bills"))

@@ -101,7 +101,8 @@ class InvoiceTemplateForm(FlaskForm):  # type: ignore[misc]
             DataRequired(lazy_gettext("Enter the template (Jinja syntax).")),
             Length(max=MAX_SOURCE, message=f"Use at most {MAX_SOURCE} characters."),
         ],
-        description="Jinja syntax: {{ invoice.number }}, {% for group in invoice.groups %} ...",
+        description=lazy_gettext(
+            "Jinja syntax: {{ invoice.number }}, {% for group in invoice.groups %} ..."),
     )
     preview_invoice = SelectField(lazy_gettext("Preview with"), coerce=int, default=0)
 

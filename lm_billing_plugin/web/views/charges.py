@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
 from ...billing import charges as service
+from ...i18n import gettext
 from ...models import AdditionalCharge, BillingGroup, ChargeAssignment, Customer
 from ..access import actor_name, requires
 from ..forms.charges import ChargeForm, ConfirmForm, GroupChargeEndForm, GroupChargeForm
@@ -133,7 +134,7 @@ def group_charge_new(group_id: int) -> str | Response:
         .order_by(AdditionalCharge.name)
     ).all()
     form.charge_id.choices = [
-        SelectChoice(0, "— choose a charge —"),
+        SelectChoice(0, gettext("— choose a charge —")),
         *(SelectChoice(cid, f"{name} ({amount})") for cid, name, amount in choices),
     ]
     if form.validate_on_submit():

@@ -16,7 +16,7 @@ from wtforms import SelectChoice
 from ...billing.invoice_templates import template_choices
 from ...catalog.customers import CatalogError, create_customer, update_customer
 from ...catalog.groups import GROUP_FIELDS, create_group, update_group
-from ...i18n import gettext
+from ...i18n import N_, gettext
 from ...models import (
     Assignment,
     AuditEntry,
@@ -166,11 +166,12 @@ class GroupTotals:
         # Bill by List: the limits apply to each list, so the biggest list is what counts.
         members = self.max_members_in_a_list if plan.bill_by_list else self.members
         rows = [
-            ("Lists", self.lists, plan.max_lists),
-            ("Members", members, plan.max_members),
-            ("Members in the largest list", self.max_members_in_a_list, plan.max_members_per_list),
-            ("Lists in the fullest site", self.max_lists_in_a_site, plan.max_lists_per_site),
-            ("Sites", self.sites, plan.max_sites),
+            (N_("Lists"), self.lists, plan.max_lists),
+            (N_("Members"), members, plan.max_members),
+            (N_("Members in the largest list"), self.max_members_in_a_list,
+             plan.max_members_per_list),
+            (N_("Lists in the fullest site"), self.max_lists_in_a_site, plan.max_lists_per_site),
+            (N_("Sites"), self.sites, plan.max_sites),
         ]
         return [(label, value, limit, limit > 0 and value > limit) for label, value, limit in rows]
 

@@ -13,15 +13,16 @@ from wtforms import SelectChoice
 
 from ... import audit
 from ...billing.invoice_templates import (
-    DEFAULT_SOURCES,
     KIND_LABELS,
     TemplateProblem,
+    default_source,
     invoice_context,
     render_invoice,
     sample_context,
 )
 from ...catalog.names import DuplicateName, check_name, conflict_message
 from ...engine.store import is_conflict
+from ...i18n import gettext
 from ...models import Invoice, InvoiceTemplate
 from ..access import actor_name, requires
 from ..forms.charges import InvoiceTemplateForm
@@ -45,8 +46,10 @@ def _preview_choices(session: Session) -> list[Any]:
         .limit(PREVIEW_INVOICES)
     ).all()
     return [
-        SelectChoice(0, "A sample invoice"),
-        *(SelectChoice(iid, f"Invoice {number}: {company}") for iid, number, company in rows),
+        SelectChoice(0, gettext("A sample invoice")),
+        *(SelectChoice(iid, gettext("Invoice %(number)s: %(company)s", number=number,
+                                    company=company))
+          for iid, number, company in rows),
     ]
 
 
@@ -67,7 +70,7 @@ def _edit(kind: str, template: InvoiceTemplate | None) -> Any:
     form.preview_invoice.choices = _preview_choices(session)
     if not form.is_submitted():
         if template is None:
-            form.body.data = DEFAULT_SOURCES[kind]
+            form.body.data = default_source(kind)
         # A real invoice when there is one (the latest), else the sample.
         choices = form.preview_invoice.choices
         form.preview_invoice.data = choices[1].value if len(choices) > 1 else 0
@@ -123,7 +126,8 @@ def _save(
             raise
         form.name.errors = [*form.name.errors, conflict_message("template")]
         return None
-    flash(f"{KIND_LABELS[kind]} {name} saved. Choose it on a customer's page (Edit Customer).")
+    flash(gettext("%(kind)s %(name)s saved. Choose it on a customer's page (Edit Customer).",
+                  kind=KIND_LABELS[kind], name=name))
     return redirect(url_for("lm_billing.invoice_template_edit", template_id=target.id))
 
 

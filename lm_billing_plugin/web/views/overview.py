@@ -8,16 +8,27 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, current_app, render_template, request, url_for
 
-from ...i18n import gettext
+from ...i18n import N_, Words, gettext
 from ...models import Server
 from ...reports import overview as figures
 from ...reports.charts import Point, columns, rows
 from ...reports.periods import month_label
 from ...schedule.claims import schedule_summary
 from ...state import get_state
+from ..l10n import format_number
 from .paging import MAX_ID
 from .problem_summary import KIND_WORDS
 from .servers import STATUS_WORDS
+
+# The report's status buckets (reports.overview.BUCKET_ORDER) as the page says them.
+BUCKET_WORDS = Words({
+    "reachable": N_("reachable"),
+    "refused": N_("refused"),
+    "unreachable": N_("unreachable"),
+    "logging off": N_("logging off"),
+    "not checked": N_("not checked"),
+    "other trouble": N_("other trouble"),
+})
 
 
 def _status(code: str) -> str:
@@ -37,8 +48,10 @@ def overview() -> str:
     today = get_state().settings.billing_today()
     statuses = figures.servers_by_status(session)
     status_points = [
-        Point(bucket, sum(codes.values()), url_for("lm_billing.servers", sort="status"),
-              f"{bucket}: {sum(codes.values())} server(s)"
+        Point(BUCKET_WORDS.get(bucket, bucket), sum(codes.values()),
+              url_for("lm_billing.servers", sort="status"),
+              gettext("%(bucket)s: %(num)s server(s)", bucket=BUCKET_WORDS.get(bucket, bucket),
+                      num=sum(codes.values()))
               + ("" if not codes else " (" + ", ".join(
                   f"{_status(c)}: {n}" for c, n in sorted(codes.items())) + ")"))
         for bucket, codes in statuses.items()
@@ -46,11 +59,13 @@ def overview() -> str:
     kinds = figures.problems_by_kind(session)
     kind_points = [
         Point(KIND_WORDS.get(kind, kind), n, url_for("lm_billing.problems", kind=kind),
-              f"{KIND_WORDS.get(kind, kind)}: {n} open") for kind, n in kinds
+              gettext("%(kind)s: %(num)s open", kind=KIND_WORDS.get(kind, kind), num=n))
+        for kind, n in kinds
     ]
     by_server, servers_with_problems = figures.problems_by_server(session)
     server_points = [
-        Point(name, n, url_for("lm_billing.problems", server=sid), f"{name}: {n} open")
+        Point(name, n, url_for("lm_billing.problems", server=sid),
+              gettext("%(kind)s: %(num)s open", kind=name, num=n))
         for sid, name, n in by_server
     ]
     server_id = _server_arg()
@@ -69,9 +84,11 @@ def overview() -> str:
                        by="server" if server_id is None else "list")
 
     message_points = [Point(month_label(m.month), m.messages, usage_link(m.month),
-                            f"{month_label(m.month)}: {m.messages:,} messages") for m in months]
+                            gettext("%(month)s: %(num)s messages", month=month_label(m.month),
+                                    num=format_number(m.messages))) for m in months]
     recipient_points = [Point(month_label(m.month), m.recipients, usage_link(m.month),
-                              f"{month_label(m.month)}: {m.recipients:,} recipients")
+                              gettext("%(month)s: %(num)s recipients", month=month_label(m.month),
+                                      num=format_number(m.recipients)))
                         for m in months]
     revenue = figures.revenue_by_month(session, today)
     currencies = sorted({c for m in revenue for c in m.amounts})

@@ -13,47 +13,49 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
+from ...i18n import N_, Words, gettext
 from ...models import PROBLEM_KINDS, Problem, Server
 
 # The Errors page's name of each kind (the gate's refusals use it too).
-KIND_WORDS: dict[str, str] = {
-    "unknown_site": "site not in billing",
-    "unknown_list": "list not in billing",
-    "missing_site": "site gone from the server",
-    "missing_list": "list gone from the server",
-    "changed_list": "list changed on the server",
-    "unassigned_list": "list has no owner",
-    "over_max_lists": "more lists than the plan permits",
-    "over_max_members": "more members than the plan permits",
-    "over_max_members_per_list": "a list has more members than the plan permits",
-    "over_max_lists_per_site": "a site has more lists than the plan permits",
-    "over_max_sites": "more sites than the plan permits",
-    "inactive_customer_has_lists": "inactive customer still has lists",
-    "logging_off": "Enable Logging is off",
-    "invalid_field": "the server sent a value billing cannot store",
-}
+KIND_WORDS = Words({
+    "unknown_site": N_("site not in billing"),
+    "unknown_list": N_("list not in billing"),
+    "missing_site": N_("site gone from the server"),
+    "missing_list": N_("list gone from the server"),
+    "changed_list": N_("list changed on the server"),
+    "unassigned_list": N_("list has no owner"),
+    "over_max_lists": N_("more lists than the plan permits"),
+    "over_max_members": N_("more members than the plan permits"),
+    "over_max_members_per_list": N_("a list has more members than the plan permits"),
+    "over_max_lists_per_site": N_("a site has more lists than the plan permits"),
+    "over_max_sites": N_("more sites than the plan permits"),
+    "inactive_customer_has_lists": N_("inactive customer still has lists"),
+    "logging_off": N_("Enable Logging is off"),
+    "invalid_field": N_("the server sent a value billing cannot store"),
+})
 
 # What a kind means, said once above its rows (the rows then say only what differs).
-MEANING: dict[str, str] = {
-    "unknown_site": "These sites are on the hosting server but not in billing.",
-    "unknown_list": "These lists are on the hosting server but not in billing.",
-    "missing_site": "These sites are in billing but no longer on the hosting server.",
-    "missing_list": "These lists are in billing but no longer on the hosting server.",
-    "changed_list": "These lists changed on the hosting server since billing last read them.",
-    "unassigned_list": "These lists are in billing but belong to no billing group.",
-    "over_max_lists": "These billing groups have more lists than their hosting plan permits.",
-    "over_max_members": "These billing groups have more members than their hosting plan permits.",
-    "over_max_members_per_list": "These lists have more members than their hosting plan "
-    "permits per list.",
-    "over_max_lists_per_site": "These sites have more lists than their hosting plan permits "
-    "per site.",
-    "over_max_sites": "These billing groups have more sites than their hosting plan permits.",
-    "inactive_customer_has_lists": "These customers are inactive but still have lists.",
-    "logging_off": "These servers do not log the messages ListManager sends, so billing cannot "
-    "count their mail.",
-    "invalid_field": "These hosting servers sent values that do not fit billing's columns; "
-    "billing stored the rest.",
-}
+MEANING = Words({
+    "unknown_site": N_("These sites are on the hosting server but not in billing."),
+    "unknown_list": N_("These lists are on the hosting server but not in billing."),
+    "missing_site": N_("These sites are in billing but no longer on the hosting server."),
+    "missing_list": N_("These lists are in billing but no longer on the hosting server."),
+    "changed_list": N_("These lists changed on the hosting server since billing last read them."),
+    "unassigned_list": N_("These lists are in billing but belong to no billing group."),
+    "over_max_lists": N_("These billing groups have more lists than their hosting plan permits."),
+    "over_max_members": N_("These billing groups have more members than their hosting plan "
+                           "permits."),
+    "over_max_members_per_list": N_("These lists have more members than their hosting plan "
+    "permits per list."),
+    "over_max_lists_per_site": N_("These sites have more lists than their hosting plan permits "
+    "per site."),
+    "over_max_sites": N_("These billing groups have more sites than their hosting plan permits."),
+    "inactive_customer_has_lists": N_("These customers are inactive but still have lists."),
+    "logging_off": N_("These servers do not log the messages ListManager sends, so billing cannot "
+    "count their mail."),
+    "invalid_field": N_("These hosting servers sent values that do not fit billing's columns; "
+    "billing stored the rest."),
+})
 
 # Kinds whose stored detail sentence only repeats the object, the server and the meaning:
 # their rows leave it out.
@@ -113,7 +115,7 @@ def summarise(
     ).all()
     summary = Summary(
         by_kind=[Count(r.kind, kind_words.get(r.kind, r.kind), int(r.n)) for r in kinds],
-        by_server=[Count(r.server_id, r.name or "no server", int(r.n)) for r in servers],
+        by_server=[Count(r.server_id, r.name or gettext("no server"), int(r.n)) for r in servers],
     )
     summary.total = summary.kind_count(kind) if kind else sum(c.count for c in summary.by_kind)
     return summary

@@ -10,10 +10,12 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from sqlalchemy import ColumnElement, func, or_, select
 from werkzeug.wrappers import Response
 
+from ...i18n import N_, Words, gettext
 from ...models import PROBLEM_KINDS, Batch, Problem, Run, Server
 from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.servers import FixForm
+from ..l10n import format_number
 from . import problem_summary
 from .paging import MAX_ID, clamp, order_by, page_from_request
 from .problem_summary import KIND_WORDS
@@ -21,28 +23,29 @@ from .problem_summary import KIND_WORDS
 log = logging.getLogger("lm_billing_plugin.views.problems")
 
 
-_PLAN_FIX = "Fixing cannot change a contract: change the group's hosting plan."
+_PLAN_FIX = N_("Fixing cannot change a contract: change the group's hosting plan.")
 # What "Fix Selected Objects" does with a problem of each kind.
-FIX_WORDS: dict[str, str] = {
-    "unknown_site": "Fixing adds the site to billing.",
-    "unknown_list": "Fixing adds the list to billing (unassigned); then assign an owner.",
-    "missing_site": "Fixing marks the site removed in billing; its history stays.",
-    "missing_list": "Fixing marks the list removed in billing; its history and assignments stay.",
-    "changed_list": "Fixing updates billing with the server's values.",
-    "unassigned_list": "Fixing cannot choose an owner: assign the list to a billing group.",
-    "over_max_lists": "Fixing cannot change a contract: change the group's hosting plan "
-    "or move lists to another group.",
+FIX_WORDS = Words({
+    "unknown_site": N_("Fixing adds the site to billing."),
+    "unknown_list": N_("Fixing adds the list to billing (unassigned); then assign an owner."),
+    "missing_site": N_("Fixing marks the site removed in billing; its history stays."),
+    "missing_list": N_("Fixing marks the list removed in billing; its history and assignments "
+                       "stay."),
+    "changed_list": N_("Fixing updates billing with the server's values."),
+    "unassigned_list": N_("Fixing cannot choose an owner: assign the list to a billing group."),
+    "over_max_lists": N_("Fixing cannot change a contract: change the group's hosting plan "
+    "or move lists to another group."),
     "over_max_members": _PLAN_FIX,
     "over_max_members_per_list": _PLAN_FIX,
     "over_max_lists_per_site": _PLAN_FIX,
     "over_max_sites": _PLAN_FIX,
-    "inactive_customer_has_lists": "Fixing cannot decide this: reactivate the customer or "
-    "unassign its lists.",
-    "logging_off": "Fixing switches Enable Logging on through TclPort — only when you tick "
-    '"also switch Enable Logging on through TclPort" below.',
-    "invalid_field": "Fixing cannot change what the hosting server sends: correct the value "
-    "there (shorten it, remove the NUL character), then validate the server again.",
-}
+    "inactive_customer_has_lists": N_("Fixing cannot decide this: reactivate the customer or "
+    "unassign its lists."),
+    "logging_off": N_("Fixing switches Enable Logging on through TclPort — only when you tick "
+    '"also switch Enable Logging on through TclPort" below.'),
+    "invalid_field": N_("Fixing cannot change what the hosting server sends: correct the value "
+    "there (shorten it, remove the NUL character), then validate the server again."),
+})
 
 # "Fix all that match this filter" fixes at most this many per click: the fix runs inside the
 # request, and one click must not hold a web worker for minutes.
@@ -71,21 +74,21 @@ def solve_link(problem: Problem) -> tuple[str, str] | None:
         url = url_for(
             "lm_billing.server_detail", server_id=problem.server_id, q=problem.object_name
         )
-        return ("Assign an owner", url + "#lists")
+        return (gettext("Assign an owner"), url + "#lists")
     data = problem.data or {}
     group_id = problem.group_id if problem.group_id is not None else data.get("group_id")
     if problem.kind in PLAN_KINDS and group_id is not None:
         endpoint = _endpoint(GROUP_EDIT_ENDPOINTS)
         if endpoint:
-            return ("Change the plan", url_for(endpoint, group_id=group_id))
+            return (gettext("Change the plan"), url_for(endpoint, group_id=group_id))
     if problem.kind == "inactive_customer_has_lists":
         customer_id = data.get("customer_id")
         endpoint = _endpoint(CUSTOMER_EDIT_ENDPOINTS)
         if endpoint and customer_id:
-            return ("Edit the customer", url_for(endpoint, customer_id=customer_id))
+            return (gettext("Edit the customer"), url_for(endpoint, customer_id=customer_id))
         endpoint = _endpoint(GROUP_EDIT_ENDPOINTS)
         if endpoint and group_id is not None:
-            return ("Open the billing group", url_for(endpoint, group_id=group_id))
+            return (gettext("Open the billing group"), url_for(endpoint, group_id=group_id))
     return None
 
 
@@ -224,17 +227,17 @@ def _summary(result: Any) -> str:
     """One line from the engine's FixResult, whatever fields it carries."""
     parts: list[str] = []
     for attr, words in (
-        ("fixed", "fixed"),
-        ("skipped", "left as they are"),
-        ("failed", "failed"),
+        ("fixed", N_("%(num)s fixed")),
+        ("skipped", N_("%(num)s left as they are")),
+        ("failed", N_("%(num)s failed")),
     ):
         value = getattr(result, attr, None)
         if value is None:
             continue
         count = value if isinstance(value, int) else len(value)
         if count:
-            parts.append(f"{count} {words}")
-    return ", ".join(parts) if parts else "nothing needed fixing"
+            parts.append(gettext(words, num=count))
+    return ", ".join(parts) if parts else gettext("nothing needed fixing")
 
 
 @requires("run")
@@ -246,7 +249,9 @@ def problems_fix() -> Response:
     back = redirect(url_for("lm_billing.problems", **back_args))
     if not form.validate_on_submit():
         flash(
-            "Nothing was fixed: the form expired or the selection is not valid; try again.", "error"
+            gettext("Nothing was fixed: the form expired or the selection is not valid; try "
+                    "again."),
+            "error",
         )
         return back
     ids = form.problem_ids.data or []
@@ -261,13 +266,15 @@ def problems_fix() -> Response:
         if len(ids) > FIX_ALL_LIMIT:
             ids = ids[:FIX_ALL_LIMIT]
             flash(
-                f"Only the first {FIX_ALL_LIMIT:,} matching problems were fixed in one go; "
-                'click "Fix Selected Objects" again for the rest.',
+                gettext('Only the first %(limit)s matching problems were fixed in one go; '
+                        'click "Fix Selected Objects" again for the rest.',
+                        limit=format_number(FIX_ALL_LIMIT)),
                 "message",
             )
     if not ids:
         flash(
-            'Nothing was fixed: tick the problems to fix, then click "Fix Selected Objects".',
+            gettext('Nothing was fixed: tick the problems to fix, then click "Fix Selected '
+                    'Objects".'),
             "error",
         )
         return back
@@ -276,7 +283,7 @@ def problems_fix() -> Response:
     result = fixes.fix_problems(
         ids, actor=actor_name(), enable_logging=bool(form.enable_logging.data)
     )
-    flash(f"Fix Selected Objects: {_summary(result)}.", "message")
+    flash(gettext("Fix Selected Objects: %(summary)s.", summary=_summary(result)), "message")
     # Fixing makes new problems of its own (a list added to billing needs an owner); they
     # belong to the fix run, not the batch, so the page after a fix shows every batch's.
     back_args.pop("batch", None)
@@ -301,7 +308,7 @@ def _flash_lines(lines: list[str], category: str, limit: int = 10) -> None:
     for line in lines[:limit]:
         flash(_worded(line), category)
     if len(lines) > limit:
-        flash(f"... and {len(lines) - limit} more like these.", category)
+        flash(gettext("... and %(num)s more like these.", num=len(lines) - limit), category)
 
 
 def register(blueprint: Blueprint) -> None:

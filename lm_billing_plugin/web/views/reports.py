@@ -13,18 +13,20 @@ from typing import Any, Final
 import sqlalchemy as sa
 from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
 
+from ...i18n import N_, Words, gettext
 from ...models import Server
 from ...reports import limits, revenue
 from ...reports import usage as usage_report
 from ...reports.charts import Point, columns, rows
 from ...reports.periods import add_months, last_months, month_label, months_between, parse_month
 from ...state import get_state
+from ..l10n import format_number
 from .paging import MAX_ID, clamp, page_from_request
 
 # A range longer than this is cut to its last months: ten years of months stays readable.
 MAX_MONTHS: Final = 120
-DIMENSION_WORDS: Final = {"server": "Server", "site": "Site", "list": "List",
-                          "customer": "Customer", "group": "Billing group"}
+DIMENSION_WORDS: Final = Words({"server": N_("Server"), "site": N_("Site"), "list": N_("List"),
+                                "customer": N_("Customer"), "group": N_("Billing group")})
 
 
 def _today() -> date:
@@ -113,8 +115,9 @@ def usage() -> Any:
 
     chart = columns([
         Point(month_label(m), trend.get(m, (0, 0))[0], link(m),
-              f"{month_label(m)}: {trend.get(m, (0, 0))[0]:,} messages, "
-              f"{trend.get(m, (0, 0))[1]:,} recipients")
+              gettext("%(month)s: %(messages)s messages, %(recipients)s recipients",
+                      month=month_label(m), messages=format_number(trend.get(m, (0, 0))[0]),
+                      recipients=format_number(trend.get(m, (0, 0))[1])))
         for m in months
     ])
     return render_template(
@@ -207,9 +210,12 @@ def limits_page() -> str:
     clamp(page)
     shown = found[page.offset:page.offset + page.size]
     chart = rows([
-        Point(f"{r.company}: {r.group} ({r.limit})", r.percent,
+        Point(f"{r.company}: {r.group} ({gettext(r.limit)})", r.percent,
               url_for("lm_billing.customer_detail", customer_id=r.customer_id),
-              f"{r.company}, {r.group}: {r.limit} {r.value:,} of {r.maximum:,} ({r.percent} %)")
+              gettext("%(company)s, %(group)s: %(limit)s %(value)s of %(maximum)s (%(percent)s %%)",
+                      company=r.company, group=r.group, limit=gettext(r.limit),
+                      value=format_number(r.value), maximum=format_number(r.maximum),
+                      percent=r.percent))
         for r in found[:15]
     ])
     return render_template("lm_billing/reports_limits.html", rows=shown, page=page,

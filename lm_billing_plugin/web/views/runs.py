@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, render_template
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
+from ...i18n import N_, Words
 from ...models import Batch, Problem, Run, Server, utcnow
 from ...sqlite import writes
 from ...state import get_state
@@ -23,15 +24,15 @@ from ..access import actor_name
 log = logging.getLogger("lm_billing_plugin.views.runs")
 
 # A run's status as the operator reads it (the pages show these, never the codes).
-RUN_STATUS_WORDS = {
-    "queued": "waiting",
-    "running": "running",
-    "ok": "ok",
-    "problems": "errors found",
-    "failed": "failed",
-    "interrupted": "interrupted",
-    "skipped": "skipped",
-}
+RUN_STATUS_WORDS = Words({
+    "queued": N_("waiting"),
+    "running": N_("running"),
+    "ok": N_("ok"),
+    "problems": N_("errors found"),
+    "failed": N_("failed"),
+    "interrupted": N_("interrupted"),
+    "skipped": N_("skipped"),
+})
 
 EXECUTOR_KEY = "pages.executor"
 FUTURES_KEY = "pages.futures"

@@ -16,7 +16,7 @@ from werkzeug.wrappers import Response
 
 from ...engine import servers as service
 from ...engine.servers import ServerError
-from ...i18n import N_, gettext
+from ...i18n import N_, Words, gettext, translate
 from ...models import (
     Assignment,
     BillingGroup,
@@ -58,13 +58,13 @@ STATUS_CLASS: dict[str, str] = {
 # Open problems listed on a server's page before "see all on the Errors page".
 PROBLEMS_SHOWN = 10
 
-RUN_KIND_WORDS = {
-    "check": "Check connection",
-    "validate": "Validate",
-    "sync": "Sync",
-    "fix": "Fix",
-    "enable_logging": "Enable logging",
-}
+RUN_KIND_WORDS = Words({
+    "check": N_("Check connection"),
+    "validate": N_("Validate"),
+    "sync": N_("Sync"),
+    "fix": N_("Fix"),
+    "enable_logging": N_("Enable logging"),
+})
 
 
 def status_words(server: Server) -> str:
@@ -220,8 +220,9 @@ def server_new() -> str | Response:
             _apply_field_errors(form, exc)
         else:
             flash(
-                f'Server "{name}" created. Tick it on the Servers page and click "Validate '
-                'Selected Servers" (or click Validate here) to read its lists.',
+                gettext('Server "%(name)s" created. Tick it on the Servers page and click '
+                        '"Validate Selected Servers" (or click Validate here) to read its lists.',
+                        name=name),
                 "message",
             )
             return redirect(url_for("lm_billing.server_detail", server_id=server.id))
@@ -254,7 +255,7 @@ def server_edit(server_id: int) -> str | Response:
             _apply_field_errors(form, exc)
             server = server_or_404(server_id)
         else:
-            flash(f'Server "{name}" saved.', "message")
+            flash(gettext('Server "%(name)s" saved.', name=name), "message")
             return redirect(url_for("lm_billing.server_detail", server_id=server.id))
     form.password.data = ""
     return render_template("lm_billing/server_form.html", form=form, server=server)
@@ -271,16 +272,18 @@ def server_delete(server_id: int) -> str | Response:
             outcome = service.delete_server(server.id, actor=actor_name())
         except ServerError as exc:
             session.rollback()
-            flash(f"Server {name!r} was not deleted: {exc}", "error")
+            flash(gettext("Server %(name)s was not deleted: %(reason)s", name=repr(name),
+                          reason=translate(str(exc))), "error")
             return redirect(url_for("lm_billing.server_detail", server_id=server_id))
         if outcome == "deactivated":
             flash(
-                f'Server "{name}" has billing history (assigned lists), so it was deactivated, '
-                "not erased: its lists, assignments and history stay.",
+                gettext('Server "%(name)s" has billing history (assigned lists), so it was '
+                        "deactivated, not erased: its lists, assignments and history stay.",
+                        name=name),
                 "message",
             )
         else:
-            flash(f'Server "{name}" deleted.', "message")
+            flash(gettext('Server "%(name)s" deleted.', name=name), "message")
         return redirect(url_for("lm_billing.servers"))
     assigned = session.scalar(
         select(func.count()).select_from(Assignment).where(Assignment.server_id == server.id)

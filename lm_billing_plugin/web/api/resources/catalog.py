@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from flask import Response, jsonify, request
 
 from ....catalog.assignment import AssignmentError, GateError, assign, unassign
-from ....models import Assignment, BillingGroup, Customer, HostingPlan, utcnow
+from ....models import Assignment, BillingGroup, Customer, HostingPlan
+from ....state import get_state
 from ...access import actor_name
 from ..core import (
     PAGE_QUERY,
@@ -111,7 +112,7 @@ def assignments_list() -> Response:
     if active not in (None, "true", "false"):
         raise ApiError(400, "active is true or false.")
     if active is not None:
-        today = utcnow().date()
+        today = get_state().settings.billing_today()
         in_force = sa.and_(Assignment.start_date <= today,
                            sa.or_(Assignment.end_date.is_(None), Assignment.end_date > today))
         query = query.where(in_force if active == "true" else sa.not_(in_force))
