@@ -49,6 +49,10 @@ class RerunForm(FlaskForm):  # type: ignore[misc]
     """Run again: bills the void invoice's customer and period anew."""
 
 
+class ResendForm(FlaskForm):  # type: ignore[misc]
+    """Resend on a send's page: the CSRF token; the bills are its ``invoice_id`` fields."""
+
+
 class SendBillsForm(FlaskForm):  # type: ignore[misc]
     """Billing: Customers: Send — the message around the selected invoices."""
 

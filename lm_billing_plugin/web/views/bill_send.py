@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Flask, abort, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from ...billing.sending import (
@@ -20,11 +20,12 @@ from ...billing.sending import (
     send_outcomes,
     weasyprint_module,
 )
-from ...models import BillRun, Invoice, InvoiceSend, SendRun, utcnow
+from ...i18n import gettext
+from ...models import BillRun, Invoice, InvoiceSend, SendRun, SendRunItem, utcnow
 from ...sqlite import writes
 from ...state import get_state
 from ..access import actor_name, requires
-from ..forms.bills import SendBillsForm
+from ..forms.bills import ResendForm, SendBillsForm
 from .runs import submit_background
 
 log = logging.getLogger("lm_billing_plugin.views.bill_send")
@@ -114,19 +115,68 @@ def _send_in_app(app: Flask, send_run_id: int) -> None:
             get_state(app).db.session.remove()
 
 
-def bill_send_run(send_run_id: int) -> str:
-    session = get_state().session
-    run = session.get(SendRun, send_run_id)
+def _send_run_or_404(send_run_id: int) -> SendRun:
+    run = get_state().session.get(SendRun, send_run_id)
     if run is None:
         abort(404, description="No such send. Go back to Billing: Customers: Send.")
+    return run
+
+
+def _resendable(run: SendRun) -> set[int]:
+    """The run's invoices that Resend may send: those a real send skipped (sent already or in
+    doubt) and that are not void since. A test send skips nothing but void bills, and a
+    failed bill goes out with a plain Send again, so neither offers Resend."""
+    if run.is_test:
+        return set()
+    return set(get_state().session.scalars(
+        sa.select(SendRunItem.invoice_id)
+        .join(Invoice, Invoice.id == SendRunItem.invoice_id)
+        .where(SendRunItem.send_run_id == run.id, SendRunItem.status == "skipped",
+               Invoice.status != "void")))
+
+
+def bill_send_run(send_run_id: int) -> str:
+    run = _send_run_or_404(send_run_id)
     result = send_outcomes(send_run_id)
     done = sum(1 for o in result.outcomes if o.status != "pending")
     stalled = not result.finished and utcnow() - run.created_at > timedelta(
         seconds=get_state().settings.lease_seconds)
-    context: dict[str, Any] = {"run": run, "result": result, "done": done, "stalled": stalled}
+    context: dict[str, Any] = {"run": run, "result": result, "done": done, "stalled": stalled,
+                               "resendable": _resendable(run) if result.finished else set(),
+                               "resend_form": ResendForm()}
     return render_template("lm_billing/bill_send_run.html", **context)
+
+
+@requires("run")
+def bill_send_resend(send_run_id: int) -> BaseResponse:
+    """Resend from a send's page: the chosen bills it skipped go out again in a new send with
+    the same message (From, bounce address, comments), so nobody retypes the Send form to
+    send one bill a customer says never came; the new send's page follows."""
+    run = _send_run_or_404(send_run_id)
+    chosen = {int(x) for x in request.form.getlist("invoice_id") if x.isdigit()}
+    allowed = _resendable(run)
+    ids = [i for i in sorted(chosen) if i in allowed]
+    back = redirect(url_for("lm_billing.bill_send_run", send_run_id=send_run_id))
+    if not ids:
+        flash(gettext("Nothing to resend: choose a bill this send skipped (sent already or in "
+                      "doubt) that is not void."), "error")
+        return back
+    options = SendOptions(from_name=run.from_name, from_email=run.from_email,
+                          bounce_email=run.bounce_email, test_email=run.test_email,
+                          comments_text=run.comments_text, comments_html=run.comments_html)
+    get_state().session.commit()
+    try:
+        new_id = create_send_run(ids, test=False, resend=True, options=options,
+                                 actor=actor_name())
+    except SendError as exc:
+        flash(f"{str(exc).capitalize()}.", "error")
+        return back
+    submit_background(lambda app: _send_in_app(app, new_id))
+    return redirect(url_for("lm_billing.bill_send_run", send_run_id=new_id))
 
 
 def register(blueprint: Blueprint) -> None:
     blueprint.add_url_rule("/bills/send", "bill_send", bill_send, methods=["GET", "POST"])
     blueprint.add_url_rule("/bills/sends/<int:send_run_id>", "bill_send_run", bill_send_run)
+    blueprint.add_url_rule("/bills/sends/<int:send_run_id>/resend", "bill_send_resend",
+                           bill_send_resend, methods=["POST"])
