@@ -64,11 +64,20 @@ translations: $(VENV)/.test-installed
 # LM_BILLING_TEST_POSTGRES_URL is set (that database is emptied first). Bounded: 15 s idle,
 # at most 300 s of load each.
 STRESS_ARGS ?= --servers 200 --users 20 --idle 15 --limit 300
+# Then the seeded SIGKILL tests at full size (25 kills of `bills run` and of `sync --all`,
+# SQLite and PostgreSQL) and the fuzz targets (Tcl decoder, reply reader) with many examples.
+STRESS_KILL_SEEDS ?= 25
+STRESS_FUZZ_EXAMPLES ?= 20000
 stress: $(VENV)/.test-installed
 	$(PY) -m lm_billing_plugin.testing.load $(STRESS_ARGS)
 	if [ -n "$$LM_BILLING_TEST_POSTGRES_URL" ]; then \
 	  $(PY) -m lm_billing_plugin.testing.load $(STRESS_ARGS) --database "$$LM_BILLING_TEST_POSTGRES_URL"; \
 	else echo "stress: PostgreSQL skipped (set LM_BILLING_TEST_POSTGRES_URL)"; fi
+	LM_BILLING_KILL_SEEDS=$(STRESS_KILL_SEEDS) $(PY) -m pytest -q -p no:cacheprovider \
+	  tests/test_crash.py tests/test_billing_concurrency.py -k seeded
+	LM_BILLING_FUZZ_EXAMPLES=$(STRESS_FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
+	  --hypothesis-show-statistics tests/test_fuzz.py \
+	  tests/test_conformance.py::test_fuzz_client_reply_parser
 
 # bandit (medium+ findings fail) and pip-audit (says "not checked" when offline, never "clean").
 audit: $(VENV)/.test-installed

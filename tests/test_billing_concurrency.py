@@ -21,10 +21,11 @@ import sqlalchemy as sa
 from flask import Flask
 
 from lm_billing_plugin.billing.runs import bill_customers
-from lm_billing_plugin.models import Invoice, InvoiceLine
+from lm_billing_plugin.models import Base, BillRun, Invoice, InvoiceLine
 from lm_billing_plugin.state import get_state
 from lm_billing_plugin.testing.simulator import HostSim
 from tests._billing import NOV, add_server, billed_customer, dataset, month_of_sending, plan
+from tests._kill import SEEDS, kill_point, killed, run_cli, statements_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CUSTOMERS = 8
@@ -169,3 +170,61 @@ def test_sigkill_mid_run_leaves_invoices_whole_and_the_rerun_completes(
     rows = _stored(app)
     assert len(rows) == CUSTOMERS
     _assert_whole_and_gapless(rows)
+
+
+# --- seeded SIGKILL of `flask lm-billing bills run` (issue 14, item 10) --------------------
+
+BILL_ARGS = ["bills", "run", "--start", "2026-11-01", "--end", "2026-11-30"]
+# Statements a whole run of CUSTOMERS customers executes, per database (measured once).
+_TOTALS: dict[str, int] = {}
+
+
+def _bill_total(app: Flask, sim: HostSim, db_url: str) -> int:
+    """How many statements a whole `bills run` executes here: one run to its end, on a
+    database then emptied and seeded again (the count differs between databases)."""
+    dialect = db_url.split(":", 1)[0]
+    if dialect not in _TOTALS:
+        whole = run_cli(db_url, BILL_ARGS)
+        assert whole.returncode == 0, whole.stderr[-3000:]
+        _TOTALS[dialect] = statements_of(whole)
+        with app.app_context():
+            engine = get_state().db.engine
+            Base.metadata.drop_all(engine)
+            Base.metadata.create_all(engine)
+        _seed(app, sim)
+    return _TOTALS[dialect]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_seeded_sigkill_of_bills_run_keeps_invoices_whole_and_gapless(
+    make_app: Callable[..., Flask], db_url: str, sim: HostSim, seed: int,
+) -> None:
+    """`flask lm-billing bills run` killed with SIGKILL after a seeded random statement:
+    every invoice is whole (lines sum to its total) or absent, numbers are gapless, and the
+    rerun completes, billing each customer exactly once (LM_BILLING_KILL_SEEDS iterations;
+    `make stress` runs 25 per database). SQLite and PostgreSQL (MariaDB: the fixed points
+    above)."""
+    if db_url.startswith("mysql"):
+        pytest.skip("seeded kills: SQLite and PostgreSQL (suite time); MariaDB has the "
+                    "fixed kill points above")
+    app = make_app(db_url, LM_BILLING_LEASE_SECONDS=0.5)
+    _seed(app, sim)
+    total = _bill_total(app, sim, db_url)
+    point = kill_point(seed, total)
+    child = run_cli(db_url, BILL_ARGS, kill_at=point)
+    assert killed(child), (point, total, child.returncode, child.stderr[-3000:])
+    rows = _stored(app)
+    _assert_whole_and_gapless(rows)
+    time.sleep(0.6)  # past the lease: the dead run is swept as interrupted by the rerun
+    with app.app_context():
+        statuses = sorted(o.status for o in bill_customers(*NOV, actor="rerun").outcomes)
+    assert statuses.count("invoiced") == CUSTOMERS - len(rows)
+    assert statuses.count("already_billed") == len(rows)
+    after = _stored(app)
+    assert len(after) == CUSTOMERS
+    _assert_whole_and_gapless(after)
+    with app.app_context():
+        session = get_state().session
+        left = session.scalars(sa.select(BillRun.status)).all()
+        session.commit()
+    assert "running" not in left and "pending" not in left, left

@@ -10,6 +10,7 @@ import email.policy
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import date
 from decimal import Decimal
@@ -450,3 +451,42 @@ def test_send_page_sends_in_the_background_and_shows_progress(
     assert inbox.messages[0][0] == "billing@hosting.example"  # no bounce address: From
     invoice_page = client.get(f"/billing/invoices/{one}").get_data(as_text=True)
     assert "Send log" in invoice_page and "ap@acme.example" in invoice_page
+
+
+def test_a_dead_send_run_is_marked_interrupted_by_the_next_and_nobody_gets_two(
+        make_app: Callable[..., Flask], smtp: tuple[Inbox, int]) -> None:
+    """A send run whose process died after its first invoice (left "running", two pending,
+    nothing logged for longer than a lease + the SMTP timeout) is marked interrupted by the
+    next send run, its pending invoices skipped with the reason; the new run sends those two
+    and skips the one already sent."""
+    inbox, port = smtp
+    app = _mail_app(make_app, port, LM_BILLING_LEASE_SECONDS=0.2, LM_BILLING_SMTP_TIMEOUT=0.2)
+    ids = [_invoice(app, f"C{i}", f"c{i}@c.example", seq=i) for i in (1, 2, 3)]
+    with app.app_context():
+        session = get_state(app).session
+        dead = create_send_run(ids, test=False, resend=False, options=OPTIONS, actor="t")
+        # As a SIGKILL after the first invoice leaves it: that one sent, the rest pending.
+        first = session.scalar(sa.select(sending.SendRunItem.id).where(
+            sending.SendRunItem.send_run_id == dead, sending.SendRunItem.position == 0))
+        session.commit()
+        sending.run_send_run(dead)  # sends all three, then undo the end for the other two
+        session.execute(sa.update(sending.SendRunItem)
+                        .where(sending.SendRunItem.send_run_id == dead,
+                               sending.SendRunItem.id != first)
+                        .values(status="pending"))
+        session.execute(sa.update(Invoice).where(Invoice.id.in_(ids[1:]))
+                        .values(status="issued"))
+        session.execute(sa.delete(InvoiceSend).where(InvoiceSend.invoice_id.in_(ids[1:])))
+        session.execute(sa.update(SendRun).where(SendRun.id == dead)
+                        .values(status="running", finished_at=None, sent=1))
+        session.commit()
+        del inbox.messages[1:]
+        time.sleep(0.5)
+        again = create_send_run(ids, test=False, resend=False, options=OPTIONS, actor="t")
+        result = sending.run_send_run(again)
+        run = session.get(SendRun, dead)
+        assert run is not None and run.status == "interrupted" and run.finished_at is not None
+        reasons = [o.reason for o in sending.send_outcomes(dead).outcomes]
+        assert reasons[1:] == [sending.INTERRUPTED_REASON] * 2
+    assert [o.status for o in result.outcomes] == ["skipped", "sent", "sent"]
+    assert len(inbox.messages) == 3  # each customer once

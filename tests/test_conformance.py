@@ -114,6 +114,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import socket
 import threading
@@ -906,7 +907,8 @@ def test_sim_answers_pipelined_requests_in_order(sim: HostSim) -> None:
 # -- robustness: fuzzing ---------------------------------------------------------------------------
 
 FUZZ = settings(
-    max_examples=150,
+    # `make stress` runs many more (LM_BILLING_FUZZ_EXAMPLES; docs/operations.md).
+    max_examples=int(os.environ.get("LM_BILLING_FUZZ_EXAMPLES", "150")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

@@ -36,6 +36,7 @@ import smtplib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 from pathlib import Path
@@ -276,6 +277,41 @@ class SendRunResult:
 # --- Creating and running a send -------------------------------------------------------------
 
 
+INTERRUPTED_REASON = ("not sent: the send run's process stopped before this invoice; "
+                      "send it again")
+
+
+def sweep_stale_send_runs(session: Session, settings: Settings) -> list[int]:
+    """Mark send runs whose process died (killed mid-way) interrupted, as validation batches
+    are: still "running", and nothing logged for its invoices for longer than a lease plus
+    an SMTP timeout (a live run logs an attempt per invoice, each bounded by that timeout).
+    Their pending invoices become skipped with the reason; an invoice whose attempt began is
+    left to the "in doubt" rule, so a rerun never mails anyone twice. Commits."""
+    cutoff = utcnow() - timedelta(seconds=settings.lease_seconds + settings.smtp_timeout)
+    running = session.execute(sa.select(SendRun.id, SendRun.created_at)
+                              .where(SendRun.status == "running")).all()
+    stale: list[int] = []
+    for run_id, created in running:
+        last = session.scalar(
+            sa.select(sa.func.max(InvoiceSend.at))
+            .join(SendRunItem, SendRunItem.invoice_id == InvoiceSend.invoice_id)
+            .where(SendRunItem.send_run_id == run_id, InvoiceSend.at >= created))
+        if max(created, last or created) < cutoff:
+            stale.append(int(run_id))
+    for run_id in stale:
+        pending = session.execute(
+            sa.update(SendRunItem).where(SendRunItem.send_run_id == run_id,
+                                         SendRunItem.status == "pending")
+            .values(status="skipped", reason=INTERRUPTED_REASON))
+        count = int(getattr(pending, "rowcount", 0) or 0)
+        session.execute(sa.update(SendRun).where(SendRun.id == run_id,
+                                                 SendRun.status == "running")
+                        .values(status="interrupted", finished_at=utcnow(),
+                                skipped=SendRun.skipped + count))
+    session.commit()
+    return stale
+
+
 def create_send_run(invoice_ids: Sequence[int], *, test: bool, resend: bool,
                     options: SendOptions, actor: str) -> int:
     """Record the send (options checked, invoices in the given order) and commit; then
@@ -285,6 +321,7 @@ def create_send_run(invoice_ids: Sequence[int], *, test: bool, resend: bool,
     if not ids:
         raise SendError("select at least one invoice")
     session = get_state().session
+    sweep_stale_send_runs(session, get_state().settings)
     try:
         known = set(session.scalars(sa.select(Invoice.id).where(Invoice.id.in_(ids))))
         missing = [i for i in ids if i not in known]

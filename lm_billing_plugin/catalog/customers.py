@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit
+from ..engine import versions
 from ..engine.store import is_conflict
 from ..models import Customer
 from ..state import get_state
@@ -114,12 +115,20 @@ def create_customer(values: Mapping[str, Any], *, actor: str) -> Customer:
     return customer
 
 
-def update_customer(customer: Customer, values: Mapping[str, Any], *, actor: str
-                    ) -> tuple[str, dict[str, list[Any]]]:
+def update_customer(customer: Customer, values: Mapping[str, Any], *, actor: str,
+                    expected_version: str | None = None) -> tuple[str, dict[str, list[Any]]]:
     """Apply ``values`` and record what changed; commits. Returns (audit action, changes);
-    action is "" when nothing changed."""
+    action is "" when nothing changed.
+
+    ``expected_version``: the edit form's ``versions.fields_version(customer,
+    sorted(values))`` as loaded; when given, the row is locked and compared first, and a
+    change made meanwhile by someone else raises ``versions.ChangedMeanwhile`` (nothing
+    saved). Only the fields being saved are compared: a field the form does not show may
+    change meanwhile (the API, the CLI) and is kept, as the save does not write it."""
     session = get_state().session
     with saving(session, "customer"):
+        versions.check_version(session, "customer", Customer, customer.id, sorted(values),
+                               expected_version)
         if "company" in values:
             # Before the row changes: only a name that changes is checked (catalog.names).
             check_unique_name(session, "customer", str(values["company"] or ""),

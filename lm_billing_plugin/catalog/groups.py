@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit
+from ..engine import versions
 from ..models import BillingGroup, Customer, GroupPlan, HostingPlan, name_key, utcnow
 from ..state import get_state
 from .customers import CatalogError, apply_values, check_unique_name, saving
@@ -153,13 +154,17 @@ def create_group(customer: Customer, values: Mapping[str, Any], *, actor: str) -
     return group
 
 
-def update_group(group: BillingGroup, values: Mapping[str, Any], *, actor: str
-                 ) -> dict[str, list[Any]]:
+def update_group(group: BillingGroup, values: Mapping[str, Any], *, actor: str,
+                 expected_version: str | None = None) -> dict[str, list[Any]]:
     """Rename the group and/or change its plan (written into the history); commits.
     Returns what changed ({} = nothing). Raises CatalogError (field "name" for a name
-    another group of the customer has, else the plan field it is about)."""
+    another group of the customer has, else the plan field it is about), and
+    ``versions.ChangedMeanwhile`` when ``expected_version`` (the edit form's digest of
+    sorted(values) as loaded) no longer matches the locked row."""
     session = get_state().session
     with saving(session, "group"):
+        versions.check_version(session, "group", BillingGroup, group.id, sorted(values),
+                               expected_version)
         fields = dict(values)
         if "name" in fields:
             if not str(fields["name"] or "").strip():

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit
+from ..engine import versions
 from ..engine.store import is_conflict
 from ..models import BILLING_METHODS, HostingPlan, name_key
 from ..state import get_state
@@ -47,11 +48,12 @@ def find_plan(session: Session, key: str) -> HostingPlan | None:
     return plan
 
 
-def save_plan(plan: HostingPlan | None, values: Mapping[str, Any], *, actor: str
-              ) -> tuple[HostingPlan, dict[str, list[Any]]]:
+def save_plan(plan: HostingPlan | None, values: Mapping[str, Any], *, actor: str,
+              expected_version: str | None = None) -> tuple[HostingPlan, dict[str, list[Any]]]:
     """Create (plan None) or update a plan from ``values`` (PLAN_FIELDS); commits when
     something changed. Raises PlanNameTaken (also when another writer took the name a moment
-    ago) and CatalogError."""
+    ago) and CatalogError; on update, ``versions.ChangedMeanwhile`` when ``expected_version``
+    (the edit form's digest of sorted(values) as loaded) no longer matches the locked row."""
     session = get_state().session
     name = str(values.get("name", plan.name if plan else "")).strip()
     if not name:
@@ -59,11 +61,15 @@ def save_plan(plan: HostingPlan | None, values: Mapping[str, Any], *, actor: str
     if values.get("billing_method", "standard") not in BILLING_METHODS:
         raise CatalogError(f"the Billing Method is one of {', '.join(BILLING_METHODS)}",
                            "billing_method")
+    if plan is not None:
+        versions.check_version(session, "plan", HostingPlan, plan.id, sorted(values),
+                               expected_version)
     try:
         # Before the row changes: only a name that changes is checked (a plan keeping an old
         # duplicate name from before the unique key is not refused).
         check_name(session, "plan", name, exclude_id=plan.id if plan else None)
     except DuplicateName as exc:
+        session.rollback()  # let go of the row lock check_version took
         raise PlanNameTaken(str(exc)) from None
     creating = plan is None
     target = plan if plan is not None else HostingPlan()

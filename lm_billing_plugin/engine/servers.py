@@ -39,7 +39,7 @@ from ..state import get_state
 from ..tclport import addresses
 from ..tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT
 from ..tclport.errors import DNS, REFUSED, TIMEOUT, UNREACHABLE
-from . import checks
+from . import checks, versions
 from .checks import ConnectionReport, LoggingReport
 from .store import PROBLEM, close_values, is_conflict
 
@@ -402,8 +402,14 @@ def update_server(
     password: str | None = None,
     keep_password: bool = False,
     actor: str,
+    expected_version: str | None = None,
 ) -> Server:
     """Change a server's fields; arguments left out stay as they are.
+
+    ``expected_version``: the edit form's hidden version (``versions.fields_version`` of
+    SERVER_OPERATOR_FIELDS when the form was loaded). When given, the row is locked and
+    compared first: another operator's change in between raises ``ChangedMeanwhile`` and
+    nothing is written. A sync's writes (status and inventory columns) are not a change.
 
     ``password``: None = unchanged, "" = back to ListManager's default (the stored one is
     erased), text = the new password. A stored password is never sent to a new host unasked:
@@ -413,6 +419,8 @@ def update_server(
     """
     session = get_state().session
     server = get_server(server_id, session=session)
+    versions.check_version(session, "server", Server, server_id,
+                           versions.SERVER_OPERATOR_FIELDS, expected_version)
     new_name = server.name if name is _UNSET else name.strip()
     new_host = server.host if host is _UNSET else host.strip()
     new_port = server.port if port is _UNSET else port

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
@@ -415,6 +415,31 @@ def close_values(status: Any) -> list[tuple[Any, Any]]:
     ]
 
 
+# MariaDB's TEXT holds 65,535 bytes (not characters): a problem's detail or object name built
+# from what a peer sent (a huge name, many names) could be longer, and storing it would fail
+# with DataError and block the server. Stored text is cut below that on every database, so
+# the three store the same thing.
+MAX_TEXT_BYTES = 60_000
+ELLIPSIS = "\u2026"
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """``text`` if its UTF-8 form fits in ``limit`` bytes, else its longest prefix that fits
+    with an ellipsis after it (never half a character: the cut is on a character boundary)."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    room = limit - len(ELLIPSIS.encode("utf-8"))
+    return data[:room].decode("utf-8", "ignore") + ELLIPSIS
+
+
+def _bounded(f: Found) -> Found:
+    detail, name = bounded_text(f.detail), bounded_text(f.object_name)
+    if detail is f.detail and name is f.object_name:
+        return f
+    return replace(f, detail=detail, object_name=name)
+
+
 def record_problems(
     session: Session,
     server_id: int,
@@ -443,7 +468,7 @@ def record_problems(
     result's, see :func:`unchanged_result`), which is every still-open problem's "last seen";
     group-wide problems found again (few) move their own. Does not commit.
     """
-    found = list({f.fingerprint: f for f in found}.values())
+    found = list({f.fingerprint: _bounded(f) for f in found}.values())
     scope = PROBLEM.c.server_id == server_id
     group_scope: sa.ColumnElement[bool] | None = None
     if groups:

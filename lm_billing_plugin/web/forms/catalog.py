@@ -26,6 +26,7 @@ from wtforms.validators import DataRequired, InputRequired, Length, NumberRange,
 from wtforms.validators import ValidationError as WTFValidationError
 
 from ...i18n import lazy_gettext
+from .versioned import loaded_version_field
 
 UNLIMITED_HELP = lazy_gettext("0 = unlimited.")
 # Integer columns are 32-bit on every backend; BigInteger ones hold more.
@@ -135,6 +136,7 @@ class CustomerForm(FlaskForm):  # type: ignore[misc]
     )
     email_template_id = SelectField(lazy_gettext("Email Invoice Template"), coerce=int, default=0)
     web_template_id = SelectField(lazy_gettext("Web Invoice Template"), coerce=int, default=0)
+    loaded_version = loaded_version_field()  # the edit form's optimistic lock
 
     def validate_end_date(self, field: DateField) -> None:
         start = self.start_date.data
@@ -145,6 +147,7 @@ class CustomerForm(FlaskForm):  # type: ignore[misc]
 
 
 class PlanForm(FlaskForm):  # type: ignore[misc]
+    loaded_version = loaded_version_field()  # the edit form's optimistic lock
     name = StringField(
         lazy_gettext("Name"),
         filters=[_strip],
@@ -211,6 +214,7 @@ class GroupForm(FlaskForm):  # type: ignore[misc]
         description=lazy_gettext("One group per contract, e.g. 'Newsletters 2026'."),
     )
     plan_id = SelectField(lazy_gettext("Hosting Plan"), coerce=int, default=0)
+    loaded_version = loaded_version_field()  # the edit form's optimistic lock
     plan_start = DateField(
         lazy_gettext("Start Date"),
         validators=[Optional()],

@@ -28,6 +28,7 @@ from ...engine.servers import MAX_COMMENTS, MAX_HOST, MAX_NAME, MAX_PASSWORD, va
 from ...i18n import lazy_gettext
 from ...state import get_state
 from ...tclport import addresses
+from .versioned import loaded_version_field
 
 PORT_MESSAGE = lazy_gettext(
     "The port must be a number from 1 to 65535 (TclPort's default is 2021)."
@@ -134,6 +135,8 @@ class ServerForm(FlaskForm):  # type: ignore[misc]
         render_kw={"autocomplete": "new-password"},
     )
     default_password = BooleanField(lazy_gettext("Use ListManager's default TclPort password"))
+    # The edit form's optimistic lock: engine.versions' digest of the fields as loaded.
+    loaded_version = loaded_version_field()
 
 
 class ActionForm(FlaskForm):  # type: ignore[misc]

@@ -16,6 +16,7 @@ from wtforms import SelectChoice
 from ...billing.invoice_templates import template_choices
 from ...catalog.customers import CatalogError, create_customer, update_customer
 from ...catalog.groups import GROUP_FIELDS, create_group, update_group
+from ...engine.versions import ChangedMeanwhile, fields_version
 from ...i18n import N_, gettext
 from ...models import (
     Assignment,
@@ -30,6 +31,7 @@ from ...models import (
 )
 from ..access import actor_name, requires
 from ..forms.catalog import CustomerForm, GroupForm, UnassignForm
+from ..forms.versioned import posted_version
 from .catalog import (
     _ZERO_IS_NONE,
     _active_assignment,
@@ -88,8 +90,10 @@ def _customer_or_404(session: Session, customer_id: int) -> Customer:
     return customer
 
 
-def _customer_form(session: Session, customer: Customer | None) -> CustomerForm:
-    form = CustomerForm(obj=customer)
+def _customer_form(session: Session, customer: Customer | None, *, fresh: bool = False
+                   ) -> CustomerForm:
+    """The customer's form: as posted, or (``fresh``, after a refused save) as stored."""
+    form = CustomerForm(formdata=None, obj=customer) if fresh else CustomerForm(obj=customer)
     form.email_template_id.choices = template_choices(session, "email")
     form.web_template_id.choices = template_choices(session, "web")
     # Not posted (a script's form) or not set yet: the stored choice, else the default (0).
@@ -122,7 +126,16 @@ def customer_edit(customer_id: int) -> str | Response:
     if form.validate_on_submit():
         try:
             action, _changes = update_customer(
-                customer, _values(form, FORM_CUSTOMER_FIELDS), actor=actor_name())
+                customer, _values(form, FORM_CUSTOMER_FIELDS), actor=actor_name(),
+                expected_version=posted_version(form))
+        except ChangedMeanwhile as exc:
+            # Nothing was saved: the stored values and their version, to review and redo.
+            customer = _customer_or_404(session, customer_id)
+            form = _customer_form(session, customer, fresh=True)
+            form.loaded_version.data = exc.current_version
+            form.form_errors.append(str(exc))
+            return render_template("lm_billing/customer_form.html", form=form,
+                                   customer=customer)
         except CatalogError as exc:
             _field_error(form, exc, "company")
             return render_template("lm_billing/customer_form.html", form=form,
@@ -134,6 +147,8 @@ def customer_edit(customer_id: int) -> str | Response:
         else:
             flash("Nothing changed.")
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
+    if not form.is_submitted():
+        form.loaded_version.data = fields_version(customer, sorted(FORM_CUSTOMER_FIELDS))
     return render_template("lm_billing/customer_form.html", form=form, customer=customer)
 
 
@@ -368,9 +383,23 @@ def group_edit(group_id: int) -> str | Response:
     form.plan_id.choices = _plan_choices(session)
     if not form.is_submitted():
         form.plan_id.data = group.plan_id or 0  # "no plan" is choice 0, stored as NULL
+        form.loaded_version.data = fields_version(group, sorted(GROUP_FIELDS))
     if form.validate_on_submit():
         try:
-            changes = update_group(group, _values(form, GROUP_FIELDS), actor=actor_name())
+            changes = update_group(group, _values(form, GROUP_FIELDS), actor=actor_name(),
+                                   expected_version=posted_version(form))
+        except ChangedMeanwhile as exc:
+            # Nothing was saved: the stored values and their version, to review and redo.
+            group = session.get(BillingGroup, group_id)
+            if group is None:
+                abort(404, description="No such billing group. Go back to the customer's page.")
+            form = GroupForm(formdata=None, obj=group)
+            form.plan_id.choices = _plan_choices(session)
+            form.plan_id.data = group.plan_id or 0
+            form.loaded_version.data = exc.current_version
+            form.form_errors.append(str(exc))
+            return render_template("lm_billing/group_form.html", form=form, customer=customer,
+                                   group=group)
         except CatalogError as exc:
             _field_error(form, exc, "name")
             return render_template("lm_billing/group_form.html", form=form, customer=customer,

@@ -10,12 +10,14 @@ from werkzeug.wrappers import Response
 
 from ...catalog.customers import CatalogError
 from ...catalog.plans import save_plan
+from ...engine.versions import ChangedMeanwhile, fields_version
 from ...models import (
     BillingGroup,
     HostingPlan,
 )
 from ..access import actor_name, requires
 from ..forms.catalog import PlanForm
+from ..forms.versioned import posted_version
 from .catalog import (
     PLAN_FIELDS,
     _field_error,
@@ -44,7 +46,16 @@ def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
         return None
     try:
         target, changes = save_plan(plan, {name: getattr(form, name).data
-                                           for name in PLAN_FIELDS}, actor=actor_name())
+                                           for name in PLAN_FIELDS}, actor=actor_name(),
+                                    expected_version=posted_version(form))
+    except ChangedMeanwhile as exc:
+        # Nothing was saved: show the stored values (the caller renders this form).
+        if plan is not None:
+            _session().refresh(plan)
+            form.process(formdata=None, obj=plan)
+        form.loaded_version.data = exc.current_version
+        form.form_errors.append(str(exc))
+        return None
     except CatalogError as exc:
         _field_error(form, exc, "name")
         return None
@@ -68,6 +79,8 @@ def plan_edit(plan_id: int) -> str | Response:
     if plan is None:
         abort(404, description="No such hosting plan. Go back to Hosting Plans.")
     form = PlanForm(obj=plan)
+    if not form.is_submitted():
+        form.loaded_version.data = fields_version(plan, sorted(PLAN_FIELDS))
     done = _save_plan(form, plan)
     return done or render_template("lm_billing/plan_form.html", form=form, plan=plan)
 

@@ -15,7 +15,9 @@ from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from ...engine import servers as service
+from ...engine import versions
 from ...engine.servers import ServerError
+from ...engine.versions import ChangedMeanwhile
 from ...i18n import N_, Words, gettext, translate
 from ...models import (
     Assignment,
@@ -34,6 +36,7 @@ from ...state import get_state
 from ...tclport.client import DEFAULT_PORT
 from ..access import actor_name, requires
 from ..forms.servers import ActionForm, AssignForm, ServerForm, ServerSelectionForm
+from ..forms.versioned import posted_version
 from .paging import MAX_SEARCH, Page, clamp, order_by, page_from_request, page_number
 
 log = logging.getLogger("lm_billing_plugin.views.servers")
@@ -249,7 +252,15 @@ def server_edit(server_id: int) -> str | Response:
                 comments=form.comments.data or "",
                 password=password,
                 actor=actor_name(),
+                expected_version=posted_version(form),
             )
+        except ChangedMeanwhile as exc:
+            # Nothing was written: show what is stored now, with its version, to review.
+            get_state().session.rollback()
+            server = server_or_404(server_id)
+            form = ServerForm(formdata=None, obj=server)
+            form.form_errors.append(str(exc))
+            form.loaded_version.data = exc.current_version
         except ServerError as exc:
             get_state().session.rollback()
             _apply_field_errors(form, exc)
@@ -257,6 +268,9 @@ def server_edit(server_id: int) -> str | Response:
         else:
             flash(gettext('Server "%(name)s" saved.', name=name), "message")
             return redirect(url_for("lm_billing.server_detail", server_id=server.id))
+    if request.method != "POST":
+        form.loaded_version.data = versions.fields_version(server,
+                                                           versions.SERVER_OPERATOR_FIELDS)
     form.password.data = ""
     return render_template("lm_billing/server_form.html", form=form, server=server)
 
