@@ -9,6 +9,7 @@ Outside an app context every function returns the English text, formatted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,106 @@ def translate_template(template: str, params: dict[str, Any]) -> str:
     return gettext(template, **params)
 
 
+# --- Messages from below the web layer ----------------------------------------------------
+# The engine, billing and tclport keep saying (and storing: status_message, skip reasons,
+# problem details) their English sentences, so the CLI, the JSON API and the logs stay as
+# they were. Each sentence is built from a template marked with M_ (tclport, which may not
+# import Flask, marks its own with a local N_); a page hands the English text to
+# `say`, which finds the template it was made from, translates the template and fills the
+# same values in again (the templates are the catalog's own messages with %(name)s values).
+# Text that matches none is shown as stored.
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = _PLACEHOLDER.split(template)
+    regex: list[str] = []
+    seen: set[str] = set()
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            regex.append(re.escape(part))
+        elif part in seen:
+            regex.append(f"(?P={part})")
+        else:
+            seen.add(part)
+            regex.append(f"(?P<{part}>.+?)")
+    return re.compile("".join(regex), re.DOTALL)
+
+
+def M_(template: str) -> str:
+    """Marks a message template a lower layer fills in (``M_("%(server)s refused") %
+    values``) and returns it unchanged: the catalog gets the template, and :func:`say` finds
+    it again in the English sentence made from it, where a page shows it."""
+    return template
+
+
+def _literal_length(template: str) -> int:
+    return len(_PLACEHOLDER.sub("", template))
+
+
+def _templates(msgids: frozenset[str]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    # The catalog's parameterised messages, the most fixed words first: "no answer from
+    # %(where)s within %(seconds)s; ..." before "no answer from %(where)s; ...".
+    # Only sentences: a page's short pattern ("%(start)s to %(end)s") would match any text.
+    found = [m for m in msgids if _PLACEHOLDER.search(m) and _literal_length(m) >= 10]
+    found.sort(key=_literal_length, reverse=True)
+    return tuple((m, _pattern(m)) for m in found)
+
+
+def _catalog_templates() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    translations = domain.get_translations()
+    catalog = getattr(translations, "_catalog", {})
+    key = id(catalog)
+    cached = _TEMPLATE_CACHE.get(key)
+    if cached is None:
+        msgids = frozenset(k for k in catalog if isinstance(k, str) and k)
+        cached = _TEMPLATE_CACHE[key] = _templates(msgids)
+    return cached
+
+
+_TEMPLATE_CACHE: dict[int, tuple[tuple[str, re.Pattern[str]], ...]] = {}
+
+
+def _say_template(text: str, depth: int = 0) -> str | None:
+    for template, pattern in _catalog_templates():
+        found = pattern.fullmatch(text)
+        if found is None:
+            continue
+        # A value can be a sentence of its own (a TclPort error inside a fix message): it
+        # is translated too; names and the servers' own words match nothing and stay as sent.
+        params = {name: _say_value(value, depth + 1)
+                  for name, value in found.groupdict().items()}
+        return gettext(template, **params)
+    return None
+
+
+def _say_value(value: str, depth: int) -> str:
+    if depth > 3:
+        return value
+    translated = _say_template(value, depth)
+    if translated is not None:
+        return translated
+    exact = domain.gettext(value)
+    return str(exact)
+
+
+def say(text: Any) -> str:
+    """A message a lower layer returned or stored, in the viewer's language: a lazy string
+    translates itself, a sentence made from a known template is translated with its values
+    kept, a catalog message is looked up, anything else (the SMTP server's own answer, rows
+    stored before) is shown as it is. English stays byte for byte what was stored."""
+    if isinstance(text, LazyString):
+        return str(text)
+    if not text:
+        return ""
+    message: str = str(text)
+    if not _babel_ready():
+        return message
+    translated = _say_template(message)
+    return translated if translated is not None else gettext(message)
+
+
 # --- Templates ------------------------------------------------------------------------------
 # {% trans %} compiles to calls of `gettext` / `ngettext` looked up in the render context; the
 # blueprint's context processor puts these there, so the plugin's pages use the plugin's
@@ -161,4 +262,5 @@ def template_ngettext(
 
 def template_functions() -> dict[str, Any]:
     """What the blueprint's context processor adds to every page's context."""
-    return {"gettext": template_gettext, "ngettext": template_ngettext, "_": template_gettext}
+    return {"gettext": template_gettext, "ngettext": template_ngettext, "_": template_gettext,
+            "lmb_say": say}

@@ -274,3 +274,35 @@ def test_the_default_bill_period_and_assignment_day_follow_the_billing_zone(tmp_
             assert last_month() == last_month(today)
             days[zone] = today
     assert days["Etc/GMT-14"] > days["Etc/GMT+12"]
+
+
+def test_messages_from_below_the_web_layer_show_in_german(tmp_path: Path) -> None:
+    """A TclPort guidance, a fix message, a bill-run skip reason and a send outcome are kept
+    in English where they are made (CLI, API, stored rows) and said in German on a page;
+    the English is the same text byte for byte, and unknown text stays as stored."""
+    from flask_babel import force_locale
+
+    from lm_billing_plugin import LMBilling
+    from lm_billing_plugin.i18n import say
+    from lm_billing_plugin.tclport.errors import guidance
+
+    app = Flask("below")
+    app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/b.sqlite", TESTING=True)
+    LMBilling(app)
+    denied = guidance("HOST_DENIED", host="lm.example", port=2021,
+                      server_message="192.0.2.7 is not in TCLPORT Hosts")
+    skip = "Group Acme lists has no hosting plan for this period: assign one, then run the " \
+           "period again."
+    refused = "not sent: every recipient was refused (a@example.com refused: 550 no such user)"
+    with app.test_request_context():
+        for text in (denied, skip, refused, "250 OK, the server's own words"):
+            assert say(text) == text
+        with force_locale("de"):
+            german = say(denied)
+            assert "192.0.2.7" in german and "TCLPORT Hosts" in german
+            assert not english_left(german, {"lm tclport", "Utilities: Administration: Server:"
+                                             " Server Settings: Security: GUI Hosts"})
+            assert say(skip).startswith("Gruppe Acme lists hat für diesen Zeitraum")
+            assert say(refused) == ("nicht gesendet: jeder Empfänger wurde abgelehnt "
+                                    "(a@example.com abgelehnt: 550 no such user)")
+            assert say("250 OK, the server's own words") == "250 OK, the server's own words"

@@ -13,6 +13,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
+from ..i18n import M_
+
 OBJECT_TYPES = ("server", "site", "list")
 _SPECIFICITY = {"server": 0, "site": 1, "list": 2}
 BILLING_METHODS = ("standard", "bandwidth")
@@ -251,21 +253,23 @@ class _Builder:
 
 def _skip_reason(period: Period, customer: Customer, groups: Sequence[Group]) -> Skip | None:
     if customer.payment_method.strip().casefold() == "free":
-        return Skip("free", "Free: Payment Method is Free, so no invoice is made.")
+        return Skip("free", M_("Free: Payment Method is Free, so no invoice is made."))
     end = customer.end_date
     if end is not None and end < period.start:
-        return Skip("ended", f"Ended on {end.isoformat()}, before this period: nothing to bill.")
+        return Skip("ended", M_("Ended on %(end)s, before this period: nothing to bill.")
+                    % {"end": end.isoformat()})
     if not customer.is_active and end is None:
-        return Skip("inactive", "Inactive with no End Date: set its End Date to send a final "
-                    "bill, or make it active.")
+        return Skip("inactive", M_("Inactive with no End Date: set its End Date to send a "
+                                "final bill, or make it active."))
     if not customer.is_active and end is not None and end > period.end:
-        return Skip("inactive", f"Inactive, End Date {end.isoformat()} is after this period: "
-                    "its final bill comes with the period that contains it.")
+        return Skip("inactive", M_("Inactive, End Date %(end)s is after this period: its final "
+                                "bill comes with the period that contains it.")
+                    % {"end": end.isoformat()})
     if customer.start_date is not None and customer.start_date > period.end:
-        return Skip("not_started", f"Starts on {customer.start_date.isoformat()}, after this "
-                    "period.")
+        return Skip("not_started", M_("Starts on %(start)s, after this period.")
+                    % {"start": customer.start_date.isoformat()})
     if not groups:
-        return Skip("no_group", "No billing group: add a billing group with a hosting plan.")
+        return Skip("no_group", M_("No billing group: add a billing group with a hosting plan."))
     return None
 
 
@@ -433,12 +437,13 @@ def compute_invoice(
         has_plan = any(_clip(t.start, t.end, lo, hi) for t in group.plans)
         has_paid = any(not a.is_free and _clip(a.start, a.end, lo, hi) for a in group.objects)
         if has_paid and not has_plan:
-            return Skip("no_plan", f"Group {group.name} has no hosting plan for this period: "
-                        "assign one, then run the period again.")
+            return Skip("no_plan", M_("Group %(group)s has no hosting plan for this period: "
+                                   "assign one, then run the period again.")
+                        % {"group": group.name})
     # §4: "the customer has ... no hosting plan for the period" is skipped, charges or not.
     if not any(_clip(t.start, t.end, lo, hi) for g in groups for t in g.plans):
-        return Skip("no_plan", "No hosting plan for this period: assign a hosting plan "
-                    "to a billing group, then run the period again.")
+        return Skip("no_plan", M_("No hosting plan for this period: assign a hosting plan "
+                               "to a billing group, then run the period again."))
 
     b = _Builder(period.days)
     usage: list[UsageRow] = []

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from .. import audit, signals
 from ..catalog.assignment import GateError, check_gate
 from ..engine.store import is_conflict
+from ..i18n import M_
 from ..models import (
     AdditionalCharge,
     Assignment,
@@ -441,8 +442,9 @@ class _Runner:
         return self.record(CustomerOutcome(
             b.customer_id, b.snapshot.company, ALREADY_BILLED, invoice_id=invoice_id,
             number=number, code=ALREADY_BILLED,
-            reason=f"Already billed: invoice {number} covers this period. To bill it again, "
-                   "void that invoice (with a reason), then run the period again."))
+            reason=M_("Already billed: invoice %(number)s covers this period. To bill it "
+                      "again, void that invoice (with a reason), then run the period again.")
+            % {"number": number}))
 
     def compute(self, b: _Billable, lists: Sequence[c.ListUsage]
                 ) -> tuple[c.InvoiceDraft | c.Skip, int | None]:
@@ -459,8 +461,8 @@ class _Runner:
                 self.session.commit()
                 return self.record(CustomerOutcome(
                     b.customer_id, b.snapshot.company, DRY_RUN, code=DRY_RUN, draft=result,
-                    reason=f"Dry run: would bill {result.total:.2f} {self.currency}; nothing "
-                           "was stored."))
+                    reason=M_("Dry run: would bill %(amount)s %(currency)s; nothing was stored.")
+                    % {"amount": f"{result.total:.2f}", "currency": self.currency}))
             try:
                 invoice = store_invoice(self.session, customer=b.snapshot, period=self.period,
                                         draft=result, run_id=self.run_id, actor=self.actor,
@@ -495,20 +497,22 @@ class _Runner:
                 log.info("customer %s: storing clashed with another run (attempt %d)",
                          b.customer_id, attempt)
                 time.sleep(0.05 * attempt)
-        return self.skip(b, "store", f"Another run was storing invoices at the same moment, "
-                         f"{_ATTEMPTS} times; nothing was stored for this customer. Run the "
-                         "period again for it when the other run has finished.")
+        return self.skip(b, "store", M_(
+            "Another run was storing invoices at the same moment, %(times)s times; nothing "
+            "was stored for this customer. Run the period again for it when the other run has "
+            "finished.") % {"times": _ATTEMPTS})
 
 
 def _store_message(exc: BaseException) -> str:
-    return (f"Billing could not store the invoice ({type(exc).__name__}); nothing was stored "
-            "for this customer. Run the period again for it; see the billing server's log if "
-            "it repeats.")
+    return M_("Billing could not store the invoice (%(error)s); nothing was stored for this "
+              "customer. Run the period again for it; see the billing server's log if it "
+              "repeats.") % {"error": type(exc).__name__}
 
 
 def _gate_message(name: str, error: BaseException) -> str:
     return str(error) if isinstance(error, GateError) else (
-        f"Validate and sync server {name!r} first: {error}")
+        M_("Validate and sync server %(server)s first: %(error)s")
+        % {"server": repr(name), "error": error})
 
 
 def run_bill_run(run_id: int) -> BillRunResult:
@@ -589,9 +593,10 @@ def _work(runner: _Runner, customer_ids: Sequence[int]) -> None:
         if failed:
             err = failed[0].error
             assert err is not None
-            runner.skip(b, "usage", f"Server {failed[0].name!r} could not be read for the "
-                        f"period's usage ({err.code}): {err.message} Then run the bills "
-                        "again for this customer.")
+            runner.skip(b, "usage", M_(
+                "Server %(server)s could not be read for the period's usage (%(code)s): "
+                "%(message)s Then run the bills again for this customer.")
+                % {"server": repr(failed[0].name), "code": err.code, "message": err.message})
             continue
         runner.bill(b, [lst for sid in b.servers for lst in lists.get(sid, [])])
 

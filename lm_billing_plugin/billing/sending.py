@@ -47,6 +47,7 @@ from flask import current_app, has_request_context, render_template, url_for
 from sqlalchemy.orm import Session
 
 from .. import audit, signals
+from ..i18n import M_
 from ..mail import MAIL_POLICY, close_smtp, open_smtp, redact, smtp_where
 from ..models import Invoice, InvoiceSend, SendRun, SendRunItem, utcnow
 from ..settings import Settings
@@ -356,7 +357,7 @@ def in_doubt(session: Session, invoice_id: int) -> InvoiceSend | None:
 
 def _skip_reason(session: Session, invoice: Invoice, run: SendRun) -> str | None:
     if invoice.status == "void":
-        return f"invoice {invoice.number} is void: it is never sent"
+        return M_("invoice %(number)s is void: it is never sent") % {"number": invoice.number}
     if run.is_test or run.resend:
         return None
     if invoice.status == "sent":
@@ -365,13 +366,16 @@ def _skip_reason(session: Session, invoice: Invoice, run: SendRun) -> str | None
                                          InvoiceSend.is_test.is_(False),
                                          InvoiceSend.outcome.in_(("sent", "partial")))
             .order_by(InvoiceSend.id.desc()).limit(1))
-        when = f" on {last.at:%Y-%m-%d %H:%M} UTC to {last.to_addresses}" if last else ""
-        return f"already sent{when}; choose Resend to send it again"
+        if last is None:
+            return M_("already sent; choose Resend to send it again")
+        return M_("already sent on %(at)s UTC to %(to)s; choose Resend to send it again") % {
+            "at": f"{last.at:%Y-%m-%d %H:%M}", "to": last.to_addresses}
     doubt = in_doubt(session, invoice.id)
     if doubt is not None:
-        return (f"in doubt: a send to {doubt.to_addresses} began on {doubt.at:%Y-%m-%d %H:%M} "
-                "UTC and recorded no end (its process stopped), so the customer may have it; "
-                "check the mail server's log, then choose Resend if it did not go out")
+        return M_("in doubt: a send to %(to)s began on %(at)s UTC and recorded no end (its "
+                  "process stopped), so the customer may have it; check the mail server's "
+                  "log, then choose Resend if it did not go out") % {
+            "to": doubt.to_addresses, "at": f"{doubt.at:%Y-%m-%d %H:%M}"}
     return None
 
 
@@ -548,7 +552,8 @@ def _send_one(session: Session, settings: Settings, mailer: _Mailer, run_id: int
         shown = [repr(a)[1:-1] for a in (invoice.email, invoice.additional_emails) if a]
         send_id = _log_attempt(session, invoice_id, shown, test=test, outcome="refused",
                                answer=_answer(what, settings), actor=actor)
-        _finish_item(session, run_id, item_id, "failed", f"not sent: {what}", send_id)
+        _finish_item(session, run_id, item_id, "failed",
+                     M_("not sent: %(why)s") % {"why": what}, send_id)
         session.commit()
         log.warning("send run %s: invoice %s refused: %s", run_id, number,
                     _answer(what, settings))
@@ -557,8 +562,9 @@ def _send_one(session: Session, settings: Settings, mailer: _Mailer, run_id: int
     session.commit()
     # 2. The mail server, before anything is claimed (nothing was sent when this fails).
     if mailer.connect_failures >= _MAX_CONNECT_FAILURES:
-        why = (f"not tried: the mail server {smtp_where(settings)} could not be reached "
-               f"{_MAX_CONNECT_FAILURES} times in a row")
+        why = (M_("not tried: the mail server %(where)s could not be reached %(times)s "
+                  "times in a row")
+               % {"where": smtp_where(settings), "times": _MAX_CONNECT_FAILURES})
         _finish_item(session, run_id, item_id, "failed", why)
         session.commit()
         return
@@ -566,7 +572,8 @@ def _send_one(session: Session, settings: Settings, mailer: _Mailer, run_id: int
     if failure is not None:
         send_id = _log_attempt(session, invoice_id, to, test=test, outcome="failed",
                                answer=_answer(failure, settings), actor=actor)
-        _finish_item(session, run_id, item_id, "failed", f"not sent: {failure}", send_id)
+        _finish_item(session, run_id, item_id, "failed",
+                     M_("not sent: %(why)s") % {"why": failure}, send_id)
         session.commit()
         log.error("send run %s: invoice %s not sent: %s", run_id, number, failure)
         return
@@ -590,20 +597,23 @@ def _send_one(session: Session, settings: Settings, mailer: _Mailer, run_id: int
         refused = dict(mailer.smtp.send_message(message, from_addr=bounce, to_addrs=to))
     except smtplib.SMTPRecipientsRefused as exc:
         refused = dict(exc.recipients)
-        error = "every recipient was refused"
+        error = M_("every recipient was refused")
     except (OSError, smtplib.SMTPException) as exc:
         error = _smtp_error(exc)
         mailer.drop()
     # 5. Record the result.
-    refusals = "; ".join(f"{addr} refused: {_smtp_error(_Refusal(*answer))}"
+    refusals = "; ".join(M_("%(address)s refused: %(answer)s")
+                         % {"address": addr, "answer": _smtp_error(_Refusal(*answer))}
                          for addr, answer in refused.items())
     accepted = [a for a in to if a not in refused]
     if error is not None:
         outcome, status = "failed", "failed"
-        answer = f"not sent: {error}" + (f" ({refusals})" if refusals else "")
+        answer = (M_("not sent: %(why)s (%(refusals)s)") % {"why": error, "refusals": refusals}
+                  if refusals else M_("not sent: %(why)s") % {"why": error})
     elif refused:
         outcome, status = "partial", "partial"
-        answer = f"accepted for {', '.join(accepted)}; {refusals}"
+        answer = M_("accepted for %(to)s; %(refusals)s") % {
+            "to": ", ".join(accepted), "refusals": refusals}
     else:
         outcome, status = ("test-sent" if test else "sent"), "sent"
         answer = f"accepted by {smtp_where(settings)} for {', '.join(accepted)}"

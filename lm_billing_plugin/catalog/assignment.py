@@ -15,6 +15,7 @@ from ..engine.store import (
     ASSIGNMENT,
     open_drift_problems,
 )
+from ..i18n import M_
 from ..models import (
     BillingGroup,
     MailingList,
@@ -54,15 +55,17 @@ def check_gate(session: Session, server_id: int) -> None:
         raise AssignmentError(f"there is no server {server_id}")
     if row.validated_at is None:
         raise GateError(
-            f"Validate and sync server {row.name!r} first: it was never validated, so billing "
-            "does not know what it holds.", server_id=server_id, server_name=row.name)
+            M_("Validate and sync server %(server)s first: it was never validated, so "
+               "billing does not know what it holds.") % {"server": repr(row.name)},
+            server_id=server_id, server_name=row.name)
     drift = open_drift_problems(session, server_id)
     if drift:
         shown = ", ".join(f"{kind} {name!r}" for kind, name in drift[:3])
         more = f" and {len(drift) - 3} more" if len(drift) > 3 else ""
         raise GateError(
-            f"Validate and sync server {row.name!r} first: it has {len(drift)} open drift "
-            f"problem(s) ({shown}{more}); sync it, or fix them on the Errors page.",
+            M_("Validate and sync server %(server)s first: it has %(count)s open drift "
+               "problem(s) (%(shown)s); sync it, or fix them on the Errors page.")
+            % {"server": repr(row.name), "count": len(drift), "shown": shown + more},
             server_id=server_id, server_name=row.name)
 
 

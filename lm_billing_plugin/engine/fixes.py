@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import signals
+from ..i18n import M_
 from ..models import (
     Problem,
     Run,
@@ -61,27 +62,27 @@ log = logging.getLogger("lm_billing_plugin.runner")
 
 # What each billing-rule problem needs from a person.
 RULE_ACTIONS: Final = {
-    "unassigned_list": "Assign an owner: assign the list (or its site or server) to a "
-    "billing group.",
-    "over_max_lists": "Change the billing group's hosting plan, or move some of its lists to "
-    "another group.",
-    "over_max_members": "Change the billing group's hosting plan, or move some of its lists "
-    "to another group.",
-    "over_max_members_per_list": "Change the billing group's hosting plan, or move the list "
-    "to a group whose plan permits its members.",
-    "over_max_lists_per_site": "Change the billing group's hosting plan, or move lists of "
-    "this site to another group.",
-    "over_max_sites": "Change the billing group's hosting plan, or move some sites to "
-    "another group.",
-    "inactive_customer_has_lists": "Unassign the group's lists (or move them to a placeholder "
-    "customer), or make the customer active again.",
+    "unassigned_list": M_("Assign an owner: assign the list (or its site or server) to a "
+        "billing group."),
+    "over_max_lists": M_("Change the billing group's hosting plan, or move some of its lists to "
+        "another group."),
+    "over_max_members": M_("Change the billing group's hosting plan, or move some of its lists "
+        "to another group."),
+    "over_max_members_per_list": M_("Change the billing group's hosting plan, or move the list "
+        "to a group whose plan permits its members."),
+    "over_max_lists_per_site": M_("Change the billing group's hosting plan, or move lists of "
+        "this site to another group."),
+    "over_max_sites": M_("Change the billing group's hosting plan, or move some sites to "
+        "another group."),
+    "inactive_customer_has_lists": M_("Unassign the group's lists (or move them to a placeholder "
+        "customer), or make the customer active again."),
 }
 # What an invalid_field problem needs: only the hosting server can change what it sends.
-INVALID_FIELD_ACTION: Final = (
+INVALID_FIELD_ACTION: Final = M_(
     "Correct the value on the hosting server (shorten it, or remove the NUL character), then "
     "validate the server again."
 )
-ENABLE_LOGGING_HINT: Final = (
+ENABLE_LOGGING_HINT: Final = M_(
     "Enabling logging changes the hosting server's own settings, so it is done only on "
     "request: use \"Enable logging on this server\" (or `fix --enable-logging`)."
 )
@@ -213,25 +214,26 @@ def fix_problems(problem_ids: Sequence[int], *, actor: str,
         row = by_id.get(pid)
         if row is None:
             items[pid] = FixItem(pid, None, None, None, "not_found",
-                                 f"there is no problem {pid}; reload the Errors page")
+                                 M_("there is no problem %(id)s; reload the Errors page")
+                                 % {"id": pid})
             continue
         base = (pid, row.kind, row.object_name, row.server_name)
         if row.status != "open":
             items[pid] = FixItem(*base, "already_fixed",
-                                 f"already {row.status} ({iso(row.closed_at)}); nothing to do")
+                                 _already(row.status, iso(row.closed_at)))
         elif row.kind in RULE_ACTIONS:
             items[pid] = FixItem(*base, "not_fixable",
-                                 "a billing rule: fixing it needs a decision, not a sync",
+                                 M_("a billing rule: fixing it needs a decision, not a sync"),
                                  RULE_ACTIONS[row.kind])
         elif row.kind == "invalid_field":
             items[pid] = FixItem(*base, "not_fixable",
-                                 "the hosting server sent a value billing cannot store",
+                                 M_("the hosting server sent a value billing cannot store"),
                                  INVALID_FIELD_ACTION)
         elif row.kind == "logging_off" and not enable_logging:
             items[pid] = FixItem(*base, "needs_confirmation", ENABLE_LOGGING_HINT,
-                                 "Enable logging on this server")
+                                 M_("Enable logging on this server"))
         elif row.server_id is None:
-            items[pid] = FixItem(*base, "not_fixable", "this problem belongs to no server")
+            items[pid] = FixItem(*base, "not_fixable", M_("this problem belongs to no server"))
         else:
             plans.setdefault(row.server_id, []).append(row)
     changes: dict[str, dict[str, int]] = {}
@@ -269,8 +271,8 @@ def _fix_servers(session: Session, settings: Settings, actor: str,
         if not claim_server(session, srv.id, owner, settings.lease_seconds, utcnow(),
                             run_id=target.run_id):
             _fix_failed(session, target, problems, items, actor, "ALREADY_RUNNING",
-                        "already running: another run has this server; try again when it "
-                        "has finished", release=None)
+                        M_("already running: another run has this server; try again when it "
+                           "has finished"), release=None)
             continue
         if target.password_error is not None:
             _fix_failed(session, target, problems, items, actor, "PASSWORD",
@@ -297,8 +299,9 @@ def _fix_servers(session: Session, settings: Settings, actor: str,
             except Exception as exc:
                 log.exception("server %s: fix failed unexpectedly", target.name)
                 _fix_failed(session, target, problems, items, actor, "INTERNAL",
-                            f"fixing failed unexpectedly ({type(exc).__name__}: {exc}); see "
-                            "the billing server's log, then fix the problems again",
+                            M_("fixing failed unexpectedly (%(error)s); see the billing server's "
+                               "log, then fix the problems again")
+                            % {"error": f"{type(exc).__name__}: {exc}"},
                             release=owner)
                 continue
             try:
@@ -307,20 +310,20 @@ def _fix_servers(session: Session, settings: Settings, actor: str,
             except LeaseLost:
                 session.rollback()
                 _fix_failed(session, target, problems, items, actor, "LEASE_LOST",
-                            "this fix took longer than LM_BILLING_LEASE_SECONDS and another "
-                            "run took the server over; nothing was stored. Validate the "
-                            "server, then fix what is still open", release=None)
+                            M_("this fix took longer than LM_BILLING_LEASE_SECONDS and another "
+                               "run took the server over; nothing was stored. Validate the "
+                               "server, then fix what is still open"), release=None)
             except Exception as exc:
                 session.rollback()
                 if isinstance(exc, sa.exc.DBAPIError) and is_conflict(exc):
-                    message = ("another run was storing the same billing problems at the same "
+                    message = M_("another run was storing the same billing problems at the same "
                                "moment; nothing was changed. Fix the problems again when it "
                                "has finished")
                 else:
                     log.exception("server %s: storing the fix failed", target.name)
-                    message = (f"billing could not store the fix ({type(exc).__name__}); "
-                               "nothing was changed. Fix the problems again; see the billing "
-                               "server's log if it repeats")
+                    message = M_("billing could not store the fix (%(error)s); nothing was "
+                               "changed. Fix the problems again; see the billing server's log "
+                               "if it repeats") % {"error": type(exc).__name__}
                 _fix_failed(session, target, problems, items, actor, "STORE", message,
                             release=owner)
 
@@ -401,26 +404,26 @@ def _fix_store(session: Session, target: Target, owner: str, actor: str,
     for p in drift_rows:
         if p.fingerprint in still:
             items[p.id] = FixItem(p.id, p.kind, p.object_name, target.name, "failed",
-                                  "the change could not be applied; validate the server and "
-                                  "try again")
+                                  M_("the change could not be applied; validate the server and "
+                                     "try again"))
         elif p.fingerprint in present:
             items[p.id] = FixItem(p.id, p.kind, p.object_name, target.name, "fixed",
                                   _fixed_message(p.kind), RULE_ACTIONS["unassigned_list"]
                                   if p.kind == "unknown_list" else None)
         else:
             items[p.id] = FixItem(p.id, p.kind, p.object_name, target.name, "gone",
-                                  "the server and billing no longer differ here; closed as "
-                                  "resolved")
+                                  M_("the server and billing no longer differ here; closed as "
+                                     "resolved"))
     for p in logging_rows:
         if p.id in items:
             continue
         if p.fingerprint in still:
             items[p.id] = FixItem(p.id, p.kind, p.object_name, target.name, "failed",
-                                  "Enable Logging is still off on the server")
+                                  M_("Enable Logging is still off on the server"))
         else:
             items[p.id] = FixItem(p.id, p.kind, p.object_name, target.name, "fixed",
-                                  "Enable Logging is now \"Yes, Log All Messages that "
-                                  "ListManager Sends to Mailing Lists\"")
+                                  M_("Enable Logging is now \"Yes, Log All Messages that "
+                                     "ListManager Sends to Mailing Lists\""))
     status = "ok" if inv.logging.counts_messages else "logging_off"
     session.execute(
         sa.update(SERVER).where(SERVER.c.id == sid).values(
@@ -446,11 +449,21 @@ def _fix_store(session: Session, target: Target, owner: str, actor: str,
     changes[target.name] = counts
 
 
+def _already(status: str, closed_at: str | None) -> str:
+    # One template per status, so a page can say the status word in its own language.
+    if status == "fixed":
+        return M_("already fixed (%(closed_at)s); nothing to do") % {"closed_at": closed_at}
+    if status == "resolved":
+        return M_("already resolved (%(closed_at)s); nothing to do") % {"closed_at": closed_at}
+    return M_("already %(status)s (%(closed_at)s); nothing to do") % {
+        "status": status, "closed_at": closed_at}
+
+
 def _fixed_message(kind: str) -> str:
     return {
-        "unknown_site": "the site was added to billing",
-        "unknown_list": "the list was added to billing, unassigned",
-        "missing_site": "the site was marked removed (its history is kept)",
-        "missing_list": "the list was marked removed (its history and assignments are kept)",
-        "changed_list": "billing now holds the server's values",
-    }.get(kind, "fixed")
+        "unknown_site": M_("the site was added to billing"),
+        "unknown_list": M_("the list was added to billing, unassigned"),
+        "missing_site": M_("the site was marked removed (its history is kept)"),
+        "missing_list": M_("the list was marked removed (its history and assignments are kept)"),
+        "changed_list": M_("billing now holds the server's values"),
+    }.get(kind, M_("fixed"))

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit, signals
+from ..i18n import M_
 from ..models import (
     Assignment,
     AuditEntry,
@@ -588,7 +589,7 @@ def _address(server: Server) -> tuple[str, int, str, str]:
 
 def run_message(server: str, message: str) -> str:
     """A Run's error message: it names the server, since lists of runs mix servers."""
-    return f"server '{server}': {message}"
+    return M_("server %(server)s: %(message)s") % {"server": f"'{server}'", "message": message}
 
 
 def _record_call(

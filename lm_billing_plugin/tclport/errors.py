@@ -15,6 +15,7 @@ __all__ = [
     "DNS",
     "LOOKUP_COMMANDS",
     "MALFORMED",
+    "MESSAGES",
     "NOT_TCLPORT",
     "OVERSIZED",
     "REFUSED",
@@ -120,6 +121,128 @@ def denied_ip(server_message: str) -> str | None:
         return None
 
 
+def N_(template: str) -> str:
+    """Marks a guidance template for the plugin's catalog (``make translations`` extracts
+    N_); tclport has no Flask, so the page translates the finished English sentence by
+    finding its template again (i18n.say, which reads MESSAGES)."""
+    return template
+
+
+# What guidance() says, as templates with named values: the English sentences are these
+# filled in; the pages translate them (i18n.say), the CLI and the JSON API keep the English.
+_DNS = N_("the host name %(host)s does not resolve; check the Host Name of this server.")
+_ADDRESS_REFUSED = N_("billing does not connect to %(host)s; check the Host Name.")
+_REFUSED = N_(
+    "nothing listens on %(where)s: is ListManager running there, does its "
+    "\"TCLPORT IP addresses\" setting (Server Settings: Machine Settings: IP Addresses) "
+    "include this address, and does the firewall pass TCP %(port)s?"
+)
+_TIMEOUT = N_(
+    "no answer from %(where)s; check that the host is up and that no firewall drops TCP "
+    "%(port)s."
+)
+_TIMEOUT_WAITED = N_(
+    "no answer from %(where)s within %(seconds)s; check that the host is up and that no "
+    "firewall drops TCP %(port)s."
+)
+_TIMEOUT_DETAIL = N_(
+    "no answer from %(where)s (%(detail)s); check that the host is up and that no firewall "
+    "drops TCP %(port)s."
+)
+_TIMEOUT_WAITED_DETAIL = N_(
+    "no answer from %(where)s within %(seconds)s (%(detail)s); check that the host is up and "
+    "that no firewall drops TCP %(port)s."
+)
+_UNREACHABLE = N_("%(where)s cannot be reached (%(detail)s); check the network.")
+_UNREACHABLE_PLAIN = N_("%(where)s cannot be reached (network error); check the network.")
+_NOT_TCLPORT = N_(
+    "%(where)s answered, but not as a ListManager TclPort; check the Host Name and that "
+    "ListManager's TclPort runs on this port."
+)
+_NOT_TCLPORT_DETAIL = N_(
+    "%(where)s answered, but not as a ListManager TclPort (%(detail)s); check the Host Name "
+    "and that ListManager's TclPort runs on this port."
+)
+_UNREADABLE = N_(
+    "the server sent a reply this client cannot read: %(detail)s. The connection was "
+    "closed; if this repeats, check the server's ListManager version."
+)
+_CLOSED = N_(
+    "the server closed the connection (%(detail)s); try again, and check the server's "
+    "ListManager log if this repeats."
+)
+_CLOSED_PLAIN = N_(
+    "the server closed the connection (without a reply); try again, and check the server's "
+    "ListManager log if this repeats."
+)
+_NOT_SENT = N_(
+    "the %(command)s request was not sent: %(detail)s; shorten or correct what was entered "
+    "for it and try again."
+)
+_NOT_SENT_PLAIN = N_(
+    "the request request was not sent: %(detail)s; shorten or correct what was entered for "
+    "it and try again."
+)
+_HOST_DENIED = N_(
+    "the hosting server refused this billing server's address %(ip)s: add %(ip)s to "
+    "TCLPORT Hosts (%(path)s) on the hosting server, or run `lm tclport %(ip)s` there."
+)
+_HOST_DENIED_UNKNOWN = N_(
+    "the hosting server refused this billing server's address this billing server's "
+    "address: add this billing server's address to TCLPORT Hosts (%(path)s) on the hosting "
+    "server, or run `lm tclport this billing server's address` there."
+)
+_AUTH_FAILED = N_(
+    "the TclPort password was rejected; enter the hosting server's TclPort password "
+    "(the default is TCLPORTPasswd; all servers should share one)."
+)
+_AUTH_REQUIRED = N_(
+    "the server asked for the TclPort password first; this is a client bug, retry."
+)
+_NO_LOOKUP = N_(
+    "this server cannot be searched (it does not offer %(command)s); its ListManager build "
+    "has no cross-server look-ups: do this on the hosting server itself, or map the command "
+    "name if its build spells it differently (the client's command mapping)."
+)
+_NO_DELETE = N_(
+    "this server cannot be asked to delete members (it does not offer %(command)s); its "
+    "ListManager build has no cross-server look-ups: do this on the hosting server itself, "
+    "or map the command name if its build spells it differently (the client's command "
+    "mapping)."
+)
+_DELETE_NOT_PERMITTED = N_(
+    "this server does not allow remote deletions of members (%(server_message)s); remove "
+    "the member on the hosting server itself, or allow remote deletions there."
+)
+_UNKNOWN_COMMAND = N_(
+    "the server does not know the command %(command)s; its ListManager build may use other "
+    "command names (see the client's command mapping)."
+)
+_NOT_PERMITTED = N_(
+    "the server does not allow %(command)s from here (%(server_message)s); change the "
+    "setting on the hosting server itself."
+)
+_LOGGING_OFF = N_(
+    "the server does not log mailings, so there is no usage to read: set Enable Logging to "
+    "\"Yes, Log All Messages that ListManager Sends to Mailing Lists\" (%(path)s) on that "
+    "server."
+)
+_BUSY = N_("the server is busy (%(server_message)s); try again later.")
+_REJECTED = N_(
+    "the server rejected the %(command)s request (%(code)s: %(server_message)s); this "
+    "client and the server's ListManager build disagree on TclPort profile 1: check the "
+    "server's ListManager version, and report it if this repeats."
+)
+_INTERNAL = N_(
+    "the server reported an internal error (%(server_message)s); try again later, and check "
+    "the hosting server's ListManager log if it repeats."
+)
+MESSAGES: tuple[str, ...] = tuple(  # every template above, for tests and tools
+    value for name, value in list(globals().items())
+    if name.startswith("_") and name.isupper() and isinstance(value, str)
+)
+
+
 def guidance(
     code: str,
     *,
@@ -131,104 +254,64 @@ def guidance(
     timeout: float | None = None,
     local_ip: str | None = None,
 ) -> str:
-    """The user-facing message for a failure: what happened and what to do about it."""
+    """The user-facing message for a failure: what happened and what to do about it.
+
+    Always one of the MESSAGES templates filled in (or an unknown code as the server sent
+    it), so a page can show it translated."""
     where = host_port(host, port)
     if code == DNS:
-        return f"the host name {host!r} does not resolve; check the Host Name of this server."
+        return _DNS % {"host": repr(host)}
     if code == ADDRESS_REFUSED:
         # The detail is the whole finding and its remedy (addresses.HostRefused).
-        return detail or f"billing does not connect to {host!r}; check the Host Name."
+        return detail or _ADDRESS_REFUSED % {"host": repr(host)}
     if code == REFUSED:
-        return (
-            f"nothing listens on {where}: is ListManager running there, does its "
-            "\"TCLPORT IP addresses\" setting (Server Settings: Machine Settings: IP Addresses) "
-            f"include this address, and does the firewall pass TCP {port}?"
-        )
+        return _REFUSED % {"where": where, "port": port}
     if code == TIMEOUT:
-        waited = f" within {_seconds(timeout)}" if timeout is not None else ""
-        what = f" ({detail})" if detail else ""
-        return (
-            f"no answer from {where}{waited}{what}; check that the host is up and that no "
-            f"firewall drops TCP {port}."
-        )
+        values = {"where": where, "port": port, "detail": detail}
+        if timeout is not None:
+            values["seconds"] = _seconds(timeout)
+            return (_TIMEOUT_WAITED_DETAIL if detail else _TIMEOUT_WAITED) % values
+        return (_TIMEOUT_DETAIL if detail else _TIMEOUT) % values
     if code == UNREACHABLE:
-        return f"{where} cannot be reached ({detail or 'network error'}); check the network."
+        return _UNREACHABLE % {"where": where, "detail": detail} if detail else (
+            _UNREACHABLE_PLAIN % {"where": where})
     if code == NOT_TCLPORT:
-        what = f" ({detail})" if detail else ""
-        return (
-            f"{where} answered, but not as a ListManager TclPort{what}; check the Host Name "
-            "and that ListManager's TclPort runs on this port."
-        )
+        return (_NOT_TCLPORT_DETAIL if detail else _NOT_TCLPORT) % {
+            "where": where, "detail": detail}
     if code in (MALFORMED, OVERSIZED):
-        return (
-            f"the server sent a reply this client cannot read: {detail}. The connection was "
-            "closed; if this repeats, check the server's ListManager version."
-        )
+        return _UNREADABLE % {"detail": detail}
     if code == CLOSED:
-        return (
-            f"the server closed the connection ({detail or 'without a reply'}); try again, "
-            "and check the server's ListManager log if this repeats."
-        )
+        return _CLOSED % {"detail": detail} if detail else _CLOSED_PLAIN
     if code in (REQUEST_TOO_LONG, BAD_TEXT):
-        return (
-            f"the {command or 'request'} request was not sent: {detail}; shorten or correct "
-            "what was entered for it and try again."
-        )
+        if command:
+            return _NOT_SENT % {"command": command, "detail": detail}
+        return _NOT_SENT_PLAIN % {"detail": detail}
     if code == "HOST_DENIED":
-        ip = denied_ip(server_message) or local_ip or "this billing server's address"
-        return (
-            f"the hosting server refused this billing server's address {ip}: add {ip} to "
-            f"TCLPORT Hosts ({TCLPORT_HOSTS_PATH}) on the hosting server, or run "
-            f"`lm tclport {ip}` there."
-        )
+        ip = denied_ip(server_message) or local_ip
+        if ip is None:
+            return _HOST_DENIED_UNKNOWN % {"path": TCLPORT_HOSTS_PATH}
+        return _HOST_DENIED % {"ip": ip, "path": TCLPORT_HOSTS_PATH}
     if code == "AUTH_FAILED":
-        return (
-            "the TclPort password was rejected; enter the hosting server's TclPort password "
-            "(the default is TCLPORTPasswd; all servers should share one)."
-        )
+        return _AUTH_FAILED
     if code == "AUTH_REQUIRED":
-        return "the server asked for the TclPort password first; this is a client bug, retry."
+        return _AUTH_REQUIRED
     if code == "UNKNOWN_COMMAND" and command in LOOKUP_COMMANDS:
         # Spec 4b: the look-ups are optional; a server without them is skipped, not broken.
-        what = "searched" if command != "delete_member" else "asked to delete members"
-        return (
-            f"this server cannot be {what} (it does not offer {command}); its ListManager "
-            "build has no cross-server look-ups: do this on the hosting server itself, or map "
-            "the command name if its build spells it differently (the client's command mapping)."
-        )
+        return (_NO_DELETE if command == "delete_member" else _NO_LOOKUP) % {"command": command}
     if code == "NOT_PERMITTED" and command == "delete_member":
-        return (
-            f"this server does not allow remote deletions of members ({server_message}); "
-            "remove the member on the hosting server itself, or allow remote deletions there."
-        )
+        return _DELETE_NOT_PERMITTED % {"server_message": server_message}
     if code == "UNKNOWN_COMMAND":
-        return (
-            f"the server does not know the command {command!r}; its ListManager build may use "
-            "other command names (see the client's command mapping)."
-        )
+        return _UNKNOWN_COMMAND % {"command": repr(command)}
     if code == "NOT_PERMITTED":
-        return (
-            f"the server does not allow {command!r} from here ({server_message}); change the "
-            "setting on the hosting server itself."
-        )
+        return _NOT_PERMITTED % {"command": repr(command), "server_message": server_message}
     if code == "LOGGING_OFF":
-        return (
-            "the server does not log mailings, so there is no usage to read: set Enable "
-            "Logging to \"Yes, Log All Messages that ListManager Sends to Mailing Lists\" "
-            f"({LOGGING_PATH}) on that server."
-        )
+        return _LOGGING_OFF % {"path": LOGGING_PATH}
     if code == "BUSY":
-        return f"the server is busy ({server_message}); try again later."
+        return _BUSY % {"server_message": server_message}
     if code in ("BAD_ARGS", "BAD_REQUEST"):
-        return (
-            f"the server rejected the {command!r} request ({code}: {server_message}); "
-            "this client and the server's ListManager build disagree on TclPort profile 1: "
-            "check the server's ListManager version, and report it if this repeats."
-        )
+        return _REJECTED % {"command": repr(command), "code": code,
+                            "server_message": server_message}
     if code == "INTERNAL":
-        return (
-            f"the server reported an internal error ({server_message}); try again later, and "
-            "check the hosting server's ListManager log if it repeats."
-        )
+        return _INTERNAL % {"server_message": server_message}
     # An unknown code is shown with its message as it is (spec section 5).
     return f"{code}: {server_message}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -17,7 +17,7 @@ from ...billing.invoice_templates import template_choices
 from ...catalog.customers import CatalogError, create_customer, update_customer
 from ...catalog.groups import GROUP_FIELDS, create_group, update_group
 from ...engine.versions import ChangedMeanwhile, fields_version
-from ...i18n import N_, gettext
+from ...i18n import N_, Words, gettext
 from ...models import (
     Assignment,
     AuditEntry,
@@ -53,6 +53,56 @@ CUSTOMER_SORTS: dict[str, Any] = {
     "email": Customer.email,
     "active": Customer.is_active,
 }
+
+
+# The History table: the audit log's action names and detail keys, as the page says them
+# (an action or key not listed here is shown as stored).
+HISTORY_ACTION_WORDS: Final = Words({
+    "customer_create": N_("customer created"),
+    "customer_update": N_("customer changed"),
+    "customer_activate": N_("customer made active"),
+    "customer_deactivate": N_("customer made inactive"),
+    "customer_delete": N_("customer deleted"),
+    "group_create": N_("billing group created"),
+    "group_update": N_("billing group changed"),
+    "group_plan": N_("hosting plan set for a group"),
+    "assign": N_("objects assigned"),
+    "unassign": N_("objects unassigned"),
+    "charge_create": N_("charge created"),
+    "charge_update": N_("charge changed"),
+    "charge_delete": N_("charge deleted"),
+    "group_charge_add": N_("charge added to a group"),
+    "group_charge_end": N_("charge ended for a group"),
+    "group_charge_remove": N_("charge removed from a group"),
+    "invoice_issue": N_("invoice issued"),
+    "invoice_send": N_("invoice sent"),
+    "invoice_void": N_("invoice voided"),
+    "bill_run": N_("bill run"),
+    "bill_run_dry": N_("bill run (dry run)"),
+    "lists_terminate": N_("lists terminated"),
+})
+HISTORY_DETAIL_WORDS: Final = Words({
+    "assignment_ids": N_("assignments"),
+    "customer_id": N_("customer"),
+    "end": N_("end"),
+    "start": N_("start"),
+    "invoice": N_("invoice"),
+    "invoice_id": N_("invoice id"),
+    "plan_id": N_("plan id"),
+    "site_ids": N_("sites"),
+    "whole_server": N_("whole server"),
+    "to": N_("to"),
+    "refused": N_("refused"),
+    "group_id": N_("group"),
+    "server_id": N_("server"),
+    "list_ids": N_("lists"),
+    "reason": N_("reason"),
+    "changes": N_("changes"),
+    "assigned": N_("assigned"),
+    "number": N_("number"),
+    "amount": N_("amount"),
+    "total": N_("total"),
+})
 
 
 def customers() -> str:
@@ -330,6 +380,8 @@ def _render_customer_detail(
         "lm_billing/customer_detail.html",
         invoices=invoices,
         history=history,
+        history_action_words=HISTORY_ACTION_WORDS,
+        history_detail_words=HISTORY_DETAIL_WORDS,
         group_charges=group_charges(session, [g.id for g, _ in groups]),
         charge_end_form=GroupChargeEndForm(),
         customer=customer,

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
-from ...i18n import N_, Words, gettext
+from ...i18n import N_, Words, gettext, say
 from ...models import PROBLEM_KINDS, Problem, Server
 
 # The Errors page's name of each kind (the gate's refusals use it too).
@@ -175,4 +175,4 @@ def in_page_words(message: str, kind_words: Mapping[str, str]) -> str:
 
 def gate_words(exc: BaseException) -> str:
     """The gate's refusal (catalog.assignment.GateError) as the pages say it."""
-    return in_page_words(str(exc), KIND_WORDS)
+    return in_page_words(say(str(exc)), KIND_WORDS)

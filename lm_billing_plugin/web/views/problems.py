@@ -4,13 +4,13 @@ server and kind, and "Fix Selected Objects" through the engine's fix_problems.""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import ColumnElement, func, or_, select
 from werkzeug.wrappers import Response
 
-from ...i18n import N_, Words, gettext
+from ...i18n import N_, Words, gettext, say
 from ...models import PROBLEM_KINDS, Batch, Problem, Run, Server
 from ...state import get_state
 from ..access import actor_name, requires
@@ -19,6 +19,9 @@ from ..l10n import format_number
 from . import problem_summary
 from .paging import MAX_ID, clamp, order_by, page_from_request
 from .problem_summary import KIND_WORDS
+
+if TYPE_CHECKING:
+    from ...engine.fixes import FixItem
 
 log = logging.getLogger("lm_billing_plugin.views.problems")
 
@@ -288,25 +291,38 @@ def problems_fix() -> Response:
     # belong to the fix run, not the batch, so the page after a fix shows every batch's.
     back_args.pop("batch", None)
     back = redirect(url_for("lm_billing.problems", **back_args))
-    _flash_lines(result.errors, "error")
+    _flash_lines([_fix_line(i) for i in result.failed], "error")
     # One line per fixed object says little after the first few: the count above says it.
-    _flash_lines(result.messages, "message", limit=3)
+    _flash_lines([_fix_line(i) for i in result.items if i.outcome not in ("failed", "not_found")],
+                 "message", limit=3)
     return back
 
 
-def _worded(line: str) -> str:
-    """The engine's messages start with the problem's code ("unknown_site 'x' on ..."):
-    operators read the words the Errors page uses instead."""
-    code, _, rest = line.partition(" ")
-    words = KIND_WORDS.get(code)
-    return f"{words[:1].upper()}{words[1:]}: {rest}" if words and rest else line
+def _fix_line(item: FixItem) -> str:
+    """What the engine's FixResult line says, in the viewer's language: the problem's words
+    the Errors page uses instead of its code, the engine's message and action translated
+    (i18n.say), names as they are. In English it is the engine's line word for word."""
+    message = say(item.message)
+    action = f" {say(item.action)}" if item.action else ""
+    if item.kind is None:
+        what = gettext("problem %(id)s", id=item.problem_id)
+    else:
+        words = KIND_WORDS.get(item.kind)
+        what = (f"{words[:1].upper()}{words[1:]}: {item.object!r}" if words
+                else f"{item.kind} {item.object!r}")
+    if item.server:
+        line = gettext("%(what)s on server %(server)s: %(message)s.", what=what,
+                       server=repr(item.server), message=message)
+    else:
+        line = gettext("%(what)s: %(message)s.", what=what, message=message)
+    return line + action
 
 
 def _flash_lines(lines: list[str], category: str, limit: int = 10) -> None:
     # Hundreds of ticked rows must not become hundreds of messages (nor overflow the
     # session cookie); the Errors page itself shows what is left.
     for line in lines[:limit]:
-        flash(_worded(line), category)
+        flash(line, category)
     if len(lines) > limit:
         flash(gettext("... and %(num)s more like these.", num=len(lines) - limit), category)
 

@@ -9,6 +9,7 @@ from werkzeug.wrappers import Response
 
 from ...engine import servers as service
 from ...engine.servers import ServerError
+from ...i18n import gettext, say
 from ...models import BillingGroup, MailingList, Server
 from ...state import get_state
 from ..access import actor_name, requires
@@ -29,7 +30,7 @@ def server_check(server_id: int) -> str | Response:
         connection, logging_report = service.check_server(server.id, actor=actor_name())
     except ServerError as exc:
         get_state().session.rollback()
-        flash(f"The connection was not checked: {exc}", "error")
+        flash(gettext("The connection was not checked: %(why)s", why=say(exc)), "error")
         return redirect(url_for("lm_billing.server_detail", server_id=server_id))
     from flask import session as cookie
 
@@ -53,7 +54,7 @@ def server_enable_logging(server_id: int) -> Response:
         report = service.enable_logging(server.id, actor=actor_name())
     except ServerError as exc:
         get_state().session.rollback()
-        flash(f"Enable Logging was not changed: {exc}", "error")
+        flash(gettext("Enable Logging was not changed: %(why)s", why=say(exc)), "error")
         return redirect(url_for("lm_billing.server_detail", server_id=server_id))
     flash(report.message, "message" if report.ok else "error")
     return redirect(url_for("lm_billing.server_detail", server_id=server_id))
@@ -97,7 +98,7 @@ def server_assign(server_id: int) -> Response:
         )
     except (assignment.GateError, assignment.AssignmentError) as exc:
         session.rollback()
-        flash(f"Nothing was assigned: {gate_words(exc)}", "error")
+        flash(gettext("Nothing was assigned: %(why)s", why=gate_words(exc)), "error")
         return back
     group = session.get(BillingGroup, form.group_id.data)
     flash(
