@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import current_app, has_app_context
 from flask_babel import Domain, LazyString
+from flask_babel import get_locale as host_locale
 from flask_babel import get_translations as host_translations
 from jinja2 import pass_context
 from jinja2.runtime import Context
@@ -152,16 +153,22 @@ def _literal_length(template: str) -> int:
     return len(_PLACEHOLDER.sub("", template))
 
 
-def _templates(msgids: frozenset[str]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+def _templates(msgids: frozenset[str]) -> tuple[_Template, ...]:
     # The catalog's parameterised messages, the most fixed words first: "no answer from
     # %(where)s within %(seconds)s; ..." before "no answer from %(where)s; ...".
     # Only sentences: a page's short pattern ("%(start)s to %(end)s") would match any text.
     found = [m for m in msgids if _PLACEHOLDER.search(m) and _literal_length(m) >= 10]
     found.sort(key=_literal_length, reverse=True)
-    return tuple((m, _pattern(m)) for m in found)
+    return tuple(
+        (m, _pattern(m), tuple(part for part in _PLACEHOLDER.split(m)[::2] if part))
+        for m in found)
 
 
-def _catalog_templates() -> tuple[tuple[str, re.Pattern[str]], ...]:
+# (template, its pattern, its fixed parts: a text lacking one of them cannot match)
+_Template = tuple[str, re.Pattern[str], tuple[str, ...]]
+
+
+def _catalog_templates() -> tuple[_Template, ...]:
     translations = domain.get_translations()
     catalog = getattr(translations, "_catalog", {})
     key = id(catalog)
@@ -172,11 +179,20 @@ def _catalog_templates() -> tuple[tuple[str, re.Pattern[str]], ...]:
     return cached
 
 
-_TEMPLATE_CACHE: dict[int, tuple[tuple[str, re.Pattern[str]], ...]] = {}
+_TEMPLATE_CACHE: dict[int, tuple[_Template, ...]] = {}
+
+# Longer texts are shown as stored: the matching is a page-time cost per row, and a stored
+# problem detail can carry a hosting server's 60,000-byte name (several lazy groups over such
+# a text could backtrack for a long time).
+SAY_LIMIT = 2_000
 
 
 def _say_template(text: str, depth: int = 0) -> str | None:
-    for template, pattern in _catalog_templates():
+    if len(text) > SAY_LIMIT:
+        return None
+    for template, pattern, fixed in _catalog_templates():
+        if not all(part in text for part in fixed):
+            continue
         found = pattern.fullmatch(text)
         if found is None:
             continue
@@ -198,6 +214,11 @@ def _say_value(value: str, depth: int) -> str:
     return str(exact)
 
 
+def _in_source_language() -> bool:
+    locale = host_locale()
+    return locale is None or locale.language == "en"
+
+
 def say(text: Any) -> str:
     """A message a lower layer returned or stored, in the viewer's language: a lazy string
     translates itself, a sentence made from a known template is translated with its values
@@ -208,7 +229,7 @@ def say(text: Any) -> str:
     if not text:
         return ""
     message: str = str(text)
-    if not _babel_ready():
+    if not _babel_ready() or _in_source_language():
         return message
     translated = _say_template(message)
     return translated if translated is not None else gettext(message)
