@@ -49,7 +49,7 @@ lint: $(VENV)/.test-installed
 TRANSLATIONS := lm_billing_plugin/translations
 PYBABEL := $(VENV)/bin/pybabel
 translations: $(VENV)/.test-installed
-	$(PYBABEL) extract -F babel.cfg -k lazy_gettext -k lazy_ngettext:1,2 -k translate_template -k N_ -k M_ \
+	$(PYBABEL) extract -F babel.cfg -k lazy_gettext -k lazy_ngettext:1,2 -k N_ -k M_ \
 	  --project=lm-billing-plugin --no-location --sort-output --omit-header --width=100 \
 	  -o $(TRANSLATIONS)/messages.pot .
 	$(PYBABEL) update -D lm_billing -i $(TRANSLATIONS)/messages.pot -d $(TRANSLATIONS) \

@@ -100,21 +100,6 @@ class Words(Mapping[str, str]):
         return self._words.get(key, default)
 
 
-def translate(text: Any) -> str:
-    """A message a service returned, in the viewer's language: lazy strings translate
-    themselves; a plain string is looked up as it is (an untranslated one stays as it was)."""
-    if isinstance(text, LazyString):
-        return str(text)
-    return gettext(str(text)) if text else ""
-
-
-def translate_template(template: str, params: dict[str, Any]) -> str:
-    """A parameterised message (e.g. a TclPort error: ``"%(server)s refused ..."`` with its
-    values) translated as a template, then filled in: the catalog holds the template, never
-    the formatted text with a server's name in it."""
-    return gettext(template, **params)
-
-
 # --- Messages from below the web layer ----------------------------------------------------
 # The engine, billing and tclport keep saying (and storing: status_message, skip reasons,
 # problem details) their English sentences, so the CLI, the JSON API and the logs stay as

@@ -18,7 +18,7 @@ from ...engine import servers as service
 from ...engine import versions
 from ...engine.servers import ServerError
 from ...engine.versions import ChangedMeanwhile
-from ...i18n import N_, Words, gettext, translate
+from ...i18n import N_, Words, gettext, say
 from ...models import (
     Assignment,
     BillingGroup,
@@ -287,7 +287,7 @@ def server_delete(server_id: int) -> str | Response:
         except ServerError as exc:
             session.rollback()
             flash(gettext("Server %(name)s was not deleted: %(reason)s", name=repr(name),
-                          reason=translate(str(exc))), "error")
+                          reason=say(str(exc))), "error")
             return redirect(url_for("lm_billing.server_detail", server_id=server_id))
         if outcome == "deactivated":
             flash(
