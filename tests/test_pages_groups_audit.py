@@ -137,7 +137,8 @@ def _entries(app: Flask) -> dict[str, int]:
              ids["server"]),
             (datetime(2026, 3, 3, 8, 0, tzinfo=UTC), "alice", "customer_update", "customer",
              ids["customer1"], None),
-            (datetime(2026, 3, 4, 9, 0, tzinfo=UTC), "=cmd()", "plan_create", "plan", 999_999, None),
+            (datetime(2026, 3, 4, 9, 0, tzinfo=UTC), "=cmd()", "plan_create", "plan",
+             999_999, None),
         ]:
             audit.record(s, actor=actor, action=action, object_type=kind, object_id=object_id,
                          server_id=server_id, at=at, detail={"note": "x"})
