@@ -163,6 +163,9 @@ def test_pages_stop_showing_the_problem_after_the_assign_page(
     ids = _synced(app, sim)
     server_page = f"/billing/servers/{ids['server']}"
     assert "has no owner" in plain(client.get(server_page))
+    # The list's admin address is its "List admin"; "Owner" is the billing group.
+    assign_page = plain(client.get(f"/billing/assign?server_id={ids['server']}"))
+    assert '<th scope="col">List admin</th>' in assign_page and ">Owner<" not in assign_page
     assert "Open problems (3)" in plain(client.get("/billing/errors"))
     done = client.post("/billing/assign", data={
         "csrf_token": csrf(client), "server_id": str(ids["server"]),

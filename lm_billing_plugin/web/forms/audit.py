@@ -10,9 +10,51 @@ from flask_wtf import FlaskForm
 from wtforms import DateField, SelectChoice, SelectField, StringField
 from wtforms.validators import Length, Optional, ValidationError
 
-from ...i18n import lazy_gettext
+from ...i18n import N_, gettext, lazy_gettext
 
-__all__ = ["SUBJECT_KINDS", "AuditFilterForm"]
+__all__ = ["ACTION_WORDS", "SUBJECT_KINDS", "AuditFilterForm"]
+
+#: What each recorded action did, as the page says it (unknown ones show their code).
+ACTION_WORDS: dict[str, str] = {
+    "validate": N_("validated"),
+    "sync": N_("synced"),
+    "sync_dry_run": N_("sync dry run"),
+    "fix": N_("fixed problems"),
+    "enable_logging": N_("switched Enable Logging on"),
+    "server_check": N_("checked the connection"),
+    "server_create": N_("created the server"),
+    "server_update": N_("changed the server"),
+    "server_deactivate": N_("deactivated the server"),
+    "server_delete": N_("deleted the server"),
+    "customer_create": N_("created the customer"),
+    "customer_update": N_("changed the customer"),
+    "customer_activate": N_("made the customer active"),
+    "customer_deactivate": N_("made the customer inactive"),
+    "customer_delete": N_("deleted the customer"),
+    "group_create": N_("created the billing group"),
+    "group_update": N_("changed the billing group"),
+    "group_plan": N_("gave the group a hosting plan"),
+    "group_charge_add": N_("added an additional charge"),
+    "group_charge_end": N_("ended an additional charge"),
+    "group_charge_remove": N_("removed an additional charge"),
+    "plan_create": N_("created the hosting plan"),
+    "plan_update": N_("changed the hosting plan"),
+    "charge_create": N_("created the additional charge"),
+    "charge_update": N_("changed the additional charge"),
+    "charge_delete": N_("deleted the additional charge"),
+    "template_create": N_("created the invoice template"),
+    "template_update": N_("changed the invoice template"),
+    "assign": N_("assigned"),
+    "unassign": N_("unassigned"),
+    "lists_terminate": N_("terminated lists"),
+    "delete_member": N_("deleted a membership"),
+    "bill_run": N_("ran billing"),
+    "bill_run_dry": N_("billing dry run"),
+    "invoice_issue": N_("issued an invoice"),
+    "invoice_void": N_("voided an invoice"),
+    "invoice_send": N_("sent an invoice"),
+    "schedule_run_now": N_("started a scheduled task now"),
+}
 
 #: The object types the audit log records (audit.record's ``object_type``), as the page says.
 SUBJECT_KINDS: dict[str, Any] = {
@@ -41,10 +83,17 @@ class AuditFilterForm(FlaskForm):  # type: ignore[misc]
     class Meta:
         csrf = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The actions in the viewer's language, in alphabetical order of what they say.
+        words = sorted(((gettext(w), code) for code, w in ACTION_WORDS.items()),
+                       key=lambda pair: pair[0].lower())
+        self.action.choices = [SelectChoice("", gettext("Any")),
+                               *(SelectChoice(code, label) for label, code in words)]
+
     actor = StringField(lazy_gettext("Who"), validators=[Optional(), Length(max=_TEXT)],
                         description=lazy_gettext("Part of the user's name, any letter case."))
-    action = StringField(lazy_gettext("Action"), validators=[Optional(), Length(max=_TEXT)],
-                         description=lazy_gettext("Part of the action, e.g. assign or sync."))
+    action = SelectField(lazy_gettext("Action"), validate_choice=True, default="")
     kind = SelectField(
         lazy_gettext("Subject kind"),
         choices=[SelectChoice("", lazy_gettext("Any")),

@@ -18,55 +18,14 @@ from flask import Blueprint, render_template, request, stream_with_context
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from ...i18n import N_, gettext
+from ...i18n import gettext
 from ...models import AdditionalCharge, AuditEntry, BillingGroup, Customer, HostingPlan, Server
 from ...state import get_state
-from ..forms.audit import SUBJECT_KINDS, AuditFilterForm
+from ..forms.audit import ACTION_WORDS, SUBJECT_KINDS, AuditFilterForm
 from ..l10n import iso_utc, viewer_timezone
 from .catalog import _page_size, _search
 from .paging import clamp, page_from_request
 
-#: What each recorded action did, as the page says it (unknown ones show their code).
-ACTION_WORDS: dict[str, str] = {
-    "validate": N_("validated"),
-    "sync": N_("synced"),
-    "sync_dry_run": N_("sync dry run"),
-    "fix": N_("fixed problems"),
-    "enable_logging": N_("switched Enable Logging on"),
-    "server_check": N_("checked the connection"),
-    "server_create": N_("created the server"),
-    "server_update": N_("changed the server"),
-    "server_deactivate": N_("deactivated the server"),
-    "server_delete": N_("deleted the server"),
-    "customer_create": N_("created the customer"),
-    "customer_update": N_("changed the customer"),
-    "customer_activate": N_("made the customer active"),
-    "customer_deactivate": N_("made the customer inactive"),
-    "customer_delete": N_("deleted the customer"),
-    "group_create": N_("created the billing group"),
-    "group_update": N_("changed the billing group"),
-    "group_plan": N_("gave the group a hosting plan"),
-    "group_charge_add": N_("added an additional charge"),
-    "group_charge_end": N_("ended an additional charge"),
-    "group_charge_remove": N_("removed an additional charge"),
-    "plan_create": N_("created the hosting plan"),
-    "plan_update": N_("changed the hosting plan"),
-    "charge_create": N_("created the additional charge"),
-    "charge_update": N_("changed the additional charge"),
-    "charge_delete": N_("deleted the additional charge"),
-    "template_create": N_("created the invoice template"),
-    "template_update": N_("changed the invoice template"),
-    "assign": N_("assigned"),
-    "unassign": N_("unassigned"),
-    "lists_terminate": N_("terminated lists"),
-    "delete_member": N_("deleted a membership"),
-    "bill_run": N_("ran billing"),
-    "bill_run_dry": N_("billing dry run"),
-    "invoice_issue": N_("issued an invoice"),
-    "invoice_void": N_("voided an invoice"),
-    "invoice_send": N_("sent an invoice"),
-    "schedule_run_now": N_("started a scheduled task now"),
-}
 CSV_HEADER = ("When (UTC)", "Who", "Action", "Action code", "Subject kind", "Subject",
               "Server", "Detail")
 
@@ -116,7 +75,7 @@ def _filter(form: AuditFilterForm) -> tuple[Any, Any]:
     if form.actor.data:
         where.append(_search(AuditEntry.actor, form.actor.data.strip()))
     if form.action.data:
-        where.append(_search(AuditEntry.action, form.action.data.strip().replace(" ", "_")))
+        where.append(AuditEntry.action == form.action.data)
     if form.kind.data:
         where.append(AuditEntry.object_type == form.kind.data)
     if form.subject.data:
