@@ -174,3 +174,12 @@ def test_pages_stop_showing_the_problem_after_the_assign_page(
     assert "has no owner" not in plain(client.get(server_page))
     errors = plain(client.get("/billing/errors"))
     assert "No open problems." in errors and "Open problems (" not in errors
+    # "Remove Selected Objects" on the customer's page: the problems are back at once.
+    with app.app_context():
+        [whole] = get_state(app).session.scalars(sa.select(Assignment.id)).all()
+    removed = client.post("/billing/unassign", data={
+        "csrf_token": csrf(client), "customer_id": str(ids["customer"]),
+        "assignment_id": str(whole)})
+    assert removed.status_code == 302
+    assert "Open problems (3)" in plain(client.get("/billing/errors"))
+    assert "has no owner" in plain(client.get(server_page))
