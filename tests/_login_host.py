@@ -20,6 +20,7 @@ from werkzeug.routing import Rule
 from lm_billing_plugin.models import (
     AdditionalCharge,
     Assignment,
+    AuditEntry,
     Base,
     Batch,
     BillingGroup,
@@ -173,6 +174,9 @@ def seed_rows(app: Flask) -> dict[str, Any]:
         s.add(invoice)
         send_run = SendRun(is_test=True, status="finished", test_email="qa@example.com")
         s.add(send_run)
+        # The Audit log shows one entry (its words in German on the translations test).
+        s.add(AuditEntry(actor="operator", action="assign", object_type="group",
+                         object_id=group.id, server_id=server.id, detail={"created": 1}))
         s.commit()
         return {
             "send_run_id": send_run.id,

@@ -257,10 +257,15 @@ def test_found_again_keeps_row_and_resolved_reopens(eapp: Flask,
     (aid,) = session().scalars(sa.select(Assignment.id))
     session().commit()
     assignment.unassign([aid], actor="t")
+    # Unassigning reopened the same row at once (it judges the billing rules itself) ...
+    row = session().execute(sa.select(Problem.id, Problem.status, Problem.closed_at)).one()
+    session().commit()
+    assert (row.id, row.status, row.closed_at) == (first.id, "open", None)
+    # ... so the next validation finds it open already: the same row, nothing new.
     result = runner.validate_servers([sid], actor="t")
     row = session().execute(sa.select(Problem.id, Problem.status, Problem.closed_at)).one()
     assert (row.id, row.status, row.closed_at) == (first.id, "open", None)
-    assert result.servers[0].new_problems == 1
+    assert result.servers[0].new_problems == 0
 
 
 # --- validate / sync semantics ----------------------------------------------------------------
@@ -924,6 +929,9 @@ def test_race_on_problem_rows_retries_once_then_says_what_to_do(
     assert runner.sync_servers([sid], actor="t").servers[0].ok
     group = make_group(active=False)  # an inactive customer with lists: a group-wide problem
     assignment.assign(group, server_id=sid, whole_server=True, actor="t")
+    # The assignment judged the billing rules already; the race is the validation's insert.
+    session().execute(sa.delete(Problem))
+    session().commit()
     # Once: the retry finds the other process's row and keeps it (one row, ours now).
     with _concurrent_problem_rows(db_url, times=1) as struck:
         out = runner.validate_servers([sid], actor="t").servers[0]
@@ -937,10 +945,11 @@ def test_race_on_problem_rows_retries_once_then_says_what_to_do(
     # server), so the retry clashes with it again; the run fails and says what to do.
     session().execute(sa.update(Customer).values(is_active=True))
     session().commit()
-    session().execute(sa.delete(Problem))
-    session().commit()
     assignment.unassign([a for a in session().execute(sa.select(Assignment.id)).scalars()],
                     actor="t")
+    # (The unassignment reopened the lists' problems itself: clear them for the race.)
+    session().execute(sa.delete(Problem))
+    session().commit()
     with _concurrent_problem_rows(db_url, times=1) as struck:
         result = runner.validate_servers([sid], actor="t")
     out = result.servers[0]

@@ -24,6 +24,7 @@ from werkzeug.serving import make_server
 from lm_billing_plugin.models import (
     AdditionalCharge,
     Assignment,
+    AuditEntry,
     Batch,
     BillingGroup,
     BillRun,
@@ -149,6 +150,9 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
             for n in range(problems)
         ]
         s.add_all(rows)
+        # An audit entry by someone with a long name, about the long-named group.
+        s.add(AuditEntry(actor="u" * 200, action="assign", object_type="group",
+                         object_id=group.id, server_id=server.id, detail={}))
         s.commit()
         return {
             "server_id": server.id,

@@ -107,6 +107,32 @@ def test_validate_all_without_servers_says_what_to_do(app: Flask, client: FlaskC
     assert 'There is no server to validate yet: click "Create New Server" first.' in text
 
 
+def test_sync_all_servers_syncs_every_active_one_in_one_batch(
+    app: Flask, client: FlaskClient, sim: HostSim
+) -> None:
+    """Sync All Servers beside Validate All Servers: the batch of `sync --all` (every active
+    server, a deactivated one left out), so the lists become billing's at once."""
+    sid = add_server(app, "Sim", port=sim.port)
+    add_server(app, "Gone", active=False)
+    assert "Sync All Servers" in plain(client.get("/billing/"))
+    response = post(client, "/billing/servers/sync", {"scope": "all"})
+    assert response.status_code == 302 and re.fullmatch(r"/billing/batches/\d+", response.location)
+    wait_for_batches(app)
+    assert "Finished: 1 of 1 server(s) done." in plain(client.get(response.location))
+    with app.app_context():
+        batch = get_state(app).session.scalars(sa.select(Batch)).one()
+        synced = get_state(app).session.get(Server, sid)
+        assert batch.kind == "sync" and synced is not None and synced.synced_at is not None
+    assert {p.kind for p in _open(app)} == {"unassigned_list"}
+
+
+def test_sync_all_without_servers_says_what_to_do(app: Flask, client: FlaskClient) -> None:
+    text = plain(post(client, "/billing/servers/sync", {"scope": "all"}, follow=True))
+    assert 'There is no server to sync yet: click "Create New Server" first.' in text
+    with app.app_context():
+        assert get_state(app).session.scalar(sa.select(sa.func.count(Batch.id))) == 0
+
+
 def test_no_batch_thread_outlives_the_executor(
     app: Flask, client: FlaskClient, sim: HostSim
 ) -> None:

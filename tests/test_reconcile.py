@@ -185,6 +185,14 @@ def test_changed_list_carries_old_and_new() -> None:
     assert result.changes.update_lists[0][0] == 1
 
 
+def test_changed_list_calls_the_admin_list_admin() -> None:
+    """"Owner" is the billing group everywhere: the list's admin is its "list admin"."""
+    result = reconcile(snap((row(1, "a", admin="old@x"),)),
+                       inv([rec("a", admin="new@x")], [S1]))
+    (changed,) = [p for p in result.problems if p.kind == "changed_list"]
+    assert "list admin: 'old@x' → 'new@x'" in changed.detail and "owner" not in changed.detail
+
+
 def test_site_title_change_updates_without_a_problem() -> None:
     result = reconcile(snap(), inv([], [SiteRecord("s1", "New title")]))
     assert result.problems == []

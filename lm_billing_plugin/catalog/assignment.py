@@ -14,6 +14,7 @@ from .. import audit, signals
 from ..engine.store import (
     ASSIGNMENT,
     open_drift_problems,
+    rejudge_rules,
 )
 from ..i18n import M_
 from ..models import (
@@ -122,6 +123,7 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
         wanted_set = set(wanted)
         have: set[tuple[str, int | None, int | None]] = set()
         end_ids: list[int] = []
+        losing: set[int] = set()
         for a in current:
             key = (a.object_type, a.site_id, a.list_id)
             if key not in wanted_set:
@@ -130,6 +132,7 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
                 have.add(key)
             else:
                 end_ids.append(a.id)
+                losing.add(a.group_id)
         create = [k for k in wanted if k not in have]
         if end_ids:
             session.execute(sa.update(table).where(table.c.id.in_(end_ids))
@@ -139,6 +142,10 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
                 {"group_id": group_id, "object_type": t, "server_id": server_id,
                  "site_id": s, "list_id": li, "start_date": start, "end_date": end,
                  "is_free": is_free, "created_at": utcnow()} for t, s, li in create])
+        # The problems this change settles (or causes) change with it, in this transaction.
+        rejudge_rules(session, server_id, list_ids=list_set, site_ids=site_set,
+                      whole_server=whole_server, group_ids={group_id} | losing,
+                      today=get_state().settings.billing_today())
         audit.record(session, actor=actor, action="assign", object_type="group",
                      object_id=group_id, server_id=server_id,
                      detail={"whole_server": whole_server, "site_ids": site_set,
@@ -178,7 +185,8 @@ def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = No
     table = ASSIGNMENT
     try:
         rows = session.execute(
-            sa.select(table.c.id, table.c.server_id, table.c.end_date, table.c.start_date)
+            sa.select(table.c.id, table.c.server_id, table.c.end_date, table.c.start_date,
+                      table.c.group_id, table.c.object_type, table.c.site_id, table.c.list_id)
             .where(table.c.id.in_(sorted(set(assignment_ids))))
         ).all()
         missing = sorted(set(assignment_ids) - {r.id for r in rows})
@@ -194,6 +202,16 @@ def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = No
                                          else_=end))
             )
         for server_id in sorted({r.server_id for r in rows}):
+            # Reopen what the ended assignments settled ("has no owner" ...), in this
+            # transaction.
+            mine = [r for r in rows if r.server_id == server_id and r.id in ending]
+            if mine:
+                rejudge_rules(session, server_id,
+                              list_ids={r.list_id for r in mine if r.list_id is not None},
+                              site_ids={r.site_id for r in mine if r.site_id is not None},
+                              whole_server=any(r.object_type == "server" for r in mine),
+                              group_ids={r.group_id for r in mine},
+                              today=get_state().settings.billing_today())
             audit.record(session, actor=actor, action="unassign", object_type="assignment",
                          server_id=server_id,
                          detail={"assignment_ids": sorted(r.id for r in rows

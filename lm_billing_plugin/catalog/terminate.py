@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit
-from ..engine.store import ASSIGNMENT, active_assignment, is_conflict
+from ..engine.store import ASSIGNMENT, active_assignment, is_conflict, rejudge_rules
 from ..i18n import N_, gettext
 from ..models import (
     Assignment,
@@ -173,6 +173,7 @@ def _terminate(session: Session, wanted: list[int], actor: str, end: date) -> Te
     ).all()
     already = {r.list_id for r in current if r.group_id == group_id}
     ending = [r.id for r in current if r.group_id != group_id]
+    losing = {r.group_id for r in current if r.group_id != group_id}
     if ending:
         session.execute(
             sa.update(t).where(t.c.id.in_(ending))
@@ -185,6 +186,14 @@ def _terminate(session: Session, wanted: list[int], actor: str, end: date) -> Te
             {"group_id": group_id, "object_type": "list", "server_id": server_of[lid],
              "site_id": None, "list_id": lid, "start_date": end, "end_date": None,
              "is_free": True, "created_at": utcnow()} for lid in create])
+    # The moved lists' billing-rule problems follow them, in this transaction (the groups
+    # that lost them are judged again; the placeholder is inactive on purpose, so its own
+    # group-wide rules are not asked here).
+    for server_id in sorted(set(server_of.values())):
+        rejudge_rules(session, server_id,
+                      list_ids={lid for lid, sid in server_of.items() if sid == server_id},
+                      group_ids=losing,
+                      today=get_state().settings.billing_today())
     audit.record(session, actor=actor, action="lists_terminate", object_type="group",
                  object_id=group_id,
                  detail={"list_ids": wanted, "names": sorted(r.name for r in lists),

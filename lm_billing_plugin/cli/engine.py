@@ -330,7 +330,8 @@ def lists_command(name: str, as_json: bool) -> None:
         raise SystemExit(EXIT_OK)
     echo(
         table(
-            ["Name", "Site", "Members", "Admin", "Status", "Customer", "Group", "Description"],
+            ["Name", "Site", "Members", "List admin", "Status", "Customer", "Group",
+             "Description"],
             [
                 [
                     r["name"],

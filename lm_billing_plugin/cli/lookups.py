@@ -67,7 +67,7 @@ def find_admin_command(pattern: str, as_json: bool) -> None:
         raise SystemExit(search.exit_code)
     if search.results:
         click.echo(table(
-            ["Server", "Site", "List", "Admin", "Name", "Billing list"],
+            ["Server", "Site", "List", "List admin", "Name", "Billing list"],
             [[r.server, r.site, r.list, r.admin, r.name, _billing(r.list_id)]
              for r in search.results],
         ))

@@ -66,6 +66,7 @@ __all__ = [
 LISTS_LABEL: Final = LOGGING_LABELS[LOGGING_LISTS]
 # The list fields drift compares (the "site, description, admin or member count").
 _COMPARED: Final = ("site", "descr", "admin", "members")
+_FIELD_WORDS: Final = {"descr": "description", "admin": "list admin"}
 
 
 # --- billing's side ----------------------------------------------------------------------
@@ -377,7 +378,9 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
         differs = [k for k in _COMPARED if old[k] != new[k]]
         if differs:
             update_lists.append((lrow.id, item))
-            shown = "; ".join(f"{k}: {old[k]!r} → {new[k]!r}" for k in differs)
+            # "Owner" is the billing group everywhere; the list's admin is its "list admin".
+            shown = "; ".join(f"{_FIELD_WORDS.get(k, k)}: {old[k]!r} → {new[k]!r}"
+                              for k in differs)
             problems.append(Found(
                 "changed_list", "list", item.name,
                 f"List {_q(item.name)} changed on server {_q(server)}: {shown}.",

@@ -36,6 +36,7 @@ from ..models import (
 from .inventory import Inventory
 from .reconcile import (
     DRIFT_KINDS,
+    RULE_KINDS,
     AssignmentRow,
     BillingSnapshot,
     Changes,
@@ -45,6 +46,7 @@ from .reconcile import (
     ListRow,
     PlanLimits,
     SiteRow,
+    rule_problems,
 )
 from .rollup import write_rollup
 
@@ -62,6 +64,7 @@ __all__ = [
     "open_drift_problems",
     "open_problems",
     "record_problems",
+    "rejudge_rules",
 ]
 
 log = logging.getLogger("lm_billing_plugin.store")
@@ -646,3 +649,110 @@ def open_drift_problems(session: Session, server_id: int) -> list[tuple[str, str
             .order_by(PROBLEM.c.id)
         )
     ]
+
+
+def rejudge_rules(
+    session: Session,
+    server_id: int,
+    *,
+    list_ids: Collection[int] = (),
+    site_ids: Collection[int] = (),
+    whole_server: bool = False,
+    group_ids: Collection[int] = (),
+    today: date | None = None,
+    now: datetime | None = None,
+) -> ProblemCounts:
+    """Judge the billing rules again for exactly what an assignment change touched, in the
+    caller's transaction: the lists (``list_ids``, the lists of ``site_ids``, or every list
+    with ``whole_server``), their sites, and the group-wide rules of ``group_ids`` (the
+    groups that gained or lost them).
+
+    Billing rules judge billing's own rows only, so the answer is what the next validation
+    would say; without this an assigned list kept its "has no owner" problem until then.
+    Problems of other objects are left alone (they were not touched). Opens (or reopens)
+    what is found, resolves the open ones in scope that are no longer found. Returns
+    ``(opened, resolved)``. Does not commit: the caller commits it with the assignment, so
+    a failure rolls both back. ``today`` is the billing day the assignments in force are read
+    for (the callers pass ``settings.billing_today()``, as a validation does).
+    """
+    now = now or datetime.now(UTC)
+    snapshot = load_snapshot(session, server_id, today=today or now.date())
+    wanted_sites = set(site_ids)
+    site_names = {s.name for s in snapshot.sites if s.id in wanted_sites}
+    if whole_server:
+        touched = list(snapshot.lists)
+        site_names |= {s.name for s in snapshot.sites}
+    else:
+        wanted_lists = set(list_ids)
+        touched = [r for r in snapshot.lists
+                   if r.id in wanted_lists or (r.site_name and r.site_name in site_names)]
+    list_names = {r.name for r in touched}
+    site_names |= {r.site_name for r in touched if r.site_name}
+    groups = set(group_ids)
+
+    def in_scope(object_type: str, object_name: str, on_server: bool,
+                 group_id: int | None) -> bool:
+        if not on_server:
+            return group_id in groups
+        if object_type == "list":
+            return object_name in list_names
+        return object_type == "site" and object_name in site_names
+
+    found = {f.fingerprint: f for f in rule_problems(snapshot)
+             if in_scope(f.object_type, f.object_name, f.server_scoped, f.group_id)}
+    columns = (PROBLEM.c.id, PROBLEM.c.fingerprint, PROBLEM.c.status, PROBLEM.c.detail,
+               PROBLEM.c.data, PROBLEM.c.object_type, PROBLEM.c.object_name,
+               PROBLEM.c.server_id, PROBLEM.c.group_id)
+    # The open rule problems of this server (bounded: one indexed query) and of the groups.
+    scope = PROBLEM.c.server_id == server_id
+    if groups:
+        scope = sa.or_(scope, sa.and_(PROBLEM.c.server_id.is_(None),
+                                      PROBLEM.c.group_id.in_(sorted(groups))))
+    existing = {r.fingerprint: r for r in session.execute(
+        sa.select(*columns).where(scope, PROBLEM.c.status == "open",
+                                  PROBLEM.c.kind.in_(RULE_KINDS))).all()}
+    # Closed rows of what was found again reopen (one row per fingerprint, ever).
+    unknown = sorted(fp for fp in found if fp not in existing)
+    for start in range(0, len(unknown), 500):
+        existing.update((r.fingerprint, r) for r in session.execute(
+            sa.select(*columns).where(PROBLEM.c.fingerprint.in_(unknown[start:start + 500]))))
+    inserts: list[dict[str, Any]] = []
+    refresh: list[dict[str, Any]] = []
+    for fp, f in found.items():
+        row = existing.get(fp)
+        if row is None:
+            inserts.append({
+                "fingerprint": fp, "server_id": server_id if f.server_scoped else None,
+                "group_id": f.group_id, "kind": f.kind, "object_type": f.object_type,
+                "object_name": f.object_name, "detail": f.detail, "data": dict(f.data),
+                "status": "open", "first_seen_at": now, "last_seen_at": now,
+                "first_run_id": None, "last_run_id": None,
+            })
+        elif row.status != "open" or row.detail != f.detail or row.data != dict(f.data):
+            refresh.append({"b_id": row.id, "b_detail": f.detail, "b_data": dict(f.data),
+                            "b_group": f.group_id, "b_reopen": row.status != "open"})
+    closing = [
+        {"b_id": row.id} for fp, row in existing.items()
+        if row.status == "open" and fp not in found
+        and in_scope(row.object_type, row.object_name, row.server_id is not None,
+                     row.group_id)
+    ]
+    if closing:
+        session.execute(
+            PROBLEM.update().where(PROBLEM.c.id == sa.bindparam("b_id"))
+            .ordered_values(*close_values("resolved"), (PROBLEM.c.closed_at, now)),
+            closing,
+        )
+    reopened = sum(1 for r in refresh if r["b_reopen"])
+    if refresh:
+        session.execute(
+            PROBLEM.update().where(PROBLEM.c.id == sa.bindparam("b_id")).values(
+                detail=sa.bindparam("b_detail"), data=sa.bindparam("b_data"),
+                group_id=sa.bindparam("b_group"), status="open", closed_at=None,
+                last_seen_at=now,
+            ),
+            [{k: v for k, v in r.items() if k != "b_reopen"} for r in refresh],
+        )
+    if inserts:
+        session.execute(PROBLEM.insert(), inserts)
+    return len(inserts) + reopened, len(closing)

@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app, has_app_context, redirect, request, url_for
 from markupsafe import Markup
 
-from .access import is_allowed
+from .access import action_of, is_allowed
 from .menu import MENU
 
 logger = logging.getLogger("lm_billing_plugin.portals")
@@ -28,10 +28,13 @@ _MOUNT_ATTR = "_lm_billing_mount"
 
 def _may_view(endpoint: str) -> bool:
     """Show a Billing link only for pages that exist here and that this user may view."""
-    if endpoint not in current_app.view_functions:
+    view = current_app.view_functions.get(endpoint)
+    if view is None:
         return False
     try:
-        return is_allowed("view")  # a raising permission callback is already "no" there
+        # "view" for every page; a page that needs more (Assign: "edit") asks for that too.
+        action = action_of(view)
+        return is_allowed("view") and (action == "view" or is_allowed(action))
     except RuntimeError:  # the plugin is not registered on this app
         return False
 

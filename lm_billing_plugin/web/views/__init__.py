@@ -8,11 +8,13 @@ from flask import Blueprint
 def register(blueprint: Blueprint) -> None:
     from . import (
         assign,
+        audit_log,
         background,
         bill_send,
         bills,
         charges,
         customers,
+        groups,
         invoice_templates,
         overview,
         plans,
@@ -41,3 +43,5 @@ def register(blueprint: Blueprint) -> None:
     terminate.register(blueprint)
     bills.register(blueprint)
     bill_send.register(blueprint)
+    groups.register(blueprint)
+    audit_log.register(blueprint)

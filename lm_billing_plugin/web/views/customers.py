@@ -30,6 +30,7 @@ from ...models import (
     Site,
 )
 from ..access import actor_name, requires
+from ..forms.audit import ACTION_WORDS
 from ..forms.catalog import CustomerForm, GroupForm, UnassignForm
 from ..forms.versioned import posted_version
 from .catalog import (
@@ -57,30 +58,7 @@ CUSTOMER_SORTS: dict[str, Any] = {
 
 # The History table: the audit log's action names and detail keys, as the page says them
 # (an action or key not listed here is shown as stored).
-HISTORY_ACTION_WORDS: Final = Words({
-    "customer_create": N_("customer created"),
-    "customer_update": N_("customer changed"),
-    "customer_activate": N_("customer made active"),
-    "customer_deactivate": N_("customer made inactive"),
-    "customer_delete": N_("customer deleted"),
-    "group_create": N_("billing group created"),
-    "group_update": N_("billing group changed"),
-    "group_plan": N_("hosting plan set for a group"),
-    "assign": N_("objects assigned"),
-    "unassign": N_("objects unassigned"),
-    "charge_create": N_("charge created"),
-    "charge_update": N_("charge changed"),
-    "charge_delete": N_("charge deleted"),
-    "group_charge_add": N_("charge added to a group"),
-    "group_charge_end": N_("charge ended for a group"),
-    "group_charge_remove": N_("charge removed from a group"),
-    "invoice_issue": N_("invoice issued"),
-    "invoice_send": N_("invoice sent"),
-    "invoice_void": N_("invoice voided"),
-    "bill_run": N_("bill run"),
-    "bill_run_dry": N_("bill run (dry run)"),
-    "lists_terminate": N_("lists terminated"),
-})
+HISTORY_ACTION_WORDS: Final = Words(ACTION_WORDS)  # the Audit log page's words
 HISTORY_DETAIL_WORDS: Final = Words({
     "assignment_ids": N_("assignments"),
     "customer_id": N_("customer"),

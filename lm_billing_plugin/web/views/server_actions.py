@@ -147,6 +147,11 @@ def _start(kind: str, server_ids: list[int] | None) -> Response:
     return redirect(url_for("lm_billing.batch", batch_id=batch_id))
 
 
+def _any_active_server() -> bool:
+    return bool(get_state().session.scalar(
+        select(func.count()).select_from(Server).where(Server.active.is_(True))))
+
+
 @requires("run")
 def servers_validate() -> Response:
     """Validate All Servers (scope=all) or Validate Selected Servers, in the background."""
@@ -156,10 +161,7 @@ def servers_validate() -> Response:
             "Nothing was started: the form expired or the selection is not valid; try again."
         )
     if request.form.get("scope") == "all":
-        active = get_state().session.scalar(
-            select(func.count()).select_from(Server).where(Server.active.is_(True))
-        )
-        if not active:
+        if not _any_active_server():
             return _back_to_servers(
                 'There is no server to validate yet: click "Create New Server" first.'
             )
@@ -175,12 +177,18 @@ def servers_validate() -> Response:
 
 @requires("run")
 def servers_sync() -> Response:
-    """Sync Selected Servers, in the background."""
+    """Sync All Servers (scope=all: every active one, the batch `sync --all` and the API
+    start) or Sync Selected Servers, in the background."""
     form = ServerSelectionForm()
     if not form.validate_on_submit():
         return _back_to_servers(
             "Nothing was started: the form expired or the selection is not valid; try again."
         )
+    if request.form.get("scope") == "all":
+        if not _any_active_server():
+            return _back_to_servers(gettext(
+                'There is no server to sync yet: click "Create New Server" first.'))
+        return _start("sync", None)
     ids = _selected_server_ids(form)
     if not ids:
         return _back_to_servers("Nothing was synced: tick the servers to sync first.")
