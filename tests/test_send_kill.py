@@ -124,7 +124,7 @@ def _sending_rows(app: Flask) -> dict[int, str]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_a_send_killed_mid_way_then_rerun_mails_nobody_twice(
+def test_seeded_sigkill_of_a_send_then_a_rerun_mails_nobody_twice(
         make_app: Callable[..., Flask], db_url: str,
         killing_smtp: tuple[KillingInbox, int], seed: int) -> None:
     if db_url.startswith("mysql") and seed > 0:
