@@ -74,7 +74,7 @@ stress: $(VENV)/.test-installed
 	  $(PY) -m lm_billing_plugin.testing.load $(STRESS_ARGS) --database "$$LM_BILLING_TEST_POSTGRES_URL"; \
 	else echo "stress: PostgreSQL skipped (set LM_BILLING_TEST_POSTGRES_URL)"; fi
 	LM_BILLING_KILL_SEEDS=$(STRESS_KILL_SEEDS) $(PY) -m pytest -q -p no:cacheprovider \
-	  tests/test_crash.py tests/test_billing_concurrency.py -k seeded
+	  tests/test_crash.py tests/test_billing_concurrency.py tests/test_send_kill.py -k seeded
 	LM_BILLING_FUZZ_EXAMPLES=$(STRESS_FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
 	  --hypothesis-show-statistics tests/test_fuzz.py \
 	  tests/test_conformance.py::test_fuzz_client_reply_parser

@@ -36,6 +36,36 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# MariaDB's TEXT holds 65,535 bytes (not characters): a problem's detail or object name, or a
+# server's status message, built from what a peer sent (a huge name, many names) could be
+# longer, and storing it would fail with DataError and block the server. Such text is cut
+# below that on every database, so the three store the same thing.
+MAX_TEXT_BYTES: Final = 60_000
+ELLIPSIS: Final = "\u2026"
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """``text`` if its UTF-8 form fits in ``limit`` bytes, else its longest prefix that fits
+    with an ellipsis after it (never half a character: the cut is on a character boundary)."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    room = limit - len(ELLIPSIS.encode("utf-8"))
+    return data[:room].decode("utf-8", "ignore") + ELLIPSIS
+
+
+class BoundedText(TypeDecorator[str]):
+    """TEXT whose every write is cut by bounded_text, whatever wrote it: an ORM attribute,
+    a Core ``update(...).values(...)`` or an insert (the bind goes through the column's
+    type), so no write path can forget the bound and fail on MariaDB."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else bounded_text(value)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on every backend.
 
@@ -171,7 +201,7 @@ class Server(Base):
     synced_at: Mapped[datetime | None]
     checked_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(sa.String(20), default="unchecked")
-    status_message: Mapped[str] = mapped_column(sa.Text, default="")
+    status_message: Mapped[str] = mapped_column(BoundedText, default="")
     logging_mode: Mapped[str | None] = mapped_column(sa.String(40))
     logging_label: Mapped[str | None] = mapped_column(sa.String(255))
     # The lease: which process runs this server now, and until when its claim holds.
@@ -456,7 +486,7 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     error_code: Mapped[str | None] = mapped_column(sa.String(40))
-    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    error_message: Mapped[str | None] = mapped_column(BoundedText)
     lists_seen: Mapped[int] = mapped_column(default=0)
     created: Mapped[int] = mapped_column(default=0)
     updated: Mapped[int] = mapped_column(default=0)
@@ -556,7 +586,7 @@ class TaskRun(Base):
     host: Mapped[str] = mapped_column(sa.String(200), default="")
     pid: Mapped[int | None]
     batch_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_batch.id"))
-    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    error_message: Mapped[str | None] = mapped_column(BoundedText)
     summary: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
 
 
@@ -892,7 +922,9 @@ class UsageRollup(Base):
 
 
 __all__ = [
+    "ELLIPSIS",
     "KB_CAP",
+    "MAX_TEXT_BYTES",
     "AdditionalCharge",
     "Assignment",
     "AuditEntry",
@@ -901,6 +933,7 @@ __all__ = [
     "BillRun",
     "BillRunItem",
     "BillingGroup",
+    "BoundedText",
     "ChargeAssignment",
     "Customer",
     "GroupPlan",
@@ -922,6 +955,7 @@ __all__ = [
     "UTCDateTime",
     "Usage",
     "UsageRollup",
+    "bounded_text",
     "charge_name_key",
     "confirmed_sighting",
     "invoice_active_key",

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any
@@ -34,6 +34,7 @@ from lm_billing_plugin.billing.sending import (
     run_send_run,
     send_bills,
 )
+from lm_billing_plugin.i18n import say
 from lm_billing_plugin.models import (
     Customer,
     Invoice,
@@ -41,6 +42,7 @@ from lm_billing_plugin.models import (
     InvoiceSend,
     SendRun,
     invoice_active_key,
+    utcnow,
 )
 from lm_billing_plugin.state import get_state
 
@@ -362,17 +364,20 @@ def test_sending_is_recorded_before_the_smtp_transaction_and_in_doubt_is_skipped
     assert seen == ["sending"]  # committed before the SMTP transaction
     assert [s.outcome for s in _log(app, one)] == ["sent"]
 
-    # A process that stopped between the two records leaves the attempt "sending".
+    # A process that stopped between the two records (an hour ago: longer than a lease + the
+    # SMTP timeout) leaves the attempt "sending".
     two = _invoice(app, "Beta", "beta@beta.example", seq=2)
     with app.app_context():
         s = get_state(app).session
         s.add(InvoiceSend(invoice_id=two, to_addresses="beta@beta.example", is_test=False,
-                          outcome="sending", server_answer="", actor="died"))
+                          outcome="sending", server_answer="", actor="died",
+                          at=utcnow() - timedelta(hours=1)))
         s.commit()
     inbox.during_data = None
     result = _send(app, [two])
     assert result.outcomes[0].status == "skipped"
     assert result.outcomes[0].reason.startswith("in doubt")
+    assert "(its process stopped)" in result.outcomes[0].reason
     assert not inbox.to("beta@beta.example")
     assert _send(app, [two], resend=True).outcomes[0].status == "sent"
     assert inbox.to("beta@beta.example")
@@ -490,3 +495,55 @@ def test_a_dead_send_run_is_marked_interrupted_by_the_next_and_nobody_gets_two(
         assert reasons[1:] == [sending.INTERRUPTED_REASON] * 2
     assert [o.status for o in result.outcomes] == ["skipped", "sent", "sent"]
     assert len(inbox.messages) == 3  # each customer once
+
+
+def test_a_bill_another_send_is_still_sending_is_skipped_as_being_sent_not_as_stopped(
+        make_app: Callable[..., Flask], db_url: str, smtp: tuple[Inbox, int]) -> None:
+    """A live race: while the first send is at the mail server with a bill (its claim
+    fresh), a second send of the same bill skips it saying it is being sent right now (not
+    "its process stopped"); the first then records it sent, and the customer has it once.
+    A claim older than a lease + the SMTP timeout reads "in doubt ... its process stopped"."""
+    inbox, port = smtp
+    app = _mail_app(make_app, port, db_url)
+    one = _invoice(app, "Acme Publishing", "ap@acme.example", seq=1)
+    during: list[sending.SendRunResult] = []
+    inbox.during_data = lambda: during.append(_send(app, [one]))  # in aiosmtpd's thread
+    first = _send(app, [one])
+    inbox.during_data = None
+    assert [o.status for o in first.outcomes] == ["sent"]
+    (skipped,) = during[0].outcomes
+    assert skipped.status == "skipped"
+    assert skipped.reason.startswith("being sent right now by another send (to "
+                                     "ap@acme.example, begun "), skipped.reason
+    assert "process stopped" not in skipped.reason
+    assert len(inbox.to("ap@acme.example")) == 1
+    with app.app_context():
+        session = get_state(app).session
+        settings = get_state(app).settings
+        claim = InvoiceSend(invoice_id=one, to_addresses="ap@acme.example", is_test=False,
+                            outcome="sending", server_answer="", actor="t", at=utcnow())
+        assert sending.claim_is_live(claim, settings)
+        claim.at = utcnow() - timedelta(seconds=settings.lease_seconds
+                                        + settings.smtp_timeout + 1)
+        assert not sending.claim_is_live(claim, settings)
+        reason = sending.doubt_reason(claim, settings)
+        assert reason.startswith("in doubt: a send to ap@acme.example began on ")
+        assert "(its process stopped)" in reason
+        session.rollback()
+
+
+def test_the_two_doubt_reasons_are_stored_in_english_and_said_in_german(
+        make_app: Callable[..., Flask]) -> None:
+    """The reason is stored (and printed by the CLI) in English; a German page says it."""
+    app = make_app(LM_BILLING_DEFAULT_LOCALE="de")
+    with app.test_request_context():
+        settings = get_state(app).settings
+        claim = InvoiceSend(invoice_id=1, to_addresses="ap@acme.example", is_test=False,
+                            outcome="sending", server_answer="", actor="t", at=utcnow())
+        live = sending.doubt_reason(claim, settings)
+        claim.at = utcnow() - timedelta(hours=1)
+        dead = sending.doubt_reason(claim, settings)
+        assert live.startswith("being sent right now") and dead.startswith("in doubt:")
+        live, dead = say(live), say(dead)
+    assert live.startswith("wird gerade von einem anderen Versand") and "ap@acme.example" in live
+    assert dead.startswith("unklar:") and "ap@acme.example" in dead

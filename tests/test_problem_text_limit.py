@@ -5,17 +5,20 @@ boundary, with an ellipsis, the same on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from lm_billing_plugin.engine import batches
 from lm_billing_plugin.engine.reconcile import Found
 from lm_billing_plugin.engine.store import ELLIPSIS, MAX_TEXT_BYTES, bounded_text, record_problems
 from lm_billing_plugin.models import Problem, Server
 from lm_billing_plugin.state import get_state
+from lm_billing_plugin.tclport.records import SiteRecord
+from lm_billing_plugin.testing.simulator import Dataset, HostSim, _Err
 
 MARIADB_TEXT = 65_535
 
@@ -75,3 +78,81 @@ def test_multibyte_problem_text_over_the_mariadb_limit_is_stored_bounded(
         rows = session.execute(sa.select(Problem.id, Problem.detail)).all()
         session.commit()
         assert rows == [(problem_id, stored_detail)]
+
+
+# --- A server's status message (Server.status_message, models.BoundedText) -----------------
+
+
+class _HugeErrorSim(HostSim):
+    """A server whose every "server info" answer is an error with a 90,000-byte message of
+    three-byte characters: what a peer could send to blow MariaDB's TEXT."""
+
+    def handle(self, logical: str, args: Sequence[str]) -> str:
+        if logical == "server_info":
+            raise _Err("INTERNAL", "名" * 30_000)
+        return super().handle(logical, args)
+
+
+def _status_message(server_id: int) -> str:
+    session = get_state().session
+    text = session.scalar(sa.select(Server.status_message).where(Server.id == server_id))
+    session.commit()
+    assert text is not None
+    return text
+
+
+def _assert_bounded(text: str, char: str) -> None:
+    assert len(text.encode()) <= MAX_TEXT_BYTES < MARIADB_TEXT
+    assert text.endswith(ELLIPSIS) and set(text[:-1]) == {char}
+
+
+def test_server_status_message_over_the_mariadb_limit_is_stored_bounded_on_every_path(
+    make_app: Callable[..., Flask], db_url: str,
+) -> None:
+    """Insert, ORM attribute and Core update each store a multi-byte status message over
+    MariaDB's 65,535 bytes cut at MAX_TEXT_BYTES (no DataError); a short one is unchanged."""
+    app = make_app(db_url)
+    with app.app_context():
+        session = get_state().session
+        server = Server(name="Lists", host="127.0.0.1", port=2021,
+                        status_message="é" * 35_000)  # 70,000 bytes
+        session.add(server)
+        session.commit()
+        sid = server.id
+        _assert_bounded(_status_message(sid), "é")
+        server = session.get(Server, sid)
+        assert server is not None
+        server.status_message = "😀" * 20_000  # 80,000 bytes
+        session.commit()
+        _assert_bounded(_status_message(sid), "😀")
+        session.execute(sa.update(Server).where(Server.id == sid)
+                        .values(status_message="名" * 25_000))  # 75,000 bytes
+        session.commit()
+        stored = _status_message(sid)
+        _assert_bounded(stored, "名")
+        assert stored == bounded_text("名" * 25_000)
+        session.execute(sa.update(Server).where(Server.id == sid)
+                        .values(status_message="refused: wrong password"))
+        session.commit()
+        assert _status_message(sid) == "refused: wrong password"
+
+
+def test_a_validation_failing_with_a_huge_peer_error_stores_it_bounded(
+    make_app: Callable[..., Flask], db_url: str,
+) -> None:
+    """A real validation over a real socket, the server answering with a 90,000-byte error
+    message: the batch ends (no DataError on MariaDB), the server's status message (and the
+    run's error message, which also carries it) is the error cut at MAX_TEXT_BYTES."""
+    app = make_app(db_url)
+    with _HugeErrorSim(Dataset(sites=[SiteRecord("s1", "Site 1")])) as sim, \
+            app.app_context():
+        session = get_state().session
+        server = Server(name="Lists", host=sim.host, port=sim.port)
+        session.add(server)
+        session.commit()
+        sid = server.id
+        result = batches.validate_servers([sid], actor="t")
+        assert result.exit_code != 0
+        stored = _status_message(sid)
+    assert len(stored.encode()) <= MAX_TEXT_BYTES
+    assert stored.endswith(ELLIPSIS) and "名" * 100 in stored

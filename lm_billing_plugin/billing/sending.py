@@ -63,8 +63,10 @@ __all__ = [
     "SendOutcome",
     "SendRunResult",
     "check_address",
+    "claim_is_live",
     "create_send_run",
     "default_options",
+    "doubt_reason",
     "in_doubt",
     "invoice_recipients",
     "invoice_sends",
@@ -287,7 +289,8 @@ def sweep_stale_send_runs(session: Session, settings: Settings) -> list[int]:
     are: still "running", and nothing logged for its invoices for longer than a lease plus
     an SMTP timeout (a live run logs an attempt per invoice, each bounded by that timeout).
     Their pending invoices become skipped with the reason; an invoice whose attempt began is
-    left to the "in doubt" rule, so a rerun never mails anyone twice. Commits."""
+    skipped as "in doubt" (doubt_reason), and the "in doubt" rule keeps the next runs from
+    sending it, so a rerun never mails anyone twice. Commits."""
     cutoff = utcnow() - timedelta(seconds=settings.lease_seconds + settings.smtp_timeout)
     running = session.execute(sa.select(SendRun.id, SendRun.created_at)
                               .where(SendRun.status == "running")).all()
@@ -299,16 +302,28 @@ def sweep_stale_send_runs(session: Session, settings: Settings) -> list[int]:
             .where(SendRunItem.send_run_id == run_id, InvoiceSend.at >= created))
         if max(created, last or created) < cutoff:
             stale.append(int(run_id))
+    created_at = dict(running)
     for run_id in stale:
-        pending = session.execute(
+        # An invoice whose attempt began (a "sending" record since the run started) says
+        # "in doubt" on the dead run's page too, not "stopped before this invoice".
+        for item_id, invoice_id in session.execute(
+                sa.select(SendRunItem.id, SendRunItem.invoice_id)
+                .where(SendRunItem.send_run_id == run_id, SendRunItem.status == "pending")
+                ).all():
+            doubt = in_doubt(session, invoice_id)
+            if doubt is not None and doubt.at >= created_at[run_id]:
+                session.execute(sa.update(SendRunItem).where(SendRunItem.id == item_id)
+                                .values(status="skipped",
+                                        reason=doubt_reason(doubt, settings)[:10_000]))
+        session.execute(
             sa.update(SendRunItem).where(SendRunItem.send_run_id == run_id,
                                          SendRunItem.status == "pending")
             .values(status="skipped", reason=INTERRUPTED_REASON))
-        count = int(getattr(pending, "rowcount", 0) or 0)
+        count = int(session.scalar(sa.select(sa.func.count()).where(
+            SendRunItem.send_run_id == run_id, SendRunItem.status == "skipped")) or 0)
         session.execute(sa.update(SendRun).where(SendRun.id == run_id,
                                                  SendRun.status == "running")
-                        .values(status="interrupted", finished_at=utcnow(),
-                                skipped=SendRun.skipped + count))
+                        .values(status="interrupted", finished_at=utcnow(), skipped=count))
     session.commit()
     return stale
 
@@ -372,11 +387,33 @@ def _skip_reason(session: Session, invoice: Invoice, run: SendRun) -> str | None
             "at": f"{last.at:%Y-%m-%d %H:%M}", "to": last.to_addresses}
     doubt = in_doubt(session, invoice.id)
     if doubt is not None:
-        return M_("in doubt: a send to %(to)s began on %(at)s UTC and recorded no end (its "
-                  "process stopped), so the customer may have it; check the mail server's "
-                  "log, then choose Resend if it did not go out") % {
-            "to": doubt.to_addresses, "at": f"{doubt.at:%Y-%m-%d %H:%M}"}
+        return doubt_reason(doubt, get_state().settings)
     return None
+
+
+def claim_is_live(send: InvoiceSend, settings: Settings) -> bool:
+    """Whether a ``sending`` attempt may still be under way in its process: begun less than
+    a lease plus an SMTP timeout ago (a live send records its end within that; the same
+    bound sweep_stale_send_runs uses to call a run dead)."""
+    age = utcnow() - send.at
+    return age < timedelta(seconds=settings.lease_seconds + settings.smtp_timeout)
+
+
+def doubt_reason(send: InvoiceSend, settings: Settings) -> str:
+    """Why a bill with a ``sending`` attempt is skipped, worded for what is known: another
+    process still at the mail server with it (a live race: wait, it ends sent or failed), or
+    a process that stopped between its two records (the customer may have it)."""
+    when = f"{send.at:%Y-%m-%d %H:%M:%S}"
+    if claim_is_live(send, settings):
+        return M_(
+            "being sent right now by another send (to %(to)s, begun %(when)s UTC), which has "
+            "not recorded its end yet; look at the bill's send log in a minute: it ends sent, "
+            "failed (then send it again) or in doubt. Do not choose Resend before that") % {
+            "to": send.to_addresses, "when": when}
+    return M_(
+        "in doubt: a send to %(to)s began on %(when)s UTC and recorded no end (its process "
+        "stopped), so the customer may have it; check the mail server's log, then choose "
+        "Resend if it did not go out") % {"to": send.to_addresses, "when": when}
 
 
 class _Mailer:

@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..models import (
+    ELLIPSIS,
+    MAX_TEXT_BYTES,
     Assignment,
     Batch,
     BillingGroup,
@@ -30,6 +32,7 @@ from ..models import (
     Server,
     Site,
     Usage,
+    bounded_text,
     confirmed_sighting,
     usage_kb_per_recipient,
 )
@@ -51,10 +54,13 @@ from .reconcile import (
 from .rollup import write_rollup
 
 __all__ = [
+    "ELLIPSIS",
+    "MAX_TEXT_BYTES",
     "ChangeCounts",
     "ProblemCounts",
     "active_assignment",
     "apply_sync",
+    "bounded_text",
     "close_values",
     "confirm_problems",
     "is_conflict",
@@ -416,24 +422,6 @@ def close_values(status: Any) -> list[tuple[Any, Any]]:
         (PROBLEM.c.last_seen_at, confirmed_sighting("seen_at")),
         (PROBLEM.c.status, status),
     ]
-
-
-# MariaDB's TEXT holds 65,535 bytes (not characters): a problem's detail or object name built
-# from what a peer sent (a huge name, many names) could be longer, and storing it would fail
-# with DataError and block the server. Stored text is cut below that on every database, so
-# the three store the same thing.
-MAX_TEXT_BYTES = 60_000
-ELLIPSIS = "\u2026"
-
-
-def bounded_text(text: str, limit: int = MAX_TEXT_BYTES) -> str:
-    """``text`` if its UTF-8 form fits in ``limit`` bytes, else its longest prefix that fits
-    with an ellipsis after it (never half a character: the cut is on a character boundary)."""
-    data = text.encode("utf-8", "surrogatepass")
-    if len(data) <= limit:
-        return text
-    room = limit - len(ELLIPSIS.encode("utf-8"))
-    return data[:room].decode("utf-8", "ignore") + ELLIPSIS
 
 
 def _bounded(f: Found) -> Found:
