@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
+from ...i18n import gettext
 from ...models import (
     Assignment,
     BillingGroup,
@@ -22,6 +23,7 @@ from ...models import (
 )
 from ..access import actor_name, requires
 from ..forms.catalog import AssignForm, UnassignForm
+from ..said import said
 from .catalog import (
     _active_assignment,
     _page_size,
@@ -180,9 +182,10 @@ def _do_assign(
     except assignment.GateError as exc:
         return gate_words(exc)
     except assignment.AssignmentError as exc:
-        form.whole_server.errors = [f"Nothing was assigned: {exc}."]
+        form.whole_server.errors = [gettext("Nothing was assigned: %(why)s.", why=said(exc))]
         return ""
-    flash(f"Assigned {count} object(s) on server {server.name} to billing group {group.name}.")
+    flash(gettext("Assigned %(count)s object(s) on server %(server)s to billing group "
+                  "%(group)s.", count=count, server=server.name, group=group.name))
     return redirect(url_for("lm_billing.customer_detail", customer_id=group.customer_id))
 
 
@@ -279,9 +282,11 @@ def unassign() -> Any:
     except assignment.GateError as exc:
         return _render_customer_detail(session, customer, form, gate_words(exc), status=409)
     except assignment.AssignmentError as exc:
-        message = f"Nothing was unassigned: {exc}. Reload the page and try again."
+        message = gettext("Nothing was unassigned: %(why)s. Reload the page and try again.",
+                          why=said(exc))
         return _render_customer_detail(session, customer, form, message, status=400)
-    flash(f"Ended {count} assignment(s) of {customer.company}; their history is kept.")
+    flash(gettext("Ended %(count)s assignment(s) of %(customer)s; their history is kept.",
+                  count=count, customer=customer.company))
     return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
 
 
