@@ -95,7 +95,7 @@ def assign() -> Any:
     session = _session()
     form = AssignForm()
     form.group_id.choices = [
-        SelectChoice(0, "— choose a billing group —"),
+        SelectChoice(0, gettext("— choose a billing group —")),
         *_group_choices(session),
     ]
     source = request.form if request.method == "POST" else request.args
@@ -114,7 +114,7 @@ def assign() -> Any:
             form.server_id.data = str(server.id)
     elif form.validate_on_submit():
         if server is None:
-            form.server_id.errors = ["Choose a server first."]
+            form.server_id.errors = [gettext("Choose a server first.")]
         else:
             outcome = _do_assign(session, form, server, chosen_lists, chosen_sites)
             if isinstance(outcome, Response):
@@ -141,12 +141,12 @@ def _do_assign(
 
     group = session.get(BillingGroup, form.group_id.data)
     if group is None:
-        form.group_id.errors = ["Choose a billing group."]
+        form.group_id.errors = [gettext("Choose a billing group.")]
         return ""
     whole = bool(form.whole_server.data)
     if not whole and not list_ids and not site_ids:
         form.whole_server.errors = [
-            "Tick the lists or sites to assign, or tick Assign the whole server."
+            gettext("Tick the lists or sites to assign, or tick Assign the whole server.")
         ]
         return ""
     # Only this server's objects: a forged id from another server must not slip in.
@@ -164,8 +164,8 @@ def _do_assign(
     )
     if own_lists != list_ids or own_sites != site_ids:
         form.whole_server.errors = [
-            f"Some ticked lists or sites are not on server {server.name} (any more): "
-            "reload the page and tick them again."
+            gettext("Some ticked lists or sites are not on server %(server)s (any more): "
+                    "reload the page and tick them again.", server=server.name)
         ]
         return ""
     try:
@@ -275,7 +275,7 @@ def unassign() -> Any:
     )
     if not own:
         return _render_customer_detail(
-            session, customer, form, "Tick the assignments to end first.", status=400
+            session, customer, form, gettext("Tick the assignments to end first."), status=400
         )
     try:
         count = assignment.unassign(own, actor=actor_name(), end=form.end.data)
