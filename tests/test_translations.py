@@ -313,3 +313,105 @@ def test_messages_from_below_the_web_layer_show_in_german(tmp_path: Path) -> Non
             started = time.perf_counter()
             assert say(huge) == huge
             assert time.perf_counter() - started < 0.5
+
+
+# --- Error paths in German ------------------------------------------------------------------
+
+# Settings names and command lines the refusals quote: they read the same in every language.
+QUOTED = {"LM_BILLING_ALLOWED_NETWORKS", "LM_BILLING_ALLOW_LOOPBACK", "lm tclport",
+          "Utilities: Administration: Server: Server Settings: Security: GUI Hosts"}
+
+
+def test_error_paths_show_in_german(tmp_path: Path) -> None:
+    """What a failed action leaves on the page (a flash, a field error, a problem row, a skip
+    reason) is in German when the viewer reads German: the services keep making their English
+    sentences (the CLI and the API show those), the pages say them from the catalog."""
+    from _login_host import csrf_token
+    from flask.testing import FlaskClient
+
+    from lm_billing_plugin.billing.runs import create_bill_run, run_bill_run
+    from lm_billing_plugin.models import Customer, Server
+    from lm_billing_plugin.state import get_state
+    from lm_billing_plugin.testing.simulator import Dataset, HostSim
+    from lm_billing_plugin.web.views.runs import shutdown_executor, wait_for_batches
+
+    app = login_host_app(f"sqlite:///{tmp_path}/errors.sqlite", LM_BILLING_DEFAULT_LOCALE="de",
+                         LM_BILLING_TIMEZONE="Europe/Berlin")
+    samples = seed_rows(app)
+    client = app.test_client()
+    user = as_user(client, "operator")
+    data = _seed_values(app) | QUOTED
+
+    def post(client: FlaskClient, url: str, form: dict[str, Any]) -> str:
+        form = {"csrf_token": csrf_token(client), **form}
+        response = client.post(url, data=form, headers=user, follow_redirects=True)
+        assert response.status_code in (200, 400, 409), (url, response.status_code)
+        return response.get_data(as_text=True)
+
+    def german(page: str, what: str, *also: str) -> None:
+        left = english_left(page, data | set(also))
+        assert not left, f"{what} still shows English: {sorted(left)}"
+
+    try:
+        # A refused SSRF host next to the Host Name field: a metadata name and address.
+        page = post(client, "/billing/servers/new",
+                    {"name": "Meta", "host": "metadata.google.internal", "port": "2021"})
+        assert "ist der Name eines Cloud-Metadatendienstes" in page
+        german(page, "the metadata name", "metadata.google.internal")
+        page = post(client, "/billing/servers/new",
+                    {"name": "Meta", "host": "169.254.169.254", "port": "2021"})
+        assert "link-lokale Adresse (Cloud-Metadaten)" in page
+        german(page, "the metadata host")
+
+        # A server check the hosting server refuses (HOST_DENIED: billing's address is not in
+        # its TCLPORT Hosts), and the server's page after it.
+        with HostSim(Dataset.generate(sites=1, lists=3, seed=4),
+                     allowed_hosts=("192.0.2.99",)) as sim:
+            with app.app_context():
+                s = get_state(app).session
+                row = Server(name="Denied", host="127.0.0.1", port=sim.port, comments="")
+                s.add(row)
+                s.commit()
+                denied = row.id
+            page = post(client, f"/billing/servers/{denied}/check", {})
+            german(page, "the failed check", "127.0.0.1")
+            assert "127.0.0.1" in page
+
+        # Fix Selected Objects on the Errors page: the fix messages.
+        errors = client.get("/billing/errors", headers=user).get_data(as_text=True)
+        ids = re.findall(r'name="problem_ids" value="(\d+)"', errors)
+        assert ids
+        page = post(client, "/billing/errors/fix", {"problem_ids": ids})
+        wait_for_batches(app)
+        german(page, "the fix")
+
+        # A bill run with a skipped customer: its run page says why, in German.
+        with app.app_context():
+            s = get_state(app).session
+            lonely = Customer(company="Lonely GmbH", email="a@lonely.example")
+            s.add(lonely)
+            s.commit()
+            run_id = create_bill_run(datetime(2026, 2, 1).date(), datetime(2026, 2, 28).date(),
+                                     [lonely.id], actor="operator")
+            run_bill_run(run_id)
+        page = client.get(f"/billing/bills/runs/{run_id}", headers=user).get_data(as_text=True)
+        assert "Lonely GmbH" in page
+        german(page, "the skipped customer", "Lonely GmbH", "a@lonely.example")
+
+        # A duplicate customer name: the field error.
+        page = post(client, "/billing/customers/new",
+                    {"company": "ACME  ltd", "email": "x@acme.example"})
+        assert "Einen Kunden mit diesem Namen gibt es bereits" in page
+        german(page, "the duplicate name", "ACME  ltd", "x@acme.example")
+
+        # A refused assign: the gate (the seeded server was never validated).
+        page = post(client, "/billing/assign",
+                    {"server_id": str(samples["server_id"]),
+                     "group_id": str(samples["group_id"]), "whole_server": "y",
+                     "start": "2026-02-01"})
+        assert "Prüfen und synchronisieren Sie zuerst Server" in page
+        german(page, "the refused assign")
+    finally:
+        shutdown_executor(app)
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from .. import audit
 from ..catalog.names import DuplicateName, check_name, conflict_message
 from ..engine.store import is_conflict
+from ..i18n import M_
 from ..models import AdditionalCharge, BillingGroup, ChargeAssignment, Invoice
 from ..state import get_state
 
@@ -60,14 +61,15 @@ def parse_amount(text: str | Decimal | None) -> Decimal:
         try:
             value = Decimal(str(text or "").strip())
         except InvalidOperation:
-            raise ValueError("Enter an amount like 19.95 (negative for a credit).") from None
+            raise ValueError(M_("Enter an amount like 19.95 (negative for a credit).")) from None
     if not value.is_finite():
-        raise ValueError("Enter an amount like 19.95 (negative for a credit).")
+        raise ValueError(M_("Enter an amount like 19.95 (negative for a credit)."))
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -2:
-        raise ValueError("Use at most 2 decimal places.")
+        raise ValueError(M_("Use at most 2 decimal places."))
     if abs(value) >= AMOUNT_LIMIT:
-        raise ValueError(f"Enter an amount between -{AMOUNT_LIMIT} and {AMOUNT_LIMIT}.")
+        raise ValueError(M_("Enter an amount between -%(limit)s and %(limit)s.")
+                         % {"limit": AMOUNT_LIMIT})
     return value.quantize(Decimal("0.01"))
 
 
@@ -180,9 +182,9 @@ def delete_charge(charge_id: int, *, actor: str) -> str:
     ) or 0
     if used:
         raise ChargeInUse(
-            f"{charge.name} is assigned to {used} billing group(s), so billing history needs "
-            "it: end it on those groups instead (customer page, group's charges, End), or "
-            "give it a new name."
+            M_("%(charge)s is assigned to %(count)s billing group(s), so billing history "
+               "needs it: end it on those groups instead (customer page, group's charges, "
+               "End), or give it a new name.") % {"charge": charge.name, "count": used}
         )
     name = charge.name
     session.delete(charge)
@@ -195,7 +197,8 @@ def delete_charge(charge_id: int, *, actor: str) -> str:
         session.rollback()
         if not is_conflict(exc):
             raise
-        raise ChargeInUse(f"{name} was just assigned to a billing group: it is kept.") from None
+        raise ChargeInUse(M_("%(charge)s was just assigned to a billing group: it is kept.")
+                          % {"charge": name}) from None
     return name
 
 
@@ -302,7 +305,8 @@ def end_group_charge(group_charge_id: int, *, end: date | None, actor: str) -> C
     end = end or get_state().settings.billing_today()
     if end < row.start_date:
         raise ChargeInputError({"end": [
-            f"The end date must not be before the start date {row.start_date.isoformat()}."]})
+            M_("The end date must not be before the start date %(start)s.")
+            % {"start": row.start_date.isoformat()}]})
     old = row.end_date
     row.end_date = end
     audit.record(session, actor=actor, action="group_charge_end", object_type="group",
@@ -333,7 +337,8 @@ def remove_group_charge(group_charge_id: int, *, actor: str) -> None:
     )
     if billed:
         raise ChargeInUse(
-            "This charge may be on an invoice already: End it instead (the history is kept)."
+            M_("This charge may be on an invoice already: End it instead (the history is "
+               "kept).")
         )
     detail = {"group_charge_id": row.id, "charge_id": row.charge_id,
               "start": row.start_date.isoformat()}

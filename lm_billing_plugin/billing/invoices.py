@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .. import audit, signals
+from ..i18n import M_
 from ..models import (
     ChargeAssignment,
     Customer,
@@ -202,15 +203,16 @@ def void_invoice(key: str | int, *, reason: str, actor: str) -> Invoice:
     session = get_state().session
     reason = reason.strip()
     if not reason:
-        raise InvoiceError("give the reason for voiding (it is kept with the invoice)")
+        raise InvoiceError(M_("give the reason for voiding (it is kept with the invoice)"))
     try:
         invoice = find_invoice(session, key)
         if invoice is None:
-            raise InvoiceError(f"there is no invoice {key}; `flask lm-billing bills list` "
-                               "shows the numbers")
+            raise InvoiceError(M_("there is no invoice %(key)s; `flask lm-billing bills list` "
+                                  "shows the numbers") % {"key": key})
         if invoice.status == "void":
-            raise InvoiceError(f"invoice {invoice.number} is already void (by "
-                               f"{invoice.voided_by}: {invoice.void_reason})")
+            raise InvoiceError(M_("invoice %(number)s is already void (by %(who)s: %(reason)s)")
+                               % {"number": invoice.number, "who": invoice.voided_by,
+                                  "reason": invoice.void_reason})
         now = utcnow()
         invoice.status = "void"
         invoice.active_key = None

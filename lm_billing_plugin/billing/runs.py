@@ -198,8 +198,8 @@ def create_bill_run(start: date, end: date, customer_ids: Sequence[int] | None, 
     pending item per customer; commit and return its id (run_bill_run does the work, pages
     in a background thread). Raises BillRunError."""
     if end < start:
-        raise BillRunError(f"the End Date ({end}) is before the Start Date ({start}); "
-                           "choose an End Date on or after it")
+        raise BillRunError(M_("the End Date (%(end)s) is before the Start Date (%(start)s); "
+                              "choose an End Date on or after it") % {"end": end, "start": start})
     state = get_state()
     session = state.session
     try:
@@ -208,12 +208,13 @@ def create_bill_run(start: date, end: date, customer_ids: Sequence[int] | None, 
         if customer_ids is not None:
             wanted = sorted(set(customer_ids))
             if not wanted:
-                raise BillRunError("choose at least one customer to bill")
+                raise BillRunError(M_("choose at least one customer to bill"))
             query = query.where(Customer.id.in_(wanted))
         ids = list(session.scalars(query))
         if customer_ids is not None and len(ids) != len(set(customer_ids)):
             missing = sorted(set(customer_ids) - set(ids))
-            raise BillRunError(f"there is no customer {missing}; they may have been removed")
+            raise BillRunError(M_("there is no customer %(ids)s; they may have been removed")
+                               % {"ids": missing})
         run = BillRun(period_start=start, period_end=end, status="running", dry_run=dry_run,
                       customers=len(ids), actor=actor, created_at=utcnow())
         session.add(run)
@@ -246,15 +247,16 @@ def rerun_invoice(key: str | int, *, actor: str) -> int:
     session = get_state().session
     invoice = find_invoice(session, key)
     if invoice is None:
-        raise InvoiceError(f"there is no invoice {key}")
+        raise InvoiceError(M_("there is no invoice %(key)s") % {"key": key})
     if invoice.status != "void":
-        raise InvoiceError(f"invoice {invoice.number} is not void: void it (with a reason) "
-                           "before running its period again")
+        raise InvoiceError(M_("invoice %(number)s is not void: void it (with a reason) "
+                              "before running its period again") % {"number": invoice.number})
     other = active_invoice(session, invoice.customer_id, invoice.period_start,
                            invoice.period_end)
     session.commit()
     if other is not None:
-        raise InvoiceError(f"the period is billed again already: invoice {other[1]}")
+        raise InvoiceError(M_("the period is billed again already: invoice %(number)s")
+                           % {"number": other[1]})
     return create_bill_run(invoice.period_start, invoice.period_end, [invoice.customer_id],
                            actor=actor)
 
@@ -524,9 +526,10 @@ def run_bill_run(run_id: int) -> BillRunResult:
     session.commit()
     run = session.get(BillRun, run_id)
     if run is None:
-        raise BillRunError(f"there is no bill run {run_id}")
+        raise BillRunError(M_("there is no bill run %(run)s") % {"run": run_id})
     if run.finished_at is not None:
-        raise BillRunError(f"bill run {run_id} has finished already; start a new run")
+        raise BillRunError(M_("bill run %(run)s has finished already; start a new run")
+                           % {"run": run_id})
     runner = _Runner(session, run)
     pending = list(session.scalars(
         sa.select(BillRunItem.customer_id)
@@ -607,7 +610,7 @@ def run_outcomes(run_id: int) -> BillRunResult:
     session = get_state().session
     run = session.get(BillRun, run_id)
     if run is None:
-        raise BillRunError(f"there is no bill run {run_id}")
+        raise BillRunError(M_("there is no bill run %(run)s") % {"run": run_id})
     period = c.Period(run.period_start, run.period_end)
     result = BillRunResult(run.id, period, bool(run.dry_run), get_state().settings.currency)
     rows = session.execute(

@@ -118,29 +118,31 @@ def default_options(settings: Settings) -> SendOptions:
 def check_address(text: str, what: str) -> str:
     """One email address, or SendError naming ``what`` (a line break is never accepted)."""
     if _CONTROL.search(text):
-        raise SendError(f"{what} {text!r} contains a line break or control character")
+        raise SendError(M_("%(what)s %(text)s contains a line break or control character")
+                        % {"what": what, "text": repr(text)})
     address = text.strip()
     if len(address) > 320 or not _ADDRESS.fullmatch(address):
-        raise SendError(f"{what} {address!r} is not an email address (name@example.com)")
+        raise SendError(M_("%(what)s %(address)s is not an email address (name@example.com)")
+                        % {"what": what, "address": repr(address)})
     return address
 
 
 def _check_options(options: SendOptions, *, test: bool) -> SendOptions:
     if _CONTROL.search(options.from_name):
-        raise SendError("the From Name contains a line break or control character")
+        raise SendError(M_("the From Name contains a line break or control character"))
     if len(options.from_name) > 200:
-        raise SendError("the From Name is longer than 200 characters")
-    from_email = check_address(options.from_email, "the From Email Address")
-    bounce = (check_address(options.bounce_email, "the Message Bounce Email Address")
+        raise SendError(M_("the From Name is longer than 200 characters"))
+    from_email = check_address(options.from_email, M_("the From Email Address"))
+    bounce = (check_address(options.bounce_email, M_("the Message Bounce Email Address"))
               if options.bounce_email.strip() else from_email)
     test_email = options.test_email.strip()
     if test:
         if not test_email:
-            raise SendError("give the Test Email Address (LM_BILLING_BILL_TEST_EMAIL sets "
-                            "its default)")
-        test_email = check_address(test_email, "the Test Email Address")
+            raise SendError(M_("give the Test Email Address (LM_BILLING_BILL_TEST_EMAIL sets "
+                               "its default)"))
+        test_email = check_address(test_email, M_("the Test Email Address"))
     elif test_email:
-        test_email = check_address(test_email, "the Test Email Address")
+        test_email = check_address(test_email, M_("the Test Email Address"))
     return SendOptions(options.from_name.strip(), from_email, bounce, test_email,
                        options.comments_text, options.comments_html)
 
@@ -157,9 +159,9 @@ def invoice_recipients(invoice: Invoice) -> list[str]:
         if part:
             addresses.append(check_address(part, "an Additional Email Address"))
     if not addresses:
-        raise SendError(f"invoice {invoice.number} has no Email Address (the customer had "
-                        "none when it was issued): void it, add the address to the customer "
-                        "and run the period again")
+        raise SendError(M_("invoice %(number)s has no Email Address (the customer had "
+                           "none when it was issued): void it, add the address to the customer "
+                           "and run the period again") % {"number": invoice.number})
     unique: list[str] = []
     for address in addresses:
         if address.casefold() not in {a.casefold() for a in unique}:
@@ -335,14 +337,14 @@ def create_send_run(invoice_ids: Sequence[int], *, test: bool, resend: bool,
     options = _check_options(options, test=test)
     ids = list(dict.fromkeys(int(i) for i in invoice_ids))
     if not ids:
-        raise SendError("select at least one invoice")
+        raise SendError(M_("select at least one invoice"))
     session = get_state().session
     sweep_stale_send_runs(session, get_state().settings)
     try:
         known = set(session.scalars(sa.select(Invoice.id).where(Invoice.id.in_(ids))))
         missing = [i for i in ids if i not in known]
         if missing:
-            raise SendError(f"there is no invoice with id {missing[0]}")
+            raise SendError(M_("there is no invoice with id %(id)s") % {"id": missing[0]})
         run = SendRun(is_test=test, resend=resend and not test, status="running",
                       from_name=options.from_name, from_email=options.from_email,
                       bounce_email=options.bounce_email, test_email=options.test_email,
@@ -536,7 +538,7 @@ def run_send_run(send_run_id: int, *, pdf: PdfRenderer | None = render_invoice_p
     with writes():
         run = session.get(SendRun, send_run_id)
         if run is None:
-            raise SendError(f"there is no send run {send_run_id}")
+            raise SendError(M_("there is no send run %(run)s") % {"run": send_run_id})
         with_pdf = run.with_pdf
         items = list(session.execute(
             sa.select(SendRunItem.id, SendRunItem.invoice_id)
@@ -697,7 +699,7 @@ def send_outcomes(send_run_id: int) -> SendRunResult:
     session = get_state().session
     run = session.get(SendRun, send_run_id)
     if run is None:
-        raise SendError(f"there is no send run {send_run_id}")
+        raise SendError(M_("there is no send run %(run)s") % {"run": send_run_id})
     rows = session.execute(
         sa.select(SendRunItem, Invoice.number, Invoice.company, InvoiceSend.to_addresses)
         .join(Invoice, Invoice.id == SendRunItem.invoice_id)
@@ -730,7 +732,7 @@ def resolve_invoices(keys: Sequence[str], run_id: int | None) -> list[int]:
             Invoice.run_id == run_id, Invoice.status != "void").order_by(Invoice.year,
                                                                           Invoice.seq)))
         if not ids:
-            raise SendError(f"bill run {run_id} has no invoice to send")
+            raise SendError(M_("bill run %(run)s has no invoice to send") % {"run": run_id})
     for key in keys:
         found = find_invoice(session, key) or (find_invoice(session, int(key))
                                                if key.isdigit() else None)

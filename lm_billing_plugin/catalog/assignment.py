@@ -53,7 +53,7 @@ def check_gate(session: Session, server_id: int) -> None:
         sa.select(Server.name, Server.validated_at).where(Server.id == server_id)
     ).one_or_none()
     if row is None:
-        raise AssignmentError(f"there is no server {server_id}")
+        raise AssignmentError(M_("there is no server %(server)s") % {"server": server_id})
     if row.validated_at is None:
         raise GateError(
             M_("Validate and sync server %(server)s first: it was never validated, so "
@@ -89,11 +89,11 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
     list_set = sorted(set(list_ids))
     try:
         if end is not None and end <= start:
-            raise AssignmentError("the End Date must be after the Start Date (it is the "
-                                  "first day no longer billed)")
+            raise AssignmentError(M_("the End Date must be after the Start Date (it is the "
+                                     "first day no longer billed)"))
         check_gate(session, server_id)
         if session.get(BillingGroup, group_id) is None:
-            raise AssignmentError(f"there is no billing group {group_id}")
+            raise AssignmentError(M_("there is no billing group %(group)s") % {"group": group_id})
         wanted: list[tuple[str, int | None, int | None]] = []
         if whole_server:
             wanted.append(("server", None, None))
@@ -112,7 +112,7 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
             _check_objects("list", list_set, found)
             wanted += [("list", None, lid) for lid in list_set]
         if not wanted:
-            raise AssignmentError("choose lists, sites or the whole server to assign")
+            raise AssignmentError(M_("choose lists, sites or the whole server to assign"))
         table = ASSIGNMENT
         current = session.execute(
             sa.select(table.c.id, table.c.group_id, table.c.object_type, table.c.site_id,
@@ -166,12 +166,13 @@ def _check_objects(what: str, wanted: Sequence[int], found: Sequence[Any]) -> No
     ids = {r.id for r in found}
     missing = [i for i in wanted if i not in ids]
     if missing:
-        raise AssignmentError(f"{what}(s) {missing} are not on this server")
+        raise AssignmentError(M_("%(what)s(s) %(ids)s are not on this server")
+                              % {"what": what, "ids": missing})
     removed = [r.id for r in found if r.status != "active"]
     if removed:
         raise AssignmentError(
-            f"{what}(s) {removed} were removed from the server; only active {what}s can be "
-            "assigned")
+            M_("%(what)s(s) %(ids)s were removed from the server; only active %(what)ss can "
+               "be assigned") % {"what": what, "ids": removed})
 
 
 def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = None) -> int:
@@ -191,7 +192,7 @@ def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = No
         ).all()
         missing = sorted(set(assignment_ids) - {r.id for r in rows})
         if missing:
-            raise AssignmentError(f"there is no assignment {missing}")
+            raise AssignmentError(M_("there is no assignment %(ids)s") % {"ids": missing})
         for server_id in sorted({r.server_id for r in rows}):
             check_gate(session, server_id)
         ending = [r.id for r in rows if r.end_date is None or r.end_date > end]

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from .. import audit
 from ..engine import versions
 from ..engine.store import is_conflict
+from ..i18n import M_
 from ..models import Customer
 from ..state import get_state
 from .names import NAME_KINDS, DuplicateName, check_name, conflict_message
@@ -78,7 +79,7 @@ def apply_values(obj: Any, values: Mapping[str, Any], allowed: tuple[str, ...]
     """Set the given fields on the row; return what changed as {field: [old, new]}."""
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise CatalogError(f"unknown field(s) {unknown}")
+        raise CatalogError(M_("unknown field(s) %(fields)s") % {"fields": unknown})
     changes: dict[str, list[Any]] = {}
     for name in allowed:
         if name not in values:
@@ -92,9 +93,9 @@ def apply_values(obj: Any, values: Mapping[str, Any], allowed: tuple[str, ...]
 
 def _check(customer: Customer) -> None:
     if not (customer.company or "").strip():
-        raise CatalogError("enter the company name", "company")
+        raise CatalogError(M_("enter the company name"), "company")
     if customer.start_date and customer.end_date and customer.end_date < customer.start_date:
-        raise CatalogError("the End Date is before the Start Date; correct one of them",
+        raise CatalogError(M_("the End Date is before the Start Date; correct one of them"),
                            "end_date")
 
 

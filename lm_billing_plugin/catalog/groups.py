@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from .. import audit
 from ..engine import versions
+from ..i18n import M_
 from ..models import BillingGroup, Customer, GroupPlan, HostingPlan, name_key, utcnow
 from ..state import get_state
 from .customers import CatalogError, apply_values, check_unique_name, saving
@@ -67,14 +68,16 @@ def _add_term(session: Session, group: BillingGroup, plan_id: int, start: date,
     """Add a plan term; the term in force on ``start`` ends the day before. A later term in
     the way is refused (the history is never rewritten silently)."""
     if end is not None and end < start:
-        raise CatalogError("the plan's End Date is before its Start Date", "plan_end")
+        raise CatalogError(M_("the plan's End Date is before its Start Date"), "plan_end")
     if session.get(HostingPlan, plan_id) is None:
-        raise CatalogError(f"there is no hosting plan {plan_id}", "plan_id")
+        raise CatalogError(M_("there is no hosting plan %(plan)s") % {"plan": plan_id}, "plan_id")
     for term in plan_history(session, group.id):
         if term.start_date >= start:
             raise CatalogError(
-                f"group {group.name} already has a plan term from {term.start_date}; give a "
-                "Start Date after it, or change that term", "plan_start")
+                M_("group %(group)s already has a plan term from %(start)s; give a Start Date "
+                   "after it, or change that term") % {"group": group.name,
+                                                       "start": term.start_date},
+                "plan_start")
         if term.end_date is None or term.end_date >= start:
             term.end_date = start - timedelta(days=1)
     term = GroupPlan(group_id=group.id, plan_id=plan_id, start_date=start, end_date=end,
@@ -134,7 +137,7 @@ def create_group(customer: Customer, values: Mapping[str, Any], *, actor: str) -
     with saving(session, "group"):
         fields = dict(values)
         if not str(fields.get("name", "")).strip():
-            raise CatalogError("enter the billing group's name", "name")
+            raise CatalogError(M_("enter the billing group's name"), "name")
         check_unique_name(session, "group", str(fields["name"]), scope_id=customer.id)
         plan_id = fields.pop("plan_id", None) or None
         start, end = fields.pop("plan_start", None), fields.pop("plan_end", None)
@@ -168,7 +171,7 @@ def update_group(group: BillingGroup, values: Mapping[str, Any], *, actor: str,
         fields = dict(values)
         if "name" in fields:
             if not str(fields["name"] or "").strip():
-                raise CatalogError("enter the billing group's name", "name")
+                raise CatalogError(M_("enter the billing group's name"), "name")
             # Before the row changes: only a name that changes is checked (catalog.names).
             check_unique_name(session, "group", str(fields["name"]), exclude_id=group.id,
                               scope_id=group.customer_id)

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..i18n import M_
 from ..models import (
     AdditionalCharge,
     BillingGroup,
@@ -25,11 +26,11 @@ __all__ = ["NAME_KINDS", "DuplicateName", "check_name", "conflict_message", "nam
 
 # kind -> (model, key column, what the user calls it, the form field that holds the name)
 NAME_KINDS: dict[str, tuple[Any, Any, str, str]] = {
-    "customer": (Customer, Customer.company_key, "A customer", "company"),
-    "plan": (HostingPlan, HostingPlan.name_key, "A hosting plan", "name"),
-    "group": (BillingGroup, BillingGroup.name_key, "A billing group of this customer", "name"),
-    "charge": (AdditionalCharge, AdditionalCharge.name_key, "An additional charge", "name"),
-    "template": (InvoiceTemplate, InvoiceTemplate.name_key, "A template of this kind", "name"),
+    "customer": (Customer, Customer.company_key, M_("A customer"), "company"),
+    "plan": (HostingPlan, HostingPlan.name_key, M_("A hosting plan"), "name"),
+    "group": (BillingGroup, BillingGroup.name_key, M_("A billing group of this customer"), "name"),
+    "charge": (AdditionalCharge, AdditionalCharge.name_key, M_("An additional charge"), "name"),
+    "template": (InvoiceTemplate, InvoiceTemplate.name_key, M_("A template of this kind"), "name"),
 }
 
 
@@ -84,7 +85,8 @@ def check_name(
         taken = name_taken(session, kind, name, exclude_id=exclude_id, scope_id=scope_id)
     if taken:
         raise DuplicateName(
-            f"{who} with this name exists (names ignore case and spaces): choose another name.",
+            M_("%(who)s with this name exists (names ignore case and spaces): choose another "
+               "name.") % {"who": who},
             field,
         )
 
@@ -98,4 +100,5 @@ def _key_changes(session: Session, kind: str, row_id: int, name: str) -> bool:
 def conflict_message(kind: str) -> str:
     """What the form says when the database refused a name saved a moment ago elsewhere."""
     _, _, who, _ = NAME_KINDS[kind]
-    return f"{who} with this name was saved a moment ago: choose another name."
+    return M_("%(who)s with this name was saved a moment ago: choose another name.") % {
+        "who": who}

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from .. import audit
 from ..engine import versions
 from ..engine.store import is_conflict
+from ..i18n import M_
 from ..models import BILLING_METHODS, HostingPlan, name_key
 from ..state import get_state
 from .customers import CatalogError, apply_values
@@ -57,9 +58,10 @@ def save_plan(plan: HostingPlan | None, values: Mapping[str, Any], *, actor: str
     session = get_state().session
     name = str(values.get("name", plan.name if plan else "")).strip()
     if not name:
-        raise CatalogError("enter the plan's name", "name")
+        raise CatalogError(M_("enter the plan's name"), "name")
     if values.get("billing_method", "standard") not in BILLING_METHODS:
-        raise CatalogError(f"the Billing Method is one of {', '.join(BILLING_METHODS)}",
+        raise CatalogError(M_("the Billing Method is one of %(methods)s")
+                           % {"methods": ", ".join(BILLING_METHODS)},
                            "billing_method")
     if plan is not None:
         versions.check_version(session, "plan", HostingPlan, plan.id, sorted(values),

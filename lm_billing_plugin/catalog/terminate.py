@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from .. import audit
 from ..engine.store import ASSIGNMENT, active_assignment, is_conflict, rejudge_rules
-from ..i18n import N_, gettext
+from ..i18n import M_, N_, gettext
 from ..models import (
     Assignment,
     BillingGroup,
@@ -109,7 +109,7 @@ def terminate_lists(
     end = end or get_state().settings.billing_today()
     wanted = sorted(set(list_ids))
     if not wanted:
-        raise AssignmentError("tick the lists to terminate first")
+        raise AssignmentError(M_("tick the lists to terminate first"))
     for attempt in (1, 2):
         try:
             result = _terminate(session, wanted, actor, end)
@@ -133,7 +133,7 @@ def _terminate(session: Session, wanted: list[int], actor: str, end: date) -> Te
     ).all()
     missing = sorted(set(wanted) - {r.id for r in lists})
     if missing:
-        raise AssignmentError(f"there is no list {missing}")
+        raise AssignmentError(M_("there is no list %(ids)s") % {"ids": missing})
     for server_id in sorted({r.server_id for r in lists}):
         check_gate(session, server_id)
     customer_id, group_id = _placeholder(session, actor)
@@ -162,9 +162,10 @@ def _terminate(session: Session, wanted: list[int], actor: str, end: date) -> Te
         shown = "; ".join(f"{n!r} through its {kind} ({company}: {group})"
                           for n, company, group, kind in covering[:3])
         raise AssignmentError(
-            f"{len(covering)} ticked list(s) are paid through a site or a whole server "
-            f"({shown}); unassign that site or server on the customer's page first, or "
-            "terminate only single-list assignments"
+            M_("%(count)s ticked list(s) are paid through a site or a whole server "
+               "(%(shown)s); unassign that site or server on the customer's page first, or "
+               "terminate only single-list assignments") % {"count": len(covering),
+                                                             "shown": shown}
         )
     current = session.execute(
         sa.select(t.c.id, t.c.group_id, t.c.list_id, t.c.start_date)
@@ -221,9 +222,10 @@ def delete_customer(customer_id: int, *, actor: str) -> str:
     reasons = deletion_blockers(session, customer_id)
     if reasons:
         raise CustomerHasHistory(
-            f"{customer.company} has {', '.join(reasons)}: billing keeps that history, so it "
-            "cannot be deleted. Deactivate it instead: Edit Customer, set its End Date (the "
-            "final bill is prorated to it) and untick Is Active."
+            M_("%(company)s has %(reasons)s: billing keeps that history, so it cannot be "
+               "deleted. Deactivate it instead: Edit Customer, set its End Date (the final "
+               "bill is prorated to it) and untick Is Active.")
+            % {"company": customer.company, "reasons": ", ".join(reasons)}
         )
     group_ids = list(session.scalars(
         sa.select(BillingGroup.id).where(BillingGroup.customer_id == customer_id)))
@@ -244,8 +246,8 @@ def delete_customer(customer_id: int, *, actor: str) -> str:
         if not is_conflict(exc):
             raise
         raise CustomerHasHistory(
-            "Something was just assigned to or billed for this customer: it is kept. "
-            "Deactivate it instead."
+            M_("Something was just assigned to or billed for this customer: it is kept. "
+               "Deactivate it instead.")
         ) from None
     return name
 

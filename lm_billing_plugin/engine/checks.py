@@ -11,6 +11,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from ..i18n import M_
 from ..tclport.client import DEFAULT_PASSWORD, DEFAULT_PORT, ClientSettings, TclPortClient
 from ..tclport.errors import LOGGING_PATH, TclPortError
 from ..tclport.records import LOGGING_LABELS, LOGGING_LISTS, LoggingState
@@ -38,16 +39,15 @@ _PHASE_STEP: Final = {
     "command:server_info": "version",
 }
 _STEP_OK: Final = {
-    "resolve": "the host name resolves",
-    "connect": "TCP connection accepted",
-    "greeting": "it answers as a ListManager TclPort (protocol 1)",
-    "password": "the TclPort password is accepted",
+    "resolve": M_("the host name resolves"),
+    "connect": M_("TCP connection accepted"),
+    "greeting": M_("it answers as a ListManager TclPort (protocol 1)"),
+    "password": M_("the TclPort password is accepted"),
 }
 LISTS_LABEL: Final = LOGGING_LABELS[LOGGING_LISTS]
-LOGGING_GUIDANCE: Final = (
-    f'Enable Logging must be "{LISTS_LABEL}" ({LOGGING_PATH}), else billing cannot count '
-    "messages."
-)
+LOGGING_GUIDANCE: Final = M_(
+    'Enable Logging must be "%(wanted)s" (%(path)s), else billing cannot count messages.'
+) % {"wanted": LISTS_LABEL, "path": LOGGING_PATH}
 
 Status = Literal["ok", "failed", "not_run"]
 
@@ -104,7 +104,8 @@ class ConnectionReport:
         """One line for the user: the guidance of the failure, or what was found."""
         if self.error is not None:
             return self.error.message
-        return f"connected; {self.product or 'ListManager'} {self.version}"
+        return M_("connected; %(product)s %(version)s") % {
+            "product": self.product or "ListManager", "version": self.version}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -215,10 +216,12 @@ def _run_connection(client: TclPortClient) -> ConnectionReport:
 
 def _logging_report(server: str, state: LoggingState, *, changed: bool = False) -> LoggingReport:
     if state.counts_messages:
-        message = f'Enable Logging is "{state.label}": billing can count messages.'
+        message = M_('Enable Logging is "%(label)s": billing can count messages.') % {
+            "label": state.label}
     else:
         # An unknown mode is shown with the server's own label, as it is.
-        message = f'Enable Logging is "{state.label}". {LOGGING_GUIDANCE}'
+        message = M_('Enable Logging is "%(label)s". %(guidance)s') % {
+            "label": state.label, "guidance": LOGGING_GUIDANCE}
     return LoggingReport(
         server, state.mode, state.label, state.counts_messages, message, changed=changed
     )
@@ -229,10 +232,10 @@ def _failed_logging(server: str, exc: TclPortError) -> LoggingReport:
 
 
 def _not_permitted(server: str, before: LoggingState | None, code: str) -> LoggingReport:
-    message = (
+    message = M_(
         "this hosting server does not allow Enable Logging to be changed remotely: "
-        f'set it to "{LISTS_LABEL}" on the hosting server itself ({LOGGING_PATH}).'
-    )
+        'set it to "%(wanted)s" on the hosting server itself (%(path)s).'
+    ) % {"wanted": LISTS_LABEL, "path": LOGGING_PATH}
     return LoggingReport(
         server,
         before.mode if before else None,

@@ -34,6 +34,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Generic, TypeVar
 
+from ..i18n import M_
 from ..kinds import ALL_KINDS, DATA_KINDS, DRIFT_KINDS, GROUP_KINDS, RULE_KINDS, SERVER_KINDS
 from ..tclport.records import LOGGING_LABELS, LOGGING_LISTS, ListRecord, LoggingState, SiteRecord
 
@@ -345,8 +346,8 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
         if row is None or row.status != "active":
             problems.append(Found(
                 "unknown_site", "site", rec.name,
-                f"Site {_q(rec.name)} is on server {_q(server)} but not in billing; "
-                "sync (or fix) adds it.",
+                M_("Site %(site)s is on server %(server)s but not in billing; sync (or fix) "
+                   "adds it.") % {"site": _q(rec.name), "server": _q(server)},
                 {"title": rec.title, "reactivate": row is not None},
                 fingerprint("unknown_site", server_id=sid, key=("site", rec.name)),
             ))
@@ -356,8 +357,9 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
     for _id, name in site_pairs.remove:
         problems.append(Found(
             "missing_site", "site", name,
-            f"Site {_q(name)} is in billing but no longer on server {_q(server)}; sync (or "
-            "fix) marks it removed and keeps its history.",
+            M_("Site %(site)s is in billing but no longer on server %(server)s; sync (or "
+               "fix) marks it removed and keeps its history.")
+            % {"site": _q(name), "server": _q(server)},
             {}, fingerprint("missing_site", server_id=sid, key=("site", name)),
         ))
 
@@ -367,8 +369,9 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
         if lrow is None or lrow.status != "active":
             problems.append(Found(
                 "unknown_list", "list", item.name,
-                f"List {_q(item.name)} is on server {_q(server)} but not in billing; sync (or "
-                "fix) adds it, then assign it an owner.",
+                M_("List %(list)s is on server %(server)s but not in billing; sync (or "
+                   "fix) adds it, then assign it an owner.")
+                % {"list": _q(item.name), "server": _q(server)},
                 {"new": _record_fields(item), "reactivate": lrow is not None},
                 fingerprint("unknown_list", server_id=sid, key=("list", item.name)),
             ))
@@ -383,15 +386,17 @@ def drift(snapshot: BillingSnapshot, sites: Iterable[SiteRecord],
                               for k in differs)
             problems.append(Found(
                 "changed_list", "list", item.name,
-                f"List {_q(item.name)} changed on server {_q(server)}: {shown}.",
+                M_("List %(list)s changed on server %(server)s: %(changes)s.")
+                % {"list": _q(item.name), "server": _q(server), "changes": shown},
                 {"old": {k: old[k] for k in differs}, "new": {k: new[k] for k in differs}},
                 fingerprint("changed_list", server_id=sid, key=("list", item.name)),
             ))
     for _id, name in list_pairs.remove:
         problems.append(Found(
             "missing_list", "list", name,
-            f"List {_q(name)} is in billing but no longer on server {_q(server)}; sync (or "
-            "fix) marks it removed and keeps its history and assignments.",
+            M_("List %(list)s is in billing but no longer on server %(server)s; sync (or "
+               "fix) marks it removed and keeps its history and assignments.")
+            % {"list": _q(name), "server": _q(server)},
             {}, fingerprint("missing_list", server_id=sid, key=("list", name)),
         ))
     changes = Changes(
@@ -441,8 +446,8 @@ def owners(snapshot: BillingSnapshot) -> dict[int, int]:
 def _limit_text(group: GroupRow) -> str:
     plan = group.plan
     assert plan is not None
-    return (f"billing group {_q(group.name)} of customer {_q(group.customer_name)} "
-            f"(hosting plan {_q(plan.name)})")
+    return M_("billing group %(group)s of customer %(customer)s (hosting plan %(plan)s)") % {
+        "group": _q(group.name), "customer": _q(group.customer_name), "plan": _q(plan.name)}
 
 
 def rule_problems(snapshot: BillingSnapshot) -> list[Found]:
@@ -456,8 +461,9 @@ def rule_problems(snapshot: BillingSnapshot) -> list[Found]:
         if row.id not in owner_of:
             problems.append(Found(
                 "unassigned_list", "list", row.name,
-                f"List {_q(row.name)} on server {_q(server)} has no owner: assign it (or its "
-                "site or server) to a billing group.",
+                M_("List %(list)s on server %(server)s has no owner: assign it (or its "
+                   "site or server) to a billing group.")
+                % {"list": _q(row.name), "server": _q(server)},
                 {"site": row.site_name},
                 fingerprint("unassigned_list", server_id=sid, key=("list", row.name)),
             ))
@@ -478,9 +484,10 @@ def rule_problems(snapshot: BillingSnapshot) -> list[Found]:
         if not group.customer_active and total.lists:
             problems.append(Found(
                 "inactive_customer_has_lists", "customer", group.customer_name,
-                f"Customer {_q(group.customer_name)} is inactive but its billing group "
-                f"{_q(group.name)} still has {total.lists} list(s): unassign them or make the "
-                "customer active again.",
+                M_("Customer %(customer)s is inactive but its billing group %(group)s still "
+                   "has %(count)s list(s): unassign them or make the customer active again.")
+                % {"customer": _q(group.customer_name), "group": _q(group.name),
+                   "count": total.lists},
                 {"group_id": group_id, "group": group.name, "lists": total.lists},
                 fingerprint("inactive_customer_has_lists", group_id=group_id),
                 group_id=group_id, server_scoped=False,
@@ -489,15 +496,20 @@ def rule_problems(snapshot: BillingSnapshot) -> list[Found]:
         if plan is None:
             continue
         for kind, count, limit, what in (
-            ("over_max_lists", total.lists, plan.max_lists, "lists"),
-            ("over_max_members", total.members, plan.max_members, "members"),
-            ("over_max_sites", total.sites, plan.max_sites, "sites"),
+            ("over_max_lists", total.lists, plan.max_lists,
+             M_("The %(limits)s has %(count)s lists; the plan permits %(limit)s. Change the "
+                "group's hosting plan or move some of its lists.")),
+            ("over_max_members", total.members, plan.max_members,
+             M_("The %(limits)s has %(count)s members; the plan permits %(limit)s. Change the "
+                "group's hosting plan or move some of its lists.")),
+            ("over_max_sites", total.sites, plan.max_sites,
+             M_("The %(limits)s has %(count)s sites; the plan permits %(limit)s. Change the "
+                "group's hosting plan or move some of its lists.")),
         ):
             if limit and count > limit:
                 problems.append(Found(
                     kind, "group", group.name,
-                    f"The {_limit_text(group)} has {count} {what}; the plan permits {limit}. "
-                    "Change the group's hosting plan or move some of its lists.",
+                    what % {"limits": _limit_text(group), "count": count, "limit": limit},
                     {"group_id": group_id, "count": count, "limit": limit, "plan": plan.name},
                     fingerprint(kind, group_id=group_id),
                     group_id=group_id, server_scoped=False,
@@ -507,9 +519,10 @@ def rule_problems(snapshot: BillingSnapshot) -> list[Found]:
                 if row.members > plan.max_members_per_list:
                     problems.append(Found(
                         "over_max_members_per_list", "list", row.name,
-                        f"List {_q(row.name)} on server {_q(server)} has {row.members} members; "
-                        f"the {_limit_text(group)} permits {plan.max_members_per_list} per list. "
-                        "Change the plan or the list.",
+                        M_("List %(list)s on server %(server)s has %(count)s members; the "
+                           "%(limits)s permits %(limit)s per list. Change the plan or the list.")
+                        % {"list": _q(row.name), "server": _q(server), "count": row.members,
+                           "limits": _limit_text(group), "limit": plan.max_members_per_list},
                         {"group_id": group_id, "count": row.members,
                          "limit": plan.max_members_per_list, "plan": plan.name},
                         fingerprint("over_max_members_per_list", server_id=sid,
@@ -523,9 +536,11 @@ def rule_problems(snapshot: BillingSnapshot) -> list[Found]:
                 if count > plan.max_lists_per_site:
                     problems.append(Found(
                         "over_max_lists_per_site", "site", site_name,
-                        f"Site {_q(site_name)} on server {_q(server)} has {count} lists of the "
-                        f"{_limit_text(group)}, which permits {plan.max_lists_per_site} per "
-                        "site. Change the plan or move lists.",
+                        M_("Site %(site)s on server %(server)s has %(count)s lists of the "
+                           "%(limits)s, which permits %(limit)s per site. Change the plan or "
+                           "move lists.")
+                        % {"site": _q(site_name), "server": _q(server), "count": count,
+                           "limits": _limit_text(group), "limit": plan.max_lists_per_site},
                         {"group_id": group_id, "count": count,
                          "limit": plan.max_lists_per_site, "plan": plan.name},
                         fingerprint("over_max_lists_per_site", server_id=sid, group_id=group_id,
@@ -542,9 +557,11 @@ def logging_problem(snapshot: BillingSnapshot, state: LoggingState,
         return None
     return Found(
         "logging_off", "server", snapshot.server_name,
-        f"Enable Logging on server {_q(snapshot.server_name)} is {state.label!r}; it must be "
-        f"{LISTS_LABEL!r} (Server Settings: Automatic Maintenance: Logging), else billing "
-        "cannot count this server's mail.",
+        M_("Enable Logging on server %(server)s is %(label)s; it must be %(wanted)s (Server "
+           "Settings: Automatic Maintenance: Logging), else billing cannot count this "
+           "server's mail.")
+        % {"server": _q(snapshot.server_name), "label": repr(state.label),
+           "wanted": repr(LISTS_LABEL)},
         {"mode": state.mode, "label": state.label, "usage_error": usage_error},
         fingerprint("logging_off", server_id=snapshot.server_id, key=("server",)),
     )

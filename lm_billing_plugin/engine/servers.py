@@ -80,7 +80,7 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCI
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Connection failures that mean "nothing usable answered at that address".
 _UNREACHABLE_CODES: Final = frozenset({DNS, REFUSED, TIMEOUT, UNREACHABLE})
-_HOST_CHANGED: Final = (
+_HOST_CHANGED: Final = M_(
     "The host name changed: enter the TclPort password for the new host again "
     "(the stored one is not sent to a different host unasked)."
 )
@@ -100,9 +100,11 @@ class UnknownServers(ServerError, LookupError):
     def __init__(self, names: Sequence[str]) -> None:
         self.names = list(names)
         shown = ", ".join(repr(n) for n in self.names)
-        noun = "server" if len(self.names) == 1 else "servers"
         super().__init__(
-            f"unknown {noun}: {shown} (see `flask lm-billing servers list` for the names)"
+            (M_("unknown server: %(names)s (see `flask lm-billing servers list` for the names)")
+             if len(self.names) == 1 else
+             M_("unknown servers: %(names)s (see `flask lm-billing servers list` for the "
+                "names)")) % {"names": shown}
         )
 
 
@@ -124,60 +126,61 @@ def validate_host_name(value: str) -> str | None:
     refuses URLs, paths, ports and spaces, with a message that says what to type instead.
     """
     if not value:
-        return "Enter the hosting server's host name or IP address."
+        return M_("Enter the hosting server's host name or IP address.")
     if len(value) > MAX_HOST:
-        return f"A host name has at most {MAX_HOST} characters."
+        return M_("A host name has at most %(max)s characters.") % {"max": MAX_HOST}
     if any(ch.isspace() for ch in value) or _CONTROL_RE.search(value):
-        return "A host name has no spaces or control characters."
+        return M_("A host name has no spaces or control characters.")
     if "://" in value:
-        return "Enter only the host name (e.g. lists.example.com), not a URL."
+        return M_("Enter only the host name (e.g. lists.example.com), not a URL.")
     if "/" in value or "\\" in value:
-        return "Enter only the host name, without a path."
+        return M_("Enter only the host name, without a path.")
     if value.startswith("[") and value.endswith("]"):
-        return "Write an IPv6 address without brackets (e.g. 2001:db8::1)."
+        return M_("Write an IPv6 address without brackets (e.g. 2001:db8::1).")
     if "@" in value:
-        return "Enter only the host name, without a user name."
+        return M_("Enter only the host name, without a user name.")
     if ":" in value:
         try:
             ipaddress.IPv6Address(value)
         except ValueError:
-            return "Enter the host name without a port; the port has its own field."
+            return M_("Enter the host name without a port; the port has its own field.")
         return None
     if not value.isascii():
-        return "Write an international domain name in its ASCII (xn--) form."
+        return M_("Write an international domain name in its ASCII (xn--) form.")
     labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
     if all(label.isdigit() for label in labels):
         try:
             ipaddress.IPv4Address(value.rstrip("."))
         except ValueError:
-            return f"{value!r} is not a valid IPv4 address."
+            return M_("%(value)s is not a valid IPv4 address.") % {"value": repr(value)}
         return None
     for label in labels:
         if not label:
-            return "A host name has no empty parts (two dots in a row, or a leading dot)."
+            return M_("A host name has no empty parts (two dots in a row, or a leading dot).")
         if not _LABEL_RE.fullmatch(label):
-            return (
-                f"{label!r} is not a valid part of a host name: letters, digits and hyphens "
+            return M_(
+                "%(label)s is not a valid part of a host name: letters, digits and hyphens "
                 "only, at most 63, not starting or ending with a hyphen."
-            )
+            ) % {"label": repr(label)}
     return None
 
 
 def _name_error(session: Session, name: str, server_id: int | None) -> str | None:
     if not name:
-        return "Enter a name for this server."
+        return M_("Enter a name for this server.")
     if len(name) > MAX_NAME:
-        return f"A server name has at most {MAX_NAME} characters."
+        return M_("A server name has at most %(max)s characters.") % {"max": MAX_NAME}
     if _CONTROL_RE.search(name):
-        return "A server name has no control characters (tabs, line breaks)."
+        return M_("A server name has no control characters (tabs, line breaks).")
     clash = session.execute(sa.select(Server.id, Server.active).where(Server.name == name)).first()
     if clash is not None and clash.id != server_id:
         if not clash.active:
-            return (
-                f"A deactivated server is still called {name!r} (its billing history is "
+            return M_(
+                "A deactivated server is still called %(name)s (its billing history is "
                 "kept); choose another name."
-            )
-        return f"A server named {name!r} already exists; choose another name."
+            ) % {"name": repr(name)}
+        return M_("A server named %(name)s already exists; choose another name.") % {
+            "name": repr(name)}
     return None
 
 
@@ -207,14 +210,17 @@ def validate_server_fields(
         errors["host"] = host_error
     port_value = _port(port)
     if port_value is None:
-        errors["port"] = "The port is a number from 1 to 65535 (TclPort's default is 2021)."
+        errors["port"] = M_("The port is a number from 1 to 65535 (TclPort's default is 2021).")
     if len(comments) > MAX_COMMENTS:
-        errors["comments"] = f"Comments have at most {MAX_COMMENTS} characters."
+        errors["comments"] = M_("Comments have at most %(max)s characters.") % {
+            "max": MAX_COMMENTS}
     if password is not None:
         if len(password) > MAX_PASSWORD:
-            errors["password"] = f"A TclPort password has at most {MAX_PASSWORD} characters."
+            errors["password"] = M_("A TclPort password has at most %(max)s characters.") % {
+                "max": MAX_PASSWORD}
         elif "\n" in password or "\r" in password:
-            errors["password"] = "A TclPort password is one line (no line breaks)."  # noqa: S105
+            errors["password"] = M_(
+                "A TclPort password is one line (no line breaks).")
     return errors
 
 
@@ -238,7 +244,7 @@ def get_server(server_id: int, *, session: Session | None = None) -> Server:
     session = session if session is not None else get_state().session
     server = session.get(Server, server_id)
     if server is None:
-        raise ServerNotFound(f"no hosting server with id {server_id}")
+        raise ServerNotFound(M_("no hosting server with id %(id)s") % {"id": server_id})
     return server
 
 
@@ -259,7 +265,7 @@ def lock_server(server_id: int) -> Server:
     ).scalar_one_or_none()
     if server is None:
         session.rollback()
-        raise ServerNotFound(f"no hosting server with id {server_id}")
+        raise ServerNotFound(M_("no hosting server with id %(id)s") % {"id": server_id})
     return server
 
 
@@ -386,7 +392,8 @@ def _commit_or_field_error(session: Session, name: str) -> None:
         if not is_conflict(exc):
             raise
         raise ServerFieldError(
-            {"name": f"A server named {name!r} already exists; choose another name."}
+            {"name": M_("A server named %(name)s already exists; choose another name.")
+                      % {"name": repr(name)}}
         ) from None
 
 
@@ -503,8 +510,8 @@ def delete_server(server_id: int, *, actor: str) -> str:
     if _lease_held(server, utcnow()):
         session.rollback()
         raise ServerError(
-            f"a validate or sync of {server.name!r} is running now; delete it when that run "
-            "has finished."
+            M_("a validate or sync of %(server)s is running now; delete it when that run "
+               "has finished.") % {"server": repr(server.name)}
         )
     name = server.name
     assigned = session.execute(
@@ -514,7 +521,8 @@ def delete_server(server_id: int, *, actor: str) -> str:
     if assigned:
         if not server.active:
             session.rollback()
-            raise ServerError(f"server {name!r} is already deactivated")
+            raise ServerError(M_("server %(server)s is already deactivated")
+                              % {"server": repr(name)})
         server.active = False
         audit.record(
             session,
@@ -583,7 +591,8 @@ def _address(server: Server) -> tuple[str, int, str, str]:
     try:
         password = tclport_password(server.password_encrypted)
     except SecretsError as exc:
-        raise ServerError(f"server {server.name!r}: {exc}") from None
+        raise ServerError(M_("server %(server)s: %(message)s")
+                          % {"server": repr(server.name), "message": str(exc)}) from None
     return server.host, server.port, password, server.name
 
 

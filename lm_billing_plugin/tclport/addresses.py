@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .errors import N_
+
 __all__ = [
     "METADATA_ADDRESSES",
     "METADATA_NAMES",
@@ -54,17 +56,42 @@ _CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u20
 _NUMERIC_LABEL_RE: Final = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*", re.ASCII)
 
 FOUR_NUMBERS: Final = "write the address as four decimal numbers, e.g. 192.0.2.10"
-_NEVER: Final = (
-    "billing never connects there. Use the hosting server's own address (these addresses "
-    "are refused even when LM_BILLING_ALLOWED_NETWORKS lists them)."
+# The refusals as templates with named values (N_ puts them in the plugin's catalog): the
+# English sentences are these filled in; a page shows them translated (i18n.say), the CLI,
+# the JSON API and the logs keep the English. ``what`` is one of the class names below.
+_NEVER: Final = N_(
+    "%(subject)s is %(what)s; billing never connects there. Use the hosting server's own "
+    "address (these addresses are refused even when LM_BILLING_ALLOWED_NETWORKS lists them)."
 )
-_NOT_LISTED: Final = (
-    "billing connects only to the networks in LM_BILLING_ALLOWED_NETWORKS. Use the hosting "
-    "server's own address, or add its network to LM_BILLING_ALLOWED_NETWORKS."
+_NEVER_NAME: Final = N_(
+    "%(host)s is the name of a cloud metadata service; billing never connects there. Use "
+    "the hosting server's own address (these addresses are refused even when "
+    "LM_BILLING_ALLOWED_NETWORKS lists them)."
 )
-_NO_LOOPBACK: Final = (
+_NOT_LISTED: Final = N_(
+    "%(subject)s is not in an allowed network; billing connects only to the networks in "
+    "LM_BILLING_ALLOWED_NETWORKS. Use the hosting server's own address, or add its network "
+    "to LM_BILLING_ALLOWED_NETWORKS."
+)
+_NO_LOOPBACK: Final = N_(
+    "%(subject)s is a loopback address (this billing server itself); "
     "LM_BILLING_ALLOW_LOOPBACK is off, so billing does not connect to itself. Use the hosting "
     "server's own address, or set LM_BILLING_ALLOW_LOOPBACK = True if it runs on this machine."
+)
+_EMBEDDED: Final = N_("the %(form)s form of %(address)s, %(what)s")
+_BAD_IPV4: Final = N_(
+    "%(host)s is not a valid IPv4 address: write the address as four decimal numbers, e.g. "
+    "192.0.2.10 (each 0 to 255, no leading zeros)."
+)
+_BAD_IPV4_DOT: Final = N_(
+    "%(host)s is not a valid IPv4 address: write the address as four decimal numbers, e.g. "
+    "192.0.2.10 (each 0 to 255, no leading zeros) (without a final dot)."
+)
+_ZONE: Final = N_("%(host)s has a zone (%%%(zone)s); write the IPv6 address without it.")
+_TOO_LONG: Final = N_("A host name has at most %(max)s characters.")
+_BAD_LABEL: Final = N_(
+    "%(label)s is not a valid part of a host name: letters, digits and hyphens only, at most "
+    "63, not starting or ending with a hyphen."
 )
 
 
@@ -141,31 +168,31 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4A
 def _never(address: IPAddress) -> str | None:
     """What ``address`` is when it belongs to a class that is always refused, else None."""
     if address in METADATA_ADDRESSES:
-        return "a cloud metadata service address"
+        return N_("a cloud metadata service address")
     if isinstance(address, ipaddress.IPv4Address):
         if address in _THIS_NETWORK:
-            return "an unspecified address (0.0.0.0/8 reaches this billing server itself)"
+            return N_("an unspecified address (0.0.0.0/8 reaches this billing server itself)")
         if address.is_link_local:
-            return "a link-local address (cloud metadata)"
+            return N_("a link-local address (cloud metadata)")
         if address.is_multicast:
-            return "a multicast address"
+            return N_("a multicast address")
         if address == _BROADCAST:
-            return "the broadcast address"
+            return N_("the broadcast address")
         if address in _CLASS_E:
-            return "a reserved address (240.0.0.0/4, not routed)"
+            return N_("a reserved address (240.0.0.0/4, not routed)")
         return None
     if address.is_unspecified:
-        return "the unspecified address (it reaches this billing server itself)"
+        return N_("the unspecified address (it reaches this billing server itself)")
     if address.is_link_local:
-        return "a link-local address"
+        return N_("a link-local address")
     if address.is_multicast:
-        return "a multicast address"
+        return N_("a multicast address")
     embedded = _embedded_ipv4(address)
     if embedded is not None:
         form, inner = embedded
         what = _never(inner)
         if what is not None:
-            return f"the {form} form of {inner}, {what}"
+            return _EMBEDDED % {"form": form, "address": inner, "what": what}
     return None
 
 
@@ -185,19 +212,16 @@ def check_address(address: IPAddress, policy: AddressPolicy, *, subject: str) ->
     address = ipaddress.ip_address(str(address).split("%", 1)[0])
     what = _never(address)
     if what is not None:
-        raise HostRefused(f"{subject} is {what}; {_NEVER}", "never")
+        raise HostRefused(_NEVER % {"subject": subject, "what": what}, "never")
     effective = _effective(address)
     if effective.is_loopback:
         if not policy.allow_loopback:
-            raise HostRefused(
-                f"{subject} is a loopback address (this billing server itself); {_NO_LOOPBACK}",
-                "loopback",
-            )
+            raise HostRefused(_NO_LOOPBACK % {"subject": subject}, "loopback")
         return
     if policy.allowed_networks and not any(
         effective.version == net.version and effective in net for net in policy.allowed_networks
     ):
-        raise HostRefused(f"{subject} is not in an allowed network; {_NOT_LISTED}", "allow_list")
+        raise HostRefused(_NOT_LISTED % {"subject": subject}, "allow_list")
 
 
 def _malformed(message: str) -> HostRefused:
@@ -209,12 +233,10 @@ def _ipv6(host: str) -> IPAddress:
         address = ipaddress.IPv6Address(host)
     except ValueError:
         raise _malformed(
-            "Enter the host name without a port; the port has its own field."
+            N_("Enter the host name without a port; the port has its own field.")
         ) from None
     if address.scope_id is not None and not address.is_link_local:
-        raise _malformed(
-            f"{host!r} has a zone (%{address.scope_id}); write the IPv6 address without it."
-        )
+        raise _malformed(_ZONE % {"host": repr(host), "zone": address.scope_id})
     return address
 
 
@@ -235,51 +257,45 @@ def check_host(host: str, policy: AddressPolicy) -> IPAddress | None:
     as malformed, so no string reaches an address the same address in dotted form would not.
     """
     if not host:
-        raise _malformed("Enter the hosting server's host name or IP address.")
+        raise _malformed(N_("Enter the hosting server's host name or IP address."))
     if len(host) > MAX_HOST:
-        raise _malformed(f"A host name has at most {MAX_HOST} characters.")
+        raise _malformed(_TOO_LONG % {"max": MAX_HOST})
     if any(ch.isspace() for ch in host) or _CONTROL_RE.search(host):
-        raise _malformed("A host name has no spaces or control characters.")
+        raise _malformed(N_("A host name has no spaces or control characters."))
     if "://" in host:
-        raise _malformed("Enter only the host name (e.g. lists.example.com), not a URL.")
+        raise _malformed(N_("Enter only the host name (e.g. lists.example.com), not a URL."))
     if "/" in host or "\\" in host:
-        raise _malformed("Enter only the host name, without a path.")
+        raise _malformed(N_("Enter only the host name, without a path."))
     if "@" in host:
-        raise _malformed("Enter only the host name, without a user name.")
+        raise _malformed(N_("Enter only the host name, without a user name."))
     if host.startswith("[") and host.endswith("]"):
-        raise _malformed("Write an IPv6 address without brackets (e.g. 2001:db8::1).")
+        raise _malformed(N_("Write an IPv6 address without brackets (e.g. 2001:db8::1)."))
     if ":" in host:
         address = _ipv6(host)
         check_address(address, policy, subject=host)
         return address
     if not host.isascii():
-        raise _malformed("Write an international domain name in its ASCII (xn--) form.")
+        raise _malformed(N_("Write an international domain name in its ASCII (xn--) form."))
     name = host[:-1] if host.endswith(".") else host
     labels = name.split(".")
     if _NUMERIC_LABEL_RE.fullmatch(labels[-1]) or _ipv4_shorthand(name):
         try:
             v4 = ipaddress.IPv4Address(host)
         except ValueError:
-            final_dot = " (without a final dot)" if host.endswith(".") else ""
-            raise _malformed(
-                f"{host!r} is not a valid IPv4 address: {FOUR_NUMBERS} (each 0 to 255, no "
-                f"leading zeros){final_dot}."
-            ) from None
+            template = _BAD_IPV4_DOT if host.endswith(".") else _BAD_IPV4
+            raise _malformed(template % {"host": repr(host)}) from None
         check_address(v4, policy, subject=host)
         return v4
     for label in labels:
         if not label:
             raise _malformed(
-                "A host name has no empty parts (two dots in a row, or a leading dot)."
+                N_("A host name has no empty parts (two dots in a row, or a leading dot).")
             )
         if not _LABEL_RE.fullmatch(label):
-            raise _malformed(
-                f"{label!r} is not a valid part of a host name: letters, digits and hyphens "
-                "only, at most 63, not starting or ending with a hyphen."
-            )
+            raise _malformed(_BAD_LABEL % {"label": repr(label)})
     lowered = name.lower()
     if lowered in METADATA_NAMES:
-        raise HostRefused(f"{host} is the name of a cloud metadata service; {_NEVER}", "never")
+        raise HostRefused(_NEVER_NAME % {"host": host}, "never")
     if lowered == "localhost" or lowered.endswith(".localhost"):
         # RFC 6761: these names are loopback wherever they are resolved.
         check_address(ipaddress.IPv4Address("127.0.0.1"), policy, subject=host)

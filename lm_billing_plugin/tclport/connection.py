@@ -27,6 +27,7 @@ from .errors import (
     CLOSED,
     DNS,
     MALFORMED,
+    N_,
     NOT_TCLPORT,
     OVERSIZED,
     REFUSED,
@@ -404,11 +405,13 @@ class TclPortConnection:
             address = str(info[4][0])
             subject = (
                 address if address.split("%", 1)[0] == self.host.strip()
-                else f"the host name {self.host.strip()!r} resolves to {address}, which"
+                else N_("the host name %(host)s resolves to %(address)s, which")
+                % {"host": repr(self.host.strip()), "address": address}
             )
             try:
                 if info[0] not in (socket.AF_INET, socket.AF_INET6):
-                    raise HostRefused(f"{subject} is not an IP address", "malformed")
+                    raise HostRefused(N_("%(subject)s is not an IP address") % {"subject": subject},
+                                      "malformed")
                 check_address(ipaddress.ip_address(address.split("%", 1)[0]), policy,
                               subject=subject)
             except HostRefused as exc:

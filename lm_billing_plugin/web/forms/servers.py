@@ -25,7 +25,7 @@ from wtforms.validators import (
 )
 
 from ...engine.servers import MAX_COMMENTS, MAX_HOST, MAX_NAME, MAX_PASSWORD, validate_host_name
-from ...i18n import lazy_gettext
+from ...i18n import lazy_gettext, say
 from ...state import get_state
 from ...tclport import addresses
 from .versioned import loaded_version_field
@@ -44,7 +44,7 @@ def _host_validator(form: FlaskForm, field: Field) -> None:
     policy = get_state().settings.client.address_policy
     message = addresses.host_error(host, policy) or validate_host_name(host)
     if message:
-        raise ValidationError(message)
+        raise ValidationError(say(message))
 
 
 class IdListField(Field):  # type: ignore[misc]

@@ -11,7 +11,7 @@ from wtforms import BooleanField, Field, HiddenField, StringField
 from wtforms.validators import ValidationError
 
 from ...engine.lookups import LookupInputError, Membership, check_email, check_pattern
-from ...i18n import lazy_gettext
+from ...i18n import lazy_gettext, say
 
 __all__ = [
     "DeleteMembersForm",
@@ -33,14 +33,14 @@ def _pattern_rule(form: FlaskForm, field: Field) -> None:
     try:
         check_pattern(field.data or "")
     except LookupInputError as exc:
-        raise ValidationError(sentence(str(exc))) from None
+        raise ValidationError(sentence(say(str(exc)))) from None
 
 
 def _email_rule(form: FlaskForm, field: Field) -> None:
     try:
         field.data = check_email(field.data or "")
     except LookupInputError as exc:
-        raise ValidationError(sentence(str(exc))) from None
+        raise ValidationError(sentence(say(str(exc)))) from None
 
 
 class FindAdminForm(FlaskForm):  # type: ignore[misc]

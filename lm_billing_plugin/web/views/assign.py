@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
+from ...i18n import gettext
 from ...models import (
     Assignment,
     BillingGroup,
@@ -22,6 +23,7 @@ from ...models import (
 )
 from ..access import actor_name, requires
 from ..forms.catalog import AssignForm, UnassignForm
+from ..said import said
 from .catalog import (
     _active_assignment,
     _page_size,
@@ -93,7 +95,7 @@ def assign() -> Any:
     session = _session()
     form = AssignForm()
     form.group_id.choices = [
-        SelectChoice(0, "— choose a billing group —"),
+        SelectChoice(0, gettext("— choose a billing group —")),
         *_group_choices(session),
     ]
     source = request.form if request.method == "POST" else request.args
@@ -112,7 +114,7 @@ def assign() -> Any:
             form.server_id.data = str(server.id)
     elif form.validate_on_submit():
         if server is None:
-            form.server_id.errors = ["Choose a server first."]
+            form.server_id.errors = [gettext("Choose a server first.")]
         else:
             outcome = _do_assign(session, form, server, chosen_lists, chosen_sites)
             if isinstance(outcome, Response):
@@ -139,12 +141,12 @@ def _do_assign(
 
     group = session.get(BillingGroup, form.group_id.data)
     if group is None:
-        form.group_id.errors = ["Choose a billing group."]
+        form.group_id.errors = [gettext("Choose a billing group.")]
         return ""
     whole = bool(form.whole_server.data)
     if not whole and not list_ids and not site_ids:
         form.whole_server.errors = [
-            "Tick the lists or sites to assign, or tick Assign the whole server."
+            gettext("Tick the lists or sites to assign, or tick Assign the whole server.")
         ]
         return ""
     # Only this server's objects: a forged id from another server must not slip in.
@@ -162,8 +164,8 @@ def _do_assign(
     )
     if own_lists != list_ids or own_sites != site_ids:
         form.whole_server.errors = [
-            f"Some ticked lists or sites are not on server {server.name} (any more): "
-            "reload the page and tick them again."
+            gettext("Some ticked lists or sites are not on server %(server)s (any more): "
+                    "reload the page and tick them again.", server=server.name)
         ]
         return ""
     try:
@@ -180,9 +182,10 @@ def _do_assign(
     except assignment.GateError as exc:
         return gate_words(exc)
     except assignment.AssignmentError as exc:
-        form.whole_server.errors = [f"Nothing was assigned: {exc}."]
+        form.whole_server.errors = [gettext("Nothing was assigned: %(why)s.", why=said(exc))]
         return ""
-    flash(f"Assigned {count} object(s) on server {server.name} to billing group {group.name}.")
+    flash(gettext("Assigned %(count)s object(s) on server %(server)s to billing group "
+                  "%(group)s.", count=count, server=server.name, group=group.name))
     return redirect(url_for("lm_billing.customer_detail", customer_id=group.customer_id))
 
 
@@ -272,16 +275,18 @@ def unassign() -> Any:
     )
     if not own:
         return _render_customer_detail(
-            session, customer, form, "Tick the assignments to end first.", status=400
+            session, customer, form, gettext("Tick the assignments to end first."), status=400
         )
     try:
         count = assignment.unassign(own, actor=actor_name(), end=form.end.data)
     except assignment.GateError as exc:
         return _render_customer_detail(session, customer, form, gate_words(exc), status=409)
     except assignment.AssignmentError as exc:
-        message = f"Nothing was unassigned: {exc}. Reload the page and try again."
+        message = gettext("Nothing was unassigned: %(why)s. Reload the page and try again.",
+                          why=said(exc))
         return _render_customer_detail(session, customer, form, message, status=400)
-    flash(f"Ended {count} assignment(s) of {customer.company}; their history is kept.")
+    flash(gettext("Ended %(count)s assignment(s) of %(customer)s; their history is kept.",
+                  count=count, customer=customer.company))
     return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
 
 

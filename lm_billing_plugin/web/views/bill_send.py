@@ -26,6 +26,7 @@ from ...sqlite import writes
 from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.bills import ResendForm, SendBillsForm
+from ..said import said_sentence
 from .runs import submit_background
 
 log = logging.getLogger("lm_billing_plugin.views.bill_send")
@@ -90,7 +91,7 @@ def bill_send() -> str | BaseResponse | tuple[str, int]:
             send_run_id = create_send_run(chosen, test=test, resend=bool(form.resend.data),
                                           options=options, actor=actor_name())
         except SendError as exc:
-            error = f"{str(exc).capitalize()}."
+            error = said_sentence(exc)
         else:
             submit_background(lambda app: _send_in_app(app, send_run_id))
             return redirect(url_for("lm_billing.bill_send_run", send_run_id=send_run_id))
@@ -169,7 +170,7 @@ def bill_send_resend(send_run_id: int) -> BaseResponse:
         new_id = create_send_run(ids, test=False, resend=True, options=options,
                                  actor=actor_name())
     except SendError as exc:
-        flash(f"{str(exc).capitalize()}.", "error")
+        flash(said_sentence(exc), "error")
         return back
     submit_background(lambda app: _send_in_app(app, new_id))
     return redirect(url_for("lm_billing.bill_send_run", send_run_id=new_id))

@@ -53,6 +53,7 @@ from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.bills import RerunForm, RunBillingForm, VoidForm
 from ..l10n import locale_name
+from ..said import said_sentence
 from .runs import submit_background
 
 log = logging.getLogger("lm_billing_plugin.views.bills")
@@ -157,7 +158,7 @@ def run_billing() -> str | BaseResponse:
             run_id = start_bill_run(form.start.data, form.end.data, ids,
                                     dry_run=bool(form.dry_run.data))
         except BillRunError as exc:
-            form.start.errors = [*form.start.errors, f"{str(exc).capitalize()}."]
+            form.start.errors = [*form.start.errors, said_sentence(exc)]
         else:
             return redirect(url_for("lm_billing.bill_run", bill_run_id=run_id))
     chosen_ids = [int(x) for x in (form.customer_ids.data or "").split(",") if x.isdigit()]
@@ -258,7 +259,7 @@ def invoice_void(invoice_id: int) -> str | BaseResponse:
         try:
             void_invoice(record.id, reason=form.reason.data or "", actor=actor_name())
         except InvoiceError as exc:
-            flash(f"{str(exc).capitalize()}.", "error")
+            flash(said_sentence(exc), "error")
         else:
             flash(gettext("Invoice %(number)s is void. Run again bills its period anew.",
                           number=record.number))
@@ -276,7 +277,7 @@ def invoice_rerun(invoice_id: int) -> BaseResponse:
     try:
         run_id = rerun_invoice(record.id, actor=actor_name())
     except (InvoiceError, BillRunError) as exc:
-        flash(f"{str(exc).capitalize()}.", "error")
+        flash(said_sentence(exc), "error")
         return redirect(url_for("lm_billing.invoice", invoice_id=record.id))
     submit_background(lambda app: _run_in_app(app, run_id))
     return redirect(url_for("lm_billing.bill_run", bill_run_id=run_id))

@@ -15,6 +15,7 @@ from ...catalog.customers import CatalogError
 from ...engine.store import active_assignment
 from ...models import Assignment
 from ...state import get_state
+from ..said import said
 from .paging import Page, clamp, order_by
 
 CUSTOMER_FIELDS = (
@@ -113,7 +114,7 @@ def _field_error(form: Any, exc: CatalogError, default: str) -> None:
     field = getattr(form, exc.field or default, None)
     if field is None or not hasattr(field, "errors"):
         field = getattr(form, default)
-    message = str(exc)
+    message = said(exc)
     message = message[:1].upper() + message[1:]
     if not message.endswith((".", "!", "?")):
         message += "."

@@ -15,6 +15,7 @@ from ...i18n import gettext
 from ...models import AdditionalCharge, BillingGroup, ChargeAssignment, Customer
 from ..access import actor_name, requires
 from ..forms.charges import ChargeForm, ConfirmForm, GroupChargeEndForm, GroupChargeForm
+from ..said import said
 from .catalog import _page_size, _session, counted_page
 from .paging import page_from_request
 
@@ -101,9 +102,9 @@ def charge_delete(charge_id: int) -> Any:
         try:
             name = service.delete_charge(charge_id, actor=actor_name())
         except service.ChargeInUse as exc:
-            refusal = str(exc)
+            refusal = said(exc)
         else:
-            flash(f"Additional charge {name} deleted.")
+            flash(gettext("Additional charge %(name)s deleted.", name=name))
             return redirect(url_for("lm_billing.charges"))
     body = render_template(
         "lm_billing/charge_delete.html", form=form, charge=charge, refusal=refusal
@@ -196,14 +197,14 @@ def group_charge_remove(group_charge_id: int) -> Response:
     row = _group_charge_or_404(group_charge_id)
     group_id = row.group_id
     if not ConfirmForm().validate_on_submit():
-        flash("Reload the page and try again.", "error")
+        flash(gettext("Reload the page and try again."), "error")
         return _back_to_customer(group_id)
     try:
         service.remove_group_charge(group_charge_id, actor=actor_name())
     except service.ChargeInUse as exc:
-        flash(str(exc), "error")
+        flash(said(exc), "error")
     else:
-        flash("Charge removed from the billing group.")
+        flash(gettext("Charge removed from the billing group."))
     return _back_to_customer(group_id)
 
 

@@ -26,6 +26,7 @@ from ...i18n import gettext
 from ...models import Invoice, InvoiceTemplate
 from ..access import actor_name, requires
 from ..forms.charges import InvoiceTemplateForm
+from ..said import said
 from .catalog import _session
 
 PREVIEW_INVOICES = 50
@@ -60,7 +61,7 @@ def _preview(session: Session, kind: str, form: InvoiceTemplateForm) -> tuple[st
     try:
         return render_invoice(kind, context, source=form.body.data or ""), True
     except TemplateProblem as exc:
-        form.body.errors = [*form.body.errors, str(exc)]
+        form.body.errors = [*form.body.errors, said(exc)]
         return "", False
 
 
@@ -102,7 +103,7 @@ def _save(
         check_name(session, "template", name, exclude_id=template.id if template else None,
                    template_kind=kind)
     except DuplicateName as exc:
-        form.name.errors = [*form.name.errors, str(exc)]
+        form.name.errors = [*form.name.errors, said(exc)]
         return None
     creating = template is None
     target = template or InvoiceTemplate(kind=kind)

@@ -197,11 +197,11 @@ def _apply_field_errors(form: ServerForm, exc: ServerError) -> None:
         for name, message in errors.items():
             field = getattr(form, name, None)
             if field is not None and hasattr(field, "errors"):
-                field.errors = [*field.errors, message]
+                field.errors = [*field.errors, say(message)]
             else:
-                form.form_errors.append(message)
+                form.form_errors.append(say(message))
         return
-    form.form_errors.append(str(exc))
+    form.form_errors.append(say(str(exc)))
 
 
 @requires("edit")

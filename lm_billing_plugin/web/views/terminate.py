@@ -10,9 +10,11 @@ from werkzeug.wrappers import Response
 
 from ...catalog import assignment, terminate
 from ...catalog.customer_checks import CHECK_KINDS, validate_customers
+from ...i18n import gettext
 from ...models import Customer
 from ..access import actor_name, requires
 from ..forms.charges import ConfirmForm, TerminateListsForm
+from ..said import said
 from .catalog import _session, _today
 from .paging import MAX_ID
 
@@ -31,20 +33,22 @@ def lists_terminate() -> Response:
     server_ids = _ids([request.form.get("server_id", "")])
     back = url_for("lm_billing.assign", server_id=server_ids[0] if server_ids else None)
     if not form.validate_on_submit():
-        flash("Choose a server and tick its lists, then Terminate lists.", "error")
+        flash(gettext("Choose a server and tick its lists, then Terminate lists."), "error")
         return redirect(back)
     list_ids = _ids(request.form.getlist("list_id"))
     try:
         result = terminate.terminate_lists(list_ids, actor=actor_name(), end=form.start.data)
     except assignment.GateError as exc:
-        flash(str(exc), "error")
+        flash(said(exc), "error")
         return redirect(back)
     except assignment.AssignmentError as exc:
-        flash(f"Nothing was terminated: {exc}.", "error")
+        flash(gettext("Nothing was terminated: %(why)s.", why=said(exc)), "error")
         return redirect(back)
     flash(
-        f"Terminated {len(list_ids)} list(s): moved to {terminate.PLACEHOLDER_COMPANY}: "
-        f"{terminate.PLACEHOLDER_GROUP}, {result.ended} assignment(s) ended; history kept."
+        gettext("Terminated %(count)s list(s): moved to %(company)s: %(group)s, %(ended)s "
+                "assignment(s) ended; history kept.", count=len(list_ids),
+                company=terminate.PLACEHOLDER_COMPANY, group=terminate.PLACEHOLDER_GROUP,
+                ended=result.ended)
     )
     return redirect(url_for("lm_billing.customer_detail", customer_id=result.customer_id))
 
@@ -61,9 +65,9 @@ def customer_delete(customer_id: int) -> Any:
         try:
             name = terminate.delete_customer(customer_id, actor=actor_name())
         except terminate.CustomerHasHistory as exc:
-            flash(str(exc), "error")
+            flash(said(exc), "error")
             return redirect(url_for("lm_billing.customer_detail", customer_id=customer_id))
-        flash(f"Customer {name} deleted.")
+        flash(gettext("Customer %(name)s deleted.", name=name))
         return redirect(url_for("lm_billing.customers"))
     body = render_template(
         "lm_billing/customer_delete.html", customer=customer, form=form, blockers=blockers

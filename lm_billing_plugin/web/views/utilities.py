@@ -19,6 +19,7 @@ from flask import Blueprint, Response, render_template, request
 from werkzeug.datastructures import MultiDict
 
 from ...engine import lookups
+from ...i18n import gettext, say
 from ...models import AuditEntry, Server
 from ...state import get_state
 from ...tclport.records import MAX_MATCHES
@@ -58,7 +59,7 @@ def find_admin() -> tuple[str, int]:
         try:
             search = lookups.find_admin(form.pattern.data)
         except lookups.LookupInputError as exc:  # the form's rule and the service agree
-            form.pattern.errors = [sentence(str(exc))]
+            form.pattern.errors = [sentence(say(str(exc)))]
     # Bad input is a field error on an ordinary page (200), as on every Billing form.
     return render_template(
         "lm_billing/utilities_find_admin.html", form=form, search=search,
@@ -73,7 +74,7 @@ def find_member() -> tuple[str, int]:
         try:
             search = lookups.find_member(form.email.data)
         except lookups.LookupInputError as exc:
-            form.email.errors = [sentence(str(exc))]
+            form.email.errors = [sentence(say(str(exc)))]
     return render_template(
         "lm_billing/utilities_find_member.html", form=form, search=search,
         delete_form=DeleteMembersForm(formdata=None, email=form.email.data or ""),
@@ -125,7 +126,8 @@ def delete_members() -> Any:
     try:
         result = lookups.delete_memberships(items, actor=actor_name())
     except lookups.LookupInputError as exc:
-        form.form_errors.append(f"Nothing was deleted: {sentence(str(exc))}")
+        form.form_errors.append(gettext("Nothing was deleted: %(why)s",
+                                            why=sentence(say(str(exc)))))
         return render_template(
             "lm_billing/utilities_delete_confirm.html", form=form, email=form.email.data,
             items=items, names=names, membership_value=membership_value, confirmable=False,
