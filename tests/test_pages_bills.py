@@ -103,7 +103,7 @@ def test_run_bills_view_the_invoice_void_and_run_again(papp: Flask, client: Flas
         customer_id = get_state().session.get(Invoice, invoice_id).customer_id
     history = text(client.get(f"/billing/customers/{customer_id}"))
     assert "2026-00001" in history and "2026-00002" in history
-    assert "invoice_void" in history and "wrong plan" in history
+    assert "voided an invoice" in history and "wrong plan" in history
 
     export = client.get("/billing/invoices/export?download=1&start=2026-11-01"
                         "&field=number&field=amount&field=status")
