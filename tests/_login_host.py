@@ -26,6 +26,7 @@ from lm_billing_plugin.models import (
     BillRun,
     ChargeAssignment,
     Customer,
+    DeleteRun,
     HostingPlan,
     Invoice,
     InvoiceTemplate,
@@ -173,9 +174,13 @@ def seed_rows(app: Flask) -> dict[str, Any]:
         s.add(invoice)
         send_run = SendRun(is_test=True, status="finished", test_email="qa@example.com")
         s.add(send_run)
+        delete_run = DeleteRun(email="pat@example.org", status="finished", actor="test",
+                               finished_at=datetime.now(UTC))
+        s.add(delete_run)
         s.commit()
         return {
             "send_run_id": send_run.id,
+            "delete_run_id": delete_run.id,
             "bill_run_id": bill_run.id,
             "invoice_id": invoice.id,
             "server_id": server.id,
