@@ -37,7 +37,8 @@ def overview() -> str:
     today = get_state().settings.billing_today()
     statuses = figures.servers_by_status(session)
     status_points = [
-        Point(bucket, sum(codes.values()), url_for("lm_billing.servers", sort="status"),
+        Point(bucket, sum(codes.values()),
+              url_for("lm_billing.servers", status=figures.BUCKET_SLUGS[bucket]),
               f"{bucket}: {sum(codes.values())} server(s)"
               + ("" if not codes else " (" + ", ".join(
                   f"{_status(c)}: {n}" for c, n in sorted(codes.items())) + ")"))
