@@ -238,6 +238,11 @@ class Usage(Base):
         sa.Index("ix_lm_billing_usage_period_server", "period", "server_id"),
         # The few rows whose size can count more message units than recipients.
         sa.Index("ix_lm_billing_usage_kb_period", "kb_per_recipient", "period"),
+        # Usage per list for one month, sorted: a page is the first rows of one of these
+        # (reports.usage; 0008), never a sort of the month's rows.
+        sa.Index("ix_lm_billing_usage_period_messages", "period", "messages", "list_id"),
+        sa.Index("ix_lm_billing_usage_period_recipients", "period", "recipients", "list_id"),
+        sa.Index("ix_lm_billing_usage_period_bytes", "period", "bytes", "list_id"),
         TABLE_OPTIONS,
     )
 

@@ -1,8 +1,9 @@
-"""Member deletion runs and the plan of each invoice line (issue 12): "Delete Them" as a stored
-background run (lm_billing_delete_run) with one row per membership and its outcome
+"""Member deletion runs, the plan of each invoice line, usage sort indexes (issue 12): "Delete
+Them" as a stored background run (lm_billing_delete_run) with one row per membership and its outcome
 (lm_billing_delete_run_item); lm_billing_invoice_line.plan_name, the hosting plan a line was
 billed under, filled for the lines there are from the plan term that covered the invoice's
-period (the latest one to start, when the plan changed inside it).
+period (the latest one to start, when the plan changed inside it); lm_billing_usage indexed
+by (period, messages | recipients | bytes, list_id) for the per-list report of one month.
 
 Revision ID: 0008
 Revises: 0007
@@ -28,6 +29,7 @@ _OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8
 _RUN = "lm_billing_delete_run"
 _ITEM = "lm_billing_delete_run_item"
 _LINE = "lm_billing_invoice_line"
+_SORTED = ("messages", "recipients", "bytes")
 
 
 def _utc() -> sa.types.TypeEngine[Any]:
@@ -80,6 +82,12 @@ def upgrade() -> None:
     op.create_index("ix_lm_billing_delete_run_item_run", _ITEM, ["delete_run_id", "position"],
                     unique=False)
 
+    # Usage per list for one month, sorted by one of these: a page reads the index's first
+    # rows instead of sorting the month (reports.usage).
+    for column in _SORTED:
+        op.create_index(f"ix_lm_billing_usage_period_{column}", "lm_billing_usage",
+                        ["period", column, "list_id"], unique=False)
+
     with op.batch_alter_table(_LINE) as batch:
         batch.add_column(sa.Column("plan_name", sa.String(length=200), nullable=False,
                                    server_default=""))
@@ -118,6 +126,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table(_LINE) as batch:
         batch.drop_column("plan_name")
+    for column in _SORTED:
+        op.drop_index(f"ix_lm_billing_usage_period_{column}", table_name="lm_billing_usage")
     # The index goes with its table (MariaDB refuses to drop it first: the foreign key uses it).
     op.drop_table(_ITEM)
     op.drop_table(_RUN)
