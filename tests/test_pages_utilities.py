@@ -322,6 +322,24 @@ def test_delete_refuses_an_empty_or_oversized_selection(app: Flask) -> None:
     assert forged.status_code == 400 and "The selection is not valid" in text(forged)
 
 
+def test_the_utilities_page_lists_the_latest_delete_runs_for_those_who_may_delete(
+    app: Flask, sims: tuple[HostSim, HostSim]
+) -> None:
+    from lm_billing_plugin.engine import deletions, lookups
+
+    add(app, "one", sims[0].port)
+    with app.app_context():
+        chosen = lookups.find_member(PAT).memberships()[:2]
+        result = deletions.delete_memberships(chosen, actor="cli:ops", email=PAT)
+    page = text(get(app, "/billing/utilities"))
+    table = page[page.index('id="lmb-delete-runs"'):]
+    assert f'href="/billing/utilities/deletions/{result.run_id}"' in table
+    assert f'href="/billing/utilities/deletions/{result.run_id}.csv"' in table
+    assert "cli:ops" in table and PAT in table and "Deleted 2; 0 already gone; 0 failed." in table
+    # Who may only look sees no one's erasure requests.
+    assert 'id="lmb-delete-runs"' not in text(get(app, "/billing/utilities", "only_view"))
+
+
 def test_utilities_menu_holds_the_three_utilities(app: Flask) -> None:
     page = text(get(app, "/billing/utilities"))
     for link in ("/billing/utilities/find-admin", "/billing/utilities/find-member",

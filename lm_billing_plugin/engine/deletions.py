@@ -62,6 +62,7 @@ __all__ = [
     "create_delete_run",
     "delete_memberships",
     "delete_outcomes",
+    "recent_delete_runs",
     "run_delete_run",
     "sweep_stale_delete_runs",
 ]
@@ -442,6 +443,15 @@ def delete_outcomes(run_id: int) -> DeleteResult:
                           run.updated_at, run.finished_at, run.servers, by_server)
     session.commit()
     return result
+
+
+def recent_delete_runs(session: Session, limit: int = 20) -> list[DeleteRun]:
+    """The latest delete runs, newest first (the Utilities page lists them, with their
+    pages and CSVs: the record of each erasure request)."""
+    rows = list(session.scalars(sa.select(DeleteRun).order_by(DeleteRun.id.desc())
+                                .limit(limit)))
+    session.commit()
+    return rows
 
 
 def delete_memberships(selection: Iterable[Membership], *, actor: str,

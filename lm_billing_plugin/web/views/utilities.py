@@ -29,7 +29,7 @@ from ...models import Server, utcnow
 from ...sqlite import writes
 from ...state import get_state
 from ...tclport.records import MAX_MATCHES
-from ..access import actor_name, requires
+from ..access import actor_name, is_allowed, requires
 from ..forms.utilities import (
     DeleteMembersForm,
     FindAdminForm,
@@ -56,7 +56,12 @@ def outcome_words() -> dict[str, str]:
 
 
 def utilities() -> str:
-    return render_template("lm_billing/utilities_index.html")
+    """The three utilities, and for those who may delete, the latest delete runs (each with
+    its page and CSV: where an operator finds the record of an erasure request again)."""
+    runs = []
+    if is_allowed("run"):
+        runs = deletions.recent_delete_runs(get_state().session)
+    return render_template("lm_billing/utilities_index.html", runs=runs)
 
 
 def _search_args(form_class: type[Any]) -> Any:
