@@ -5,6 +5,7 @@ exit statuses, confirmation and escaping."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -392,3 +393,28 @@ def test_delete_refuses_deactivated_servers(app: Flask, sims: tuple[HostSim, Hos
         session.commit()
         with pytest.raises(lookups.LookupInputError, match="'one' are deactivated"):
             deletions.delete_memberships([lookups.Membership(sid, "l", PAT)], actor="test")
+
+
+def test_a_silent_server_times_out_alone_while_the_others_delete(
+    app: Flask, sims: tuple[HostSim, HostSim]
+) -> None:
+    """A server that accepts the connection and then never answers (hostile="silent") fails
+    its own memberships with TIMEOUT within the client's deadline; the other server's are
+    deleted in the same run, and the run ends."""
+    one, _two = sims
+    one_id = add_sim(app, "one", one)
+    small = Dataset.generate(lists=5)
+    with HostSim(small, hostile="silent", hostile_on="command") as mute:
+        mute_id = add_sim(app, "mute", mute)
+        mine = [lookups.Membership(one_id, name, PAT) for name in lists_of(one, PAT)]
+        theirs = [lookups.Membership(mute_id, "list-00001", PAT)]
+        with app.app_context():
+            started = time.monotonic()
+            result = deletions.delete_memberships(theirs + mine, actor="cli:test")
+            took = time.monotonic() - started
+    assert result.status == "finished" and result.exit_code == 1
+    assert {(d.server, d.outcome, d.code) for d in result.deletions} == {
+        ("mute", "failed", "TIMEOUT"), ("one", "deleted", None)}
+    assert one.members_of(PAT) == []
+    # The deadline (3 s here) bounds the silent server, not the read timeouts of every item.
+    assert took < FAST["LM_BILLING_SERVER_DEADLINE"] + 6, took
