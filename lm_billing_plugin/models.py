@@ -268,6 +268,11 @@ class Usage(Base):
         sa.Index("ix_lm_billing_usage_period_server", "period", "server_id"),
         # The few rows whose size can count more message units than recipients.
         sa.Index("ix_lm_billing_usage_kb_period", "kb_per_recipient", "period"),
+        # Usage per list for one month, sorted: a page is the first rows of one of these
+        # (reports.usage; 0008), never a sort of the month's rows.
+        sa.Index("ix_lm_billing_usage_period_messages", "period", "messages", "list_id"),
+        sa.Index("ix_lm_billing_usage_period_recipients", "period", "recipients", "list_id"),
+        sa.Index("ix_lm_billing_usage_period_bytes", "period", "bytes", "list_id"),
         TABLE_OPTIONS,
     )
 
@@ -764,6 +769,9 @@ class InvoiceLine(Base):
     invoice_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_invoice.id"))
     position: Mapped[int]
     group_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    # The hosting plan the line was billed under (its name then; "" = none, e.g. a carried
+    # credit), so revenue per plan stays with the plan of billing time (0008).
+    plan_name: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
     kind: Mapped[str] = mapped_column(sa.String(20))
     description: Mapped[str] = mapped_column(sa.Text, default="")
     quantity: Mapped[Decimal] = mapped_column(sa.Numeric(14, 3))
@@ -1010,3 +1018,54 @@ class SendRunItem(Base):
     status: Mapped[str] = mapped_column(sa.String(20), default="pending")
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     send_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lm_billing_invoice_send.id"))
+
+
+# --- Member deletion runs (0008) ------------------------------------------------------------
+
+DELETE_OUTCOMES = ("pending", "deleted", "not_found", "failed", "interrupted")
+
+
+class DeleteRun(Base):
+    """One "Delete Them" (page or CLI ``find-member --delete``): who asked, for which address,
+    and its progress; each membership in DeleteRunItem. ``updated_at`` moves with every
+    server's outcome, so a run whose process died is told from a slow one (it is marked
+    ``interrupted`` once nothing moved for LM_BILLING_LEASE_SECONDS)."""
+
+    __tablename__ = "lm_billing_delete_run"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320), default="")
+    status: Mapped[str] = mapped_column(sa.String(20), default="running")
+    total: Mapped[int] = mapped_column(default=0)
+    servers: Mapped[int] = mapped_column(default=0)
+    deleted: Mapped[int] = mapped_column(default=0)
+    not_found: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    actor: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class DeleteRunItem(Base):
+    """One membership of a delete run: pending, then deleted / not_found / failed (code and
+    message say why), or interrupted (its run stopped before the server's answer was stored).
+    Server and list are snapshots by name (a server may be erased later; the record stays)."""
+
+    __tablename__ = "lm_billing_delete_run_item"
+    __table_args__ = (sa.Index("ix_lm_billing_delete_run_item_run", "delete_run_id",
+                               "position"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delete_run_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_delete_run.id"))
+    position: Mapped[int] = mapped_column(default=0)
+    server_id: Mapped[int]
+    server_name: Mapped[str] = mapped_column(NameType(100))
+    list_name: Mapped[str] = mapped_column(NameType())
+    list_id: Mapped[int | None]
+    email: Mapped[str] = mapped_column(sa.String(320))
+    outcome: Mapped[str] = mapped_column(sa.String(20), default="pending")
+    code: Mapped[str | None] = mapped_column(sa.String(40))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+    finished_at: Mapped[datetime | None]

@@ -27,6 +27,7 @@ from lm_billing_plugin.models import (
     BillRun,
     ChargeAssignment,
     Customer,
+    DeleteRun,
     HostingPlan,
     Invoice,
     InvoiceTemplate,
@@ -177,9 +178,13 @@ def seed_rows(app: Flask) -> dict[str, Any]:
         # The Audit log shows one entry (its words in German on the translations test).
         s.add(AuditEntry(actor="operator", action="assign", object_type="group",
                          object_id=group.id, server_id=server.id, detail={"created": 1}))
+        delete_run = DeleteRun(email="pat@example.org", status="finished", actor="test",
+                               finished_at=datetime.now(UTC))
+        s.add(delete_run)
         s.commit()
         return {
             "send_run_id": send_run.id,
+            "delete_run_id": delete_run.id,
             "bill_run_id": bill_run.id,
             "invoice_id": invoice.id,
             "server_id": server.id,

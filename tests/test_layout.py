@@ -31,6 +31,8 @@ from lm_billing_plugin.models import (
     BillRunItem,
     ChargeAssignment,
     Customer,
+    DeleteRun,
+    DeleteRunItem,
     HostingPlan,
     Invoice,
     InvoiceLine,
@@ -135,6 +137,19 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
         s.flush()
         s.add(SendRunItem(send_run_id=send_run.id, invoice_id=invoice.id, status="partial",
                           reason="550 " + "r" * 300, send_id=send.id))
+        # A delete run with the long names and server messages its page shows.
+        delete_run = DeleteRun(email=long_address, status="finished", total=2, servers=1,
+                               deleted=1, failed=1, actor="t",
+                               finished_at=datetime(2026, 2, 2, tzinfo=UTC))
+        s.add(delete_run)
+        s.flush()
+        s.add_all([
+            DeleteRunItem(delete_run_id=delete_run.id, position=n, server_id=server.id,
+                          server_name=server.name, list_name=f"{LONG_LIST}-{n}",
+                          list_id=lst.id, email=long_address, outcome=outcome,
+                          code="NOT_PERMITTED" if outcome == "failed" else None,
+                          message="m" * 300 if outcome == "failed" else None)
+            for n, outcome in enumerate(("deleted", "failed"))])
         kinds = ("unknown_list", "changed_list", "unassigned_list")
         rows = [
             Problem(
@@ -171,6 +186,7 @@ def seed(app: Flask, problems: int = 120) -> dict[str, Any]:
             "bill_run_id": bill_run.id,
             "invoice_id": invoice.id,
             "send_run_id": send_run.id,
+            "delete_run_id": delete_run.id,
             "filename": "lm_billing.css",
         }
 

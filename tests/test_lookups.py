@@ -5,6 +5,7 @@ exit statuses, confirmation and escaping."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskCliRunner
 
 from lm_billing_plugin.engine import batches as engine
-from lm_billing_plugin.engine import lookups
+from lm_billing_plugin.engine import deletions, lookups
 from lm_billing_plugin.engine import servers as registry
 from lm_billing_plugin.models import AuditEntry, MailingList, Server
 from lm_billing_plugin.state import get_state
@@ -33,7 +34,11 @@ SEARCH_KEYS = {"query", "results", "servers_searched", "truncated", "failures"}
 FAILURE_KEYS = {"server", "server_id", "code", "message"}
 ADMIN_KEYS = {"server", "server_id", "site", "list", "list_id", "admin", "name"}
 MEMBER_KEYS = {"server", "server_id", "site", "list", "list_id", "email", "type", "joined"}
-DELETION_KEYS = {"server", "server_id", "list", "list_id", "email", "outcome", "code", "message"}
+DELETION_KEYS = {"server", "server_id", "list", "list_id", "email", "outcome", "code", "message",
+                 "at"}
+# What a delete run adds to the search document (--delete).
+RUN_KEYS = {"deletions", "delete_run", "status", "finished", "deleted", "not_found", "failed",
+            "interrupted"}
 
 
 @pytest.fixture
@@ -66,7 +71,7 @@ def as_json(runner: FlaskCliRunner, *args: str, input: str | None = None) -> tup
     try:
         return result.exit_code, json.loads(result.stdout_bytes.decode("utf-8"))
     except ValueError:
-        raise AssertionError(result.output) from None
+        raise AssertionError(result.output + repr(result.exception)) from None
 
 
 def lists_of(sim: HostSim, email: str) -> list[str]:
@@ -263,7 +268,8 @@ def test_delete_with_yes_removes_every_membership_and_audits_each(
     before = len(one.members_of(PAT)) + len(two.members_of(PAT))
     code, doc = as_json(app.test_cli_runner(), "find-member", PAT, "--delete", "--yes")
     assert code == 0
-    assert set(doc) == SEARCH_KEYS | {"deletions"}
+    assert set(doc) == SEARCH_KEYS | RUN_KEYS
+    assert doc["status"] == "finished" and doc["deleted"] == before
     assert len(doc["deletions"]) == before == len(doc["results"])
     assert all(set(d) == DELETION_KEYS and d["outcome"] == "deleted" for d in doc["deletions"])
     assert one.members_of(PAT) == [] and two.members_of(PAT) == []
@@ -326,10 +332,10 @@ def test_stale_selection_reports_already_gone_and_unreachable(
     with app.app_context():
         search = lookups.find_member(PAT)
         chosen = search.memberships()
-        first = lookups.delete_memberships(chosen[:1], actor="page:alice")
+        first = deletions.delete_memberships(chosen[:1], actor="page:alice")
         assert [d.outcome for d in first.deletions] == ["deleted"]
         two.stop()  # gone between the search and the deletion
-        result = lookups.delete_memberships(chosen, actor="page:alice")
+        result = deletions.delete_memberships(chosen, actor="page:alice")
     by_server = {}
     for d in result.deletions:
         by_server.setdefault(d.server, set()).add((d.outcome, d.code))
@@ -348,7 +354,7 @@ def test_deletions_audit_on_every_database(
     server_id = add_sim(app, "Zürich {main} \"x\"", one)
     name = lists_of(one, PAT)[0]
     with app.app_context():
-        result = lookups.delete_memberships(
+        result = deletions.delete_memberships(
             [lookups.Membership(server_id, name, PAT.upper()),
              lookups.Membership(server_id, name, PAT)],  # the same membership twice
             actor="page:bob")
@@ -356,7 +362,8 @@ def test_deletions_audit_on_every_database(
     (row,) = audit_rows(app)
     assert row.actor == "page:bob" and row.server_id == server_id and row.object_type == "list"
     assert row.detail == {"server": "Zürich {main} \"x\"", "list": name, "email": PAT.upper(),
-                          "outcome": "deleted", "code": None}
+                          "outcome": "deleted", "code": None,
+                          "delete_run": result.run_id}
 
 
 @pytest.mark.parametrize(
@@ -373,7 +380,7 @@ def test_delete_refuses_bad_selections(
 ) -> None:
     add_sim(app, "one", sims[0])
     with app.app_context(), pytest.raises(lookups.LookupInputError) as info:
-        lookups.delete_memberships(selection, actor="test")
+        deletions.delete_memberships(selection, actor="test")
     assert message in str(info.value)
     assert sims[0].requests["delete_member"] == 0
 
@@ -385,4 +392,29 @@ def test_delete_refuses_deactivated_servers(app: Flask, sims: tuple[HostSim, Hos
         session.execute(sa.update(Server).where(Server.id == sid).values(active=False))
         session.commit()
         with pytest.raises(lookups.LookupInputError, match="'one' are deactivated"):
-            lookups.delete_memberships([lookups.Membership(sid, "l", PAT)], actor="test")
+            deletions.delete_memberships([lookups.Membership(sid, "l", PAT)], actor="test")
+
+
+def test_a_silent_server_times_out_alone_while_the_others_delete(
+    app: Flask, sims: tuple[HostSim, HostSim]
+) -> None:
+    """A server that accepts the connection and then never answers (hostile="silent") fails
+    its own memberships with TIMEOUT within the client's deadline; the other server's are
+    deleted in the same run, and the run ends."""
+    one, _two = sims
+    one_id = add_sim(app, "one", one)
+    small = Dataset.generate(lists=5)
+    with HostSim(small, hostile="silent", hostile_on="command") as mute:
+        mute_id = add_sim(app, "mute", mute)
+        mine = [lookups.Membership(one_id, name, PAT) for name in lists_of(one, PAT)]
+        theirs = [lookups.Membership(mute_id, "list-00001", PAT)]
+        with app.app_context():
+            started = time.monotonic()
+            result = deletions.delete_memberships(theirs + mine, actor="cli:test")
+            took = time.monotonic() - started
+    assert result.status == "finished" and result.exit_code == 1
+    assert {(d.server, d.outcome, d.code) for d in result.deletions} == {
+        ("mute", "failed", "TIMEOUT"), ("one", "deleted", None)}
+    assert one.members_of(PAT) == []
+    # The deadline (3 s here) bounds the silent server, not the read timeouts of every item.
+    assert took < FAST["LM_BILLING_SERVER_DEADLINE"] + 6, took

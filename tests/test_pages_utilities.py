@@ -1,5 +1,6 @@
 """Billing: Utilities in a Flask-Login host with CSRF on, against simulated servers on 127.0.0.1:
-Find Administrator, Find Member, Delete Them (confirm, audit, CSV) and field errors."""
+Find Administrator, Find Member, Delete Them (confirm, a background delete run with its
+progress page, audit, CSV) and field errors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import html
 import io
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ from flask import Flask
 
 from lm_billing_plugin.engine import batches as engine
 from lm_billing_plugin.engine import servers as registry
-from lm_billing_plugin.models import AuditEntry
+from lm_billing_plugin.models import AuditEntry, DeleteRun
 from lm_billing_plugin.state import get_state
+from lm_billing_plugin.tclport.records import MAX_MATCHES
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
-from lm_billing_plugin.web.views.utilities import MAX_DELETE
+from lm_billing_plugin.web.views.runs import shutdown_executor, wait_for_batches
 
 PAT = "pat.jones@example.org"
 FAST = {"LM_BILLING_SERVER_DEADLINE": 3.0}
@@ -32,6 +35,7 @@ FAST = {"LM_BILLING_SERVER_DEADLINE": 3.0}
 def app(tmp_path: Path) -> Iterator[Flask]:
     app = login_host_app(f"sqlite:///{tmp_path / 'billing.sqlite'}", **FAST)
     yield app
+    shutdown_executor(app, wait=True)
     with app.app_context():
         app.extensions["sqlalchemy"].engine.dispose()
 
@@ -61,6 +65,15 @@ def memberships(response: Any) -> list[str]:
     """The checkbox values of the result rows (from the raw page: they hold quotes)."""
     raw = response.get_data(as_text=True)
     return [html.unescape(v) for v in re.findall(r'name="membership" value="([^"]+)"', raw)]
+
+
+def finish(app: Flask, client: Any, headers: dict[str, str], posted: Any) -> Any:
+    """Follow "Delete Them" to its run's page once the background run has finished."""
+    assert posted.status_code == 303, text(posted)
+    location = posted.headers["Location"]
+    assert re.search(r"/billing/utilities/deletions/\d+$", location)
+    wait_for_batches(app)
+    return client.get(location, headers=headers)
 
 
 def test_find_admin_searches_every_server_and_names_the_one_that_failed(
@@ -124,20 +137,26 @@ def test_delete_them_confirms_then_deletes_audits_and_offers_csv(
         assert not get_state().session.scalars(
             sa.select(AuditEntry).where(AuditEntry.action == "delete_member")).all()
 
-    done = client.post("/billing/utilities/find-member/delete", headers=headers,
-                       data={"csrf_token": token, "email": PAT, "membership": memberships(ask),
-                             "confirmed": "y"})
+    posted = client.post("/billing/utilities/find-member/delete", headers=headers,
+                         data={"csrf_token": token, "email": PAT, "membership": memberships(ask),
+                               "confirmed": "y"})
+    done = finish(app, client, headers, posted)
     result = text(done)
     assert done.status_code == 200, result
     assert "Deleted 2; 0 already gone; 0 failed." in result
     assert "one: 1 deleted, 0 already gone, 0 failed" in result
+    assert '<meta http-equiv="refresh"' not in result  # finished: it stops refreshing
+    assert "asked for by operator" in result
     assert len(one.members_of(PAT)) + len(two.members_of(PAT)) == len(ticked) - 2
     with app.app_context():
         rows = get_state().session.scalars(
             sa.select(AuditEntry).where(AuditEntry.action == "delete_member")).all()
         assert [(r.actor, r.detail["outcome"]) for r in rows] == [("operator", "deleted")] * 2
+        (run,) = get_state().session.scalars(sa.select(DeleteRun)).all()
+        assert (run.status, run.total, run.servers, run.deleted, run.actor) == (
+            "finished", 2, 2, 2, "operator")
 
-    link = re.search(r'href="(/billing/utilities/deletions\.csv\?[^"]+)"', result)
+    link = re.search(r'href="(/billing/utilities/deletions/\d+\.csv)"', result)
     assert link
     download = client.get(html.unescape(link.group(1)), headers=headers)
     assert download.mimetype == "text/csv"
@@ -146,12 +165,55 @@ def test_delete_them_confirms_then_deletes_audits_and_offers_csv(
     assert sorted(r["server"] for r in table) == ["one", "two"]
     assert {r["outcome"] for r in table} == {"deleted"} and {r["actor"] for r in table} == {
         "operator"}
+    assert all(r["at"] and r["email"].lower() == PAT for r in table)
 
     # Deleting the same again: the server has no such member any more, and says so.
-    again = client.post("/billing/utilities/find-member/delete", headers=headers,
-                        data={"csrf_token": token, "email": PAT, "membership": chosen,
-                              "confirmed": "y"})
+    again = finish(app, client, headers, client.post(
+        "/billing/utilities/find-member/delete", headers=headers,
+        data={"csrf_token": token, "email": PAT, "membership": chosen, "confirmed": "y"}))
     assert "Deleted 0; 2 already gone; 0 failed." in text(again)
+
+
+def test_a_running_delete_run_refreshes_and_a_dead_one_is_marked_interrupted(
+    app: Flask, sims: tuple[HostSim, HostSim]
+) -> None:
+    """A run's page refreshes while it is pending, says "stalled" once nothing moved for the
+    lease (its process died), and the next delete run marks it interrupted, item by item."""
+    from lm_billing_plugin.engine import deletions, lookups
+    from lm_billing_plugin.models import utcnow
+
+    one, _two = sims
+    sid = add(app, "one", one.port)
+    with app.app_context():
+        chosen = lookups.find_member(PAT).memberships()
+        run_id = deletions.create_delete_run(chosen, actor="operator", email=PAT)
+    client = app.test_client()
+    headers = as_user(client, "operator")
+    page = text(client.get(f"/billing/utilities/deletions/{run_id}", headers=headers))
+    assert '<meta http-equiv="refresh" content="2">' in page
+    assert f"Deleting: 0 of {len(chosen)} memberships done on 1 server(s)." in page
+    assert "waiting" in page
+    # Its process "died": nothing moved for longer than the lease.
+    with app.app_context():
+        session = get_state().session
+        lease = get_state().settings.lease_seconds
+        session.execute(sa.update(DeleteRun).where(DeleteRun.id == run_id).values(
+            updated_at=utcnow() - timedelta(seconds=lease + 5)))
+        session.commit()
+    stalled = text(client.get(f"/billing/utilities/deletions/{run_id}", headers=headers))
+    assert "its process seems to have stopped" in stalled
+    assert '<meta http-equiv="refresh"' not in stalled
+    with app.app_context():
+        later = deletions.delete_memberships(chosen[:1], actor="operator")
+        old = deletions.delete_outcomes(run_id)
+    assert later.status == "finished" and later.count("deleted") == 1
+    assert old.status == "interrupted" and old.finished
+    assert {d.outcome for d in old.deletions} == {"interrupted"}
+    assert all("may or may not have been deleted" in (d.message or "") for d in old.deletions)
+    closed = text(client.get(f"/billing/utilities/deletions/{run_id}", headers=headers))
+    assert f"{len(chosen)} interrupted (the run stopped" in closed
+    assert one.requests["delete_member"] == 1  # the dead run asked nothing
+    assert sid
 
 
 def test_a_refused_deletion_says_what_to_do(app: Flask) -> None:
@@ -160,13 +222,42 @@ def test_a_refused_deletion_says_what_to_do(app: Flask) -> None:
         client = app.test_client()
         headers = as_user(client, "operator")
         found = client.get(f"/billing/utilities/find-member?email={PAT}", headers=headers)
-        done = client.post("/billing/utilities/find-member/delete", headers=headers, data={
-            "csrf_token": csrf_token(client), "email": PAT, "membership": memberships(found)[:1],
-            "confirmed": "y"})
+        done = finish(app, client, headers, client.post(
+            "/billing/utilities/find-member/delete", headers=headers, data={
+                "csrf_token": csrf_token(client), "email": PAT,
+                "membership": memberships(found)[:1], "confirmed": "y"}))
     result = text(done)
-    assert done.status_code == 502  # every deletion failed
     assert "Deleted 0; 0 already gone; 1 failed." in result
     assert "(NOT_PERMITTED)" in result
+
+
+def test_one_unreachable_server_fails_alone_and_many_memberships_go_in_rounds(
+    app: Flask, sims: tuple[HostSim, HostSim]
+) -> None:
+    """More memberships on one server than one session deletes (DELETE_CHUNK): every one is
+    asked in rounds; a server that is down fails its own items and stops nothing else."""
+    from lm_billing_plugin.engine import deletions, lookups
+
+    one, two = sims
+    one_id = add(app, "one", one.port)
+    add(app, "two", two.port)
+    with app.app_context():
+        chosen = lookups.find_member(PAT).memberships()
+    on_two = [m for m in chosen if m.server_id != one_id]
+    # Many memberships on "one" (most are not there: not_found), in several rounds.
+    extra = [lookups.Membership(one_id, f"no-such-list-{i}", PAT)
+             for i in range(deletions.DELETE_CHUNK * 2 + 5)]
+    two.stop()
+    with app.app_context():
+        result = deletions.delete_memberships(
+            [m for m in chosen if m.server_id == one_id] + extra + on_two, actor="cli:test")
+    assert result.status == "finished"
+    assert result.by_server["two"]["failed"] == len(on_two) > 0
+    assert {d.code for d in result.deletions if d.server == "two"} == {"REFUSED"}
+    assert result.by_server["one"]["not_found"] == len(extra)
+    assert result.by_server["one"]["deleted"] == len(chosen) - len(on_two)
+    assert one.requests["delete_member"] == len(chosen) - len(on_two) + len(extra)
+    assert result.exit_code == 1
 
 
 def test_viewers_see_results_without_the_delete_button(
@@ -217,15 +308,36 @@ def test_delete_refuses_an_empty_or_oversized_selection(app: Flask) -> None:
                           data={"csrf_token": token, "email": PAT})
     assert nothing.status_code == 400
     assert "Tick the memberships to delete first" in text(nothing)
-    too_many = [f'[1, "list-{i}", "{PAT}"]' for i in range(MAX_DELETE + 1)]
+    # More on one server than Find Member can show there: a forged or stale form.
+    too_many = [f'[1, "list-{i}", "{PAT}"]' for i in range(MAX_MATCHES + 1)]
     big = client.post("/billing/utilities/find-member/delete", headers=headers,
                       data={"csrf_token": token, "email": PAT, "membership": too_many,
                             "confirmed": "y"})
-    assert big.status_code == 400
-    assert f"delete at most {MAX_DELETE} at a time" in text(big)
+    assert big.status_code == 409
+    assert f"Find Member finds at most {MAX_MATCHES:,} per server" in text(big)
+    with app.app_context():
+        assert get_state().session.scalars(sa.select(DeleteRun)).all() == []
     forged = client.post("/billing/utilities/find-member/delete", headers=headers,
                          data={"csrf_token": token, "email": PAT, "membership": "1:news"})
     assert forged.status_code == 400 and "The selection is not valid" in text(forged)
+
+
+def test_the_utilities_page_lists_the_latest_delete_runs_for_those_who_may_delete(
+    app: Flask, sims: tuple[HostSim, HostSim]
+) -> None:
+    from lm_billing_plugin.engine import deletions, lookups
+
+    add(app, "one", sims[0].port)
+    with app.app_context():
+        chosen = lookups.find_member(PAT).memberships()[:2]
+        result = deletions.delete_memberships(chosen, actor="cli:ops", email=PAT)
+    page = text(get(app, "/billing/utilities"))
+    table = page[page.index('id="lmb-delete-runs"'):]
+    assert f'href="/billing/utilities/deletions/{result.run_id}"' in table
+    assert f'href="/billing/utilities/deletions/{result.run_id}.csv"' in table
+    assert "cli:ops" in table and PAT in table and "Deleted 2; 0 already gone; 0 failed." in table
+    # Who may only look sees no one's erasure requests.
+    assert 'id="lmb-delete-runs"' not in text(get(app, "/billing/utilities", "only_view"))
 
 
 def test_utilities_menu_holds_the_three_utilities(app: Flask) -> None:

@@ -100,6 +100,7 @@ def seed(app: Flask, lists: int = 4, *, servers: int = 2) -> dict[str, Any]:
             invoices.append(inv)
             group = "Acme lists" if customer is acme else "Globex list"
             s.add(InvoiceLine(invoice_id=inv.id, position=1, group_name=group, kind="plan",
+                              plan_name="Small" if customer is acme else "Big",
                               description="plan", quantity=Decimal(1),
                               unit_price=Decimal(total), amount=Decimal(total)))
             server_name = "srv1" if customer is acme else "srv2"

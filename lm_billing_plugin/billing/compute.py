@@ -171,6 +171,11 @@ class Line:
     quantity: Decimal  # up to 3 decimals, for the reader; amounts use the exact figure
     unit_price: Decimal
     amount: Decimal  # cents, ROUND_HALF_UP
+    # The hosting plan the line is billed under (its name): a plan's own lines name theirs; a
+    # group's charges the plan in force at the end of its part of the period; "" for
+    # invoice-wide lines. Stored on the invoice line, so revenue per plan keeps the plan of
+    # billing time when the group's plan changes later.
+    plan: str = ""
 
 
 @dataclass(frozen=True)
@@ -240,11 +245,11 @@ class _Builder:
 
     def add(
         self, group: str, kind: str, description: str,
-        quantity: Fraction, unit_price: Decimal, amount: Fraction,
+        quantity: Fraction, unit_price: Decimal, amount: Fraction, plan: str = "",
     ) -> None:
         self.lines.append(
             Line(group, kind, description, round_half_up(quantity, 3), unit_price,
-                 round_half_up(amount, 2))
+                 round_half_up(amount, 2), plan)
         )
 
     def fraction(self, covered: int) -> Fraction:
@@ -331,10 +336,11 @@ def _group_lines(b: _Builder, group: Group, lists: Sequence[ListUsage], lo: date
             units_of[lst] += units
         cpm, price = _exact(plan.overage_cpm), _exact(plan.monthly_price)
         if not plan.bill_by_list:
-            b.add(group.name, "plan", f"Hosting plan {name}", f, plan.monthly_price, price * f)
+            b.add(group.name, "plan", f"Hosting plan {name}", f, plan.monthly_price, price * f,
+                  name)
             excess = max(Fraction(0), sum(weighted.values(), Fraction(0))
                          - plan.included_messages * f)
-            _overage(b, group.name, f"Overage, {name}", excess, plan.overage_cpm, cpm)
+            _overage(b, group.name, f"Overage, {name}", excess, plan.overage_cpm, cpm, name)
             continue
         for lst in sorted(paid, key=lambda x: (x.server, x.site, x.name)):
             f_list = b.fraction(len(plan_days & paid[lst]))
@@ -342,9 +348,10 @@ def _group_lines(b: _Builder, group: Group, lists: Sequence[ListUsage], lo: date
                 continue
             where = f"list {lst.name} on {lst.server}"
             b.add(group.name, "plan", f"Hosting plan {name}, {where}", f_list,
-                  plan.monthly_price, price * f_list)
+                  plan.monthly_price, price * f_list, name)
             excess = max(Fraction(0), weighted[lst] - plan.included_messages * f_list)
-            _overage(b, group.name, f"Overage, {name}, {where}", excess, plan.overage_cpm, cpm)
+            _overage(b, group.name, f"Overage, {name}, {where}", excess, plan.overage_cpm, cpm,
+                     name)
     return [
         UsageRow(group.name, lst.server, lst.site, lst.name, lst.messages, lst.recipients,
                  lst.bytes, round_half_up(units_of[lst], 3))
@@ -353,11 +360,11 @@ def _group_lines(b: _Builder, group: Group, lists: Sequence[ListUsage], lo: date
 
 
 def _overage(b: _Builder, group: str, description: str, excess: Fraction,
-             cpm_decimal: Decimal, cpm: Fraction) -> None:
+             cpm_decimal: Decimal, cpm: Fraction, plan: str) -> None:
     thousands = excess / 1000
     amount = thousands * cpm
     if round_half_up(amount, 2):  # "No line when zero": nothing worth a cent
-        b.add(group, "overage", description, thousands, cpm_decimal, amount)
+        b.add(group, "overage", description, thousands, cpm_decimal, amount, plan)
 
 
 def _bandwidth_lines(
@@ -375,25 +382,34 @@ def _bandwidth_lines(
         if not f:
             continue
         b.add(group.name, "server", f"{plan.name}, server {server}", f,
-              plan.monthly_price_per_server, _exact(plan.monthly_price_per_server) * f)
+              plan.monthly_price_per_server, _exact(plan.monthly_price_per_server) * f,
+              plan.name)
         gb = sum((Fraction(lst.bytes, _GB) * share(plan_days, lst)
                   for lst in paid if lst.server == server), Fraction(0))
         excess = max(Fraction(0), gb - _exact(plan.included_gb) * f)
         # "a line ... and an overage line" per server: unlike the Standard overage, the spec
         # says no "No line when zero" here, so the line is kept even at 0.00.
         b.add(group.name, "bandwidth", f"Bandwidth overage, {plan.name}, server {server}",
-              excess, plan.cost_per_gb, excess * _exact(plan.cost_per_gb))
+              excess, plan.cost_per_gb, excess * _exact(plan.cost_per_gb), plan.name)
+
+
+def _period_plan(group: Group, lo: date, hi: date) -> str:
+    """The plan a group's charges are counted under: the one in force last in lo..hi (the
+    latest to start of the terms overlapping it), "" when none is."""
+    terms = [t for t in group.plans if _clip(t.start, t.end, lo, hi)]
+    return max(terms, key=lambda t: t.start).plan.name if terms else ""
 
 
 def _charge_lines(b: _Builder, period: Period, group: Group, lo: date, hi: date) -> list[int]:
     consumed: list[int] = []
+    plan = _period_plan(group, lo, hi)
     for charge in group.charges:
         text = f"{charge.name}: {charge.description}" if charge.description else charge.name
         amount = _exact(charge.amount)
         if not charge.is_recurring:
             if charge.already_billed or not period.contains(charge.start):
                 continue
-            b.add(group.name, "charge", text, Fraction(1), charge.amount, amount)
+            b.add(group.name, "charge", text, Fraction(1), charge.amount, amount, plan)
             consumed.append(charge.key)
             continue
         clipped = _clip(charge.start, charge.end, lo, hi)
@@ -401,9 +417,9 @@ def _charge_lines(b: _Builder, period: Period, group: Group, lo: date, hi: date)
             continue
         if charge.is_proratable:
             f = b.fraction((clipped[1] - clipped[0]).days + 1)
-            b.add(group.name, "charge", text, f, charge.amount, amount * f)
+            b.add(group.name, "charge", text, f, charge.amount, amount * f, plan)
         else:
-            b.add(group.name, "charge", text, Fraction(1), charge.amount, amount)
+            b.add(group.name, "charge", text, Fraction(1), charge.amount, amount, plan)
     return consumed
 
 

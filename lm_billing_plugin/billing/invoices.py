@@ -159,8 +159,9 @@ def store_invoice(
     session.add(invoice)
     session.flush()
     session.execute(sa.insert(InvoiceLine), [
-        {"invoice_id": invoice.id, "position": i, "group_name": line.group, "kind": line.kind,
-         "description": line.description, "quantity": line.quantity,
+        {"invoice_id": invoice.id, "position": i, "group_name": line.group,
+         "plan_name": line.plan[:200], "kind": line.kind, "description": line.description,
+         "quantity": line.quantity,
          "unit_price": line.unit_price, "amount": line.amount}
         for i, line in enumerate(draft.lines, start=1)])
     if draft.usage:

@@ -637,7 +637,7 @@ def run_outcomes(run_id: int) -> BillRunResult:
             lines = invoice_lines(session, invoice.id)
             draft = c.InvoiceDraft(
                 tuple(c.Line(li.group_name, li.kind, li.description, li.quantity,
-                             li.unit_price, li.amount) for li in lines),
+                             li.unit_price, li.amount, li.plan_name) for li in lines),
                 invoice.total, (), (), invoice.carried_over)
         result.outcomes.append(CustomerOutcome(
             item.customer_id, company, status, invoice_id=item.invoice_id,

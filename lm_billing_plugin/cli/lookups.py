@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..engine import lookups
+from ..engine import deletions, lookups
 from ..tclport.records import MAX_MATCHES
 from . import cli
 from .output import EXIT_FAILED, actor, emit_json, fail, printable, table
@@ -122,7 +122,10 @@ def find_member_command(email: str, delete: bool, yes: bool, as_json: bool) -> N
             if not as_json:
                 click.echo("Nothing to delete.")
         elif yes or _confirm(search):
-            result = lookups.delete_memberships(search.memberships(), actor=actor())
+            # The pages' delete run, in the foreground: stored, audited, its CSV on the
+            # Utilities page (billing/utilities/deletions/<run>.csv) like one from a page.
+            result = deletions.delete_memberships(search.memberships(), actor=actor(),
+                                                  email=search.query)
             document.update(result.to_json())
             code = max(code, result.exit_code)
             if not as_json:
@@ -134,7 +137,7 @@ def find_member_command(email: str, delete: bool, yes: bool, as_json: bool) -> N
     raise SystemExit(min(code, EXIT_FAILED))
 
 
-def _print_deletions(result: lookups.DeleteResult) -> None:
+def _print_deletions(result: deletions.DeleteResult) -> None:
     click.echo()
     click.echo(table(
         ["Server", "List", "Email", "Outcome"],
@@ -148,3 +151,4 @@ def _print_deletions(result: lookups.DeleteResult) -> None:
         f"\nDeleted {_n(result.count('deleted'), 'membership')}; "
         f"{result.count('not_found'):,} already gone; {result.count('failed'):,} failed."
     )
+    click.echo(f"Stored as delete run {result.run_id} (its page and CSV: Billing: Utilities).")

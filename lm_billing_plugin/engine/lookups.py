@@ -1,5 +1,5 @@
 """Cross-server look-ups (spec 4b): find a list admin or a member on every active hosting server
-at once, and delete chosen memberships with an audit entry each; pages and CLI call these.
+at once; pages and CLI call these (deleting what Find Member found: engine.deletions).
 
 Call inside an app context. The network part runs in worker threads that never touch the
 database (as the runner's do); results are plain dataclasses, ready for a page or for JSON.
@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final, Generic, TypeVar
@@ -19,7 +19,6 @@ from typing import Any, Final, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import audit
 from ..models import MailingList, Server
 from ..secrets import SecretsError
 from ..settings import Settings
@@ -34,8 +33,6 @@ __all__ = [
     "MAX_PATTERN",
     "AdminResult",
     "AdminSearch",
-    "DeleteResult",
-    "Deletion",
     "LookupInputError",
     "MemberResult",
     "MemberSearch",
@@ -43,7 +40,6 @@ __all__ = [
     "ServerFailure",
     "check_email",
     "check_pattern",
-    "delete_memberships",
     "find_admin",
     "find_member",
 ]
@@ -241,47 +237,6 @@ class MemberSearch(_Search[MemberResult]):
         return [r.membership for r in self.results]
 
 
-@dataclass(frozen=True, slots=True)
-class Deletion:
-    """The outcome of deleting one membership: ``deleted``, ``not_found`` (the server had no
-    such member any more) or ``failed`` (``code`` and ``message`` say why and what to do)."""
-
-    server_id: int
-    server: str
-    list: str
-    email: str
-    list_id: int | None
-    outcome: str
-    code: str | None = None
-    message: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"server": self.server, "server_id": self.server_id, "list": self.list,
-                "list_id": self.list_id, "email": self.email, "outcome": self.outcome,
-                "code": self.code, "message": self.message}
-
-
-@dataclass
-class DeleteResult:
-    """One :class:`Deletion` per membership asked for, in the order asked."""
-
-    deletions: list[Deletion]
-
-    def count(self, outcome: str) -> int:
-        return sum(1 for d in self.deletions if d.outcome == outcome)
-
-    @property
-    def exit_code(self) -> int:
-        """0 = every membership deleted (or already gone); 1 = some failed; 2 = all failed."""
-        failed = self.count("failed")
-        if failed and failed == len(self.deletions):
-            return 2
-        return 1 if failed else 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"deletions": [d.to_json() for d in self.deletions]}
-
-
 # --- servers and the parallel part ---------------------------------------------------------
 
 
@@ -339,16 +294,28 @@ def _failure(server: _Server, exc: TclPortError) -> ServerFailure:
     return ServerFailure(server.id, server.name, exc.code, exc.message)
 
 
-def _in_parallel(settings: Settings, servers: Sequence[_Server],
-                 work: _Work[_T]) -> dict[int, _T | ServerFailure]:
+def _in_parallel(settings: Settings, servers: Sequence[_Server], work: _Work[_T],
+                 on_done: Callable[[_Server, _T | ServerFailure], None] | None = None,
+                 ) -> dict[int, _T | ServerFailure]:
     """``work`` on every server at once (LM_BILLING_MAX_PARALLEL), each within
-    LM_BILLING_SERVER_DEADLINE; a server's failure is its :class:`ServerFailure`."""
+    LM_BILLING_SERVER_DEADLINE; a server's failure is its :class:`ServerFailure`.
+
+    ``on_done(server, answer)`` runs in the calling thread as soon as each server's answer is
+    in (the delete runs store each server's outcome then, so their progress moves while the
+    slower servers are still working); the searches wait for all and pass none.
+    """
     out: dict[int, _T | ServerFailure] = {}
+
+    def settle(server: _Server, answer: _T | ServerFailure) -> None:
+        out[server.id] = answer
+        if on_done is not None:
+            on_done(server, answer)
+
     todo = []
     for server in servers:
         if server.password_error is not None:
-            out[server.id] = ServerFailure(server.id, server.name, "PASSWORD",
-                                           server.password_error)
+            settle(server, ServerFailure(server.id, server.name, "PASSWORD",
+                                         server.password_error))
         else:
             todo.append(server)
     if not todo:
@@ -358,27 +325,34 @@ def _in_parallel(settings: Settings, servers: Sequence[_Server],
     try:
         # Queued servers start later, so the wait allows for the rounds the pool needs.
         rounds = -(-len(todo) // workers)
+        until = time.monotonic() + rounds * settings.server_deadline + _GRACE
         futures: dict[Future[_T], _Server] = {
             pool.submit(_on_server, settings, server, work): server for server in todo
         }
-        done, _ = wait(list(futures), timeout=rounds * settings.server_deadline + _GRACE)
-        for fut, server in futures.items():
-            if fut not in done:
-                out[server.id] = ServerFailure(
-                    server.id, server.name, "TIMEOUT",
-                    "the server did not answer within its deadline (LM_BILLING_SERVER_DEADLINE)"
-                    "; check its load and network, or raise the deadline")
-                continue
-            try:
-                out[server.id] = fut.result()
-            except TclPortError as exc:
-                out[server.id] = _failure(server, exc)
-            except Exception as exc:
-                log.exception("server %s: look-up failed unexpectedly", server.name)
-                out[server.id] = ServerFailure(
-                    server.id, server.name, "INTERNAL",
-                    f"the look-up failed unexpectedly ({type(exc).__name__}: {exc}); see the "
-                    "billing server's log")
+        pending = set(futures)
+        while pending:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            done, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: futures[f].name):
+                server = futures[fut]
+                try:
+                    settle(server, fut.result())
+                except TclPortError as exc:
+                    settle(server, _failure(server, exc))
+                except Exception as exc:
+                    log.exception("server %s: look-up failed unexpectedly", server.name)
+                    settle(server, ServerFailure(
+                        server.id, server.name, "INTERNAL",
+                        f"the look-up failed unexpectedly ({type(exc).__name__}: {exc}); see "
+                        "the billing server's log"))
+        for fut in sorted(pending, key=lambda f: futures[f].name):
+            server = futures[fut]
+            settle(server, ServerFailure(
+                server.id, server.name, "TIMEOUT",
+                "the server did not answer within its deadline (LM_BILLING_SERVER_DEADLINE)"
+                "; check its load and network, or raise the deadline"))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return out
@@ -461,108 +435,3 @@ def find_member(email: str) -> MemberSearch:
 
     _search(search, lambda _server, client: client.find_member(email), build)
     return search
-
-
-# --- deletions -------------------------------------------------------------------------------
-
-
-def _selection(selection: Iterable[Membership]) -> list[Membership]:
-    out: list[Membership] = []
-    seen: set[tuple[int, str, str]] = set()
-    for item in selection:
-        if not item.list:
-            raise LookupInputError("a membership to delete names no list")
-        email = check_email(item.email)
-        key = (item.server_id, item.list, email.lower())
-        if key not in seen:  # one deletion per membership, however often it was chosen
-            seen.add(key)
-            out.append(Membership(item.server_id, item.list, email))
-    if not out:
-        raise LookupInputError("choose at least one membership to delete")
-    return out
-
-
-def _delete_all(
-    per_server: dict[int, list[Membership]],
-) -> _Work[list[bool | TclPortError]]:
-    def work(server: _Server, client: _DeadlineClient) -> list[bool | TclPortError]:
-        out: list[bool | TclPortError] = []
-        for item in per_server[server.id]:
-            if not client.connected:
-                # An earlier error ended the session: the rest were not asked for.
-                assert isinstance(out[-1], TclPortError)
-                out.append(out[-1])
-                continue
-            try:
-                out.append(client.delete_member(item.list, item.email))
-            except TclPortError as exc:
-                out.append(exc)
-        return out
-
-    return work
-
-
-def delete_memberships(selection: Iterable[Membership], *, actor: str) -> DeleteResult:
-    """Delete each chosen membership with its own ``delete_member`` call, one session per
-    server, servers in parallel; every attempt gets an audit entry naming ``actor``.
-
-    Billing's member counts change with the next sync (it reads the servers' counts).
-    Raises :class:`LookupInputError` for an empty selection, a bad address, or a server that
-    is unknown or deactivated.
-    """
-    items = _selection(selection)
-    state = get_state()
-    session = state.session
-    wanted_ids = sorted({i.server_id for i in items})
-    rows = session.execute(
-        sa.select(Server.id, Server.name, Server.active).where(Server.id.in_(wanted_ids))
-    ).all()
-    known = {r.id: r for r in rows}
-    missing = [sid for sid in wanted_ids if sid not in known]
-    if missing:
-        session.rollback()
-        raise LookupInputError(
-            f"no such server id(s): {missing}; search again (the server may have been deleted)"
-        )
-    inactive = sorted(known[sid].name for sid in wanted_ids if not known[sid].active)
-    if inactive:
-        session.rollback()
-        raise LookupInputError(
-            f"server(s) {', '.join(repr(n) for n in inactive)} are deactivated; activate them "
-            "before deleting members there"
-        )
-    servers = _servers(session, Server.id.in_(wanted_ids))
-    session.commit()
-    per_server: dict[int, list[Membership]] = {}
-    for item in items:
-        per_server.setdefault(item.server_id, []).append(item)
-    by_id = {s.id: s for s in servers}
-    answers = _in_parallel(state.settings, servers, _delete_all(per_server))
-    ids = _list_ids(session, {sid: {i.list for i in group} for sid, group in per_server.items()})
-    deletions: dict[Membership, Deletion] = {}
-    for sid, group in per_server.items():
-        server = by_id[sid]
-        answer = answers[sid]
-        for n, item in enumerate(group):
-            list_id = ids.get((sid, item.list))
-            if isinstance(answer, ServerFailure):
-                deletion = Deletion(sid, server.name, item.list, item.email, list_id, "failed",
-                                    answer.code, answer.message)
-            else:
-                got = answer[n]
-                if isinstance(got, TclPortError):
-                    deletion = Deletion(sid, server.name, item.list, item.email, list_id,
-                                        "failed", got.code, got.message)
-                else:
-                    deletion = Deletion(sid, server.name, item.list, item.email, list_id,
-                                        "deleted" if got else "not_found")
-            deletions[item] = deletion
-            audit.record(
-                session, actor=actor, action="delete_member", object_type="list",
-                object_id=list_id, server_id=sid,
-                detail={"server": server.name, "list": item.list, "email": item.email,
-                        "outcome": deletion.outcome, "code": deletion.code},
-            )
-    session.commit()
-    return DeleteResult([deletions[i] for i in items])
-

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -17,10 +17,12 @@ from ..models import Invoice, Problem, Server, UsageRollup
 from .periods import last_months
 
 __all__ = [
+    "BUCKET_SLUGS",
     "REVENUE_STATUSES",
     "STATUS_BUCKETS",
     "Freshness",
     "MonthUsage",
+    "bucket_condition",
     "fleet_freshness",
     "problems_by_kind",
     "problems_by_server",
@@ -43,6 +45,26 @@ STATUS_BUCKETS: Final = {
 }
 BUCKET_ORDER: Final = ("reachable", "refused", "unreachable", "logging off", "not checked",
                        "other trouble")
+# The Servers page's ?status= value of each bucket (a URL word: no spaces).
+BUCKET_SLUGS: Final = {
+    "reachable": "reachable",
+    "refused": "refused",
+    "unreachable": "unreachable",
+    "logging off": "logging-off",
+    "not checked": "not-checked",
+    "other trouble": "other",
+}
+
+
+def bucket_condition(bucket: str) -> Any:
+    """The WHERE of a bucket's servers: active ones whose status falls in it (the servers
+    servers_by_status counts there). "other trouble" is every status the named buckets do not
+    hold, so a status added later is never lost between the filters."""
+    if bucket == "other trouble":
+        named = sorted(code for code, b in STATUS_BUCKETS.items() if b != "other trouble")
+        return sa.and_(Server.active.is_(True), Server.status.not_in(named))
+    codes = sorted(code for code, b in STATUS_BUCKETS.items() if b == bucket)
+    return sa.and_(Server.active.is_(True), Server.status.in_(codes))
 # Invoices that count as invoiced: everything issued and not voided (a test copy sent is
 # still an issued bill).
 REVENUE_STATUSES: Final = ("issued", "sent", "test-sent")

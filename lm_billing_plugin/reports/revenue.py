@@ -1,11 +1,13 @@
 """The Revenue report: invoiced amounts per month, customer, hosting plan and server, and the
 outstanding bills (issued, not sent); each section one grouped query, per currency.
 
-Per customer and per month read invoice totals. Per hosting plan reads the invoice lines of
-each billing group under the plan the group has now (lines keep the group's name, not its
-plan). Per server splits each group's lines over the servers its lists were on, in proportion
-to their message units on that invoice (by list count when no units were counted); lines of a
-group with no usage on the invoice (e.g. charges only) show as "not tied to a server".
+Per customer and per month read invoice totals. Per hosting plan reads the invoice lines under
+the plan each was billed under (InvoiceLine.plan_name, written at billing time: a later change
+of the group's plan leaves past revenue with the old plan; lines of invoices issued before
+0008 were filled from the plan term that covered their period). Per server splits each group's
+lines over the servers its lists were on, in proportion to their message units on that invoice
+(by list count when no units were counted); lines of a group with no usage on the invoice
+(e.g. charges only) show as "not tied to a server".
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..models import BillingGroup, HostingPlan, Invoice, InvoiceLine, InvoiceUsage
+from ..models import Invoice, InvoiceLine, InvoiceUsage
 from .overview import REVENUE_STATUSES
 from .periods import add_months
 
@@ -78,16 +80,14 @@ def by_customer(session: Session, first: date, last: date) -> list[Amount]:
 
 
 def by_plan(session: Session, first: date, last: date) -> list[Amount]:
-    name = sa.func.coalesce(HostingPlan.name, NO_PLAN).label("plan")
+    name = sa.case((InvoiceLine.plan_name == "", NO_PLAN),
+                   else_=InvoiceLine.plan_name).label("plan")
     total = sa.func.sum(InvoiceLine.amount).label("amount")
     rows = session.execute(
         sa.select(name, Invoice.currency, total,
                   sa.func.count(sa.distinct(Invoice.id)))
         .select_from(InvoiceLine)
         .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
-        .outerjoin(BillingGroup, sa.and_(BillingGroup.customer_id == Invoice.customer_id,
-                                         BillingGroup.name == InvoiceLine.group_name))
-        .outerjoin(HostingPlan, HostingPlan.id == BillingGroup.plan_id)
         .where(_in_range(first, last))
         .group_by(name, Invoice.currency).order_by(total.desc(), name)
     ).all()

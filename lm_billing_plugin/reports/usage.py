@@ -232,6 +232,192 @@ def _grouped(session: Session, q: UsageQuery, *, with_total: bool) -> sa.Select[
     return stmt.order_by(order, *columns)
 
 
+# --- Per list, one month: through the index ----------------------------------------------
+#
+# A month holds one Usage row per list, so "per list" for one month is those rows themselves:
+# sorted by messages, recipients or bytes, a page is the first rows of the index (period,
+# column, list_id) — the month's rows are never sorted, whatever the fleet's size — and only
+# that page's rows are joined to their names, owners and plans. The number of rows comes
+# from the roll-ups (their ``lists`` is the count of the month's Usage rows per server). Ties
+# are broken by list id (the index's last column). Other sorts (name, message units, which
+# need every row's plan) and ranges of months use the grouped statement.
+
+_INDEXED_SORTS: Final = ("messages", "recipients", "bytes")
+
+
+def _list_by_index(q: UsageQuery) -> bool:
+    return q.by == "list" and q.first == q.last and q.sort in _INDEXED_SORTS
+
+
+def _list_month_count(session: Session, q: UsageQuery) -> int:
+    r = UsageRollup
+    stmt = sa.select(sa.func.coalesce(sa.func.sum(r.lists), 0)).where(r.period == q.first)
+    if q.server_id is not None:
+        stmt = stmt.where(r.server_id == q.server_id)
+    return int(session.scalar(stmt) or 0)
+
+
+def _list_month_page(session: Session, q: UsageQuery, *, offset: int, limit: int
+                     ) -> tuple[list[UsageRow], int]:
+    column = getattr(Usage, q.sort)
+    order = [column.desc(), Usage.list_id.desc()] if q.descending else [
+        column.asc(), Usage.list_id.asc()]
+    picked = (
+        sa.select(Usage.id).where(Usage.period == q.first)
+        .order_by(*order).offset(offset).limit(limit)
+    )
+    if q.server_id is not None:
+        picked = picked.where(Usage.server_id == q.server_id)
+    page_q = picked.subquery("page")
+    plan = aliased(HostingPlan)
+    kb = plan.max_message_size_kb
+    per_size = sa.cast(Usage.bytes, sa.Numeric(24, 6)) / (kb * 1024)
+    units = sa.case(
+        (sa.and_(kb > 0, plan.billing_method == "standard", per_size > Usage.recipients),
+         per_size),
+        else_=sa.cast(Usage.recipients, sa.Numeric(24, 6)),
+    )
+    stmt, group_id = _owner_joins(
+        sa.select(Server.id.label("server_id"), Server.name.label("server"),
+                  MailingList.site_name.label("site"), MailingList.id.label("list_id"),
+                  MailingList.name.label("list"), Usage.messages.label("messages"),
+                  Usage.recipients.label("recipients"), Usage.bytes.label("bytes"),
+                  units.label("units"))
+        .select_from(page_q)
+        .join(Usage, Usage.id == page_q.c.id)
+        .join(MailingList, MailingList.id == Usage.list_id)
+        .join(Server, Server.id == Usage.server_id),
+        _last_day(q.last),
+    )
+    stmt = (stmt.outerjoin(BillingGroup, BillingGroup.id == group_id)
+            .outerjoin(plan, plan.id == BillingGroup.plan_id)
+            .order_by(*order))
+    rows = session.execute(stmt).all()
+    return [_row(r, q.by) for r in rows], _list_month_count(session, q)
+
+
+# --- Per customer and per group: from the roll-ups ---------------------------------------
+#
+# Most lists are paid for by their server's assignment (or by nobody), so an owner's sums are
+# its servers' roll-ups (a row per server and month), corrected by the few rows that are
+# different: the usage of lists a list or site assignment gives to another owner (moved from
+# the server's owner to theirs: rows of those lists only, found from the assignments), and
+# the message units sizes add (the rows whose kb_per_recipient reaches the smallest Standard
+# plan's Max Message Size, as per server). One statement: the parts UNION ALL, grouped by
+# owner; its cost follows servers, assignments below server level and heavy rows, not lists.
+
+
+def _owners_from_rollups(session: Session, q: UsageQuery, *, with_total: bool
+                         ) -> sa.Select[Any]:
+    day = _last_day(q.last)
+    r = UsageRollup
+    by_server = aliased(Assignment)
+    num = sa.Numeric(24, 6)
+    # 1. Each server's months, to the group its server assignment names (NULL: nobody).
+    servers: sa.Select[Any] = cast("sa.Select[Any]", (
+        sa.select(by_server.group_id.label("group_id"), r.messages.label("messages"),
+                  r.recipients.label("recipients"), r.bytes.label("bytes"),
+                  sa.cast(r.recipients, num).label("units"), r.lists.label("n"))
+        .select_from(r)
+        .outerjoin(by_server, sa.and_(by_server.object_type == "server",
+                                      by_server.server_id == r.server_id,
+                                      _live(by_server, day)))
+        .where(r.period >= q.first, r.period <= q.last)
+    ))
+    # 2. Lists a list or site assignment gives their own owner: their rows leave the server's
+    # owner (negative) and go to theirs.
+    own = aliased(Assignment)
+    site = aliased(Site)
+    listed = sa.select(own.list_id.label("list_id")).where(
+        own.object_type == "list", _live(own, day), own.list_id.is_not(None))
+    in_sites = (
+        sa.select(MailingList.id.label("list_id"))
+        .select_from(own)
+        .join(site, site.id == own.site_id)
+        .join(MailingList, sa.and_(MailingList.server_id == site.server_id,
+                                   MailingList.site_name == site.name))
+        .where(own.object_type == "site", _live(own, day))
+    )
+    specific = sa.union(listed, in_sites).subquery("specific")
+    moved_base: sa.Select[Any] = cast("sa.Select[Any]", (
+        sa.select(Usage.messages, Usage.recipients, Usage.bytes, Usage.server_id)
+        .select_from(specific)
+        .join(Usage, Usage.list_id == specific.c.list_id)
+        .join(MailingList, MailingList.id == Usage.list_id)
+        .where(Usage.period >= q.first, Usage.period <= q.last)
+    ))
+    server_of = aliased(Assignment)
+    away: sa.Select[Any] = cast("sa.Select[Any]", (
+        moved_base.outerjoin(server_of, sa.and_(server_of.object_type == "server",
+                                                server_of.server_id == Usage.server_id,
+                                                _live(server_of, day)))
+        .with_only_columns(
+            server_of.group_id.label("group_id"), (-Usage.messages).label("messages"),
+            (-Usage.recipients).label("recipients"), (-Usage.bytes).label("bytes"),
+            (-sa.cast(Usage.recipients, num)).label("units"), sa.literal(-1).label("n"))
+    ))
+    to_stmt, to_group = _owner_joins(moved_base, day)
+    to = to_stmt.with_only_columns(
+        to_group.label("group_id"), Usage.messages.label("messages"),
+        Usage.recipients.label("recipients"), Usage.bytes.label("bytes"),
+        sa.cast(Usage.recipients, num).label("units"), sa.literal(1).label("n"))
+    parts: list[sa.Select[Any]] = [servers, away, to]
+    # 3. What sizes add to the units, on the rows where they can.
+    smallest = smallest_size(session)
+    if smallest is not None:
+        plan = aliased(HostingPlan)
+        kb = plan.max_message_size_kb
+        per_size = sa.cast(Usage.bytes, num) / (kb * 1024)
+        month = sa.func.coalesce(Usage.period, Usage.period)  # see _per_server
+        heavy, heavy_group = _owner_joins(
+            sa.select(Usage.id).select_from(Usage)
+            .join(MailingList, MailingList.id == Usage.list_id), day)
+        heavy = (
+            heavy.join(BillingGroup, BillingGroup.id == heavy_group)
+            .join(plan, plan.id == BillingGroup.plan_id)
+            .where(Usage.kb_per_recipient >= smallest, month >= q.first, month <= q.last,
+                   kb > 0, plan.billing_method == "standard", per_size > Usage.recipients)
+            .with_only_columns(
+                heavy_group.label("group_id"), sa.literal(0).label("messages"),
+                sa.literal(0).label("recipients"), sa.literal(0).label("bytes"),
+                (per_size - sa.cast(Usage.recipients, num)).label("units"),
+                sa.literal(0).label("n"))
+        )
+        parts.append(heavy)
+    if q.server_id is not None:
+        parts[0] = parts[0].where(r.server_id == q.server_id)
+        parts[1:] = [p.where(Usage.server_id == q.server_id) for p in parts[1:]]
+    pieces = sa.union_all(*parts).subquery("pieces")
+    sums = [
+        sa.func.sum(pieces.c.messages).label("messages"),
+        sa.func.sum(pieces.c.recipients).label("recipients"),
+        sa.func.sum(pieces.c.bytes).label("bytes"),
+        sa.func.sum(pieces.c.units).label("units"),
+    ]
+    if q.by == "customer":
+        named = [("owner_id", Customer.id), ("owner", Customer.company)]
+    else:
+        named = [("owner_id", Customer.id), ("owner", Customer.company),
+                 ("group_id", BillingGroup.id), ("group", BillingGroup.name)]
+    columns = [column for _label, column in named]
+    extra = [sa.func.count().over().label("total")] if with_total else []
+    stmt: sa.Select[Any] = cast("sa.Select[Any]", (
+        sa.select(*[c.label(label) for label, c in named], *sums, *extra)
+        .select_from(pieces)
+        .outerjoin(BillingGroup, BillingGroup.id == pieces.c.group_id)
+        .outerjoin(Customer, Customer.id == BillingGroup.customer_id)
+        .group_by(*columns)
+        # n counts an owner's Usage rows (a server's roll-up counts its lists, a moved list
+        # -1 there and +1 at its owner): an owner left with none is not a row, as in the
+        # per-row statement.
+        .having(sa.func.sum(pieces.c.n) > 0)
+    ))
+    sort_by: Any = {"name": columns[-1], "messages": sums[0], "recipients": sums[1],
+                    "bytes": sums[2], "units": sums[3]}[q.sort]
+    order = sort_by.desc() if q.descending else sort_by.asc()
+    return stmt.order_by(order, *columns)
+
+
 def _row(r: Any, by: str) -> UsageRow:
     m = r._mapping
     owner = m.get("owner")
@@ -248,23 +434,34 @@ def _row(r: Any, by: str) -> UsageRow:
 
 def usage_page(session: Session, q: UsageQuery, *, offset: int, limit: int
                ) -> tuple[list[UsageRow], int]:
-    """One page of rows and the number of rows in all: one statement."""
-    rows = session.execute(_grouped(session, q, with_total=True)
-                           .offset(offset).limit(limit)).all()
+    """One page of rows and the number of rows in all: one statement (two for one month per
+    list: the page through the index, the count from the roll-ups)."""
+    if _list_by_index(q):
+        return _list_month_page(session, q, offset=offset, limit=limit)
+    if q.by in ("customer", "group"):
+        stmt = _owners_from_rollups(session, q, with_total=True)
+    else:
+        stmt = _grouped(session, q, with_total=True)
+    rows = session.execute(stmt.offset(offset).limit(limit)).all()
     total = int(rows[0].total) if rows else 0
     return [_row(r, q.by) for r in rows], total
 
 
 def usage_count(session: Session, q: UsageQuery) -> int:
     """How many rows the report has (for a page number past the end)."""
-    inner = _grouped(session, q, with_total=False).order_by(None).subquery("grouped")
+    if _list_by_index(q):
+        return _list_month_count(session, q)
+    grouped = (_owners_from_rollups(session, q, with_total=False)
+               if q.by in ("customer", "group") else _grouped(session, q, with_total=False))
+    inner = grouped.order_by(None).subquery("grouped")
     return int(session.scalar(sa.select(sa.func.count()).select_from(inner)) or 0)
 
 
 def usage_rows(session: Session, q: UsageQuery) -> Iterator[UsageRow]:
     """Every row, streamed (for the CSV): one statement, fetched in chunks."""
-    result = session.execute(_grouped(session, q, with_total=False)
-                             .execution_options(yield_per=2000))
+    stmt = (_owners_from_rollups(session, q, with_total=False)
+            if q.by in ("customer", "group") else _grouped(session, q, with_total=False))
+    result = session.execute(stmt.execution_options(yield_per=2000))
     for r in result:
         yield _row(r, q.by)
 

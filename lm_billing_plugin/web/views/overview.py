@@ -49,7 +49,7 @@ def overview() -> str:
     statuses = figures.servers_by_status(session)
     status_points = [
         Point(BUCKET_WORDS.get(bucket, bucket), sum(codes.values()),
-              url_for("lm_billing.servers", sort="status"),
+              url_for("lm_billing.servers", status=figures.BUCKET_SLUGS[bucket]),
               gettext("%(bucket)s: %(num)s server(s)", bucket=BUCKET_WORDS.get(bucket, bucket),
                       num=sum(codes.values()))
               + ("" if not codes else " (" + ", ".join(

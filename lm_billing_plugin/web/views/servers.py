@@ -32,6 +32,7 @@ from ...models import (
     TaskState,
     Usage,
 )
+from ...reports import overview as figures
 from ...state import get_state
 from ...tclport.client import DEFAULT_PORT
 from ..access import actor_name, requires
@@ -51,6 +52,15 @@ STATUS_WORDS: dict[str, str] = {
     "unreachable": N_("unreachable"),
     "error": N_("protocol error"),
     "interrupted": N_("interrupted"),
+}
+# The Overview's status buckets (reports.overview.BUCKET_ORDER) as the pages name them.
+BUCKET_WORDS: dict[str, str] = {
+    "reachable": N_("reachable"),
+    "refused": N_("refused"),
+    "unreachable": N_("unreachable"),
+    "logging off": N_("logging off"),
+    "not checked": N_("not checked"),
+    "other trouble": N_("other trouble"),
 }
 STATUS_CLASS: dict[str, str] = {
     "unchecked": "lmb-st-none",
@@ -125,11 +135,37 @@ def background_summary() -> BackgroundSummary | None:
 # --- Servers index ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class StatusFilter:
+    """One link of the Servers page's status filter: the Overview's bucket, its ?status=
+    value, how many active servers it holds, and whether it is the one shown."""
+
+    bucket: str
+    slug: str
+    count: int
+    current: bool
+
+
+def _status_filter() -> tuple[str | None, str | None]:
+    """(the bucket asked for by ?status=, the unknown value when it names none). A bad value
+    comes from a hand-edited URL or an old bookmark: it is ignored with a note, not a 400."""
+    value = request.args.get("status", "")
+    if not value:
+        return None, None
+    by_slug = {slug: bucket for bucket, slug in figures.BUCKET_SLUGS.items()}
+    if value in by_slug:
+        return by_slug[value], None
+    return None, value[:40]
+
+
 def servers() -> str:
     """The Servers table: one query for the page's rows (with their open-problem counts and
-    the total), one for the banner's count of open problems."""
+    the total), one for the status filter's counts (the Overview's buckets), one for the
+    banner's count of open problems. ``?status=`` (a bucket's slug) shows only the active
+    servers of that bucket, with paging and sorting as usual."""
     state = get_state()
     session = state.session
+    bucket, unknown = _status_filter()
     counts = _open_problem_counts()
     problems_col = func.coalesce(counts.c.n, 0)
     sort_keys: dict[str, Any] = {
@@ -142,14 +178,18 @@ def servers() -> str:
         "status": Server.status,
         "problems": problems_col,
     }
+    slug = figures.BUCKET_SLUGS[bucket] if bucket else None
     page = page_from_request(
-        "lm_billing.servers", sort_keys, default_sort="name", size=state.settings.page_size
+        "lm_billing.servers", sort_keys, default_sort="name", size=state.settings.page_size,
+        keep={"status": slug},
     )
+    where = figures.bucket_condition(bucket) if bucket else sa.true()
 
     def fetch() -> list[Any]:
         stmt = (
             select(Server, problems_col.label("problems"), func.count().over().label("total"))
             .outerjoin(counts, counts.c.server_id == Server.id)
+            .where(where)
             .order_by(*order_by(page, sort_keys, Server.id))
             .limit(page.size)
             .offset(page.offset)
@@ -161,9 +201,15 @@ def servers() -> str:
         page.total = int(rows[0].total)
     elif page.number > 1:
         # Past the end (a bookmark after deletions): show the last page instead.
-        page.total = int(session.scalar(select(func.count()).select_from(Server)) or 0)
+        page.total = int(
+            session.scalar(select(func.count()).select_from(Server).where(where)) or 0)
         clamp(page)
         rows = fetch()
+    by_bucket = figures.servers_by_status(session)
+    filters = [
+        StatusFilter(b, figures.BUCKET_SLUGS[b], sum(by_bucket.get(b, {}).values()), b == bucket)
+        for b in figures.BUCKET_ORDER
+    ]
     open_total = int(
         session.scalar(select(func.count()).select_from(Problem).where(Problem.status == "open"))
         or 0
@@ -177,6 +223,10 @@ def servers() -> str:
         background=background_summary(),
         status_words=status_words,
         status_class=status_class,
+        filters=filters,
+        bucket=bucket,
+        unknown_status=unknown,
+        bucket_words=BUCKET_WORDS,
     )
 
 

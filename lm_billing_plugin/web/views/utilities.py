@@ -1,29 +1,35 @@
 """Billing: Utilities — Find Administrator and Find Member across every active hosting server,
 "Delete Them" for chosen memberships (confirm first, audited), and the CSV of what was deleted.
 
-The look-ups are engine.lookups' (the CLI calls the same functions). Deleting runs in the
-request, at most MAX_DELETE memberships per click: each is one short TclPort call and the
-servers are asked in parallel, so a click of the maximum still finishes within a server's
-deadline, and the page can show every outcome at once instead of polling for it.
+The look-ups are engine.lookups' and the deletions engine.deletions' (the CLI calls the same
+functions). "Delete Them" stores a delete run and runs it on the pages' background executor
+(the one validation batches, bill runs and sends share): an erasure request may name thousands
+of memberships on many servers, more than a request should wait for, so the browser goes to
+the run's progress page, which refreshes until every server has answered and then keeps the
+record (and its CSV). The bound of one run is what Find Member can show: at most MAX_MATCHES
+memberships per server.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Flask, Response, abort, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from ...engine import lookups
-from ...i18n import gettext, say
-from ...models import AuditEntry, Server
+from ...engine import deletions, lookups
+from ...i18n import N_, gettext, say
+from ...models import Server, utcnow
+from ...sqlite import writes
 from ...state import get_state
 from ...tclport.records import MAX_MATCHES
-from ..access import actor_name, requires
+from ..access import actor_name, is_allowed, requires
 from ..forms.utilities import (
     DeleteMembersForm,
     FindAdminForm,
@@ -31,20 +37,31 @@ from ..forms.utilities import (
     membership_value,
     sentence,
 )
-from .paging import MAX_ID
+from .runs import submit_background
 
-# Memberships one "Delete Them" click may delete; more must be ticked in several rounds.
-MAX_DELETE: Final = 500
+log = logging.getLogger("lm_billing_plugin.views.utilities")
 
 OUTCOME_WORDS: Final = {
-    "deleted": "deleted",
-    "not_found": "already gone (the server had no such member)",
-    "failed": "failed",
+    "pending": N_("waiting"),
+    "deleted": N_("deleted"),
+    "not_found": N_("already gone (the server had no such member)"),
+    "failed": N_("failed"),
+    "interrupted": N_("interrupted (may or may not be deleted)"),
 }
 
 
+def outcome_words() -> dict[str, str]:
+    """OUTCOME_WORDS in the page's language."""
+    return {key: gettext(word) for key, word in OUTCOME_WORDS.items()}
+
+
 def utilities() -> str:
-    return render_template("lm_billing/utilities_index.html")
+    """The three utilities, and for those who may delete, the latest delete runs (each with
+    its page and CSV: where an operator finds the record of an erasure request again)."""
+    runs = []
+    if is_allowed("run"):
+        runs = deletions.recent_delete_runs(get_state().session)
+    return render_template("lm_billing/utilities_index.html", runs=runs)
 
 
 def _search_args(form_class: type[Any]) -> Any:
@@ -78,7 +95,7 @@ def find_member() -> tuple[str, int]:
     return render_template(
         "lm_billing/utilities_find_member.html", form=form, search=search,
         delete_form=DeleteMembersForm(formdata=None, email=form.email.data or ""),
-        membership_value=membership_value, max_matches=MAX_MATCHES, max_delete=MAX_DELETE,
+        membership_value=membership_value, max_matches=MAX_MATCHES,
     ), 200
 
 
@@ -95,19 +112,15 @@ def _server_names(ids: Iterable[int]) -> dict[int, tuple[str, bool]]:
 @requires("run")
 def delete_members() -> Any:
     """Two steps on one URL: without ``confirmed`` the page asks (naming how many memberships
-    on how many servers); with it, the memberships are deleted and every outcome shown."""
+    on how many servers); with it, the delete run is stored and started in the background,
+    and the browser goes to its progress page (303)."""
     form = DeleteMembersForm()
     email = (request.form.get("email") or "").strip()
     valid = form.validate_on_submit()
     items = form.membership.data if valid else []
     if valid and not items:
-        form.membership.errors = ["Tick the memberships to delete first, then click Delete Them."]
-        valid = False
-    if valid and len(items) > MAX_DELETE:
         form.membership.errors = [
-            f"{len(items):,} memberships are ticked; delete at most {MAX_DELETE} at a time "
-            "(tick fewer, delete, then search again for the rest)."
-        ]
+            gettext("Tick the memberships to delete first, then click Delete Them.")]
         valid = False
     names = _server_names(m.server_id for m in items)
     if not valid:
@@ -120,11 +133,9 @@ def delete_members() -> Any:
             "lm_billing/utilities_delete_confirm.html", form=form, email=form.email.data,
             items=items, names=names, membership_value=membership_value, confirmable=True,
         )
-    session = get_state().session
-    before = int(session.scalar(sa.select(sa.func.max(AuditEntry.id))) or 0)
-    session.commit()
+    get_state().session.commit()
     try:
-        result = lookups.delete_memberships(items, actor=actor_name())
+        run_id = deletions.create_delete_run(items, actor=actor_name(), email=form.email.data)
     except lookups.LookupInputError as exc:
         form.form_errors.append(gettext("Nothing was deleted: %(why)s",
                                             why=sentence(say(str(exc)))))
@@ -132,50 +143,64 @@ def delete_members() -> Any:
             "lm_billing/utilities_delete_confirm.html", form=form, email=form.email.data,
             items=items, names=names, membership_value=membership_value, confirmable=False,
         ), 409
-    upto = int(session.scalar(sa.select(sa.func.max(AuditEntry.id))) or 0)
-    session.commit()
-    by_server: dict[str, dict[str, int]] = {}
-    for d in result.deletions:
-        counts = by_server.setdefault(d.server, {"deleted": 0, "not_found": 0, "failed": 0})
-        counts[d.outcome] += 1
-    return render_template(
-        "lm_billing/utilities_deleted.html", result=result, email=form.email.data,
-        by_server=by_server, outcome_words=OUTCOME_WORDS, after=before, upto=upto,
-    ), (200 if result.exit_code == 0 else 207 if result.exit_code == 1 else 502)
+    submit_background(lambda app: _delete_in_app(app, run_id))
+    return redirect(url_for("lm_billing.delete_run", delete_run_id=run_id), 303)
 
 
-def _bounded_id(name: str) -> int:
+def _delete_in_app(app: Flask, run_id: int) -> None:
+    with app.app_context(), writes():
+        try:
+            deletions.run_delete_run(run_id)
+        except Exception:
+            # The run is marked failed (its pending items stay pending); the page shows it.
+            log.exception("background delete run %s failed", run_id)
+        finally:
+            get_state(app).remove_session()
+
+
+def _run_or_404(run_id: int) -> deletions.DeleteResult:
     try:
-        return min(MAX_ID, max(0, int(request.args.get(name, "0"))))
-    except ValueError:
-        return 0
-
-
-CSV_COLUMNS: Final = ("at", "actor", "server", "list", "email", "outcome", "code")
+        return deletions.delete_outcomes(run_id)
+    except lookups.LookupInputError:
+        abort(404, description=gettext(
+            "No such delete run. Search again on Billing: Utilities: Find Member."))
 
 
 @requires("run")
-def deletions_csv() -> Response:
-    """What "Delete Them" did, from the audit log: every delete_member entry after audit id
-    ``after`` up to ``upto`` (both from the result page), or the latest 1,000 without them."""
-    after, upto = _bounded_id("after"), _bounded_id("upto")
-    query = sa.select(AuditEntry).where(AuditEntry.action == "delete_member")
-    if upto:
-        query = query.where(AuditEntry.id > after, AuditEntry.id <= upto)
-    rows = get_state().session.scalars(query.order_by(AuditEntry.id.desc()).limit(1000)).all()
+def delete_run(delete_run_id: int) -> str:
+    """The delete run's progress (refreshing itself while it runs) and, once finished, what
+    was deleted where. "Stalled" when nothing moved for LM_BILLING_LEASE_SECONDS (its process
+    stopped; the next delete run marks it interrupted); this GET writes nothing."""
+    result = _run_or_404(delete_run_id)
+    stalled = (not result.finished and result.updated_at is not None
+               and utcnow() - result.updated_at > timedelta(
+                   seconds=get_state().settings.lease_seconds))
+    return render_template(
+        "lm_billing/utilities_deleted.html", result=result, email=result.email,
+        outcome_words=outcome_words(), stalled=stalled,
+    )
+
+
+CSV_COLUMNS: Final = ("at", "actor", "server", "list", "email", "outcome", "code", "message")
+
+
+@requires("run")
+def delete_run_csv(delete_run_id: int) -> Response:
+    """What the delete run did, one row per membership (pending ones too while it runs): the
+    record an operator keeps of an erasure request."""
+    result = _run_or_404(delete_run_id)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
-    for row in reversed(rows):
-        detail = row.detail or {}
+    for d in result.deletions:
         writer.writerow([
-            row.at.isoformat(), row.actor,
-            *(_cell(detail.get(key)) for key in ("server", "list", "email", "outcome", "code")),
+            d.at.isoformat() if d.at else "", _cell(result.actor), _cell(d.server),
+            _cell(d.list), _cell(d.email), d.outcome, d.code or "", _cell(d.message),
         ])
-    name = f"deleted-memberships-{after + 1}-{upto}.csv" if upto else "deleted-memberships.csv"
     return Response(
         out.getvalue(), mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        headers={"Content-Disposition":
+                 f'attachment; filename="deleted-memberships-run-{result.run_id}.csv"'},
     )
 
 
@@ -193,4 +218,7 @@ def register(blueprint: Blueprint) -> None:
     blueprint.add_url_rule(
         "/utilities/find-member/delete", "delete_members", delete_members, methods=["POST"]
     )
-    blueprint.add_url_rule("/utilities/deletions.csv", "deletions_csv", deletions_csv)
+    blueprint.add_url_rule("/utilities/deletions/<int:delete_run_id>", "delete_run", delete_run)
+    blueprint.add_url_rule(
+        "/utilities/deletions/<int:delete_run_id>.csv", "delete_run_csv", delete_run_csv
+    )
