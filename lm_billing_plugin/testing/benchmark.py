@@ -653,9 +653,22 @@ def _dead_server() -> Any:
     return sock
 
 
+def fleet_size(fleet: str) -> tuple[int, int]:
+    """(servers, lists per server) of a named fleet, or of one written ``SERVERSxLISTS``
+    (``LM_BILLING_BENCH_FLEETS=200x500``: a reduced large fleet where the full one would
+    take too long)."""
+    if fleet in FLEETS:
+        return FLEETS[fleet]
+    servers, sep, lists = fleet.partition("x")
+    if not (sep and servers.isdigit() and lists.isdigit() and int(servers) and int(lists)):
+        raise SystemExit(f"unknown fleet {fleet!r}: name one of {', '.join(FLEETS)} "
+                         "or give SERVERSxLISTS, e.g. 200x500")
+    return int(servers), int(lists)
+
+
 def _fleet_run(fleet: str, db_name: str, url: str, latency: float,
                workers: int) -> dict[str, Any]:
-    servers, lists = FLEETS[fleet]
+    servers, lists = fleet_size(fleet)
     print(f"fleet {fleet} ({servers} servers x {lists:,} lists), {db_name}: starting "
           "simulators ...", flush=True)
     farm = _Farm(servers, lists, latency)
