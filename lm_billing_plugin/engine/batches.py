@@ -388,10 +388,9 @@ class _BatchWorker:
             self.digests[target.server_id] = inventory_digest(inventory)
             return inventory
 
-        # The claims of one refill are committed together (flush), before their fetches.
         return run_parallel(targets, fetch, workers=self.settings.max_parallel,
                             deadline_seconds=self.settings.server_deadline, start=self._start,
-                            finish=self._finish, overran=overran, flush=self.session.commit)
+                            finish=self._finish, overran=overran)
 
     # -- start: claim ---------------------------------------------------------------------
 
@@ -428,8 +427,7 @@ class _BatchWorker:
             .values(status="running", started_at=now, host=socket.gethostname(),
                     pid=os.getpid())
         )
-        # Committed by run_parallel's flush, with the other claims of this refill, before
-        # the fetch begins (no transaction stays open while the workers talk to servers).
+        session.commit()
         if target.password_error is not None:
             err = TclPortError(target.name, "password", "PASSWORD", target.password_error)
             return self._failed(target, err)

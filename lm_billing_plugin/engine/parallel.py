@@ -34,7 +34,6 @@ def run_parallel(
     finish: Callable[[T, Future[R]], O],
     overran: Callable[[T], O],
     thread_name_prefix: str = "lm-billing-fetch",
-    flush: Callable[[], None] | None = None,
 ) -> list[O]:
     """Fetch every item with at most ``workers`` at once; return one outcome per item.
 
@@ -48,10 +47,6 @@ def run_parallel(
     Up to twice ``workers`` items are handed to the pool ahead, so while the calling thread
     is busy in ``finish`` (storing one server) the workers go on fetching the next ones; the
     results waiting for it stay bounded by that number, not by the fleet.
-
-    ``flush()``, when given, runs in the calling thread after the ``start`` calls of one
-    refill and before their fetches are submitted: ``start`` may then leave its writes for
-    it to commit, so the first refill's claims (up to twice ``workers``) take one commit.
     """
     outcomes: list[O] = []
     pending = collections.deque(items)
@@ -66,17 +61,12 @@ def run_parallel(
         return fetch(item, began[0] + deadline_seconds)
 
     def refill() -> None:
-        ready: list[T] = []
-        while pending and len(running) + len(ready) < ahead:
+        while pending and len(running) < ahead:
             item = pending.popleft()
             early = start(item)
             if early is not None:
                 outcomes.append(early)
                 continue
-            ready.append(item)
-        if ready and flush is not None:
-            flush()
-        for item in ready:
             began: list[float] = []
             running[pool.submit(timed, item, began)] = (item, began)
 
