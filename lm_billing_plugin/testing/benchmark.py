@@ -342,7 +342,7 @@ _DB_ENV = "LM_BILLING_BENCH_DB"
 # count as success). Each runs after the built-in steps, against the same fleet.
 EXTRA_STEPS: dict[str, tuple[list[str], tuple[int, ...]]] = {}
 # Modules a `validate` must not import (start-up cost, see the README's "Speed").
-_HEAVY_MODULES = ("alembic", "mako", "pygments")
+_HEAVY_MODULES = ("alembic", "mako", "pygments", "weasyprint")
 
 
 def bench_app() -> Any:
