@@ -1,13 +1,62 @@
 """The `flask lm-billing` command group: database, servers, validate/sync/fix, schedule, the
-catalog and bills. Each subject has its own module; commands call the pages' services."""
+catalog and bills. Each subject has its own module; commands call the pages' services.
+
+The group is lazy: a command's module (and the services it imports: billing, catalog,
+engine) is imported only when that command is looked up, so `flask lm-billing servers list`
+does not pay for the bill run's imports. `COMMANDS` names each top-level command's modules;
+tests/test_cli_lazy.py checks it against what the modules really register."""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 from flask.cli import AppGroup
 
 from ..secrets import generate_key
 from ..sqlite import writes
+
+# Top-level command -> the cli modules that register it (or add subcommands to it: charges
+# adds `groups charge`). A new command module goes here, not in an import at the bottom.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "assign": ("catalog",),
+    "bills": ("bills",),
+    "charges": ("charges",),
+    "customers": ("catalog",),
+    "db": ("db",),
+    "find-admin": ("lookups",),
+    "find-member": ("lookups",),
+    "fix": ("engine",),
+    "generate-key": (),
+    "groups": ("catalog", "charges"),
+    "lists": ("engine",),
+    "plans": ("catalog",),
+    "problems": ("engine",),
+    "run-due": ("scheduler",),
+    "scheduler": ("scheduler",),
+    "servers": ("servers",),
+    "sync": ("engine",),
+    "validate": ("engine",),
+}
+
+
+def load_commands(name: str | None = None) -> None:
+    """Import the modules that register ``name`` (all of them when None)."""
+    wanted = COMMANDS.get(name, ()) if name is not None else sorted(
+        {m for modules in COMMANDS.values() for m in modules})
+    for module in wanted:
+        importlib.import_module(f"{__name__}.{module}")
+
+
+class LazyGroup(AppGroup):
+    """An AppGroup that imports a command's module when click looks the command up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(super().list_commands(ctx)))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        load_commands(cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
 def _write_transactions() -> None:
@@ -16,20 +65,10 @@ def _write_transactions() -> None:
     click.get_current_context().with_resource(writes())
 
 
-cli = AppGroup("lm-billing", help="ListManager Billing: Servers.", callback=_write_transactions)
+cli = LazyGroup("lm-billing", help="ListManager Billing: Servers.", callback=_write_transactions)
 
 
 @cli.command("generate-key")
 def generate_key_command() -> None:
     """Print a new key for LM_BILLING_ENCRYPTION_KEYS."""
     click.echo(generate_key())
-
-
-from . import bills as _bills  # noqa: E402,F401  (each registers its commands on cli)
-from . import catalog as _catalog  # noqa: E402,F401
-from . import charges as _charges  # noqa: E402,F401
-from . import db as _db  # noqa: E402,F401
-from . import engine as _engine  # noqa: E402,F401
-from . import lookups as _lookups  # noqa: E402,F401
-from . import scheduler as _scheduler  # noqa: E402,F401
-from . import servers as _servers  # noqa: E402,F401

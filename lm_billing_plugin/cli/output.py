@@ -3,12 +3,14 @@ errors with their exit status, and who the audit log names for a command-line ch
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
+import re
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -59,11 +61,24 @@ def _unsafe(ch: str, keep: str) -> bool:
     return ch not in keep and (unicodedata.category(ch) == "Cc" or ch in _BIDI)
 
 
+# The same test for a whole string at C speed (speed, issue 15: a validate of 50 servers
+# prints 1,000 problem lines). Category Cc is exactly U+0000-U+001F and U+007F-U+009F.
+_UNSAFE_CHARS = "\x00-\x1f\x7f-\x9f" + "".join(sorted(_BIDI))
+
+
+@functools.cache
+def _unsafe_search(keep: str) -> Callable[[str], re.Match[str] | None]:
+    pattern = f"[{_UNSAFE_CHARS}]"
+    if keep:
+        pattern = f"(?![{re.escape(keep)}]){pattern}"
+    return re.compile(pattern).search
+
+
 def _printable(value: str, keep: str = "") -> str:
     # Control characters (C0, DEL, C1: ESC starts the terminal's own commands, such as OSC 52
     # clipboard writes or window titles) and bidi overrides are shown escaped, whether a
     # hosting server sent them or someone typed them. JSON output keeps them as they are.
-    if not any(_unsafe(ch, keep) for ch in value):
+    if _unsafe_search(keep)(value) is None:
         return value
     return "".join(repr(ch)[1:-1] if _unsafe(ch, keep) else ch for ch in value)
 
@@ -83,6 +98,8 @@ def printable(value: str) -> str:
 
 
 def _width(value: str) -> int:
+    if value.isascii():
+        return len(value)
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in value)
 
 

@@ -52,7 +52,14 @@ from ..sqlite import writing
 from ..state import get_state
 from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
-from .digests import inputs_digest, inventory_digest, result_digest, with_drift
+from .digests import (
+    billing_half,
+    inputs_digest,
+    inventory_digest,
+    result_digest,
+    rules_digest,
+    with_drift,
+)
 from .inventory import Inventory, fetch_inventory
 from .leases import (
     LeaseLost,
@@ -66,8 +73,10 @@ from .leases import (
 )
 from .parallel import run_parallel
 from .reconcile import (
+    DATA_KINDS,
     DRIFT_KINDS,
     RULE_KINDS,
+    SERVER_KINDS,
     BillingSnapshot,
     Changes,
     ListRow,
@@ -104,6 +113,9 @@ __all__ = [
 log = logging.getLogger("lm_billing_plugin.runner")
 
 BATCH_KINDS: Final = ("validate", "sync")
+# What a run judges from the server's side alone (the rest, the billing rules, reads only
+# billing's snapshot).
+SERVER_SIDE_KINDS: Final = DRIFT_KINDS + SERVER_KINDS + DATA_KINDS
 _KIND_ORDER: Final = {kind: i for i, kind in enumerate(DRIFT_KINDS + RULE_KINDS + ("logging_off",))}
 
 
@@ -507,15 +519,37 @@ class _BatchWorker:
         inventory_key = self.digests.pop(sid, None)
         inputs = (inputs_digest(inventory_key, snapshot, today)
                   if inventory_key is not None and not self.dry_run else None)
-        reused = self._reuse(sid, snapshot, inputs) if inputs is not None else None
+        stored_digests = last_result(session, sid) if inputs is not None else (None, None)
+        reused = self._reuse(sid, snapshot, inputs, stored_digests) if inputs is not None else None
+        rules_kept = None
+        if reused is None and inputs is not None and self.kind == "validate":
+            rules_kept = self._reuse_rules(sid, snapshot, inputs, stored_digests)
         if reused is not None:
             # The server and billing are as the last confirming run left them, and so are
             # its problems: that result stands; only the run itself is recorded.
             shown, stored = reused
             if self.kind == "sync":
                 counts = apply_sync(session, sid, Changes(), inv, now).as_dict()
-            confirm_problems(session, sid, target.run_id, now, (stored, result_digest(shown)),
+            # (_reuse checked that the stored result digest is these rows'.)
+            confirm_problems(session, sid, target.run_id, now, (stored, stored_digests[1]),
                              groups=snapshot.groups)
+        elif rules_kept is not None:
+            assert inputs is not None
+            # The server changed, billing did not: its rule problems are the last confirming
+            # run's (same snapshot, and the rows are as it left them), so only the server's
+            # side (drift, values, logging) is compared, read and written.
+            rec = reconcile(snapshot, inv, rules=False)
+            unique = list({f.fingerprint: f for f in rec.problems}.values())
+            found_ids: dict[str, int] = {}
+            new, _open = record_problems(session, sid, target.run_id, unique, now,
+                                         kinds=SERVER_SIDE_KINDS, ids=found_ids,
+                                         caller_confirms=True)
+            shown = [(found_ids.get(f.fingerprint), f.kind, f.object_name, f.detail)
+                     for f in unique]
+            shown.extend(rules_kept)
+            kept_inputs = inputs if rec.changes.empty else with_drift(inputs)
+            confirm_problems(session, sid, target.run_id, now,
+                             (kept_inputs, result_digest(shown)), groups=snapshot.groups)
         else:
             rec = reconcile(snapshot, inv)
             if self.kind == "sync" and self.dry_run:
@@ -592,12 +626,13 @@ class _BatchWorker:
         outcome.new_problems = new
         return outcome
 
-    def _reuse(self, sid: int, snapshot: BillingSnapshot, inputs: str
+    def _reuse(self, sid: int, snapshot: BillingSnapshot, inputs: str,
+               stored: tuple[str | None, str | None]
                ) -> tuple[list[tuple[int | None, str, str, str]], str] | None:
         """The open problems the server's last confirming run left and its stored inputs
         digest, when its inputs were these (for a sync: with no drift left) and its problems
-        are still exactly as it left them; else None."""
-        stored_inputs, stored_result = last_result(self.session, sid)
+        are still exactly as it left them; else None. ``stored``: that run's digests."""
+        stored_inputs, stored_result = stored
         if stored_result is None or stored_inputs is None:
             return None
         if stored_inputs != inputs and not (self.kind == "validate"
@@ -606,6 +641,22 @@ class _BatchWorker:
         rows: list[tuple[int | None, str, str, str]] = list(
             open_problems(self.session, sid, snapshot.groups))
         return (rows, stored_inputs) if result_digest(rows) == stored_result else None
+
+    def _reuse_rules(self, sid: int, snapshot: BillingSnapshot, inputs: str,
+                     stored: tuple[str | None, str | None]
+                     ) -> list[tuple[int | None, str, str, str]] | None:
+        """The open billing-rule problems the last confirming run left, when billing's
+        snapshot is the one it judged and those rows are still exactly as it left them
+        (the rules read nothing else, so they would find the same); else None."""
+        stored_inputs, stored_result = stored
+        if stored_result is None or stored_inputs is None:
+            return None
+        half = billing_half(inputs)
+        if not half or billing_half(stored_inputs) != half:
+            return None
+        rows: list[tuple[int | None, str, str, str]] = [
+            r for r in open_problems(self.session, sid, snapshot.groups) if r[1] in RULE_KINDS]
+        return rows if rules_digest(rows) == billing_half(stored_result) else None
 
     def _failed(self, target: Target, exc: TclPortError) -> ServerOutcome:
         session = self.session

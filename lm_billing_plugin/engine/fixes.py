@@ -57,6 +57,8 @@ from .targets import Target, audit_server, iso, server_columns, target_from_row
 __all__ = ["ENABLE_LOGGING_HINT", "FIX_OUTCOMES", "RULE_ACTIONS", "FixItem", "FixResult",
            "fix_problems"]
 
+# Problem ids per look-up statement (fix_problems): below every backend's parameter limit.
+_ID_CHUNK: Final = 900
 # The runner's logger name, kept so hosts' logging config still reaches fix messages.
 log = logging.getLogger("lm_billing_plugin.runner")
 
@@ -199,13 +201,16 @@ def fix_problems(problem_ids: Sequence[int], *, actor: str,
     session = state.session
     session.commit()
     ids = sorted(set(problem_ids))
-    rows = session.execute(
+    query = (
         sa.select(Problem.id, Problem.kind, Problem.object_type, Problem.object_name,
                   Problem.status, Problem.fingerprint, Problem.server_id, Problem.closed_at,
                   Server.name.label("server_name"))
         .outerjoin(Server, Server.id == Problem.server_id)
-        .where(Problem.id.in_(ids))
-    ).all() if ids else []
+    )
+    # In chunks: `fix --all` on a big fleet names every open problem (100,000 and more), and
+    # one IN list that long exceeds PostgreSQL's 65,535 bind parameters (and old SQLite's 999).
+    rows = [r for start in range(0, len(ids), _ID_CHUNK)
+            for r in session.execute(query.where(Problem.id.in_(ids[start:start + _ID_CHUNK])))]
     session.commit()
     by_id = {r.id: r for r in rows}
     items: dict[int, FixItem] = {}

@@ -602,15 +602,24 @@ def field_problems(snapshot: BillingSnapshot, rejected: Iterable[Any]) -> list[F
     return out
 
 
-def reconcile(snapshot: BillingSnapshot, inventory: Any) -> Reconciliation:
+def reconcile(snapshot: BillingSnapshot, inventory: Any, *, rules: bool = True
+              ) -> Reconciliation:
     """Everything one run finds for one server.
 
     ``inventory`` is an :class:`lm_billing_plugin.engine.inventory.Inventory` (typed loosely so this
     module stays free of the network layer's imports): ``sites``, ``lists``, ``logging``,
-    ``usage_error``, ``rejected``.
+    ``usage_error``, ``rejected``. ``rules=False`` leaves out the billing-rule problems (they
+    depend on the snapshot only: a caller that knows them already) and judges no group.
     """
     rejected = getattr(inventory, "rejected", ())
     problems, changes = drift(snapshot, inventory.sites, inventory.lists, rejected=rejected)
+    if not rules:
+        problems.extend(field_problems(snapshot, rejected))
+        off = logging_problem(snapshot, inventory.logging,
+                              getattr(inventory, "usage_error", None))
+        if off is not None:
+            problems.append(off)
+        return Reconciliation(problems, changes)
     problems.extend(rule_problems(snapshot))
     problems.extend(field_problems(snapshot, rejected))
     off = logging_problem(snapshot, inventory.logging, getattr(inventory, "usage_error", None))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -443,6 +443,7 @@ def record_problems(
     fixed: Collection[str] = (),
     ids: dict[str, int] | None = None,
     digests: tuple[str | None, str | None] = (None, None),
+    caller_confirms: bool = False,
 ) -> ProblemCounts:
     """Upsert the problems a run found; resolve the ones it judged and did not find again.
 
@@ -457,7 +458,10 @@ def record_problems(
     Only new, changed and closed rows are written: a run that judged every kind records
     itself in the server's ProblemRun row (one row, with ``digests``: the inventory's and the
     result's, see :func:`unchanged_result`), which is every still-open problem's "last seen";
-    group-wide problems found again (few) move their own. Does not commit.
+    group-wide problems found again (few) move their own. ``caller_confirms`` (with
+    ``kinds``): the caller records this run in the server's ProblemRun row (it knows the
+    other kinds' problems still stand), so rows found again need no write either. Does not
+    commit.
     """
     found = list({f.fingerprint: _bounded(f) for f in found}.values())
     scope = PROBLEM.c.server_id == server_id
@@ -469,21 +473,26 @@ def record_problems(
     # ``data`` is read as its stored JSON text and compared with the text this run would
     # store: decoding every open problem's JSON was most of a re-validate's time. (A row
     # written with other spacing or key order only costs one needless refresh.)
+    judged = set(kinds) if kinds is not None else None
+    read_scope = scope
+    if judged is not None and all(f.kind in judged for f in found):
+        # Only rows of the judged kinds can be found (a fingerprint holds its kind) or closed:
+        # a drift-only run need not read a server's thousand unassigned_list rows.
+        read_scope = sa.and_(scope, PROBLEM.c.kind.in_(sorted(judged)))
     existing = {
         r.fingerprint: r
         for r in session.execute(
             sa.select(PROBLEM.c.id, PROBLEM.c.fingerprint, PROBLEM.c.kind, PROBLEM.c.status,
                       PROBLEM.c.detail, sa.cast(PROBLEM.c.data, sa.Text).label("data"),
-                      PROBLEM.c.server_id, PROBLEM.c.group_id).where(scope)
+                      PROBLEM.c.server_id, PROBLEM.c.group_id).where(read_scope)
         ).all()
     }
-    judged = set(kinds) if kinds is not None else None
     fixed_set = set(fixed)
     seen = {f.fingerprint for f in found}
     inserts: list[dict[str, Any]] = []
     refresh: list[dict[str, Any]] = []
     new = 0
-    dumps = json.dumps
+    encode = _json_text()
     for f in found:
         row = existing.get(f.fingerprint)
         if row is None:
@@ -500,7 +509,7 @@ def record_problems(
         reopened = row.status != "open"
         if reopened:
             new += 1
-        if reopened or row.detail != f.detail or row.data != dumps(dict(f.data)):
+        if reopened or row.detail != f.detail or row.data != encode(f.data):
             refresh.append({"b_id": row.id, "b_detail": f.detail, "b_data": dict(f.data),
                             "b_group": f.group_id})
     closing = [
@@ -527,7 +536,7 @@ def record_problems(
     if judged is not None:
         # A run that judged only some kinds cannot speak for the server's other problems:
         # it moves last seen on the rows of its kinds it found again, one statement.
-        if len(seen) > len(inserts):
+        if len(seen) > len(inserts) and not caller_confirms:
             session.execute(
                 PROBLEM.update().where(scope, PROBLEM.c.status == "open",
                                        PROBLEM.c.kind.in_(sorted(judged)))
@@ -544,6 +553,27 @@ def record_problems(
         if inserts:
             ids.update(_new_ids(session, run_id, [row["fingerprint"] for row in inserts]))
     return new, len(found)
+
+
+def _json_text() -> Callable[[Mapping[str, Any]], str]:
+    """``json.dumps`` of a problem's data, remembered per distinct value: a server's
+    thousand ``unassigned_list`` rows carry a handful of distinct ``{"site": ...}`` values,
+    and encoding each row's anew was a tenth of a 1 %-changed re-validate. The key holds each
+    value's type, so ``True`` and ``1`` (equal, and hashed alike) stay apart."""
+    seen: dict[tuple[Any, ...], str] = {}
+    dumps = json.dumps
+
+    def encode(data: Mapping[str, Any]) -> str:
+        try:
+            key = tuple((k, type(v), v) for k, v in data.items())
+            text = seen.get(key)
+        except TypeError:  # an unhashable value (a list, a nested dict): no memo
+            return dumps(dict(data))
+        if text is None:
+            text = seen[key] = dumps(dict(data))
+        return text
+
+    return encode
 
 
 def confirm_problems(session: Session, server_id: int, run_id: int | None, now: datetime,
