@@ -575,27 +575,44 @@ def _shown(name: str, limit: int = 120) -> str:
     return shown if len(shown) <= limit else shown[:limit] + f"… ({len(name):,} characters)"
 
 
+# The invalid_field sentences, whole (a page says them in the viewer's language with the
+# values kept; the field words and the problem come from inventory.screen, marked there).
+_FIELD_SENTENCES: Final = {
+    ("server", False): M_(
+        "Server %(server)s sent a %(what)s %(problem)s; billing keeps this server's %(what)s "
+        "empty until it is corrected on the hosting server. Everything else was stored."),
+    ("site", True): M_(
+        "Server %(server)s sent a site name '%(name)s' %(problem)s; billing leaves this site "
+        "out until it is corrected on the hosting server. Everything else was stored."),
+    ("site", False): M_(
+        "Server %(server)s sent a %(what)s %(problem)s for site '%(name)s'; billing leaves "
+        "this site out until it is corrected on the hosting server. Everything else was "
+        "stored."),
+    ("list", True): M_(
+        "Server %(server)s sent a list name '%(name)s' %(problem)s; billing leaves this list "
+        "out until it is corrected on the hosting server. Everything else was stored."),
+    ("list", False): M_(
+        "Server %(server)s sent a %(what)s %(problem)s for list '%(name)s'; billing leaves "
+        "this list out until it is corrected on the hosting server. Everything else was "
+        "stored."),
+}
+
+
 def field_problems(snapshot: BillingSnapshot, rejected: Iterable[Any]) -> list[Found]:
     """One ``invalid_field`` problem per value billing cannot store (``Rejected`` records)."""
     sid = snapshot.server_id
     server = snapshot.server_name
     out: list[Found] = []
     for r in rejected:
-        if r.object_type == "server":
-            name = server
-            whose = ""
-            outcome = (f"billing keeps this server's {r.what} empty until it is corrected on "
-                       "the hosting server")
-        else:
-            name = _shown(r.name)
-            whose = f" for {r.object_type} '{name}'" if r.field != "name" else ""
-            outcome = (f"billing leaves this {r.object_type} out until it is corrected on the "
-                       "hosting server")
-        shown_value = "" if r.field != "name" or r.object_type == "server" else f" '{name}'"
+        name = server if r.object_type == "server" else _shown(r.name)
+        # A name field is said by its own sentence ("sent a list name 'x' of ..."), the
+        # others name the object they belong to.
+        is_name = r.object_type != "server" and r.field == "name"
+        sentence = _FIELD_SENTENCES[(r.object_type, is_name)]
         out.append(Found(
             "invalid_field", r.object_type, name,
-            f"Server {_q(server)} sent a {r.what}{shown_value} {r.problem}{whose}; {outcome}. "
-            "Everything else was stored.",
+            sentence % {"server": _q(server), "what": r.what, "problem": r.problem,
+                        "name": name},
             {"field": r.field, **r.data},
             fingerprint("invalid_field", server_id=sid, key=(r.object_type, r.name, r.field)),
         ))
