@@ -263,6 +263,32 @@ def _overflow(page: Any) -> dict[str, Any]:
     )
 
 
+def test_column_headers_break_between_words_only(
+    live: Callable[..., tuple[Flask, str, dict[str, Any]]], chromium: Any
+) -> None:
+    """On a phone, the long names of the seed squeeze the Billing Groups table: a header
+    ("Lists", "Sites", "Servers") must keep its words whole, one line per word at most (not
+    one letter per line); the table scrolls in its box instead."""
+    _, base, _samples = live()
+    page = _new_page(chromium, 390)
+    page.goto(f"{base}/billing/groups")
+    assert LONG_PLAN in page.inner_text("main")  # the squeezing names are there
+    headers = page.evaluate(
+        """() => [...document.querySelectorAll('#lmb-billing-groups thead th')].map(th => {
+             const range = document.createRange();
+             range.selectNodeContents(th);
+             const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+             return {text: th.innerText.trim(), lines: tops.size,
+                     words: th.innerText.trim().split(/\\s+/).length};
+           })"""
+    )
+    assert len(headers) == 6, headers
+    broken = [h for h in headers if h["lines"] > h["words"]]
+    assert broken == [], broken
+    box = page.locator(".lmb-scroll", has=page.locator("#lmb-billing-groups"))
+    assert box.evaluate("e => getComputedStyle(e).overflowX") == "auto"
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_no_page_is_wider_than_the_viewport(
     live: Callable[..., tuple[Flask, str, dict[str, Any]]], chromium: Any, width: int

@@ -315,6 +315,55 @@ def test_messages_from_below_the_web_layer_show_in_german(tmp_path: Path) -> Non
             assert time.perf_counter() - started < 0.5
 
 
+def test_the_last_english_sentences_have_whole_german_templates(tmp_path: Path) -> None:
+    """The sentences made below the web layer from pieces before (an invalid_field problem,
+    the version step of a check, 'not on this server', a Jinja message) are whole catalog
+    templates: the English is what the engine makes, the German keeps every value."""
+    from flask_babel import force_locale
+
+    from lm_billing_plugin import LMBilling
+    from lm_billing_plugin.engine.inventory import Rejected
+    from lm_billing_plugin.engine.reconcile import field_problems
+    from lm_billing_plugin.i18n import say
+
+    class Snapshot:
+        server_id = 1
+        server_name = "Lists"
+
+    rejected = [
+        Rejected("server", "", "version", "version", "of 45 characters (limit 40)"),
+        Rejected("site", "s" * 300, "name", "site name", "of 300 characters (limit 255)"),
+        Rejected("list", "news", "descr", "list description",
+                 "containing a NUL character (\\x00)"),
+        Rejected("list", "news", "members", "member count",
+                 "of 5,000,000,000 (limit 2,147,483,647)"),
+    ]
+    details = [f.detail for f in field_problems(Snapshot(), rejected)]  # type: ignore[arg-type]
+    assert details[2] == ("Server 'Lists' sent a list description containing a NUL character "
+                          "(\\x00) for list 'news'; billing leaves this list out until it is "
+                          "corrected on the hosting server. Everything else was stored.")
+    app = Flask("last_english")
+    app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/l.sqlite", TESTING=True)
+    LMBilling(app)
+    with app.test_request_context():
+        assert [say(d) for d in details] == details  # English: as stored
+        with force_locale("de"):
+            german = [say(d) for d in details]
+            assert german[0].startswith("Server 'Lists' hat die Version mit 45 Zeichen "
+                                        "(Grenze 40) gesendet")
+            assert "den Site-Namen '" + "s" * 120 in german[1]
+            assert "die Listenbeschreibung mit einem NUL-Zeichen" in german[2]
+            assert "die Mitgliederzahl von 5,000,000,000" in german[3]
+            for text in german:
+                assert not english_left(text, {"Lists", "news", "s" * 120}), text
+            assert say("list(s) [3, 4] are not on this server") == (
+                "Liste(n) [3, 4]: nicht auf diesem Server")
+            assert say("site(s) [7] were removed from the server; only active sites can be "
+                       "assigned").startswith("Site(s) [7]: vom Server entfernt")
+            assert say("expected token 'end of print statement', got 'b'") == (
+                "Token 'Ende der Ausgabeanweisung' erwartet, stattdessen 'b'")
+
+
 # --- Error paths in German ------------------------------------------------------------------
 
 # Settings names and command lines the refusals quote: they read the same in every language.
@@ -403,6 +452,54 @@ def test_error_paths_show_in_german(tmp_path: Path) -> None:
                     {"company": "ACME  ltd", "email": "x@acme.example"})
         assert "Einen Kunden mit diesem Namen gibt es bereits" in page
         german(page, "the duplicate name", "ACME  ltd", "x@acme.example")
+
+        # An invoice template with a Jinja syntax error and one the sandbox refuses: the field
+        # error is German, the line number kept.
+        page = post(client, "/billing/invoice-templates/new?kind=web",
+                    {"name": "Kaputt", "body": "Hallo\n{% for a in b %}x", "preview": "y"})
+        assert "Zeile 2: Unerwartetes Ende der Vorlage." in page
+        # Jinja names the tags it wanted in its own words ("'endfor' or 'else'").
+        german(page, "the Jinja syntax error", "Kaputt", "'endfor' or 'else'", "'for'")
+        page = post(client, "/billing/invoice-templates/new?kind=web",
+                    {"name": "Kaputt", "body": "{{ range(100000) }}", "preview": "y"})
+        assert ("Zeile 1: in einer Rechnungsvorlage nicht erlaubt: die Zahl 100000 ist dafür zu"
+                " groß (höchstens 10000)") in page
+        german(page, "the sandbox refusal", "Kaputt")
+
+        # Find Administrator / Find Member: the input errors next to the field.
+        page = client.get("/billing/utilities/find-admin?pattern=a||b",
+                          headers=user).get_data(as_text=True)
+        assert "Die Suche hat einen leeren Teil" in page
+        german(page, "the empty search part")
+        page = client.get("/billing/utilities/find-member?email=nobody",
+                          headers=user).get_data(as_text=True)
+        assert "'nobody' ist keine E-Mail-Adresse" in html.unescape(page)
+        german(page, "the bad email address", "nobody")
+
+        # Error pages: a missing object, an expired form (CSRF) and a refusal.
+        response = client.get("/billing/plans/999999/edit", headers=user)
+        page = response.get_data(as_text=True)
+        assert response.status_code == 404
+        assert "Diesen Hosting-Tarif gibt es nicht" in page and "Nicht gefunden" in page
+        german(page, "the missing plan")
+        response = client.post(f"/billing/servers/{samples['server_id']}/check", headers=user,
+                               data={"csrf_token": "stale"})
+        page = response.get_data(as_text=True)
+        assert response.status_code == 400
+        assert "Laden Sie die Seite neu und senden Sie das Formular erneut ab." in page
+        german(page, "the expired form", "CSRF")
+        viewer = as_user(client, "only_view")
+        response = client.get("/billing/customers/new", headers=viewer)
+        page = response.get_data(as_text=True)
+        assert response.status_code == 403
+        assert "Abrechnungs-Berechtigung 'edit'" in html.unescape(page)
+        german(page, "the refusal", "'edit'")
+
+        # Assign on the server page with nothing ticked: the flash is German.
+        page = post(client, f"/billing/servers/{samples['server_id']}/assign",
+                    {"group_id": str(samples["group_id"])})
+        assert "Nichts wurde zugeordnet" in page
+        german(page, "the empty assign")
 
         # A refused assign: the gate (the seeded server was never validated).
         page = post(client, "/billing/assign",

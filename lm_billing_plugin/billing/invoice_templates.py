@@ -32,7 +32,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from ..i18n import N_, Words, gettext
+from ..i18n import M_, N_, Words, gettext
 from ..models import Customer, Invoice, InvoiceLine, InvoiceTemplate
 
 __all__ = [
@@ -425,14 +425,17 @@ def _size(value: Any) -> int:
 
 def _check_size(value: Any, what: str = "a value") -> Any:
     if _size(value) > MAX_VALUE:
-        raise SecurityError(f"{what} would exceed {MAX_VALUE} characters or items")
+        raise SecurityError(M_("%(what)s would exceed %(limit)s characters or items") % {
+            "what": what, "limit": MAX_VALUE})
     return value
 
 
 def _check_args(args: Iterable[Any]) -> None:
     for arg in args:
         if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_ARG:
-            raise SecurityError(f"the number {arg} is too big for this (at most {MAX_ARG})")
+            raise SecurityError(
+                M_("the number %(number)s is too big for this (at most %(limit)s)")
+                % {"number": arg, "limit": MAX_ARG})
 
 
 def _predicted_replace(text: str, old: str, new: str, count: int = -1) -> int:
@@ -450,7 +453,7 @@ def _predicted_join(sep: str, items: Any) -> int:
 def _bounded_range(*args: int) -> range:
     rng = range(*args)
     if len(rng) > MAX_RANGE:
-        raise SecurityError(f"range() may give at most {MAX_RANGE} items")
+        raise SecurityError(M_("range() may give at most %(limit)s items") % {"limit": MAX_RANGE})
     return rng
 
 
@@ -462,14 +465,15 @@ def _wrap_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         _check_args(values[1:])
         _check_args(kwargs.values())
         if name == "format" and values and _BIG_WIDTH.search(str(values[0])):
-            raise SecurityError("format widths of 10000 or more are not allowed")
+            raise SecurityError(N_("format widths of 10000 or more are not allowed"))
         if (
             name == "replace"
             and len(values) >= 3
             and isinstance(values[0], str)
             and _predicted_replace(str(values[0]), str(values[1]), str(values[2])) > MAX_VALUE
         ):
-            raise SecurityError(f"replace would exceed {MAX_VALUE} characters")
+            raise SecurityError(M_("replace would exceed %(limit)s characters") % {
+                "limit": MAX_VALUE})
         result = func(*args, **kwargs)
         if name == "join" and isinstance(result, str):
             _check_size(result, "join")
@@ -522,7 +526,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         for part in parts:
             total += len(part)
             if total > MAX_VALUE:
-                raise SecurityError(f"a block's text would exceed {MAX_VALUE} characters")
+                raise SecurityError(M_("a block's text would exceed %(limit)s characters") % {
+                    "limit": MAX_VALUE})
             out.append(part)
         return "".join(out)
 
@@ -536,16 +541,17 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         for part in parts:
             total += len(str(part))
             if total > MAX_VALUE:
-                raise SecurityError(f"joined text would exceed {MAX_VALUE} characters")
+                raise SecurityError(M_("joined text would exceed %(limit)s characters") % {
+                    "limit": MAX_VALUE})
         join = markup_join if eval_ctx.autoescape else str_join
         return join(parts)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > 64:
-                raise SecurityError("exponents above 64 are not allowed")
+                raise SecurityError(N_("exponents above 64 are not allowed"))
             if isinstance(left, int | float) and abs(left) > 10**18:
-                raise SecurityError("a number that big cannot be raised to a power here")
+                raise SecurityError(N_("a number that big cannot be raised to a power here"))
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if (
@@ -553,11 +559,13 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                     and isinstance(times, int)
                     and len(seq) * times > MAX_VALUE
                 ):
-                    raise SecurityError(f"repeating would exceed {MAX_VALUE} items")
+                    raise SecurityError(M_("repeating would exceed %(limit)s items") % {
+                        "limit": MAX_VALUE})
         if operator == "+" and _size(left) + _size(right) > MAX_VALUE:
-            raise SecurityError(f"adding would exceed {MAX_VALUE} characters or items")
+            raise SecurityError(M_("adding would exceed %(limit)s characters or items") % {
+                "limit": MAX_VALUE})
         if operator == "%" and isinstance(left, str) and _BIG_WIDTH.search(left):
-            raise SecurityError("format widths of 10000 or more are not allowed")
+            raise SecurityError(N_("format widths of 10000 or more are not allowed"))
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -567,15 +575,19 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             # Markup is a str too: its format() and padding methods are refused alike.
             if isinstance(owner, str):
                 if name not in _STR_METHODS:
-                    raise SecurityError(f"the string method {name}() is not allowed here")
+                    raise SecurityError(M_("the string method %(name)s() is not allowed here") % {
+                        "name": name})
                 if name == "replace" and len(args) >= 2:
                     count = args[2] if len(args) > 2 and isinstance(args[2], int) else -1
                     if _predicted_replace(owner, str(args[0]), str(args[1]), count) > MAX_VALUE:
-                        raise SecurityError(f"replace would exceed {MAX_VALUE} characters")
+                        raise SecurityError(M_("replace would exceed %(limit)s characters") % {
+                            "limit": MAX_VALUE})
                 if name == "join" and args and _predicted_join(owner, args[0]) > MAX_VALUE:
-                    raise SecurityError(f"join would exceed {MAX_VALUE} characters")
+                    raise SecurityError(M_("join would exceed %(limit)s characters") % {
+                            "limit": MAX_VALUE})
             elif isinstance(owner, dict | list | tuple) and name not in _CONTAINER_METHODS:
-                raise SecurityError(f"the method {name}() is not allowed here")
+                raise SecurityError(M_("the method %(name)s() is not allowed here") % {
+                    "name": name})
         _check_args(args)
         _check_args(kwargs.values())
         return _check_size(super().call(__context, __obj, *args, **kwargs), "a call")
@@ -607,13 +619,29 @@ def _template_line(exc: BaseException) -> int | None:
     return None
 
 
+# Jinja's own syntax and undefined-name messages (English, from Jinja, no catalog of ours):
+# marked here so a page says the usual ones in the viewer's language, the names kept.
+_JINJA_WORDS = (
+    M_("unexpected '%(token)s'"),
+    M_("unexpected char '%(char)s' at %(position)s"),
+    M_("Unexpected end of template. Jinja was looking for the following tags: %(tags)s. The "
+       "innermost block that needs to be closed is %(block)s."),
+    M_("Encountered unknown tag '%(tag)s'."),
+    M_("expected token '%(expected)s', got '%(got)s'"),
+    M_("Expected an expression, got '%(got)s'"),
+    M_("'%(object)s' has no attribute '%(name)s'"),
+    M_("'%(name)s' is undefined"),
+    N_("end of print statement"), N_("end of statement block"),
+)
+
+
 def _words(exc: BaseException) -> str:
     if isinstance(exc, SecurityError):
-        return f"not allowed in an invoice template: {exc}"
+        return M_("not allowed in an invoice template: %(why)s") % {"why": str(exc)}
     if isinstance(exc, RecursionError):
-        return "the template calls itself too deeply"
+        return N_("the template calls itself too deeply")
     if isinstance(exc, MemoryError):
-        return "the template needs too much memory"
+        return N_("the template needs too much memory")
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return f"{message}"
 
@@ -621,11 +649,12 @@ def _words(exc: BaseException) -> str:
 def check_template(kind: str, source: str) -> None:
     """Raise TemplateProblem unless the source compiles (syntax only; see render_invoice)."""
     if len(source) > MAX_SOURCE:
-        raise TemplateProblem(f"the template is longer than {MAX_SOURCE} characters")
+        raise TemplateProblem(M_("the template is longer than %(limit)s characters") % {
+            "limit": MAX_SOURCE})
     try:
         _environment(kind).from_string(source)
     except TemplateSyntaxError as exc:
-        raise TemplateProblem(exc.message or "syntax error", exc.lineno) from None
+        raise TemplateProblem(exc.message or N_("syntax error"), exc.lineno) from None
     except (RecursionError, MemoryError, SecurityError) as exc:
         raise TemplateProblem(_words(exc), _template_line(exc)) from None
 
@@ -679,13 +708,15 @@ def render_invoice(
         for chunk in _generated(template, data):
             written += len(chunk)
             if written > MAX_OUTPUT:
-                    raise TemplateProblem(f"the output is longer than {MAX_OUTPUT} characters")
+                    raise TemplateProblem(M_("the output is longer than %(limit)s characters") % {
+                        "limit": MAX_OUTPUT})
             chunks.append(chunk)
     except TemplateProblem:
         raise
     except _OverBudget:
         raise TemplateProblem(
-            f"the template ran longer than {RENDER_SECONDS:g} seconds (a loop too big?)"
+            M_("the template ran longer than %(seconds)s seconds (a loop too big?)") % {
+                "seconds": f"{RENDER_SECONDS:g}"}
         ) from None
     except Exception as exc:  # everything a template can provoke becomes its problem
         raise TemplateProblem(_words(exc), _template_line(exc)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -162,17 +162,28 @@ def assign(group_id: int, *, server_id: int, site_ids: Iterable[int] = (),
     return len(create)
 
 
+# Whole sentences per kind of object (a page says them in the viewer's language, where the
+# word for "list" or "site" and its grammar belong to the sentence).
+_NOT_ON_SERVER: Final = {
+    "site": M_("site(s) %(ids)s are not on this server"),
+    "list": M_("list(s) %(ids)s are not on this server"),
+}
+_REMOVED: Final = {
+    "site": M_("site(s) %(ids)s were removed from the server; only active sites can be "
+               "assigned"),
+    "list": M_("list(s) %(ids)s were removed from the server; only active lists can be "
+               "assigned"),
+}
+
+
 def _check_objects(what: str, wanted: Sequence[int], found: Sequence[Any]) -> None:
     ids = {r.id for r in found}
     missing = [i for i in wanted if i not in ids]
     if missing:
-        raise AssignmentError(M_("%(what)s(s) %(ids)s are not on this server")
-                              % {"what": what, "ids": missing})
+        raise AssignmentError(_NOT_ON_SERVER[what] % {"ids": missing})
     removed = [r.id for r in found if r.status != "active"]
     if removed:
-        raise AssignmentError(
-            M_("%(what)s(s) %(ids)s were removed from the server; only active %(what)ss can "
-               "be assigned") % {"what": what, "ids": removed})
+        raise AssignmentError(_REMOVED[what] % {"ids": removed})
 
 
 def unassign(assignment_ids: Sequence[int], *, actor: str, end: date | None = None) -> int:

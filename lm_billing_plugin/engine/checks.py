@@ -206,7 +206,10 @@ def _run_connection(client: TclPortClient) -> ConnectionReport:
         results[step] = StepResult(step, "failed", exc.message, elapsed, exc.code)
         return report(error=exc)
     results["version"] = StepResult(
-        "version", "ok", f"{info.product} {info.version} on {info.hostname}", round_trip
+        "version", "ok",
+        M_("%(product)s %(version)s on %(host)s") % {
+            "product": info.product, "version": info.version, "host": info.hostname},
+        round_trip,
     )
     return report(
         version=info.version, product=info.product, hostname=info.hostname,

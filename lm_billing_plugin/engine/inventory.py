@@ -13,6 +13,7 @@ from typing import Final
 
 import sqlalchemy as sa
 
+from ..i18n import M_, N_
 from ..models import MailingList, Server, Site
 from ..tclport.client import ClientSettings, TclPortClient
 from ..tclport.connection import StepCallback
@@ -90,16 +91,18 @@ def _text_problem(value: str, column: sa.Column[object]) -> tuple[str, dict[str,
     """Why ``value`` does not fit ``column`` (None = it fits): the limit is the column's own."""
     if "\x00" in value:
         # PostgreSQL refuses NUL in any text; the others would store a name no page shows.
-        return "containing a NUL character (\\x00)", {"reason": "nul"}
+        return N_("containing a NUL character (\\x00)"), {"reason": "nul"}
     length = getattr(column.type, "length", None)
     if length is not None:
         if len(value) > length:
-            return (f"of {len(value):,} characters (limit {length:,})",
+            return (M_("of %(length)s characters (limit %(limit)s)") % {
+                        "length": f"{len(value):,}", "limit": f"{length:,}"},
                     {"reason": "length", "length": len(value), "limit": length})
         return None
     size = len(value.encode("utf-8"))
     if size > TEXT_BYTES:
-        return (f"of {size:,} bytes (limit {TEXT_BYTES:,})",
+        return (M_("of %(length)s bytes (limit %(limit)s)") % {
+                    "length": f"{size:,}", "limit": f"{TEXT_BYTES:,}"},
                 {"reason": "bytes", "length": size, "limit": TEXT_BYTES})
     return None
 
@@ -108,30 +111,33 @@ def _int_problem(value: int, column: sa.Column[object]) -> tuple[str, dict[str, 
     limit = next((v for k, v in _INT_MAX.items() if type(column.type).__name__ == k),
                  _INT_MAX["Integer"])
     if value > limit:
-        return f"of {value:,} (limit {limit:,})", {"reason": "number", "value": value,
-                                                   "limit": limit}
+        return (M_("of %(value)s (limit %(limit)s)") % {"value": f"{value:,}",
+                                                          "limit": f"{limit:,}"},
+                {"reason": "number", "value": value, "limit": limit})
     return None
 
 
-# (field, words, column) per record type; the columns are where store.py writes the values.
+# (field, words, column) per record type (the words are marked: a page says them in the
+# viewer's language inside the invalid_field problem sentence); the columns are where
+# store.py writes the values.
 _LIST_FIELDS: Final = (
-    ("name", "list name", _column(MailingList, "name")),
-    ("site", "site name", _column(MailingList, "site_name")),
-    ("admin", "list administrator", _column(MailingList, "admin")),
-    ("descr", "list description", _column(MailingList, "descr")),
+    ("name", N_("list name"), _column(MailingList, "name")),
+    ("site", N_("site name"), _column(MailingList, "site_name")),
+    ("admin", N_("list administrator"), _column(MailingList, "admin")),
+    ("descr", N_("list description"), _column(MailingList, "descr")),
 )
 _LIST_MEMBERS: Final = _column(MailingList, "members")
 _SITE_FIELDS: Final = (
-    ("name", "site name", _column(Site, "name")),
-    ("title", "site title", _column(Site, "title")),
+    ("name", N_("site name"), _column(Site, "name")),
+    ("title", N_("site title"), _column(Site, "title")),
 )
 _SERVER_FIELDS: Final = (
-    ("version", "version", _column(Server, "version")),
-    ("hostname", "host name", _column(Server, "hostname_reported")),
+    ("version", N_("version"), _column(Server, "version")),
+    ("hostname", N_("host name"), _column(Server, "hostname_reported")),
 )
 _LOGGING_FIELDS: Final = (
-    ("mode", "Enable Logging mode", _column(Server, "logging_mode")),
-    ("label", "Enable Logging label", _column(Server, "logging_label")),
+    ("mode", N_("Enable Logging mode"), _column(Server, "logging_mode")),
+    ("label", N_("Enable Logging label"), _column(Server, "logging_label")),
 )
 
 
@@ -168,7 +174,7 @@ def screen(inventory: Inventory) -> Inventory:
             (f, w, getattr(rec, f), c) for f, w, c in _LIST_FIELDS))
         too_big = _int_problem(rec.members, _LIST_MEMBERS)
         if too_big is not None:
-            bad.append(Rejected("list", rec.name, "members", "member count", *too_big))
+            bad.append(Rejected("list", rec.name, "members", N_("member count"), *too_big))
         rejected.extend(bad)
         if not bad:
             lists.append(rec)

@@ -19,6 +19,7 @@ from typing import Any, Final, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..i18n import M_, N_
 from ..models import MailingList, Server
 from ..secrets import SecretsError
 from ..settings import Settings
@@ -76,20 +77,21 @@ def check_pattern(pattern: str) -> str:
     contains the empty text (a search would list every list on every server).
     """
     if not pattern or not pattern.strip():
-        raise LookupInputError("enter part of an admin's email address or name to search for")
+        raise LookupInputError(N_("enter part of an admin's email address or name to search for"))
     if len(pattern) > MAX_PATTERN:
         raise LookupInputError(
-            f"the search is {len(pattern):,} characters long; shorten it to at most "
-            f"{MAX_PATTERN} (search for fewer or shorter parts)"
+            M_("the search is %(length)s characters long; shorten it to at most %(limit)s "
+               "(search for fewer or shorter parts)")
+            % {"length": f"{len(pattern):,}", "limit": MAX_PATTERN}
         )
     if _bad_characters(pattern):
         raise LookupInputError(
-            "the search holds a control character (such as a line break or tab); remove it"
+            N_("the search holds a control character (such as a line break or tab); remove it")
         )
     if any(not part.strip() for part in pattern.split("|")):
         raise LookupInputError(
-            "the search has an empty part (two '|' in a row, or '|' at the start or end), "
-            "which would match every admin; remove the extra '|'"
+            N_("the search has an empty part (two '|' in a row, or '|' at the start or end), "
+               "which would match every admin; remove the extra '|'")
         )
     return pattern
 
@@ -99,15 +101,15 @@ def check_email(email: str) -> str:
     :class:`LookupInputError`. A plain shape check (local@domain.tld), not RFC 5322."""
     value = email.strip()
     if not value:
-        raise LookupInputError("enter the member's email address")
+        raise LookupInputError(N_("enter the member's email address"))
     if len(value) > MAX_EMAIL:
         raise LookupInputError(
-            f"the email address is {len(value):,} characters long; an address has at most "
-            f"{MAX_EMAIL}"
+            M_("the email address is %(length)s characters long; an address has at most "
+               "%(limit)s") % {"length": f"{len(value):,}", "limit": MAX_EMAIL}
         )
     if _bad_characters(value):
         raise LookupInputError(
-            "the email address holds a control character (such as a line break); remove it"
+            N_("the email address holds a control character (such as a line break); remove it")
         )
     local, at, domain = value.rpartition("@")
     labels = domain.split(".")
@@ -121,7 +123,8 @@ def check_email(email: str) -> str:
         or not all(labels)
     ):
         raise LookupInputError(
-            f"{value[:80]!r} is not an email address; enter it as name@example.com"
+            M_("%(value)s is not an email address; enter it as name@example.com")
+            % {"value": repr(value[:80])}
         )
     return value
 

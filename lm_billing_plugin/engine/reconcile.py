@@ -575,27 +575,74 @@ def _shown(name: str, limit: int = 120) -> str:
     return shown if len(shown) <= limit else shown[:limit] + f"… ({len(name):,} characters)"
 
 
+# The invalid_field sentences, whole, one per field (a page says them in the viewer's
+# language with the values kept: a field's words inside a sentence of pieces could not be
+# told from the problem that follows them). Keys are (object type, field); the name fields
+# have their own; a field not listed falls back to the last two.
+_FIELD_SENTENCES: Final = {
+    ("server", "version"): M_(
+        "Server %(server)s sent a version %(problem)s; billing keeps this server's version "
+        "empty until it is corrected on the hosting server. Everything else was stored."),
+    ("server", "hostname"): M_(
+        "Server %(server)s sent a host name %(problem)s; billing keeps this server's host "
+        "name empty until it is corrected on the hosting server. Everything else was stored."),
+    ("server", "mode"): M_(
+        "Server %(server)s sent a Enable Logging mode %(problem)s; billing keeps this "
+        "server's Enable Logging mode empty until it is corrected on the hosting server. "
+        "Everything else was stored."),
+    ("server", "label"): M_(
+        "Server %(server)s sent a Enable Logging label %(problem)s; billing keeps this "
+        "server's Enable Logging label empty until it is corrected on the hosting server. "
+        "Everything else was stored."),
+    ("site", "title"): M_(
+        "Server %(server)s sent a site title %(problem)s for site '%(name)s'; billing leaves "
+        "this site out until it is corrected on the hosting server. Everything else was "
+        "stored."),
+    ("list", "site"): M_(
+        "Server %(server)s sent a site name %(problem)s for list '%(name)s'; billing leaves "
+        "this list out until it is corrected on the hosting server. Everything else was "
+        "stored."),
+    ("list", "admin"): M_(
+        "Server %(server)s sent a list administrator %(problem)s for list '%(name)s'; "
+        "billing leaves this list out until it is corrected on the hosting server. "
+        "Everything else was stored."),
+    ("list", "descr"): M_(
+        "Server %(server)s sent a list description %(problem)s for list '%(name)s'; billing "
+        "leaves this list out until it is corrected on the hosting server. Everything else "
+        "was stored."),
+    ("list", "members"): M_(
+        "Server %(server)s sent a member count %(problem)s for list '%(name)s'; billing "
+        "leaves this list out until it is corrected on the hosting server. Everything else "
+        "was stored."),
+    ("site", "name"): M_(
+        "Server %(server)s sent a site name '%(name)s' %(problem)s; billing leaves this site "
+        "out until it is corrected on the hosting server. Everything else was stored."),
+    ("list", "name"): M_(
+        "Server %(server)s sent a list name '%(name)s' %(problem)s; billing leaves this list "
+        "out until it is corrected on the hosting server. Everything else was stored."),
+}
+_SERVER_FIELD: Final = (
+    "Server %(server)s sent a %(what)s %(problem)s; billing keeps this server's %(what)s "
+    "empty until it is corrected on the hosting server. Everything else was stored.")
+_OBJECT_FIELD: Final = (
+    "Server %(server)s sent a %(what)s %(problem)s for %(object)s '%(name)s'; billing leaves "
+    "this %(object)s out until it is corrected on the hosting server. Everything else was "
+    "stored.")
+
+
 def field_problems(snapshot: BillingSnapshot, rejected: Iterable[Any]) -> list[Found]:
     """One ``invalid_field`` problem per value billing cannot store (``Rejected`` records)."""
     sid = snapshot.server_id
     server = snapshot.server_name
     out: list[Found] = []
     for r in rejected:
-        if r.object_type == "server":
-            name = server
-            whose = ""
-            outcome = (f"billing keeps this server's {r.what} empty until it is corrected on "
-                       "the hosting server")
-        else:
-            name = _shown(r.name)
-            whose = f" for {r.object_type} '{name}'" if r.field != "name" else ""
-            outcome = (f"billing leaves this {r.object_type} out until it is corrected on the "
-                       "hosting server")
-        shown_value = "" if r.field != "name" or r.object_type == "server" else f" '{name}'"
+        name = server if r.object_type == "server" else _shown(r.name)
+        sentence = _FIELD_SENTENCES.get((r.object_type, r.field)) or (
+            _SERVER_FIELD if r.object_type == "server" else _OBJECT_FIELD)
         out.append(Found(
             "invalid_field", r.object_type, name,
-            f"Server {_q(server)} sent a {r.what}{shown_value} {r.problem}{whose}; {outcome}. "
-            "Everything else was stored.",
+            sentence % {"server": _q(server), "what": r.what, "problem": r.problem,
+                        "name": name, "object": r.object_type},
             {"field": r.field, **r.data},
             fingerprint("invalid_field", server_id=sid, key=(r.object_type, r.name, r.field)),
         ))

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 from flask import abort, current_app, g, has_request_context, request
 
+from ..i18n import M_, N_
+
 ACTIONS = ("view", "edit", "run")
 
 PermissionCheck = Callable[[Any, str], bool]
@@ -110,11 +112,11 @@ def refusal(action: str) -> str:
     from ..state import get_state
 
     if get_state().extension.permission_check is None:
-        return (
+        return N_(
             "Billing is closed: this portal has not said who may use it. Its administrator "
             "passes permission_check= to LMBilling (LM_BILLING_ALLOW_ALL is for demos only)."
         )
-    return (
-        f"You may not {action} billing here. Ask the portal's administrator for the "
-        f"billing {action!r} permission."
-    )
+    return M_(
+        "You may not %(action)s billing here. Ask the portal's administrator for the "
+        "billing %(permission)s permission."
+    ) % {"action": action, "permission": repr(action)}

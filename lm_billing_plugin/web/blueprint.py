@@ -12,7 +12,7 @@ from flask_wtf.csrf import validate_csrf
 from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
-from ..i18n import template_functions
+from ..i18n import M_, N_, gettext, say, template_functions
 from ..settings import DEFAULTS
 from ..sqlite import writes_in_this_request
 from ..state import get_state
@@ -63,7 +63,15 @@ def guard_csrf() -> None:
     try:
         validate_csrf(token)
     except ValidationError as exc:
-        abort(400, description=f"{exc.args[0]} Reload the page and submit the form again.")
+        abort(400, description=M_("%(why)s Reload the page and submit the form again.") % {
+            "why": exc.args[0]})
+
+
+# Flask-WTF's own CSRF refusals (English, no catalog of ours): marked so the error page says
+# them in the viewer's language inside the sentence above.
+_CSRF_WORDS = (N_("The CSRF token is missing."), N_("The CSRF session token is missing."),
+               N_("The CSRF token is invalid."), N_("The CSRF token has expired."),
+               N_("The CSRF tokens do not match."))
 
 
 @blueprint.before_request
@@ -73,21 +81,21 @@ def reject_huge_ids() -> None:
     guards: strangers get the login page, not a hint about what exists."""
     for value in (request.view_args or {}).values():
         if isinstance(value, int) and value > MAX_ID:
-            abort(404, description="There is no such object; its number is out of range.")
+            abort(404, description=N_("There is no such object; its number is out of range."))
 
 
 # What an operator is told after each refusal, beyond the exception's own description.
 ERROR_TITLES = {
-    400: "The request could not be used",
-    403: "Not allowed",
-    404: "Not found",
-    405: "Not allowed this way",
+    400: N_("The request could not be used"),
+    403: N_("Not allowed"),
+    404: N_("Not found"),
+    405: N_("Not allowed this way"),
 }
 ERROR_HINTS = {
-    400: "Go back, reload the page and try again.",
-    403: "You can still look at the pages your permissions allow.",
-    404: "The object may have been deleted, or the link is out of date.",
-    405: "Use the buttons on the Billing pages rather than typing the address.",
+    400: N_("Go back, reload the page and try again."),
+    403: N_("You can still look at the pages your permissions allow."),
+    404: N_("The object may have been deleted, or the link is out of date."),
+    405: N_("Use the buttons on the Billing pages rather than typing the address."),
 }
 
 
@@ -103,9 +111,11 @@ def error_page(exc: HTTPException) -> tuple[str | Response, int]:
         return jsonify(error=exc.description or exc.name), code
     context: dict[str, Any] = {
         "code": code,
-        "title": ERROR_TITLES.get(code, exc.name),
-        "description": exc.description or "",
-        "hint": ERROR_HINTS.get(code, ""),
+        # The views abort with English (marked) descriptions; the page says them, the
+        # title and the hint in the viewer's language.
+        "title": gettext(ERROR_TITLES[code]) if code in ERROR_TITLES else exc.name,
+        "description": say(exc.description or ""),
+        "hint": gettext(ERROR_HINTS[code]) if code in ERROR_HINTS else "",
     }
     for layout in (None, DEFAULTS["LM_BILLING_BASE_TEMPLATE"]):
         # Explicit context wins over the context processor's lm_billing_base_template.

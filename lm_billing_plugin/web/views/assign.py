@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
-from ...i18n import gettext
+from ...i18n import N_, gettext
 from ...models import (
     Assignment,
     BillingGroup,
@@ -261,7 +261,7 @@ def unassign() -> Any:
     customer_ids = _int_args([request.form.get("customer_id", "")])
     customer = session.get(Customer, customer_ids[0]) if customer_ids else None
     if customer is None:
-        abort(400, description="Unassign from a customer's page: reload it and try again.")
+        abort(400, description=N_("Unassign from a customer's page: reload it and try again."))
     ids = _int_args(request.form.getlist("assignment_id"))
     if not form.validate_on_submit():
         return _render_customer_detail(session, customer, form, status=400)

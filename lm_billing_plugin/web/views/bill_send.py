@@ -20,7 +20,7 @@ from ...billing.sending import (
     send_outcomes,
     weasyprint_module,
 )
-from ...i18n import gettext
+from ...i18n import N_, gettext
 from ...models import BillRun, Invoice, InvoiceSend, SendRun, SendRunItem, utcnow
 from ...sqlite import writes
 from ...state import get_state
@@ -119,7 +119,7 @@ def _send_in_app(app: Flask, send_run_id: int) -> None:
 def _send_run_or_404(send_run_id: int) -> SendRun:
     run = get_state().session.get(SendRun, send_run_id)
     if run is None:
-        abort(404, description="No such send. Go back to Billing: Customers: Send.")
+        abort(404, description=N_("No such send. Go back to Billing: Customers: Send."))
     return run
 
 

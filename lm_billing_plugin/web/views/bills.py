@@ -203,7 +203,7 @@ def bill_run(bill_run_id: int) -> str:
     session = get_state().session
     run = session.get(BillRun, run_id)
     if run is None:
-        abort(404, description="No such bill run. Go back to Billing: Customers: Bill.")
+        abort(404, description=N_("No such bill run. Go back to Billing: Customers: Bill."))
     result = run_outcomes(run_id)
     if run.dry_run:
         kept = get_state().extras.get(DRY_RUNS_KEY, {}).get(run_id)
@@ -223,7 +223,7 @@ def bill_run(bill_run_id: int) -> str:
 def _invoice_or_404(invoice_id: int) -> Invoice:
     invoice = get_state().session.get(Invoice, invoice_id)
     if invoice is None:
-        abort(404, description="No such invoice. Go back to Billing: Customers: Bill.")
+        abort(404, description=N_("No such invoice. Go back to Billing: Customers: Bill."))
     return invoice
 
 
@@ -244,9 +244,9 @@ def invoice_pdf(invoice_id: int) -> BaseResponse:
     record = _invoice_or_404(invoice_id)
     pdf = render_invoice_pdf(record)
     if pdf is None:
-        abort(404, description="PDF invoices need WeasyPrint: install the plugin with its "
+        abort(404, description=N_("PDF invoices need WeasyPrint: install the plugin with its "
               "[pdf] extra (pip install 'lm-billing-plugin[pdf]') and the pango library "
-              "(Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0), then reload.")
+              "(Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0), then reload."))
     return Response(pdf, mimetype="application/pdf", headers={
         "Content-Disposition": f'inline; filename="invoice-{record.number}.pdf"'})
 
@@ -273,7 +273,7 @@ def invoice_rerun(invoice_id: int) -> BaseResponse:
     record = _invoice_or_404(invoice_id)
     form = RerunForm()
     if not form.validate_on_submit():
-        abort(400, description="The form expired. Reload the invoice and try again.")
+        abort(400, description=N_("The form expired. Reload the invoice and try again."))
     try:
         run_id = rerun_invoice(record.id, actor=actor_name())
     except (InvoiceError, BillRunError) as exc:

@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
 from ...billing import charges as service
-from ...i18n import gettext
+from ...i18n import N_, gettext
 from ...models import AdditionalCharge, BillingGroup, ChargeAssignment, Customer
 from ..access import actor_name, requires
 from ..forms.charges import ChargeForm, ConfirmForm, GroupChargeEndForm, GroupChargeForm
@@ -72,7 +72,7 @@ def charge_new() -> str | Response:
 def _charge_or_404(charge_id: int) -> AdditionalCharge:
     charge = _session().get(AdditionalCharge, charge_id)
     if charge is None:
-        abort(404, description="No such additional charge. Go back to Additional Charges.")
+        abort(404, description=N_("No such additional charge. Go back to Additional Charges."))
     return charge
 
 
@@ -119,7 +119,7 @@ def _group_or_404(group_id: int) -> tuple[BillingGroup, Customer]:
     session = _session()
     group = session.get(BillingGroup, group_id)
     if group is None:
-        abort(404, description="No such billing group. Go back to the customer's page.")
+        abort(404, description=N_("No such billing group. Go back to the customer's page."))
     customer = session.get(Customer, group.customer_id)
     assert customer is not None
     return group, customer
@@ -163,7 +163,7 @@ def group_charge_new(group_id: int) -> str | Response:
 def _group_charge_or_404(group_charge_id: int) -> ChargeAssignment:
     row = _session().get(ChargeAssignment, group_charge_id)
     if row is None:
-        abort(404, description="No such charge on a billing group: it may have been removed.")
+        abort(404, description=N_("No such charge on a billing group: it may have been removed."))
     return row
 
 

@@ -114,7 +114,8 @@ def customers() -> str:
 def _customer_or_404(session: Session, customer_id: int) -> Customer:
     customer = session.get(Customer, customer_id)
     if customer is None:
-        abort(404, description="No such customer: it may have been removed. Go back to Customers.")
+        abort(404, description=N_(
+            "No such customer: it may have been removed. Go back to Customers."))
     return customer
 
 
@@ -407,7 +408,7 @@ def group_edit(group_id: int) -> str | Response:
     session = _session()
     group = session.get(BillingGroup, group_id)
     if group is None:
-        abort(404, description="No such billing group. Go back to the customer's page.")
+        abort(404, description=N_("No such billing group. Go back to the customer's page."))
     customer = _customer_or_404(session, group.customer_id)
     form = GroupForm(obj=group)
     form.plan_id.choices = _plan_choices(session)
@@ -422,7 +423,7 @@ def group_edit(group_id: int) -> str | Response:
             # Nothing was saved: the stored values and their version, to review and redo.
             group = session.get(BillingGroup, group_id)
             if group is None:
-                abort(404, description="No such billing group. Go back to the customer's page.")
+                abort(404, description=N_("No such billing group. Go back to the customer's page."))
             form = GroupForm(formdata=None, obj=group)
             form.plan_id.choices = _plan_choices(session)
             form.plan_id.data = group.plan_id or 0

@@ -22,7 +22,7 @@ from ...billing.invoice_templates import (
 )
 from ...catalog.names import DuplicateName, check_name, conflict_message
 from ...engine.store import is_conflict
-from ...i18n import gettext
+from ...i18n import N_, gettext
 from ...models import Invoice, InvoiceTemplate
 from ..access import actor_name, requires
 from ..forms.charges import InvoiceTemplateForm
@@ -61,8 +61,17 @@ def _preview(session: Session, kind: str, form: InvoiceTemplateForm) -> tuple[st
     try:
         return render_invoice(kind, context, source=form.body.data or ""), True
     except TemplateProblem as exc:
-        form.body.errors = [*form.body.errors, said(exc)]
+        form.body.errors = [*form.body.errors, _problem_words(exc)]
         return "", False
+
+
+def _problem_words(exc: TemplateProblem) -> str:
+    """The template's problem in the viewer's language, its line number kept: the English
+    is ``str(exc)`` byte for byte ("Line 3: ..."), the prefix alone is too short for say()
+    to find, so the line is put back here around the said message."""
+    if not exc.lineno:
+        return said(exc.message)
+    return gettext("Line %(line)s: %(problem)s", line=exc.lineno, problem=said(exc.message))
 
 
 def _edit(kind: str, template: InvoiceTemplate | None) -> Any:
@@ -136,7 +145,7 @@ def _save(
 def invoice_template_new() -> Any:
     kind = request.args.get("kind", "email")
     if kind not in KIND_LABELS:
-        abort(404, description="Templates are of kind email or web.")
+        abort(404, description=N_("Templates are of kind email or web."))
     return _edit(kind, None)
 
 
@@ -144,7 +153,7 @@ def invoice_template_new() -> Any:
 def invoice_template_edit(template_id: int) -> Any:
     template = _session().get(InvoiceTemplate, template_id)
     if template is None:
-        abort(404, description="No such invoice template. Go back to Invoice Templates.")
+        abort(404, description=N_("No such invoice template. Go back to Invoice Templates."))
     return _edit(template.kind, template)
 
 

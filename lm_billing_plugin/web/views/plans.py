@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 from ...catalog.customers import CatalogError
 from ...catalog.plans import save_plan
 from ...engine.versions import ChangedMeanwhile, fields_version
+from ...i18n import N_
 from ...models import (
     BillingGroup,
     HostingPlan,
@@ -77,7 +78,7 @@ def plan_new() -> str | Response:
 def plan_edit(plan_id: int) -> str | Response:
     plan = _session().get(HostingPlan, plan_id)
     if plan is None:
-        abort(404, description="No such hosting plan. Go back to Hosting Plans.")
+        abort(404, description=N_("No such hosting plan. Go back to Hosting Plans."))
     form = PlanForm(obj=plan)
     if not form.is_submitted():
         form.loaded_version.data = fields_version(plan, sorted(PLAN_FIELDS))

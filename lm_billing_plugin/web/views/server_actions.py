@@ -24,7 +24,7 @@ def server_check(server_id: int) -> str | Response:
     server = server_or_404(server_id)
     form = ActionForm()
     if not form.validate_on_submit():
-        flash("The form expired; click Check connection again.", "error")
+        flash(gettext("The form expired; click Check connection again."), "error")
         return redirect(url_for("lm_billing.server_detail", server_id=server_id))
     try:
         connection, logging_report = service.check_server(server.id, actor=actor_name())
@@ -48,7 +48,7 @@ def server_enable_logging(server_id: int) -> Response:
     server = server_or_404(server_id)
     form = ActionForm()
     if not form.validate_on_submit():
-        flash("The form expired; click the button again.", "error")
+        flash(gettext("The form expired; click the button again."), "error")
         return redirect(url_for("lm_billing.server_detail", server_id=server_id))
     try:
         report = service.enable_logging(server.id, actor=actor_name())
@@ -56,7 +56,7 @@ def server_enable_logging(server_id: int) -> Response:
         get_state().session.rollback()
         flash(gettext("Enable Logging was not changed: %(why)s", why=say(exc)), "error")
         return redirect(url_for("lm_billing.server_detail", server_id=server_id))
-    flash(report.message, "message" if report.ok else "error")
+    flash(say(report.message), "message" if report.ok else "error")
     return redirect(url_for("lm_billing.server_detail", server_id=server_id))
 
 
@@ -71,10 +71,10 @@ def server_assign(server_id: int) -> Response:
     if not form.validate_on_submit():
         for errors in form.errors.values():
             for message in errors:
-                flash(f"Nothing was assigned: {message}", "error")
+                flash(gettext("Nothing was assigned: %(why)s", why=say(message)), "error")
         return back
     if not form.list_ids.data:
-        flash("Nothing was assigned: tick at least one list first.", "error")
+        flash(gettext("Nothing was assigned: tick at least one list first."), "error")
         return back
     valid_ids = set(
         session.scalars(
@@ -85,7 +85,7 @@ def server_assign(server_id: int) -> Response:
     )
     list_ids = [i for i in form.list_ids.data if i in valid_ids]
     if not list_ids:
-        flash("Nothing was assigned: the ticked lists are not on this server.", "error")
+        flash(gettext("Nothing was assigned: the ticked lists are not on this server."), "error")
         return back
     from ...catalog import assignment
 
@@ -101,12 +101,14 @@ def server_assign(server_id: int) -> Response:
         flash(gettext("Nothing was assigned: %(why)s", why=gate_words(exc)), "error")
         return back
     group = session.get(BillingGroup, form.group_id.data)
-    flash(
-        f"{created} list(s) assigned to the billing group "
-        f'"{group.name if group else form.group_id.data}"'
-        + (f" ({len(list_ids) - created} had it already)." if created < len(list_ids) else "."),
-        "message",
-    )
+    group_name = group.name if group else str(form.group_id.data)
+    had = len(list_ids) - created
+    if had:
+        flash(gettext('%(count)s list(s) assigned to the billing group "%(group)s" (%(had)s had '
+                      "it already).", count=created, group=group_name, had=had), "message")
+    else:
+        flash(gettext('%(count)s list(s) assigned to the billing group "%(group)s".',
+                      count=created, group=group_name), "message")
     return back
 
 
@@ -125,12 +127,9 @@ def _selected_server_ids(form: ServerSelectionForm) -> list[int]:
     inactive = [row.name for row in rows if not row.active]
     if inactive:
         # A deactivated server only keeps history; reading it again would bill nothing.
-        flash(
-            "Skipped deactivated server(s): "
-            + ", ".join(inactive)
-            + " (kept as billing history; deactivated servers are not validated or synced).",
-            "message",
-        )
+        flash(gettext("Skipped deactivated server(s): %(names)s (kept as billing history; "
+                      "deactivated servers are not validated or synced).",
+                      names=", ".join(inactive)), "message")
     active = {row.id for row in rows if row.active}
     return [i for i in ids if i in active]
 
@@ -157,21 +156,18 @@ def servers_validate() -> Response:
     """Validate All Servers (scope=all) or Validate Selected Servers, in the background."""
     form = ServerSelectionForm()
     if not form.validate_on_submit():
-        return _back_to_servers(
-            "Nothing was started: the form expired or the selection is not valid; try again."
-        )
+        return _back_to_servers(gettext(
+            "Nothing was started: the form expired or the selection is not valid; try again."))
     if request.form.get("scope") == "all":
         if not _any_active_server():
-            return _back_to_servers(
-                'There is no server to validate yet: click "Create New Server" first.'
-            )
+            return _back_to_servers(gettext(
+                'There is no server to validate yet: click "Create New Server" first.'))
         return _start("validate", None)
     ids = _selected_server_ids(form)
     if not ids:
-        return _back_to_servers(
+        return _back_to_servers(gettext(
             "Nothing was validated: tick the servers to validate first "
-            '(or click "Validate All Servers").'
-        )
+            '(or click "Validate All Servers").'))
     return _start("validate", ids)
 
 
@@ -181,9 +177,8 @@ def servers_sync() -> Response:
     start) or Sync Selected Servers, in the background."""
     form = ServerSelectionForm()
     if not form.validate_on_submit():
-        return _back_to_servers(
-            "Nothing was started: the form expired or the selection is not valid; try again."
-        )
+        return _back_to_servers(gettext(
+            "Nothing was started: the form expired or the selection is not valid; try again."))
     if request.form.get("scope") == "all":
         if not _any_active_server():
             return _back_to_servers(gettext(
@@ -191,7 +186,7 @@ def servers_sync() -> Response:
         return _start("sync", None)
     ids = _selected_server_ids(form)
     if not ids:
-        return _back_to_servers("Nothing was synced: tick the servers to sync first.")
+        return _back_to_servers(gettext("Nothing was synced: tick the servers to sync first."))
     return _start("sync", ids)
 
 

@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response
 
 from ...catalog import assignment, terminate
 from ...catalog.customer_checks import CHECK_KINDS, validate_customers
-from ...i18n import gettext
+from ...i18n import N_, gettext
 from ...models import Customer
 from ..access import actor_name, requires
 from ..forms.charges import ConfirmForm, TerminateListsForm
@@ -58,7 +58,8 @@ def customer_delete(customer_id: int) -> Any:
     session = _session()
     customer = session.get(Customer, customer_id)
     if customer is None:
-        abort(404, description="No such customer: it may have been removed. Go back to Customers.")
+        abort(404, description=N_(
+            "No such customer: it may have been removed. Go back to Customers."))
     form = ConfirmForm()
     blockers = terminate.deletion_blockers(session, customer_id)
     if not blockers and form.validate_on_submit():
