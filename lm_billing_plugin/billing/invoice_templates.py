@@ -5,6 +5,9 @@ The sandbox guarantee: a template sees only the invoice data given to it (no con
 Python objects or underscore attributes), may call no method that grows data, and is bounded
 in range() size, value and output length, and render time. Whatever a template does, the
 outcome is its text or a TemplateProblem with a line number: never a 500, never code run.
+
+One module on purpose: the sandbox, its bounds and the built-in templates are one security
+boundary, reviewed in one place.
 """
 
 from __future__ import annotations

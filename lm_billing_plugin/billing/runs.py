@@ -16,6 +16,9 @@ Call inside an app context. Order of the work, and why:
    "already billed" and create nothing.
 
 A dry run does 1-3 and computes every invoice, but stores none (only the run's own record).
+
+One module on purpose: the order of a bill run's steps (above) is its guarantee of whole
+invoices and gapless numbers, so the steps stay together.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ The guarantees, per invoice:
   connection when the old one broke). After three connection failures in a row the rest are
   failed without trying ("the mail server could not be reached").
 - Server answers are stored and logged with the SMTP password taken out.
+
+One module on purpose: the send run, its claims, the in-doubt rule and the mailer guard one
+promise (nobody is mailed twice), which is reviewed in one place.
 """
 
 from __future__ import annotations

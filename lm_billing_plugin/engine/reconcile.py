@@ -23,6 +23,9 @@ Rules users can rely on (documented in the README, tested in tests/test_reconcil
   out, and a billing row of the same name is not taken for missing (it is still on the server).
 * Fingerprints: sha256 of kind + server id + object key for server, site and list problems;
   kind + group id for group-wide rules (their problem rows have no server).
+
+One module on purpose: the pure rules of every problem kind and of a sync's changes, read
+together with their table-driven tests.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@ queries, apply a sync in bulk, upsert problems by fingerprint (the run lease is 
 
 Every function takes the caller's session and does set-based work; the statement count does
 not grow with a server's number of lists. None of them commits.
+
+One module on purpose: every statement that reads or writes one server's inventory and
+problems, so the fixed statement count and the "no commit here" rule are checked in one place.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 deadlines and typed errors for one hosting server; client.py adds the typed commands.
 
 One connection is not thread-safe; use one per thread.
+
+One module on purpose: the address check, the greeting, the password and the reply reader
+are one connection's life, and the SSRF and redaction guarantees are reviewed in one place.
 """
 
 from __future__ import annotations

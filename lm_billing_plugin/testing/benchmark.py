@@ -2,6 +2,9 @@
 
 ``python -m lm_billing_plugin.testing.benchmark`` runs every section;
 ``... benchmark codec`` runs one.
+
+One module on purpose: one script whose sections share the fleet, the floors and the table
+they print (the report pages' figures are in bench_reports.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """A real TCP hosting-server simulator speaking TclPort profile 1, for tests, demos and benchmarks.
 
 It serves a Dataset over threads, can change it live, and can misbehave on purpose (hostile modes).
+
+One module on purpose: the data set, the protocol server and its hostile modes are one
+fake hosting server, and tests and the demo read it as one.
 """
 
 from __future__ import annotations
