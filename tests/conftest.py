@@ -83,9 +83,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 # Every engine a test connected through (apps of build_app, the demo's, the login host's, a
-# test's own) is disposed at the test's end: an idle SQLite connection left for the collector is
-# a ResourceWarning on Python 3.13, an error here, raised in whichever later test the collector
-# happens to run. In-memory SQLite is left alone (disposing it would drop its data).
+# test's own) is disposed at the test's end: an idle connection left for the collector is a
+# ResourceWarning (on Python 3.13 for SQLite too) in whichever later test the collector happens
+# to run, listed in the warnings summary (pyproject.toml). In-memory SQLite is left alone
+# (disposing it would drop its data).
 _ENGINES: weakref.WeakSet[sa.engine.Engine] = weakref.WeakSet()
 
 
