@@ -5,6 +5,10 @@ the fleet- and server-level reports read a row per server instead of one per lis
 ``write_rollup`` is engine.store's: a sync has just read every Usage row of the server and
 month, so it writes the totals it knows (one statement). ``rebuild_rollups`` recomputes them
 set-based from Usage, for writers that insert Usage rows directly (tests, benchmarks, imports).
+
+The same for lists: ``rebuild_list_counts`` keeps models.ListCount (active lists, members and
+the largest list per server and site, what the Plan limits report reads) equal to a server's
+lists; engine.store calls it in the transaction of the sync that wrote them.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..models import Usage, UsageRollup, utcnow
+from ..models import ListCount, MailingList, Usage, UsageRollup, utcnow
 
-__all__ = ["rebuild_rollups", "rollup_select", "write_rollup"]
+__all__ = ["list_count_select", "rebuild_list_counts", "rebuild_rollups", "rollup_select",
+           "write_rollup"]
 
 ROLLUP = cast(sa.Table, UsageRollup.__table__)
 USAGE = cast(sa.Table, Usage.__table__)
@@ -79,3 +84,36 @@ def rebuild_rollups(session: Session, server_ids: Collection[int] | None = None,
     session.execute(ROLLUP.insert().from_select(
         ["server_id", "period", "lists", "messages", "recipients", "bytes", "updated_at"],
         select))
+
+
+# --- counts of active lists per server and site (models.ListCount) ------------------------
+
+COUNT = cast(sa.Table, ListCount.__table__)
+LIST = cast(sa.Table, MailingList.__table__)
+
+
+def list_count_select(lists: Any = LIST) -> sa.Select[Any]:
+    """(server_id, site_name, lists, members, largest) per server and site of the active
+    ``lists`` (the table, or a table clause naming its columns, as the migration does)."""
+    return (
+        sa.select(lists.c.server_id, lists.c.site_name, sa.func.count().label("lists"),
+                  sa.func.coalesce(sa.func.sum(lists.c.members), 0).label("members"),
+                  sa.func.coalesce(sa.func.max(lists.c.members), 0).label("largest"))
+        .where(lists.c.status == "active")
+        .group_by(lists.c.server_id, lists.c.site_name)
+    )
+
+
+def rebuild_list_counts(session: Session, server_ids: Collection[int] | None = None) -> None:
+    """Recompute the list counts (of ``server_ids``, or all) from the lists: two statements,
+    a grouped read of those servers' lists. engine.store calls it for the server whose lists
+    a sync has just written, in that transaction; direct writers (tests, benchmarks) call it
+    themselves. Does not commit."""
+    delete = COUNT.delete()
+    select = list_count_select()
+    if server_ids is not None:
+        delete = delete.where(COUNT.c.server_id.in_(list(server_ids)))
+        select = select.where(LIST.c.server_id.in_(list(server_ids)))
+    session.execute(delete)
+    session.execute(COUNT.insert().from_select(
+        ["server_id", "site_name", "lists", "members", "largest"], select))
