@@ -239,7 +239,13 @@ class Site(Base):
 
 class MailingList(Base):
     __tablename__ = "lm_billing_list"
-    __table_args__ = (sa.UniqueConstraint("server_id", "name"), TABLE_OPTIONS)
+    __table_args__ = (
+        sa.UniqueConstraint("server_id", "name"),
+        # Usage per list for one month sorted by name: a page is the first lists of this
+        # index that have usage that month (reports.usage; 0009), never a sort of the month.
+        sa.Index("ix_lm_billing_list_name_server", "name", "server_id"),
+        TABLE_OPTIONS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"), index=True)

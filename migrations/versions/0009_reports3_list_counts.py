@@ -1,7 +1,8 @@
 """Plan limits at any fleet size (issue 12): lm_billing_list_count, the active lists of each
 server and site — how many, their members, the largest list's — which the Plan limits report
-reads instead of every list. The upgrade fills it from the lists there are, set-based; the
-downgrade drops it.
+reads instead of every list; lm_billing_list indexed by (name, server_id), for Usage per list
+of one month sorted by name. The upgrade fills the counts from the lists there are,
+set-based; the downgrade drops both.
 
 Revision ID: 0009
 Revises: 0008
@@ -60,7 +61,10 @@ def upgrade() -> None:
     )
     op.execute(counts.insert().from_select(
         ["server_id", "site_name", "lists", "members", "largest"], select))
+    op.create_index("ix_lm_billing_list_name_server", "lm_billing_list", ["name", "server_id"],
+                    unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_lm_billing_list_name_server", table_name="lm_billing_list")
     op.drop_table(_TABLE)
