@@ -939,7 +939,8 @@ class ListCount(Base):
     """The active lists of one site of one server (site_name "" = lists in no site): how many,
     their members and the largest list's. What the Plan limits report reads instead of every
     list (reports.limits). Written only in the transaction that writes that server's lists
-    (engine.store.apply_sync; engine.rollup.rebuild_list_counts for anything else), from every
+    (engine.store.apply_sync through engine.rollup.write_list_counts;
+    engine.rollup.rebuild_list_counts for anything else), from every
     list of the server as it is after that write, so a server's rows are wholly old or wholly
     new. A row exists while the site holds an active list."""
 

@@ -246,11 +246,13 @@ def test_syncs_keep_the_counts(make_app: Callable[..., Flask], db_url: str,
         assert counts()[(sid1, "s1")] == (2, 12, 7) and counts()[(sid2, "")] == (1, 10, 10)
         # Created, changed, moved to another site, removed: each written with its lists.
         one.add_list("d", site="s1", members=100)
+        one.add_list("e", site="", members=1)  # a site of the server's with no row yet
         one.set_members("a", 50)
         two.remove_list("y")
         assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)
         assert counts() == recounted()
-        assert counts()[(sid1, "s1")] == (3, 157, 100)
+        assert counts()[(sid1, "s1")] == (3, 157, 100) and counts()[(sid1, "")] == (1, 1, 1)
+        assert counts()[(sid1, "s2")] == (1, 10, 10)  # untouched
         assert (sid2, "s1") not in counts()  # no active list left there: no row
         # An unchanged re-sync leaves them as they are; deleting a server takes its counts.
         assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)

@@ -8,7 +8,8 @@ set-based from Usage, for writers that insert Usage rows directly (tests, benchm
 
 The same for lists: ``rebuild_list_counts`` keeps models.ListCount (active lists, members and
 the largest list per server and site, what the Plan limits report reads) equal to a server's
-lists; engine.store calls it in the transaction of the sync that wrote them.
+lists; engine.store calls ``write_list_counts`` (the same, writing only the rows that
+differ, by key) in the transaction of the sync that wrote them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from ..models import ListCount, MailingList, Usage, UsageRollup, utcnow
 
 __all__ = ["list_count_select", "rebuild_list_counts", "rebuild_rollups", "rollup_select",
-           "write_rollup"]
+           "write_list_counts", "write_rollup"]
 
 ROLLUP = cast(sa.Table, UsageRollup.__table__)
 USAGE = cast(sa.Table, Usage.__table__)
@@ -117,3 +118,34 @@ def rebuild_list_counts(session: Session, server_ids: Collection[int] | None = N
     session.execute(delete)
     session.execute(COUNT.insert().from_select(
         ["server_id", "site_name", "lists", "members", "largest"], select))
+
+
+def write_list_counts(session: Session, server_id: int) -> None:
+    """Set the server's list counts to those of its lists as they are in this transaction
+    (engine.store, after writing them). Two plain reads (no locking read), then only the rows
+    that differ, each by its key: no range of the table is locked, so syncs of other servers
+    writing theirs at the same time never wait for this one (MariaDB's gap locks)."""
+    now = {site: (int(n), int(m), int(big)) for site, n, m, big in session.execute(
+        list_count_select().where(LIST.c.server_id == server_id)
+        .with_only_columns(LIST.c.site_name, sa.func.count(),
+                           sa.func.coalesce(sa.func.sum(LIST.c.members), 0),
+                           sa.func.coalesce(sa.func.max(LIST.c.members), 0)))}
+    was = {site: (n, m, big) for site, n, m, big in session.execute(
+        sa.select(COUNT.c.site_name, COUNT.c.lists, COUNT.c.members, COUNT.c.largest)
+        .where(COUNT.c.server_id == server_id))}
+    gone = [{"b_site": site} for site in was if site not in now]
+    if gone:
+        session.execute(COUNT.delete().where(COUNT.c.server_id == server_id,
+                                             COUNT.c.site_name == sa.bindparam("b_site")), gone)
+    changed = [{"b_site": site, "b_lists": v[0], "b_members": v[1], "b_largest": v[2]}
+               for site, v in now.items() if site in was and was[site] != v]
+    if changed:
+        session.execute(
+            COUNT.update().where(COUNT.c.server_id == server_id,
+                                 COUNT.c.site_name == sa.bindparam("b_site"))
+            .values(lists=sa.bindparam("b_lists"), members=sa.bindparam("b_members"),
+                    largest=sa.bindparam("b_largest")), changed)
+    new = [{"server_id": server_id, "site_name": site, "lists": v[0], "members": v[1],
+            "largest": v[2]} for site, v in now.items() if site not in was]
+    if new:
+        session.execute(COUNT.insert(), new)

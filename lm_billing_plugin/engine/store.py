@@ -51,7 +51,7 @@ from .reconcile import (
     SiteRow,
     rule_problems,
 )
-from .rollup import rebuild_list_counts, write_rollup
+from .rollup import write_list_counts, write_rollup
 
 __all__ = [
     "ELLIPSIS",
@@ -347,7 +347,7 @@ def apply_sync(
         )
     if changes.create_lists or list_updates or changes.remove_lists:
         # The Plan limits report's counts, from the lists as just written (same transaction).
-        rebuild_list_counts(session, [server_id])
+        write_list_counts(session, server_id)
     usage = 0
     if with_usage and inventory.usage_available and inventory.usage:
         usage = _store_usage(session, server_id, inventory, now)
