@@ -243,7 +243,13 @@ class Site(Base):
 
 class MailingList(Base):
     __tablename__ = "lm_billing_list"
-    __table_args__ = (sa.UniqueConstraint("server_id", "name"), TABLE_OPTIONS)
+    __table_args__ = (
+        sa.UniqueConstraint("server_id", "name"),
+        # Usage per list for one month sorted by name: a page is the first lists of this
+        # index that have usage that month (reports.usage; 0009), never a sort of the month.
+        sa.Index("ix_lm_billing_list_name_server", "name", "server_id"),
+        TABLE_OPTIONS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"), index=True)
@@ -933,6 +939,26 @@ class UsageRollup(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ListCount(Base):
+    """The active lists of one site of one server (site_name "" = lists in no site): how many,
+    their members and the largest list's. What the Plan limits report reads instead of every
+    list (reports.limits). Written only in the transaction that writes that server's lists
+    (engine.store.apply_sync through engine.rollup.write_list_counts;
+    engine.rollup.rebuild_list_counts for anything else), from every
+    list of the server as it is after that write, so a server's rows are wholly old or wholly
+    new. A row exists while the site holds an active list."""
+
+    __tablename__ = "lm_billing_list_count"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"),
+                                           primary_key=True, autoincrement=False)
+    site_name: Mapped[str] = mapped_column(NameType(), primary_key=True)
+    lists: Mapped[int] = mapped_column(default=0)
+    members: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    largest: Mapped[int] = mapped_column(default=0)  # members of the largest list
+
+
 __all__ = [
     "ELLIPSIS",
     "KB_CAP",
@@ -956,6 +982,7 @@ __all__ = [
     "InvoiceSequence",
     "InvoiceTemplate",
     "InvoiceUsage",
+    "ListCount",
     "MailingList",
     "Problem",
     "ProblemRun",

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from _pages import count_statements
 from flask import Flask
 
-from lm_billing_plugin.engine.rollup import rebuild_rollups
+from lm_billing_plugin.engine.rollup import rebuild_list_counts, rebuild_rollups
 from lm_billing_plugin.models import (
     Assignment,
     BillingGroup,
@@ -75,6 +75,7 @@ def seed(app: Flask, lists: int = 4, *, servers: int = 2) -> dict[str, Any]:
                           "recipients": 5, "bytes": 5 * 1024})
         s.execute(sa.insert(Usage), usage)
         rebuild_rollups(s)  # written directly: the roll-ups a sync would have written
+        rebuild_list_counts(s)  # and the list counts
         first_of_two = s.scalar(sa.select(sa.func.min(MailingList.id))
                                 .where(MailingList.server_id == ids[1]))
         s.add_all([

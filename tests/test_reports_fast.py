@@ -121,3 +121,18 @@ def test_an_owner_whose_lists_all_moved_away_is_not_a_row(any_db_app: Flask) -> 
         assert [r.owner for r in rows] == ["Globex", report.UNOWNED]
         assert [_figures(r) for r in rows] == _slow(s, q) and total == 2
         s.commit()
+
+
+@pytest.mark.parametrize("sort", ["messages", "name"])
+def test_a_page_past_the_end_shows_the_last_one(make_app: Any, sort: str) -> None:
+    """The per-list pages of one month know their count without rows (from the roll-ups): a
+    page past the end is clamped to the last page, not shown empty."""
+    from test_reports import get, table_rows, text
+
+    app = make_app(LM_BILLING_PAGE_SIZE=10)
+    seed(app, lists=12)  # 24 lists with usage: 3 pages
+    url = f"/billing/reports/usage?by=list&start={THIS:%Y-%m}&sort={sort}"
+    last = table_rows(text(get(app, url + "&page=3")), "lmb-usage")
+    assert len(last) == 4
+    page = text(get(app, url + "&page=99"))
+    assert table_rows(page, "lmb-usage") == last and "Page 3 of 3 (24 in all)" in page

@@ -5,6 +5,11 @@ the fleet- and server-level reports read a row per server instead of one per lis
 ``write_rollup`` is engine.store's: a sync has just read every Usage row of the server and
 month, so it writes the totals it knows (one statement). ``rebuild_rollups`` recomputes them
 set-based from Usage, for writers that insert Usage rows directly (tests, benchmarks, imports).
+
+The same for lists: ``rebuild_list_counts`` keeps models.ListCount (active lists, members and
+the largest list per server and site, what the Plan limits report reads) equal to a server's
+lists; engine.store calls ``write_list_counts`` (the same, writing only the rows that
+differ, by key) in the transaction of the sync that wrote them.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..models import Usage, UsageRollup, utcnow
+from ..models import ListCount, MailingList, Usage, UsageRollup, utcnow
 
-__all__ = ["rebuild_rollups", "rollup_select", "write_rollup"]
+__all__ = ["list_count_select", "rebuild_list_counts", "rebuild_rollups", "rollup_select",
+           "write_list_counts", "write_rollup"]
 
 ROLLUP = cast(sa.Table, UsageRollup.__table__)
 USAGE = cast(sa.Table, Usage.__table__)
@@ -79,3 +85,67 @@ def rebuild_rollups(session: Session, server_ids: Collection[int] | None = None,
     session.execute(ROLLUP.insert().from_select(
         ["server_id", "period", "lists", "messages", "recipients", "bytes", "updated_at"],
         select))
+
+
+# --- counts of active lists per server and site (models.ListCount) ------------------------
+
+COUNT = cast(sa.Table, ListCount.__table__)
+LIST = cast(sa.Table, MailingList.__table__)
+
+
+def list_count_select(lists: Any = LIST) -> sa.Select[Any]:
+    """(server_id, site_name, lists, members, largest) per server and site of the active
+    ``lists`` (the table, or a table clause naming its columns, as the migration does)."""
+    return (
+        sa.select(lists.c.server_id, lists.c.site_name, sa.func.count().label("lists"),
+                  sa.func.coalesce(sa.func.sum(lists.c.members), 0).label("members"),
+                  sa.func.coalesce(sa.func.max(lists.c.members), 0).label("largest"))
+        .where(lists.c.status == "active")
+        .group_by(lists.c.server_id, lists.c.site_name)
+    )
+
+
+def rebuild_list_counts(session: Session, server_ids: Collection[int] | None = None) -> None:
+    """Recompute the list counts (of ``server_ids``, or all) from the lists: two statements,
+    a grouped read of those servers' lists. engine.store calls it for the server whose lists
+    a sync has just written, in that transaction; direct writers (tests, benchmarks) call it
+    themselves. Does not commit."""
+    delete = COUNT.delete()
+    select = list_count_select()
+    if server_ids is not None:
+        delete = delete.where(COUNT.c.server_id.in_(list(server_ids)))
+        select = select.where(LIST.c.server_id.in_(list(server_ids)))
+    session.execute(delete)
+    session.execute(COUNT.insert().from_select(
+        ["server_id", "site_name", "lists", "members", "largest"], select))
+
+
+def write_list_counts(session: Session, server_id: int) -> None:
+    """Set the server's list counts to those of its lists as they are in this transaction
+    (engine.store, after writing them). Two plain reads (no locking read), then only the rows
+    that differ, each by its key: no range of the table is locked, so syncs of other servers
+    writing theirs at the same time never wait for this one (MariaDB's gap locks)."""
+    now = {site: (int(n), int(m), int(big)) for site, n, m, big in session.execute(
+        list_count_select().where(LIST.c.server_id == server_id)
+        .with_only_columns(LIST.c.site_name, sa.func.count(),
+                           sa.func.coalesce(sa.func.sum(LIST.c.members), 0),
+                           sa.func.coalesce(sa.func.max(LIST.c.members), 0)))}
+    was = {site: (n, m, big) for site, n, m, big in session.execute(
+        sa.select(COUNT.c.site_name, COUNT.c.lists, COUNT.c.members, COUNT.c.largest)
+        .where(COUNT.c.server_id == server_id))}
+    gone = [{"b_site": site} for site in was if site not in now]
+    if gone:
+        session.execute(COUNT.delete().where(COUNT.c.server_id == server_id,
+                                             COUNT.c.site_name == sa.bindparam("b_site")), gone)
+    changed = [{"b_site": site, "b_lists": v[0], "b_members": v[1], "b_largest": v[2]}
+               for site, v in now.items() if site in was and was[site] != v]
+    if changed:
+        session.execute(
+            COUNT.update().where(COUNT.c.server_id == server_id,
+                                 COUNT.c.site_name == sa.bindparam("b_site"))
+            .values(lists=sa.bindparam("b_lists"), members=sa.bindparam("b_members"),
+                    largest=sa.bindparam("b_largest")), changed)
+    new = [{"server_id": server_id, "site_name": site, "lists": v[0], "members": v[1],
+            "largest": v[2]} for site, v in now.items() if site not in was]
+    if new:
+        session.execute(COUNT.insert(), new)

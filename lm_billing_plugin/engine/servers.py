@@ -25,6 +25,7 @@ from ..i18n import M_
 from ..models import (
     Assignment,
     AuditEntry,
+    ListCount,
     MailingList,
     Problem,
     ProblemRun,
@@ -542,6 +543,7 @@ def delete_server(server_id: int, *, actor: str) -> str:
     # Children first (foreign keys); audit rows are kept but let go of the server.
     session.execute(sa.update(AuditEntry).where(AuditEntry.server_id == sid).values(server_id=None))
     session.execute(sa.delete(UsageRollup).where(UsageRollup.server_id == sid))
+    session.execute(sa.delete(ListCount).where(ListCount.server_id == sid))
     session.execute(sa.delete(Usage).where(Usage.server_id == sid))
     session.execute(sa.delete(ProblemRun).where(ProblemRun.server_id == sid))
     session.execute(sa.delete(Problem).where(Problem.server_id == sid))

@@ -54,7 +54,7 @@ from .reconcile import (
     SiteRow,
     rule_problems,
 )
-from .rollup import write_rollup
+from .rollup import write_list_counts, write_rollup
 
 __all__ = [
     "ELLIPSIS",
@@ -348,6 +348,9 @@ def apply_sync(
             ),
             [{"b_id": lid} for lid, _name in changes.remove_lists],
         )
+    if changes.create_lists or list_updates or changes.remove_lists:
+        # The Plan limits report's counts, from the lists as just written (same transaction).
+        write_list_counts(session, server_id)
     usage = 0
     if with_usage and inventory.usage_available and inventory.usage:
         usage = _store_usage(session, server_id, inventory, now)

@@ -239,10 +239,11 @@ def _grouped(session: Session, q: UsageQuery, *, with_total: bool) -> sa.Select[
 # column, list_id) — the month's rows are never sorted, whatever the fleet's size — and only
 # that page's rows are joined to their names, owners and plans. The number of rows comes
 # from the roll-ups (their ``lists`` is the count of the month's Usage rows per server). Ties
-# are broken by list id (the index's last column). Other sorts (name, message units, which
+# are broken by list id (the index's last column). Sorted by name, the page is the first
+# lists of the (name, server_id) index that have a row in the month. Message units (which
 # need every row's plan) and ranges of months use the grouped statement.
 
-_INDEXED_SORTS: Final = ("messages", "recipients", "bytes")
+_INDEXED_SORTS: Final = ("messages", "recipients", "bytes", "name")
 
 
 def _list_by_index(q: UsageQuery) -> bool:
@@ -259,16 +260,42 @@ def _list_month_count(session: Session, q: UsageQuery) -> int:
 
 def _list_month_page(session: Session, q: UsageQuery, *, offset: int, limit: int
                      ) -> tuple[list[UsageRow], int]:
-    column = getattr(Usage, q.sort)
-    order = [column.desc(), Usage.list_id.desc()] if q.descending else [
-        column.asc(), Usage.list_id.asc()]
-    picked = (
-        sa.select(Usage.id).where(Usage.period == q.first)
-        .order_by(*order).offset(offset).limit(limit)
-    )
-    if q.server_id is not None:
-        picked = picked.where(Usage.server_id == q.server_id)
+    order: list[Any]
+    if q.sort == "name":
+        # By the list's name, as the grouped statement orders it (name, then server: a name
+        # is unique on its server): the lists' index ix_lm_billing_list_name_server (or, for
+        # one server, its (server_id, name) key) in that order, kept to the lists with a row
+        # this month (EXISTS on the (list_id, period) key) — the month is never sorted.
+        name = MailingList.name.desc() if q.descending else MailingList.name.asc()
+        order = [name, MailingList.server_id.asc()]
+        row_of_list = (sa.select(Usage.id)
+                       .where(Usage.list_id == MailingList.id, Usage.period == q.first)
+                       .correlate(MailingList))
+        picked = (
+            sa.select(row_of_list.scalar_subquery().label("id"),
+                      MailingList.name.label("name"), MailingList.server_id.label("server_id"))
+            .select_from(MailingList)
+            .where(row_of_list.exists())
+            .order_by(*order).offset(offset).limit(limit)
+        )
+        if q.server_id is not None:
+            picked = picked.where(MailingList.server_id == q.server_id)
+    else:
+        column = getattr(Usage, q.sort)
+        order = [column.desc(), Usage.list_id.desc()] if q.descending else [
+            column.asc(), Usage.list_id.asc()]
+        picked = (
+            sa.select(Usage.id).where(Usage.period == q.first)
+            .order_by(*order).offset(offset).limit(limit)
+        )
+        if q.server_id is not None:
+            picked = picked.where(Usage.server_id == q.server_id)
     page_q = picked.subquery("page")
+    if q.sort == "name":
+        # The page's own columns: ordering by the list's would make the planner walk every
+        # list in name order to join the page, instead of the page's rows.
+        order = [page_q.c.name.desc() if q.descending else page_q.c.name.asc(),
+                 page_q.c.server_id.asc()]
     plan = aliased(HostingPlan)
     kb = plan.max_message_size_kb
     per_size = sa.cast(Usage.bytes, sa.Numeric(24, 6)) / (kb * 1024)

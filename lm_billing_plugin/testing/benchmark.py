@@ -1014,6 +1014,15 @@ def bench_bills() -> None:
     print("\nfigures written to bench-results/bills.json")
 
 
+@section("reports")
+def bench_reports_section() -> None:
+    """The Overview and report pages at 1,000 and 500,000 lists (issue 12): minimum and
+    median of 10 rounds a page, and the ratio (``python -m ...testing.bench_reports``)."""
+    from . import bench_reports
+
+    bench_reports.main(["--rounds", "10"])
+
+
 # --- entry point -------------------------------------------------------------------------
 
 

@@ -96,9 +96,11 @@ def usage() -> Any:
         return _usage_csv(query)
     found, page.total = usage_report.usage_page(session, query, offset=page.offset,
                                                 limit=page.size)
-    if not found and page.number > 1 and page.total == 0:
-        # Past the end (a stale bookmark): the count comes with the rows, so ask once more.
-        page.total = usage_report.usage_count(session, query)
+    if not found and page.number > 1:
+        # Past the end (a stale bookmark): the grouped statement's count comes with its rows,
+        # so ask once more (the per-list pages of one month have it from the roll-ups).
+        if page.total == 0:
+            page.total = usage_report.usage_count(session, query)
         clamp(page)
         found, page.total = usage_report.usage_page(session, query, offset=page.offset,
                                                     limit=page.size)
