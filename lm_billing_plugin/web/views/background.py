@@ -11,6 +11,7 @@ from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 
 from ... import audit
+from ...i18n import gettext
 from ...models import TaskRun, TaskState
 from ...schedule.claims import TASK, request_run_now, schedule_summary
 from ...state import get_state
@@ -93,7 +94,7 @@ def background_run_now() -> Response:
     form = RunNowForm()
     back = redirect(url_for("lm_billing.background"))
     if not form.validate_on_submit():
-        flash('The form expired; reload the page and click "Run now" again.', "error")
+        flash(gettext('The form expired; reload the page and click "Run now" again.'), "error")
         return back
     state = get_state()
     session = state.session
@@ -108,20 +109,20 @@ def background_run_now() -> Response:
     )
     session.commit()
     if not state.settings.scheduler_enabled:
-        flash(
+        flash(gettext(
             "The next run is due now, but scheduled validation is disabled "
-            "(LM_BILLING_SCHEDULER_ENABLED is False), so nothing will run until it is enabled.",
+            "(LM_BILLING_SCHEDULER_ENABLED is False), so nothing will run until it is enabled."),
             "error",
         )
     elif busy:
         flash(
-            "A scheduled run is going on now; the next one starts as soon as it ends.",
+            gettext("A scheduled run is going on now; the next one starts as soon as it ends."),
             "message",
         )
     else:
-        flash(
+        flash(gettext(
             "The next scheduled run is due now: a scheduler process starts it within a "
-            'second or two. This page shows it under "Running now".',
+            'second or two. This page shows it under "Running now".'),
             "message",
         )
     return back

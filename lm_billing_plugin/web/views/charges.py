@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
 from ...billing import charges as service
-from ...i18n import N_, gettext
+from ...i18n import N_, gettext, say
 from ...models import AdditionalCharge, BillingGroup, ChargeAssignment, Customer
 from ..access import actor_name, requires
 from ..forms.charges import ChargeForm, ConfirmForm, GroupChargeEndForm, GroupChargeForm
@@ -63,8 +63,8 @@ def charge_new() -> str | Response:
         except service.ChargeInputError as exc:
             _show_errors(form, exc.errors)
         else:
-            flash(f"Additional charge {charge.name} created. Add it to billing groups on "
-                  "their customer's page.")
+            flash(gettext("Additional charge %(name)s created. Add it to billing groups on "
+                          "their customer's page.", name=charge.name))
             return redirect(url_for("lm_billing.charges"))
     return render_template("lm_billing/charge_form.html", form=form, charge=None)
 
@@ -88,7 +88,8 @@ def charge_edit(charge_id: int) -> str | Response:
         except service.ChargeInputError as exc:
             _show_errors(form, exc.errors)
         else:
-            flash(f"Additional charge {form.name.data} saved." if changes else "Nothing changed.")
+            flash(gettext("Additional charge %(name)s saved.", name=form.name.data) if changes
+                  else gettext("Nothing changed."))
             return redirect(url_for("lm_billing.charges"))
     return render_template("lm_billing/charge_form.html", form=form, charge=charge)
 
@@ -152,7 +153,7 @@ def group_charge_new(group_id: int) -> str | Response:
         except service.ChargeInputError as exc:
             _show_errors(form, exc.errors)
         else:
-            flash(f"Additional charge added to billing group {group.name}.")
+            flash(gettext("Additional charge added to billing group %(name)s.", name=group.name))
             return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template(
         "lm_billing/charge_group_form.html", form=form, group=group, customer=customer,
@@ -181,14 +182,14 @@ def group_charge_end(group_charge_id: int) -> Response:
     group_id = row.group_id
     form = GroupChargeEndForm()
     if not form.validate_on_submit():
-        flash("Enter the end date as YYYY-MM-DD.", "error")
+        flash(gettext("Enter the end date as YYYY-MM-DD."), "error")
         return _back_to_customer(group_id)
     try:
         service.end_group_charge(group_charge_id, end=form.end.data, actor=actor_name())
     except service.ChargeInputError as exc:
-        flash(" ".join(m for ms in exc.errors.values() for m in ms), "error")
+        flash(" ".join(say(m) for ms in exc.errors.values() for m in ms), "error")
     else:
-        flash("Charge ended; its history is kept.")
+        flash(gettext("Charge ended; its history is kept."))
     return _back_to_customer(group_id)
 
 

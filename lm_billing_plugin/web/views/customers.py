@@ -142,7 +142,8 @@ def customer_new() -> str | Response:
         except CatalogError as exc:
             _field_error(form, exc, "company")
         else:
-            flash(f"Customer {customer.company} created. Add a billing group for its contract.")
+            flash(gettext("Customer %(name)s created. Add a billing group for its contract.",
+                          name=customer.company))
             return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/customer_form.html", form=form, customer=None)
 
@@ -170,11 +171,12 @@ def customer_edit(customer_id: int) -> str | Response:
             return render_template("lm_billing/customer_form.html", form=form,
                                    customer=customer)
         if action == "customer_deactivate":
-            flash(f"Customer {customer.company} deactivated; their billing history is kept.")
+            flash(gettext("Customer %(name)s deactivated; their billing history is kept.",
+                          name=customer.company))
         elif action:
-            flash(f"Customer {customer.company} saved.")
+            flash(gettext("Customer %(name)s saved.", name=customer.company))
         else:
-            flash("Nothing changed.")
+            flash(gettext("Nothing changed."))
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     if not form.is_submitted():
         form.loaded_version.data = fields_version(customer, sorted(FORM_CUSTOMER_FIELDS))
@@ -397,8 +399,8 @@ def group_new(customer_id: int) -> str | Response:
         except CatalogError as exc:
             _field_error(form, exc, "name")
         else:
-            flash(f"Billing group {group.name} created. Assign the lists, sites or servers "
-                  "it pays for.")
+            flash(gettext("Billing group %(name)s created. Assign the lists, sites or servers "
+                          "it pays for.", name=group.name))
             return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/group_form.html", form=form, customer=customer, group=None)
 
@@ -435,7 +437,8 @@ def group_edit(group_id: int) -> str | Response:
             _field_error(form, exc, "name")
             return render_template("lm_billing/group_form.html", form=form, customer=customer,
                                    group=group)
-        flash(f"Billing group {group.name} saved." if changes else "Nothing changed.")
+        flash(gettext("Billing group %(name)s saved.", name=group.name) if changes
+              else gettext("Nothing changed."))
         return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
     return render_template("lm_billing/group_form.html", form=form, customer=customer, group=group)
 

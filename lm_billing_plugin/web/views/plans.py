@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 from ...catalog.customers import CatalogError
 from ...catalog.plans import save_plan
 from ...engine.versions import ChangedMeanwhile, fields_version
-from ...i18n import N_
+from ...i18n import N_, gettext
 from ...models import (
     BillingGroup,
     HostingPlan,
@@ -61,9 +61,10 @@ def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
         _field_error(form, exc, "name")
         return None
     if not changes:
-        flash("Nothing changed.")
+        flash(gettext("Nothing changed."))
     else:
-        flash(f"Hosting plan {target.name} {'created' if plan is None else 'saved'}.")
+        flash(gettext("Hosting plan %(name)s created.", name=target.name) if plan is None
+              else gettext("Hosting plan %(name)s saved.", name=target.name))
     return redirect(url_for("lm_billing.plans"))
 
 
