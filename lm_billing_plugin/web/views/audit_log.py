@@ -6,8 +6,6 @@ for the count."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
@@ -21,6 +19,7 @@ from werkzeug.wrappers import Response
 from ...i18n import gettext
 from ...models import AdditionalCharge, AuditEntry, BillingGroup, Customer, HostingPlan, Server
 from ...state import get_state
+from ..csvout import csv_stream, text_cell
 from ..forms.audit import ACTION_WORDS, SUBJECT_KINDS, AuditFilterForm
 from ..l10n import iso_utc, viewer_timezone
 from .catalog import _page_size, _search
@@ -130,34 +129,17 @@ def audit_log() -> tuple[str, int]:
                            csv_args=_args(form)), 200
 
 
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # A spreadsheet would run a cell starting with = + - @ as a formula: keep it text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def _csv_lines(rows: Any) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-
-    def flush() -> str:
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
-
-    writer.writerow(CSV_HEADER)
-    yield flush()
-    for r in rows:
-        writer.writerow([
-            iso_utc(r.at), _cell(r.actor), _cell(action_words(r.action)),
-            r.action, _cell(kind_words(r.object_type)) if r.object_type else "",
-            _cell(r.subject if r.subject is not None else
-                  (f"#{r.object_id}" if r.object_id is not None else "")),
-            _cell(r.server), _cell(json.dumps(r.detail or {}, ensure_ascii=False,
-                                              sort_keys=True)),
-        ])
-        yield flush()
+    return csv_stream(CSV_HEADER, (
+        [
+            iso_utc(r.at), text_cell(r.actor), text_cell(action_words(r.action)),
+            r.action, text_cell(kind_words(r.object_type)) if r.object_type else "",
+            text_cell(r.subject if r.subject is not None else
+                      (f"#{r.object_id}" if r.object_id is not None else "")),
+            text_cell(r.server), text_cell(json.dumps(r.detail or {}, ensure_ascii=False,
+                                                      sort_keys=True)),
+        ]
+        for r in rows))
 
 
 def audit_log_csv() -> Any:

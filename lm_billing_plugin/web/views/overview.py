@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, current_app, render_template, request, url_for
 
-from ...i18n import N_, Words, gettext
+from ...i18n import gettext
 from ...models import Server
 from ...reports import overview as figures
 from ...reports.charts import Point, columns, rows
@@ -18,17 +18,7 @@ from ...state import get_state
 from ..l10n import format_number
 from .paging import MAX_ID
 from .problem_summary import KIND_WORDS
-from .servers import STATUS_WORDS
-
-# The report's status buckets (reports.overview.BUCKET_ORDER) as the page says them.
-BUCKET_WORDS = Words({
-    "reachable": N_("reachable"),
-    "refused": N_("refused"),
-    "unreachable": N_("unreachable"),
-    "logging off": N_("logging off"),
-    "not checked": N_("not checked"),
-    "other trouble": N_("other trouble"),
-})
+from .servers import BUCKET_WORDS, STATUS_WORDS
 
 
 def _status(code: str) -> str:

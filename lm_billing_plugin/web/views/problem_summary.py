@@ -3,8 +3,6 @@ each kind means said once, the CSV export of a filter, and the gate's refusal in
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from ...i18n import N_, Words, gettext, say
 from ...models import PROBLEM_KINDS, Problem, Server
+from ..csvout import csv_stream, text_cell
 
 # The Errors page's name of each kind (the gate's refusals use it too).
 KIND_WORDS = Words({
@@ -126,40 +125,20 @@ def summarise(
 CSV_HEADER = ("Server", "Problem", "Kind", "Object type", "Object", "Detail", "Found", "Last seen")
 
 
-def _cell(value: Any) -> str:
-    """A CSV cell a spreadsheet shows as text: a leading =, +, - or @ (a list name can start
-    with anything) would otherwise be read as a formula."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def csv_lines(rows: Iterable[Any], kind_words: Mapping[str, str]) -> Iterator[str]:
     """The header, then one CSV line per (Problem, server name) row, as they come."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-
-    def flush() -> str:
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
-
-    writer.writerow(CSV_HEADER)
-    yield flush()
-    for problem, server_name in rows:
-        writer.writerow(
-            [
-                _cell(server_name or ""),
-                _cell(kind_words.get(problem.kind, problem.kind)),
-                problem.kind,
-                problem.object_type,
-                _cell(problem.object_name),
-                _cell(problem.detail),
-                problem.first_seen_at.isoformat() if problem.first_seen_at else "",
-                problem.last_seen_at.isoformat() if problem.last_seen_at else "",
-            ]
-        )
-        yield flush()
+    return csv_stream(CSV_HEADER, (
+        [
+            text_cell(server_name or ""),
+            text_cell(kind_words.get(problem.kind, problem.kind)),
+            problem.kind,
+            problem.object_type,
+            text_cell(problem.object_name),
+            text_cell(problem.detail),
+            problem.first_seen_at.isoformat() if problem.first_seen_at else "",
+            problem.last_seen_at.isoformat() if problem.last_seen_at else "",
+        ]
+        for problem, server_name in rows))
 
 
 # --- the gate's refusal in page words ------------------------------------------------------

@@ -20,6 +20,7 @@ from ...reports import usage as usage_report
 from ...reports.charts import Point, columns, rows
 from ...reports.periods import add_months, last_months, month_label, months_between, parse_month
 from ...state import get_state
+from ..csvout import text_cell
 from ..l10n import format_number
 from .paging import MAX_ID, clamp, page_from_request
 
@@ -62,12 +63,6 @@ def _server_arg() -> int | None:
 
 def reports() -> str:
     return render_template("lm_billing/reports_index.html")
-
-
-def _csv_cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # Names come from hosting servers: a leading = + - @ would run as a spreadsheet formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def usage() -> Any:
@@ -147,7 +142,7 @@ def _usage_csv(query: usage_report.UsageQuery) -> Response:
             names = {"server": [r.server], "site": [r.server, r.site],
                      "list": [r.server, r.site, r.list], "customer": [r.owner],
                      "group": [r.owner, r.group]}[query.by]
-            writer.writerow([*(_csv_cell(n) for n in names), r.messages, r.recipients,
+            writer.writerow([*(text_cell(n) for n in names), r.messages, r.recipients,
                              r.bytes, r.units])
             if out.tell() > 64_000:
                 yield out.getvalue()

@@ -53,15 +53,16 @@ STATUS_WORDS: dict[str, str] = {
     "error": N_("protocol error"),
     "interrupted": N_("interrupted"),
 }
-# The Overview's status buckets (reports.overview.BUCKET_ORDER) as the pages name them.
-BUCKET_WORDS: dict[str, str] = {
+# The Overview's status buckets (reports.overview.BUCKET_ORDER) as the pages name them
+# (a word table: translated when read; the Overview uses it too).
+BUCKET_WORDS = Words({
     "reachable": N_("reachable"),
     "refused": N_("refused"),
     "unreachable": N_("unreachable"),
     "logging off": N_("logging off"),
     "not checked": N_("not checked"),
     "other trouble": N_("other trouble"),
-}
+})
 STATUS_CLASS: dict[str, str] = {
     "unchecked": "lmb-st-none",
     "ok": "lmb-st-ok",

@@ -30,6 +30,7 @@ from ...sqlite import writes
 from ...state import get_state
 from ...tclport.records import MAX_MATCHES
 from ..access import actor_name, is_allowed, requires
+from ..csvout import text_cell
 from ..forms.utilities import (
     DeleteMembersForm,
     FindAdminForm,
@@ -194,21 +195,14 @@ def delete_run_csv(delete_run_id: int) -> Response:
     writer.writerow(CSV_COLUMNS)
     for d in result.deletions:
         writer.writerow([
-            d.at.isoformat() if d.at else "", _cell(result.actor), _cell(d.server),
-            _cell(d.list), _cell(d.email), d.outcome, d.code or "", _cell(d.message),
+            d.at.isoformat() if d.at else "", text_cell(result.actor), text_cell(d.server),
+            text_cell(d.list), text_cell(d.email), d.outcome, d.code or "", text_cell(d.message),
         ])
     return Response(
         out.getvalue(), mimetype="text/csv",
         headers={"Content-Disposition":
                  f'attachment; filename="deleted-memberships-run-{result.run_id}.csv"'},
     )
-
-
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # A spreadsheet would run a cell starting with = + - @ as a formula; names come from
-    # hosting servers, so they are kept as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def register(blueprint: Blueprint) -> None:
