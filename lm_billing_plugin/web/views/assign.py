@@ -25,13 +25,13 @@ from ..access import actor_name, requires
 from ..forms.catalog import AssignForm, UnassignForm
 from ..said import said
 from .catalog import (
-    _active_assignment,
-    _page_size,
-    _search,
-    _session,
-    _today,
+    active_assignment_clause,
+    billing_day,
+    db_session,
+    page_size,
+    search_clause,
 )
-from .customers import _render_customer_detail
+from .customers import render_customer_detail
 from .paging import MAX_ID, MAX_SEARCH, Page, clamp, order_by, page_from_request
 from .problem_summary import gate_words
 
@@ -76,7 +76,7 @@ def _owners(session: Session, server_id: int, list_ids: list[int]) -> dict[tuple
         .join(Customer, Customer.id == BillingGroup.customer_id)
         .where(
             Assignment.server_id == server_id,
-            _active_assignment(_today()),
+            active_assignment_clause(billing_day()),
             sa.or_(
                 Assignment.object_type != "list",
                 Assignment.list_id.in_(list_ids or [-1]),
@@ -92,7 +92,7 @@ def _owners(session: Session, server_id: int, list_ids: list[int]) -> dict[tuple
 
 @requires("edit")
 def assign() -> Any:
-    session = _session()
+    session = db_session()
     form = AssignForm()
     form.group_id.choices = [
         SelectChoice(0, gettext("— choose a billing group —")),
@@ -210,11 +210,12 @@ def _render_assign(
         if form.group_id.data:
             keep["group_id"] = form.group_id.data
         page = page_from_request(
-            "lm_billing.assign", LIST_SORTS, default_sort="name", size=_page_size(), keep=keep
+            "lm_billing.assign", LIST_SORTS, default_sort="name", size=page_size(), keep=keep
         )
         where: list[Any] = [MailingList.server_id == server.id, MailingList.status == "active"]
         if q:
-            where.append(sa.or_(_search(MailingList.name, q), _search(MailingList.site_name, q)))
+            where.append(sa.or_(search_clause(MailingList.name, q),
+                                search_clause(MailingList.site_name, q)))
         page.total = (
             session.scalar(sa.select(sa.func.count()).select_from(MailingList).where(*where)) or 0
         )
@@ -256,7 +257,7 @@ def _render_assign(
 def unassign() -> Any:
     from ...catalog import assignment
 
-    session = _session()
+    session = db_session()
     form = UnassignForm()
     customer_ids = _int_args([request.form.get("customer_id", "")])
     customer = session.get(Customer, customer_ids[0]) if customer_ids else None
@@ -264,7 +265,7 @@ def unassign() -> Any:
         abort(400, description=N_("Unassign from a customer's page: reload it and try again."))
     ids = _int_args(request.form.getlist("assignment_id"))
     if not form.validate_on_submit():
-        return _render_customer_detail(session, customer, form, status=400)
+        return render_customer_detail(session, customer, form, status=400)
     # Only this customer's assignments: a forged id of another customer must not end theirs.
     own = list(
         session.scalars(
@@ -274,17 +275,17 @@ def unassign() -> Any:
         )
     )
     if not own:
-        return _render_customer_detail(
+        return render_customer_detail(
             session, customer, form, gettext("Tick the assignments to end first."), status=400
         )
     try:
         count = assignment.unassign(own, actor=actor_name(), end=form.end.data)
     except assignment.GateError as exc:
-        return _render_customer_detail(session, customer, form, gate_words(exc), status=409)
+        return render_customer_detail(session, customer, form, gate_words(exc), status=409)
     except assignment.AssignmentError as exc:
         message = gettext("Nothing was unassigned: %(why)s. Reload the page and try again.",
                           why=said(exc))
-        return _render_customer_detail(session, customer, form, message, status=400)
+        return render_customer_detail(session, customer, form, message, status=400)
     flash(gettext("Ended %(count)s assignment(s) of %(customer)s; their history is kept.",
                   count=count, customer=customer.company))
     return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))

@@ -22,7 +22,7 @@ from ...state import get_state
 from ..csvout import csv_stream, text_cell
 from ..forms.audit import ACTION_WORDS, SUBJECT_KINDS, AuditFilterForm
 from ..l10n import iso_utc, viewer_timezone
-from .catalog import _page_size, _search
+from .catalog import page_size, search_clause
 from .paging import clamp, page_from_request
 
 CSV_HEADER = ("When (UTC)", "Who", "Action", "Action code", "Subject kind", "Subject",
@@ -72,14 +72,14 @@ def _filter(form: AuditFilterForm) -> tuple[Any, Any]:
     query, subject = _query()
     where: list[Any] = []
     if form.actor.data:
-        where.append(_search(AuditEntry.actor, form.actor.data.strip()))
+        where.append(search_clause(AuditEntry.actor, form.actor.data.strip()))
     if form.action.data:
         where.append(AuditEntry.action == form.action.data)
     if form.kind.data:
         where.append(AuditEntry.object_type == form.kind.data)
     if form.subject.data:
         text = form.subject.data.strip()
-        where.append(sa.or_(_search(subject, text), _search(Server.name, text)))
+        where.append(sa.or_(search_clause(subject, text), search_clause(Server.name, text)))
     if form.start.data:
         where.append(AuditEntry.at >= _utc_bound(form.start.data, end=False))
     if form.end.data:
@@ -113,7 +113,7 @@ def kind_words(code: str) -> str:
 def audit_log() -> tuple[str, int]:
     form = _form()
     page = page_from_request("lm_billing.audit_log", {"at": AuditEntry.at}, default_sort="at",
-                             size=_page_size(), keep=_args(form))
+                             size=page_size(), keep=_args(form))
     rows: list[Any] = []
     if not form.errors:
         query, order = _filter(form)

@@ -1,5 +1,5 @@
-"""What the catalog pages (customers.py, plans.py, assign.py) share: the editable fields,
-applying a form to a row with an audit diff, search, paging size and today's date."""
+"""What the catalog pages (customers, groups, plans, charges, assign, terminate, audit log)
+share: editable fields, a form applied with an audit diff, search, page size, billing day."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ CUSTOMER_FIELDS = (
     "web_template_id",
 )
 # Select fields whose choice 0 means "none" (stored as NULL).
-_ZERO_IS_NONE = ("plan_id", "email_template_id", "web_template_id")
+ZERO_IS_NONE = ("plan_id", "email_template_id", "web_template_id")
 PLAN_FIELDS = (
     "name",
     "description",
@@ -53,11 +53,11 @@ PLAN_FIELDS = (
 GROUP_FIELDS = ("name", "plan_id", "plan_start", "plan_end")
 
 
-def _session() -> Session:
+def db_session() -> Session:
     return get_state().session
 
 
-def _page_size() -> int:
+def page_size() -> int:
     return get_state().settings.page_size
 
 
@@ -67,7 +67,7 @@ def counted_page(
 ) -> list[Any]:
     """One page of ``model`` rows (``where`` them), each with how many ``counted`` rows
     ``link`` to it, as (row, count); sets the page's total and clamps it first."""
-    session = _session()
+    session = db_session()
     page.total = session.scalar(sa.select(sa.func.count()).select_from(model).where(*where)) or 0
     clamp(page)
     count = sa.select(sa.func.count(counted)).where(link).scalar_subquery()
@@ -82,7 +82,7 @@ def counted_page(
     )
 
 
-def _today() -> date:
+def billing_day() -> date:
     # Today where billing days start (LM_BILLING_BILLING_TIMEZONE).
     return get_state().settings.billing_today()
 
@@ -100,7 +100,7 @@ def _apply(obj: Any, form: Any, names: Iterable[str]) -> dict[str, list[Any]]:
     changes: dict[str, list[Any]] = {}
     for name in names:
         new = getattr(form, name).data
-        if name in _ZERO_IS_NONE and new == 0:
+        if name in ZERO_IS_NONE and new == 0:
             new = None
         old = getattr(obj, name, None)
         if old != new:
@@ -109,7 +109,7 @@ def _apply(obj: Any, form: Any, names: Iterable[str]) -> dict[str, list[Any]]:
     return changes
 
 
-def _field_error(form: Any, exc: CatalogError, default: str) -> None:
+def field_error(form: Any, exc: CatalogError, default: str) -> None:
     """The service's error next to the field it is about (``exc.field``; else ``default``)."""
     field = getattr(form, exc.field or default, None)
     if field is None or not hasattr(field, "errors"):
@@ -121,7 +121,7 @@ def _field_error(form: Any, exc: CatalogError, default: str) -> None:
     field.errors = [*field.errors, message]
 
 
-def _search(column: Any, text: str) -> Any:
+def search_clause(column: Any, text: str) -> Any:
     # lower() on both sides: MariaDB's binary name collation would make LIKE case-sensitive.
     return sa.func.lower(column).contains(text.lower(), autoescape=True)
 
@@ -129,6 +129,6 @@ def _search(column: Any, text: str) -> Any:
 # --- Customers --------------------------------------------------------------------------
 
 
-def _active_assignment(today: date) -> Any:
+def active_assignment_clause(today: date) -> Any:
     # The engine's rule, so pages and billing agree on who pays today (end date exclusive).
     return active_assignment(Assignment.__table__, today)

@@ -16,7 +16,7 @@ from ...models import AdditionalCharge, BillingGroup, ChargeAssignment, Customer
 from ..access import actor_name, requires
 from ..forms.charges import ChargeForm, ConfirmForm, GroupChargeEndForm, GroupChargeForm
 from ..said import said
-from .catalog import _page_size, _session, counted_page
+from .catalog import counted_page, db_session, page_size
 from .paging import page_from_request
 
 CHARGE_SORTS: dict[str, Any] = {
@@ -37,7 +37,7 @@ def _show_errors(form: Any, errors: dict[str, list[str]]) -> None:
 
 def charges() -> str:
     page = page_from_request(
-        "lm_billing.charges", CHARGE_SORTS, default_sort="name", size=_page_size()
+        "lm_billing.charges", CHARGE_SORTS, default_sort="name", size=page_size()
     )
     rows = counted_page(page, AdditionalCharge, CHARGE_SORTS, ChargeAssignment.id,
                         ChargeAssignment.charge_id == AdditionalCharge.id)
@@ -70,7 +70,7 @@ def charge_new() -> str | Response:
 
 
 def _charge_or_404(charge_id: int) -> AdditionalCharge:
-    charge = _session().get(AdditionalCharge, charge_id)
+    charge = db_session().get(AdditionalCharge, charge_id)
     if charge is None:
         abort(404, description=N_("No such additional charge. Go back to Additional Charges."))
     return charge
@@ -117,7 +117,7 @@ def charge_delete(charge_id: int) -> Any:
 
 
 def _group_or_404(group_id: int) -> tuple[BillingGroup, Customer]:
-    session = _session()
+    session = db_session()
     group = session.get(BillingGroup, group_id)
     if group is None:
         abort(404, description=N_("No such billing group. Go back to the customer's page."))
@@ -128,7 +128,7 @@ def _group_or_404(group_id: int) -> tuple[BillingGroup, Customer]:
 
 @requires("edit")
 def group_charge_new(group_id: int) -> str | Response:
-    session = _session()
+    session = db_session()
     group, customer = _group_or_404(group_id)
     form = GroupChargeForm()
     choices = session.execute(
@@ -162,14 +162,14 @@ def group_charge_new(group_id: int) -> str | Response:
 
 
 def _group_charge_or_404(group_charge_id: int) -> ChargeAssignment:
-    row = _session().get(ChargeAssignment, group_charge_id)
+    row = db_session().get(ChargeAssignment, group_charge_id)
     if row is None:
         abort(404, description=N_("No such charge on a billing group: it may have been removed."))
     return row
 
 
 def _back_to_customer(group_id: int) -> Response:
-    group = _session().get(BillingGroup, group_id)
+    group = db_session().get(BillingGroup, group_id)
     customer_id = group.customer_id if group else None
     if customer_id is None:
         return redirect(url_for("lm_billing.customers"))

@@ -34,17 +34,17 @@ from ..forms.audit import ACTION_WORDS
 from ..forms.catalog import CustomerForm, GroupForm, UnassignForm
 from ..forms.versioned import posted_version
 from .catalog import (
-    _ZERO_IS_NONE,
-    _active_assignment,
-    _field_error,
-    _page_size,
-    _search,
-    _session,
-    _today,
-    counted_page,
+    CUSTOMER_FIELDS as FORM_CUSTOMER_FIELDS,
 )
 from .catalog import (
-    CUSTOMER_FIELDS as FORM_CUSTOMER_FIELDS,
+    ZERO_IS_NONE,
+    active_assignment_clause,
+    billing_day,
+    counted_page,
+    db_session,
+    field_error,
+    page_size,
+    search_clause,
 )
 from .paging import MAX_SEARCH, clamp, order_by, page_from_request
 
@@ -92,16 +92,16 @@ def customers() -> str:
         "lm_billing.customers",
         CUSTOMER_SORTS,
         default_sort="company",
-        size=_page_size(),
+        size=page_size(),
         keep={"q": q, "show": show},
     )
     where: list[Any] = []
     if q:
         where.append(
             sa.or_(
-                _search(Customer.company, q),
-                _search(Customer.contact_name, q),
-                _search(Customer.email, q),
+                search_clause(Customer.company, q),
+                search_clause(Customer.contact_name, q),
+                search_clause(Customer.email, q),
             )
         )
     if show != "all":
@@ -135,12 +135,12 @@ def _customer_form(session: Session, customer: Customer | None, *, fresh: bool =
 
 @requires("edit")
 def customer_new() -> str | Response:
-    form = _customer_form(_session(), None)
+    form = _customer_form(db_session(), None)
     if form.validate_on_submit():
         try:
             customer = create_customer(_values(form, FORM_CUSTOMER_FIELDS), actor=actor_name())
         except CatalogError as exc:
-            _field_error(form, exc, "company")
+            field_error(form, exc, "company")
         else:
             flash(gettext("Customer %(name)s created. Add a billing group for its contract.",
                           name=customer.company))
@@ -150,7 +150,7 @@ def customer_new() -> str | Response:
 
 @requires("edit")
 def customer_edit(customer_id: int) -> str | Response:
-    session = _session()
+    session = db_session()
     customer = _customer_or_404(session, customer_id)
     form = _customer_form(session, customer)
     if form.validate_on_submit():
@@ -167,7 +167,7 @@ def customer_edit(customer_id: int) -> str | Response:
             return render_template("lm_billing/customer_form.html", form=form,
                                    customer=customer)
         except CatalogError as exc:
-            _field_error(form, exc, "company")
+            field_error(form, exc, "company")
             return render_template("lm_billing/customer_form.html", form=form,
                                    customer=customer)
         if action == "customer_deactivate":
@@ -185,7 +185,7 @@ def customer_edit(customer_id: int) -> str | Response:
 
 def _values(form: Any, names: Iterable[str]) -> dict[str, Any]:
     values = {name: getattr(form, name).data for name in names}
-    for name in _ZERO_IS_NONE:
+    for name in ZERO_IS_NONE:
         if name in values and values[name] == 0:
             values[name] = None  # "none" is choice 0, stored as NULL
     return values
@@ -229,7 +229,7 @@ def group_totals(session: Session, group_ids: Iterable[int]) -> dict[int, GroupT
     totals = {gid: GroupTotals() for gid in ids}
     if not ids:
         return totals
-    today = _today()
+    today = billing_day()
     columns = (
         Assignment.group_id,
         MailingList.id,
@@ -239,7 +239,7 @@ def group_totals(session: Session, group_ids: Iterable[int]) -> dict[int, GroupT
     )
     where = (
         Assignment.group_id.in_(ids),
-        _active_assignment(today),
+        active_assignment_clause(today),
         MailingList.status == "active",
     )
     # Three plain joins instead of one OR-join, so each uses its index (a group with
@@ -280,7 +280,7 @@ def group_totals(session: Session, group_ids: Iterable[int]) -> dict[int, GroupT
     site_rows = session.execute(
         sa.select(Assignment.group_id, Site.server_id, Site.name)
         .join(Site, Site.id == Assignment.site_id)
-        .where(Assignment.group_id.in_(ids), _active_assignment(today))
+        .where(Assignment.group_id.in_(ids), active_assignment_clause(today))
     ).all()
     for group_id, server_id, name in site_rows:
         per_site[group_id].setdefault((server_id, name), 0)
@@ -298,12 +298,12 @@ ASSIGNMENT_SORTS: dict[str, Any] = {
 
 
 def customer_detail(customer_id: int) -> Any:
-    session = _session()
+    session = db_session()
     customer = _customer_or_404(session, customer_id)
-    return _render_customer_detail(session, customer, UnassignForm(customer_id=str(customer.id)))
+    return render_customer_detail(session, customer, UnassignForm(customer_id=str(customer.id)))
 
 
-def _render_customer_detail(
+def render_customer_detail(
     session: Session,
     customer: Customer,
     unassign_form: UnassignForm,
@@ -322,11 +322,11 @@ def _render_customer_detail(
         "lm_billing.customer_detail",
         ASSIGNMENT_SORTS,
         default_sort="group",
-        size=_page_size(),
+        size=page_size(),
         keep={"ended": "1" if show_ended else ""},
         view_args={"customer_id": customer.id},
     )
-    today = _today()
+    today = billing_day()
     where: list[Any] = [BillingGroup.customer_id == customer.id]
     if not show_ended:
         where.append(sa.or_(Assignment.end_date.is_(None), Assignment.end_date > today))
@@ -389,7 +389,7 @@ def _plan_choices(session: Session) -> list[Any]:
 
 @requires("edit")
 def group_new(customer_id: int) -> str | Response:
-    session = _session()
+    session = db_session()
     customer = _customer_or_404(session, customer_id)
     form = GroupForm()
     form.plan_id.choices = _plan_choices(session)
@@ -397,7 +397,7 @@ def group_new(customer_id: int) -> str | Response:
         try:
             group = create_group(customer, _values(form, GROUP_FIELDS), actor=actor_name())
         except CatalogError as exc:
-            _field_error(form, exc, "name")
+            field_error(form, exc, "name")
         else:
             flash(gettext("Billing group %(name)s created. Assign the lists, sites or servers "
                           "it pays for.", name=group.name))
@@ -407,7 +407,7 @@ def group_new(customer_id: int) -> str | Response:
 
 @requires("edit")
 def group_edit(group_id: int) -> str | Response:
-    session = _session()
+    session = db_session()
     group = session.get(BillingGroup, group_id)
     if group is None:
         abort(404, description=N_("No such billing group. Go back to the customer's page."))
@@ -434,7 +434,7 @@ def group_edit(group_id: int) -> str | Response:
             return render_template("lm_billing/group_form.html", form=form, customer=customer,
                                    group=group)
         except CatalogError as exc:
-            _field_error(form, exc, "name")
+            field_error(form, exc, "name")
             return render_template("lm_billing/group_form.html", form=form, customer=customer,
                                    group=group)
         flash(gettext("Billing group %(name)s saved.", name=group.name) if changes

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import Blueprint, render_template, request
 
 from ...models import Assignment, BillingGroup, Customer, GroupPlan, HostingPlan
-from .catalog import _active_assignment, _page_size, _search, _session, _today
+from .catalog import active_assignment_clause, billing_day, db_session, page_size, search_clause
 from .paging import MAX_SEARCH, clamp, order_by, page_from_request
 
 
@@ -50,7 +50,7 @@ def groups_query(today: Any) -> Any:
             sa.func.sum(sa.case((Assignment.object_type == "server", 1), else_=0))
             .label("servers"),
         )
-        .where(_active_assignment(today))
+        .where(active_assignment_clause(today))
         .group_by(Assignment.group_id)
         .subquery("held")
     )
@@ -77,7 +77,7 @@ def groups_query(today: Any) -> Any:
 def billing_groups() -> str:
     customer_q = request.args.get("customer", "").strip()[:MAX_SEARCH]
     plan_q = request.args.get("plan", "").strip()[:MAX_SEARCH]
-    query = groups_query(_today()).subquery("rows")
+    query = groups_query(billing_day()).subquery("rows")
     sorts: dict[str, Any] = {
         "customer": query.c.company,
         "group": query.c.group_name,
@@ -87,13 +87,13 @@ def billing_groups() -> str:
         "servers": query.c.servers,
     }
     page = page_from_request("lm_billing.billing_groups", sorts, default_sort="customer",
-                             size=_page_size(), keep={"customer": customer_q, "plan": plan_q})
+                             size=page_size(), keep={"customer": customer_q, "plan": plan_q})
     where: list[Any] = []
     if customer_q:
-        where.append(_search(query.c.company, customer_q))
+        where.append(search_clause(query.c.company, customer_q))
     if plan_q:
-        where.append(_search(query.c.plan_name, plan_q))
-    session = _session()
+        where.append(search_clause(query.c.plan_name, plan_q))
+    session = db_session()
     page.total = session.scalar(sa.select(sa.func.count()).select_from(query).where(*where)) or 0
     clamp(page)
     rows = session.execute(

@@ -27,13 +27,13 @@ from ...models import Invoice, InvoiceTemplate
 from ..access import actor_name, requires
 from ..forms.charges import InvoiceTemplateForm
 from ..said import said
-from .catalog import _session
+from .catalog import db_session
 
 PREVIEW_INVOICES = 50
 
 
 def invoice_templates() -> str:
-    session = _session()
+    session = db_session()
     rows = session.execute(
         sa.select(InvoiceTemplate).order_by(InvoiceTemplate.kind, InvoiceTemplate.name)
     ).scalars().all()
@@ -75,7 +75,7 @@ def _problem_words(exc: TemplateProblem) -> str:
 
 
 def _edit(kind: str, template: InvoiceTemplate | None) -> Any:
-    session = _session()
+    session = db_session()
     form = InvoiceTemplateForm(obj=template)
     form.preview_invoice.choices = _preview_choices(session)
     if not form.is_submitted():
@@ -151,7 +151,7 @@ def invoice_template_new() -> Any:
 
 @requires("edit")
 def invoice_template_edit(template_id: int) -> Any:
-    template = _session().get(InvoiceTemplate, template_id)
+    template = db_session().get(InvoiceTemplate, template_id)
     if template is None:
         abort(404, description=N_("No such invoice template. Go back to Invoice Templates."))
     return _edit(template.kind, template)

@@ -21,10 +21,10 @@ from ..forms.catalog import PlanForm
 from ..forms.versioned import posted_version
 from .catalog import (
     PLAN_FIELDS,
-    _field_error,
-    _page_size,
-    _session,
     counted_page,
+    db_session,
+    field_error,
+    page_size,
 )
 from .paging import page_from_request
 
@@ -36,7 +36,7 @@ PLAN_SORTS: dict[str, Any] = {
 
 
 def plans() -> str:
-    page = page_from_request("lm_billing.plans", PLAN_SORTS, default_sort="name", size=_page_size())
+    page = page_from_request("lm_billing.plans", PLAN_SORTS, default_sort="name", size=page_size())
     rows = counted_page(page, HostingPlan, PLAN_SORTS, BillingGroup.id,
                         BillingGroup.plan_id == HostingPlan.id)
     return render_template("lm_billing/plans.html", rows=rows, page=page)
@@ -52,13 +52,13 @@ def _save_plan(form: PlanForm, plan: HostingPlan | None) -> Response | None:
     except ChangedMeanwhile as exc:
         # Nothing was saved: show the stored values (the caller renders this form).
         if plan is not None:
-            _session().refresh(plan)
+            db_session().refresh(plan)
             form.process(formdata=None, obj=plan)
         form.loaded_version.data = exc.current_version
         form.form_errors.append(str(exc))
         return None
     except CatalogError as exc:
-        _field_error(form, exc, "name")
+        field_error(form, exc, "name")
         return None
     if not changes:
         flash(gettext("Nothing changed."))
@@ -77,7 +77,7 @@ def plan_new() -> str | Response:
 
 @requires("edit")
 def plan_edit(plan_id: int) -> str | Response:
-    plan = _session().get(HostingPlan, plan_id)
+    plan = db_session().get(HostingPlan, plan_id)
     if plan is None:
         abort(404, description=N_("No such hosting plan. Go back to Hosting Plans."))
     form = PlanForm(obj=plan)

@@ -15,7 +15,7 @@ from ...models import Customer
 from ..access import actor_name, requires
 from ..forms.charges import ConfirmForm, TerminateListsForm
 from ..said import said
-from .catalog import _session, _today
+from .catalog import billing_day, db_session
 from .paging import MAX_ID
 
 
@@ -55,7 +55,7 @@ def lists_terminate() -> Response:
 
 @requires("edit")
 def customer_delete(customer_id: int) -> Any:
-    session = _session()
+    session = db_session()
     customer = session.get(Customer, customer_id)
     if customer is None:
         abort(404, description=N_(
@@ -77,8 +77,8 @@ def customer_delete(customer_id: int) -> Any:
 
 
 def customer_checks() -> str:
-    today = _today()
-    findings = validate_customers(_session(), today)
+    today = billing_day()
+    findings = validate_customers(db_session(), today)
     return render_template(
         "lm_billing/customer_checks.html", findings=findings, kinds=CHECK_KINDS, today=today
     )
