@@ -660,7 +660,9 @@ def test_database_outage_during_a_run_fails_it_and_the_next_interval_runs(
             runs = _runs(app)
             return runs if len(runs) >= 2 and runs[1].status == "ok" else []
 
-        runs = wait_for("a good run after the outage", after_outage, 10)
+        # Generous: after the outage the failed run's outcome is written late and the pool
+        # reconnects; on a loaded machine that once took longer than 10 s (the full suite).
+        runs = wait_for("a good run after the outage", after_outage, 30)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true'))
