@@ -15,7 +15,7 @@ customer may have it), and sends every other bill. Counted at the mail server pe
 (recipient, invoice): nobody has any bill twice. The dead run is marked interrupted by the
 rerun, and its page says so (not "stalled") and lists the bill in doubt with the guidance.
 
-LM_BILLING_KILL_SEEDS seeds (tests/_kill.py: 2 in the normal suite, 25 in `make stress`);
+LM_BILLING_KILL_SEEDS seeds (tests/_kill.py: 1 in the normal suite, 25 in `make stress`);
 the phase alternates with the seed, k comes from random.Random(seed). SQLite, PostgreSQL and
 (first seed only, for suite time) MariaDB.
 """
