@@ -68,6 +68,13 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "Largest reply body accepted from a hosting server; a larger one is refused unread.",
     ),
     (
+        "LM_BILLING_MAX_READ_BYTES",
+        128 * 1024 * 1024,
+        "Most reply bytes one read of a hosting server (a validate, sync or check) takes in "
+        "all; the reply that would pass it is refused unread and the read fails, nothing "
+        "stored, so one read's memory is bounded whatever a peer sends. 0 = no limit.",
+    ),
+    (
         "LM_BILLING_ALLOWED_NETWORKS",
         (),
         "Networks (CIDRs; list or comma-separated string, e.g. `10.20.0.0/16`) the hosting "
@@ -125,6 +132,22 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "the background pool (for a host's own test suite: no threads, results at once).",
     ),
     (
+        "LM_BILLING_BATCH_PROCESS_APP",
+        "",
+        "The host app as `flask --app` names it (e.g. `portal:create_app()`): the pages', the "
+        "API's and the scheduler's validate/sync batches then run in a process of their own "
+        "(`flask lm-billing run-batch`), so their work never slows the web workers' pages. The "
+        "app it builds must use the same database. Empty: batches run in threads of the "
+        "process that started them.",
+    ),
+    (
+        "LM_BILLING_BATCH_PROCESS_NICE",
+        10,
+        "How much lower the batch process's CPU priority is than the web process's (Unix "
+        "`nice`, 0-19): the pages come first when the cores are busy; a batch takes what they "
+        "leave.",
+    ),
+    (
         "LM_BILLING_NOTIFY_EMAILS",
         (),
         "Addresses mailed when a scheduled run finds new trouble or fails outright.",
@@ -163,7 +186,7 @@ CONFIG: tuple[tuple[str, Any, str], ...] = (
         "LM_BILLING_INVOICE_NUMBER_FORMAT",
         "{year}-{seq:05d}",
         "How invoice numbers are printed: `{year}` and `{seq}` (the year's gapless sequence) "
-        "in Python format syntax.",
+        "in Python format syntax; both are required, as each year's sequence starts at 1.",
     ),
     (
         "LM_BILLING_NOTIFY_BASE_URL",
@@ -267,6 +290,8 @@ class Settings:
     scheduled_sync: bool
     scheduler_autostart: bool
     inline_batches: bool
+    batch_process_app: str
+    batch_process_nice: int
     notify_emails: tuple[str, ...]
     smtp_host: str
     smtp_port: int
@@ -324,8 +349,14 @@ class Settings:
         max_parallel = int(get("LM_BILLING_MAX_PARALLEL"))
         if max_parallel < 1:
             raise ValueError("LM_BILLING_MAX_PARALLEL must be at least 1")
+        nice = int(get("LM_BILLING_BATCH_PROCESS_NICE"))
+        if not 0 <= nice <= 19:
+            raise ValueError(f"LM_BILLING_BATCH_PROCESS_NICE must be between 0 and 19, not {nice}")
         currency = str(get("LM_BILLING_CURRENCY")).strip().upper()
-        if not re.fullmatch(r"[A-Z]{3}", currency):
+        # Babel's currencies are ISO 4217's (billing-cycle.md §3); "ABC" has the shape only.
+        from babel.numbers import list_currencies
+
+        if not re.fullmatch(r"[A-Z]{3}", currency) or currency not in list_currencies():
             raise ValueError(
                 f"LM_BILLING_CURRENCY must be an ISO 4217 code like USD or EUR, not {currency!r}"
             )
@@ -333,15 +364,19 @@ class Settings:
         try:
             one = number_format.format(year=2026, seq=1)
             two = number_format.format(year=2026, seq=2)
+            next_year = number_format.format(year=2027, seq=1)
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
                 f"LM_BILLING_INVOICE_NUMBER_FORMAT {number_format!r} cannot be used ({exc}); "
                 "use {year} and {seq}, e.g. {year}-{seq:05d}"
             ) from None
-        if one == two or len(one) > 40:
+        # Each year's sequence starts at 1 (billing-cycle.md §3), so a number without its year
+        # would repeat every January and the unique number would refuse the year's first
+        # invoice.
+        if one in (two, next_year) or len(one) > 40:
             raise ValueError(
-                f"LM_BILLING_INVOICE_NUMBER_FORMAT {number_format!r} must contain {{seq}} and "
-                "print at most 40 characters"
+                f"LM_BILLING_INVOICE_NUMBER_FORMAT {number_format!r} must contain {{year}} and "
+                "{seq} and print at most 40 characters"
             )
         return cls(
             url_prefix=url_prefix,
@@ -354,6 +389,7 @@ class Settings:
                 read_timeout=float(get("LM_BILLING_READ_TIMEOUT")),
                 operation_timeout=float(get("LM_BILLING_OPERATION_TIMEOUT")),
                 max_reply_bytes=int(get("LM_BILLING_MAX_REPLY_BYTES")),
+                max_read_bytes=int(get("LM_BILLING_MAX_READ_BYTES")),
                 page_size=page_size,
                 max_lists=int(get("LM_BILLING_MAX_LISTS_PER_SERVER")),
                 allowed_networks=parse_networks(get("LM_BILLING_ALLOWED_NETWORKS")),
@@ -368,6 +404,8 @@ class Settings:
             scheduled_sync=_as_bool(get("LM_BILLING_SCHEDULED_SYNC")),
             scheduler_autostart=_as_bool(get("LM_BILLING_SCHEDULER_AUTOSTART")),
             inline_batches=_as_bool(get("LM_BILLING_INLINE_BATCHES")),
+            batch_process_app=str(get("LM_BILLING_BATCH_PROCESS_APP") or "").strip(),
+            batch_process_nice=nice,
             notify_emails=_as_tuple(get("LM_BILLING_NOTIFY_EMAILS")),
             smtp_host=str(get("LM_BILLING_SMTP_HOST")),
             smtp_port=int(get("LM_BILLING_SMTP_PORT")),

@@ -13,9 +13,10 @@ from lm_billing_plugin.testing.load import run_load
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(("backend", "batches_in"),
+                         [("sqlite", "process"), ("sqlite", "threads"), ("postgresql", "process")])
 def test_pages_answer_and_nothing_is_locked_while_two_validations_run(
-    backend: str, tmp_path: Path
+    backend: str, batches_in: str, tmp_path: Path
 ) -> None:
     database = None
     if backend == "postgresql":
@@ -26,7 +27,7 @@ def test_pages_answer_and_nothing_is_locked_while_two_validations_run(
     # Latency on a shared CI machine is too noisy to bound here; `make stress` bounds it.
     report = run_load(database=database, servers=20, users=8, idle_seconds=5.0,
                       load_seconds=45.0, lists=20, max_ratio=float("inf"),
-                      workdir=str(tmp_path))
+                      workdir=str(tmp_path), think=(0.05, 0.3), batches_in=batches_in)
     assert report.requests > 50
     assert report.errors == []
     assert report.lock_errors == 0
@@ -35,3 +36,4 @@ def test_pages_answer_and_nothing_is_locked_while_two_validations_run(
     assert all(b["status"] == "finished" and b["done"] == b["total"] == 20
                for b in report.batches), report.batches
     assert report.problems == []
+    assert report.batches_in == batches_in

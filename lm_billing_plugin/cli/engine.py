@@ -3,15 +3,18 @@ and cron, through the runner's services (the same calls and audit records as the
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 import sqlalchemy as sa
 
-from ..engine import batches, fixes
+from ..engine import batch_process, batches, fixes
 from ..engine import servers as registry
 from ..engine.reconcile import owners
 from ..engine.store import load_snapshot
@@ -138,6 +141,35 @@ def sync_command(names: tuple[str, ...], all_servers: bool, as_json: bool, dry_r
     """Sync servers: validate, then apply every difference (new sites and lists, changed
     lists, removed ones marked removed) and store this month's usage."""
     _batch("sync", names, all_servers, as_json, dry_run)
+
+
+@cli.command("run-batch", epilog=_EXIT_HELP)
+@click.argument("batch_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the whole result to this file as JSON (how a web process "
+              "gets the result of the batch it handed to this command).")
+def run_batch_command(batch_id: int, as_json: bool, record: Path | None) -> None:
+    """Run a queued validate or sync batch (one that a page, the API or the scheduler
+    queued): how LM_BILLING_BATCH_PROCESS_APP runs batches outside the web workers."""
+    expected = os.environ.get(batch_process.DATABASE_ENV)
+    mine = batch_process.database_identity(get_state().db.engine)
+    if expected and expected != mine:
+        fail(f"batch {batch_id} was queued in {expected}, but this app opens {mine}: "
+             "LM_BILLING_BATCH_PROCESS_APP must build an app on the same database")
+    try:
+        result = batches.run_batch(batch_id)
+    except RuntimeError as exc:  # not queued: already run, or no such batch
+        fail(str(exc))
+    if record is not None:
+        partial = record.with_name(record.name + ".partial")
+        partial.write_text(json.dumps(result.as_record()), encoding="utf-8")
+        partial.replace(record)  # whole or absent: the parent never reads half a result
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        _print_batch(result)
+    raise SystemExit(result.exit_code)
 
 
 def _problem_rows(server: str | None, kind: str | None, status: str) -> list[Any]:

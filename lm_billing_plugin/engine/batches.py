@@ -27,7 +27,10 @@ whose steps share its state; the lease is in leases.py, what fixes.py shares in 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
+import itertools
 import logging
 import os
 import socket
@@ -52,6 +55,7 @@ from ..sqlite import writing
 from ..state import get_state
 from ..tclport.client import ClientSettings
 from ..tclport.errors import TclPortError
+from .deletions import sweep_stale_delete_runs
 from .digests import (
     billing_half,
     inputs_digest,
@@ -64,6 +68,7 @@ from .inventory import Inventory, fetch_inventory
 from .leases import (
     LeaseLost,
     claim_server,
+    claim_servers,
     end_unfinished_runs,
     expire_leases,
     hold_lease,
@@ -71,7 +76,7 @@ from .leases import (
     release_server,
     sweep_stale_batches,
 )
-from .parallel import run_parallel
+from .parallel import handed_ahead, run_parallel
 from .reconcile import (
     DATA_KINDS,
     DRIFT_KINDS,
@@ -183,6 +188,30 @@ class BatchResult:
     def to_json(self) -> dict[str, Any]:
         return {"servers": [s.to_json() for s in self.servers]}
 
+    def as_record(self) -> dict[str, Any]:
+        """Every field, JSON-ready: how a batch process hands its result back
+        (:meth:`from_record` rebuilds an equal result)."""
+        servers = []
+        for s in self.servers:
+            fields = dataclasses.asdict(s)
+            fields["validated_at"] = iso(s.validated_at)
+            fields["synced_at"] = iso(s.synced_at)
+            servers.append(fields)
+        return {"batch_id": self.batch_id, "kind": self.kind, "dry_run": self.dry_run,
+                "servers": servers}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> BatchResult:
+        servers = []
+        for fields in record["servers"]:
+            fields = dict(fields)
+            for key in ("validated_at", "synced_at"):
+                if fields[key] is not None:
+                    fields[key] = datetime.fromisoformat(fields[key])
+            servers.append(ServerOutcome(**fields))
+        return cls(int(record["batch_id"]), str(record["kind"]), bool(record["dry_run"]),
+                   servers)
+
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -234,10 +263,13 @@ def create_batch(kind: str, server_ids: Sequence[int] | None, *, actor: str,
     state = get_state()
     session = state.session
     # The next batch cleans up after a process that died mid-batch: expired server leases,
-    # then batches (and their never-started runs) that stopped moving. Both commit.
+    # then batches (and their never-started runs) that stopped moving, and delete runs that
+    # did (so a killed one reads "interrupted" without waiting for another delete run; the
+    # scheduler's batches come here too). Each commits.
     now = utcnow()
     expire_leases(session, now)
     sweep_stale_batches(session, now, state.settings.lease_seconds)
+    sweep_stale_delete_runs(session, state.settings.lease_seconds)
     query = sa.select(Server.id).order_by(Server.name)
     if server_ids is None:
         query = query.where(Server.active.is_(True))
@@ -374,6 +406,17 @@ class _BatchWorker:
         self.fetch = _fetcher(settings)
         # Each fetched inventory's digest, computed in its fetch thread (see digests.py).
         self.digests: dict[int, str] = {}
+        # The targets not yet started, in the order run_parallel starts them; and the ones a
+        # store's commit already claimed (see _claim_ahead).
+        self.unstarted: collections.deque[Target] = collections.deque()
+        self.claimed_ahead: set[int] = set()
+        # A store also claims the next server only on SQLite (one writer, no row locks), where
+        # it saves a commit. On PostgreSQL and MariaDB the store holds its own server's row
+        # lock: claiming another row then could wait on a second batch's store that in turn
+        # claims ours — a deadlock, which would fail a store.
+        self.claim_in_store = session.get_bind().dialect.name == "sqlite"
+        self.started = 0
+        self.total = 0
 
     def run(self, targets: list[Target]) -> list[ServerOutcome]:
         def overran(target: Target) -> ServerOutcome:
@@ -388,6 +431,8 @@ class _BatchWorker:
             self.digests[target.server_id] = inventory_digest(inventory)
             return inventory
 
+        self.unstarted = collections.deque(targets)
+        self.total = len(targets)
         return run_parallel(targets, fetch, workers=self.settings.max_parallel,
                             deadline_seconds=self.settings.server_deadline, start=self._start,
                             finish=self._finish, overran=overran)
@@ -397,6 +442,23 @@ class _BatchWorker:
     def _start(self, target: Target) -> ServerOutcome | None:
         """Claim the server; return an outcome when it must not be fetched."""
         session = self.session
+        while self.unstarted and self.unstarted[0] is not target:
+            self.unstarted.popleft()
+        if self.started and target.server_id not in self.claimed_ahead:
+            # The rest of what run_parallel hands ahead at the start: claimed together, one
+            # commit (the first server had its own claim, so its fetch began at once).
+            window = handed_ahead(self.settings.max_parallel, self.total) - self.started
+            if window > 1:
+                self.claimed_ahead |= self._claim_ahead(utcnow(), window, current=target)
+                self.session.commit()
+        self.started += 1
+        if self.unstarted:
+            self.unstarted.popleft()
+        if target.server_id in self.claimed_ahead:
+            # Claimed (and its run marked running) together with others, or by the previous
+            # server's store commit.
+            self.claimed_ahead.discard(target.server_id)
+            return self._password_failure(target)
         now = utcnow()
         if not claim_server(session, target.server_id, self.owner,
                             self.settings.lease_seconds, now, run_id=target.run_id,
@@ -428,10 +490,40 @@ class _BatchWorker:
                     pid=os.getpid())
         )
         session.commit()
+        return self._password_failure(target)
+
+    def _password_failure(self, target: Target) -> ServerOutcome | None:
         if target.password_error is not None:
             err = TclPortError(target.name, "password", "PASSWORD", target.password_error)
             return self._failed(target, err)
         return None
+
+    def _claim_ahead(self, now: datetime, count: int, *,
+                     current: Target | None = None) -> set[int]:
+        """Claim the next ``count`` servers run_parallel starts (from ``current``, the one
+        being started, or the next unstarted) that are not claimed yet, in the caller's
+        transaction, with one UPDATE for all: a store's, just before its commit, so that one
+        commit stores a server and claims the next (one commit a server instead of two); or
+        the start's, for the servers handed ahead at the beginning. They are fetched right
+        after that commit, as with claims of their own; a taken server is left to
+        :meth:`_start` (which records it as skipped). Returns the ids claimed; the caller
+        marks them claimed only once its commit succeeded."""
+        upcoming = list(itertools.islice(self.unstarted, count))
+        if current is not None and (not upcoming or upcoming[0] is not current):
+            upcoming = [current]
+        wanted = [t for t in upcoming if t.server_id not in self.claimed_ahead]
+        if not wanted:
+            return set()
+        claimed = claim_servers(self.session, [(t.server_id, t.run_id) for t in wanted],
+                                self.owner, self.settings.lease_seconds, now)
+        runs = sorted(t.run_id for t in wanted if t.server_id in claimed)
+        if runs:
+            self.session.execute(
+                sa.update(RUN).where(RUN.c.id.in_(runs))
+                .values(status="running", started_at=now, host=socket.gethostname(),
+                        pid=os.getpid())
+            )
+        return claimed
 
     def _action(self) -> str:
         return "sync_dry_run" if self.dry_run else self.kind
@@ -554,7 +646,7 @@ class _BatchWorker:
             rec = reconcile(snapshot, inv)
             if self.kind == "sync" and self.dry_run:
                 counts = rec.changes.counts()
-                after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv)
+                after = reconcile(apply_to_snapshot(snapshot, rec.changes), inv, synced=True)
                 shown = [(None, f.kind, f.object_name, f.detail) for f in after.problems]
                 outcome.status = target.previous_status
                 outcome.version = target.version
@@ -568,7 +660,7 @@ class _BatchWorker:
                         # ids do not matter to the rules; they are fetched for the digest).
                         left = _with_ids(apply_to_snapshot(snapshot, rec.changes),
                                          *new_row_ids(session, sid, snapshot))
-                        after = reconcile(left, inv)
+                        after = reconcile(left, inv, synced=True)
                 ids: dict[str, int] = {}
                 unique = list({f.fingerprint: f for f in after.problems}.values())
                 # The result may be reused by any run when billing now matches the server;
@@ -602,8 +694,13 @@ class _BatchWorker:
                 values["synced_at"] = now
                 outcome.synced_at = now
             outcome.validated_at = now
+            # The lease goes back in the same UPDATE (hold_lease checked and locked it).
             session.execute(sa.update(SERVER)
-                            .where(SERVER.c.id == sid).values(**values))
+                            .where(SERVER.c.id == sid, SERVER.c.lease_owner == self.owner)
+                            .values(**values, lease_owner=None, lease_expires_at=None,
+                                    lease_run_id=None))
+        else:
+            release_server(session, sid, self.owner, commit=False)
         run_status = "problems" if shown else "ok"
         session.execute(
             sa.update(RUN).where(RUN.c.id == target.run_id).values(
@@ -612,7 +709,6 @@ class _BatchWorker:
                 removed=counts["removed"], problems_open=len(shown), problems_new=new,
             )
         )
-        release_server(session, sid, self.owner, commit=False)
         self._progress(failed=False)
         audit_server(session, self.actor, self._action(), sid, now,
                       {"run_id": target.run_id, "status": run_status, "changes": counts,
@@ -621,7 +717,9 @@ class _BatchWorker:
         outcome.problems = _problem_dicts(
             {"id": pid, "kind": kind, "object_name": name, "detail": detail}
             for pid, kind, name, detail in shown)
+        ahead = self._claim_ahead(utcnow(), 1) if self.claim_in_store else set()
         session.commit()
+        self.claimed_ahead |= ahead
         outcome.changes = counts
         outcome.new_problems = new
         return outcome

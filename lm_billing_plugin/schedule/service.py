@@ -40,7 +40,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..engine import batches
+from ..engine import batch_process, batches
 from ..engine.batches import BatchResult
 from ..engine.leases import lease_owner as owner_id
 from ..models import TaskState, utcnow
@@ -99,6 +99,8 @@ def default_work(request: WorkRequest) -> BatchResult:
     """Validate (or sync) every server through the engine, as the "scheduler" actor."""
     batch_id = batches.create_batch(request.kind, None, actor=ACTOR, dry_run=False)
     request.record_batch(batch_id)
+    if get_state().settings.batch_process_app:
+        return batch_process.run_in_process(batch_id)
     return batches.run_batch(batch_id)
 
 

@@ -11,11 +11,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, abort, current_app, jsonify, render_template, url_for
+from flask import Flask, abort, current_app, jsonify, render_template, url_for
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from ...i18n import N_, Words
+from ...i18n import N_, Words, ngettext
 from ...models import Batch, Problem, Run, Server, utcnow
 from ...sqlite import writes
 from ...state import get_state
@@ -60,11 +60,15 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 
 
 def _run_in_app(app: Flask, batch_id: int) -> None:
-    from ...engine import batches
+    from ...engine import batch_process, batches
 
     with app.app_context(), writes():
         try:
-            batches.run_batch(batch_id)
+            if get_state(app).settings.batch_process_app:
+                # This thread only waits for the batch's own process (see batch_process).
+                batch_process.run_in_process(batch_id)
+            else:
+                batches.run_batch(batch_id)
         except Exception:
             # The batch row keeps the failure (the runner records its runs); the page shows it.
             log.exception("background batch %s failed", batch_id)
@@ -137,6 +141,25 @@ def _batch_or_404(batch_id: int) -> Batch:
     return batch
 
 
+def _progress_sentence(batch: Batch, finished: bool) -> str:
+    """"Running: 3 of 10 servers done, 1 failed." as one translatable sentence: the page
+    shows it and its script puts the JSON's copy in place while the batch runs."""
+    done, total, failed = batch.done, batch.total, batch.failed
+    if finished and failed:
+        return ngettext("Finished: %(done)s of %(num)s server done, %(failed)s failed.",
+                        "Finished: %(done)s of %(num)s servers done, %(failed)s failed.",
+                        total, done=done, failed=failed)
+    if finished:
+        return ngettext("Finished: %(done)s of %(num)s server done.",
+                        "Finished: %(done)s of %(num)s servers done.", total, done=done)
+    if failed:
+        return ngettext("Running: %(done)s of %(num)s server done, %(failed)s failed.",
+                        "Running: %(done)s of %(num)s servers done, %(failed)s failed.",
+                        total, done=done, failed=failed)
+    return ngettext("Running: %(done)s of %(num)s server done.",
+                    "Running: %(done)s of %(num)s servers done.", total, done=done)
+
+
 def _progress(batch: Batch) -> dict[str, Any]:
     session = get_state().session
     runs = session.execute(
@@ -176,6 +199,7 @@ def _progress(batch: Batch) -> dict[str, Any]:
         )
     return {
         "runs": runs,
+        "progress_text": _progress_sentence(batch, finished),
         "finished": finished,
         "stalled": stalled,
         "open_problems": open_problems,
@@ -202,11 +226,7 @@ def batch_json(batch_id: int) -> Response:
             "finished": progress["finished"],
             "open_problems": progress["open_problems"],
             "batch_problems": progress["batch_problems"],
+            "progress_text": progress["progress_text"],
             "url": url_for("lm_billing.batch", batch_id=record.id),
         }
     )
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/batches/<int:batch_id>", "batch", batch)
-    blueprint.add_url_rule("/batches/<int:batch_id>.json", "batch_json", batch_json)
