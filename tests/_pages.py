@@ -4,6 +4,7 @@ and billing rows made directly in the database, and a SQL statement counter."""
 from __future__ import annotations
 
 import contextlib
+import html
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -15,25 +16,45 @@ from flask.testing import FlaskClient
 from lm_billing_plugin.models import BillingGroup, Customer, Server
 from lm_billing_plugin.state import get_state
 
-# Local simulated servers answer at once; a dead one must fail fast.
-FAST_CONFIG: dict[str, Any] = {
-    "LM_BILLING_CONNECT_TIMEOUT": 0.5,
-    "LM_BILLING_READ_TIMEOUT": 1.0,
-    "LM_BILLING_OPERATION_TIMEOUT": 2.0,
-    "LM_BILLING_SERVER_DEADLINE": 10.0,
+# Local simulated servers answer at once and a stopped one refuses at once, so no page test
+# waits for a timeout: they are patient, because a loaded CI machine can leave a simulator
+# thread unscheduled for longer than a short timeout allows.
+PAGES_CONFIG: dict[str, Any] = {
+    "LM_BILLING_CONNECT_TIMEOUT": 10.0,
+    "LM_BILLING_READ_TIMEOUT": 10.0,
+    "LM_BILLING_OPERATION_TIMEOUT": 20.0,
+    "LM_BILLING_SERVER_DEADLINE": 30.0,
 }
+
+
+def _hidden_inputs(client: FlaskClient, url: str) -> dict[str, str]:
+    """The csrf_token and (on an edit page) loaded_version a page renders."""
+    page = client.get(url)
+    assert page.status_code == 200, page.status_code
+    text = page.get_data(as_text=True)
+    found: dict[str, str] = {}
+    for name in ("csrf_token", "loaded_version"):
+        for match in re.finditer(rf'<input[^>]*name="{name}"[^>]*>', text):
+            value = re.search(r'value="([^"]+)"', match.group(0))
+            if value:
+                found.setdefault(name, html.unescape(value.group(1)))
+    return found
 
 
 def csrf(client: FlaskClient, url: str = "/billing/") -> str:
     """A CSRF token as a page renders it (the same one a browser would send back)."""
-    page = client.get(url)
-    assert page.status_code == 200, page.status_code
-    text = page.get_data(as_text=True)
-    for match in re.finditer(r"<input[^>]*csrf_token[^>]*>", text):
-        value = re.search(r'value="([^"]+)"', match.group(0))
-        if value:
-            return value.group(1)
-    raise AssertionError(f"no csrf_token on {url}")
+    token = _hidden_inputs(client, url).get("csrf_token")
+    if token is None:
+        raise AssertionError(f"no csrf_token on {url}")
+    return token
+
+
+def loaded_version(client: FlaskClient, url: str) -> str:
+    """The version an edit page's form carries (hidden ``loaded_version``)."""
+    version = _hidden_inputs(client, url).get("loaded_version")
+    if version is None:
+        raise AssertionError(f"no loaded_version on {url}")
+    return version
 
 
 def post(
@@ -44,8 +65,14 @@ def post(
     token_from: str = "/billing/",
     follow: bool = False,
 ) -> Any:
+    """POST ``data`` with the CSRF token of ``token_from``; when that page is an edit form,
+    also with the version it was loaded with (as a browser sends it back)."""
     form = dict(data or {})
-    form.setdefault("csrf_token", csrf(client, token_from))
+    hidden = _hidden_inputs(client, token_from)
+    if "csrf_token" not in hidden:
+        raise AssertionError(f"no csrf_token on {token_from}")
+    for name, value in hidden.items():
+        form.setdefault(name, value)
     return client.post(url, data=form, follow_redirects=follow)
 
 

@@ -17,6 +17,10 @@ from lm_billing_plugin.tclport.codec import decode_list, encode_request
 # Short timeouts so hostile peers fail fast; the deadline is shorter than the read timeout
 # where a test must prove that the overall deadline (not the per-read timeout) fired.
 FAST = ClientSettings(connect_timeout=0.5, read_timeout=0.4, operation_timeout=0.8)
+# For peers that answer (healthy ones, and ones that answer wrongly at once): a loaded CI
+# machine can leave a simulator thread unscheduled for longer than FAST allows, and a patient
+# timeout costs nothing when the answer comes.
+PATIENT = ClientSettings(connect_timeout=10.0, read_timeout=10.0, operation_timeout=20.0)
 
 
 def fd_count() -> int:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _pages import FAST_CONFIG, add_server, post, text_of
-from _sim import FAST, GREETING, frame
+from _pages import PAGES_CONFIG, add_server, post, text_of
+from _sim import GREETING, PATIENT, frame
 from flask import Flask
 
 from lm_billing_plugin.models import Server
@@ -112,7 +112,7 @@ def net(monkeypatch: pytest.MonkeyPatch) -> Net:
 
 @pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
-    return make_app(**FAST_CONFIG)
+    return make_app(**PAGES_CONFIG)
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_hostile_hosts_are_refused_everywhere_with_no_connect_or_lookup(
         assert "billing never connects there" in expected and "own address" in expected
 
     # The client: refused at the resolve step, before any packet.
-    client = TclPortClient(host, 2021, name="Hostile", settings=FAST)
+    client = TclPortClient(host, 2021, name="Hostile", settings=PATIENT)
     with pytest.raises(TclPortError) as failed:
         client.connect()
     assert (failed.value.code, failed.value.phase) == ("ADDRESS_REFUSED", "resolve")
@@ -260,7 +260,7 @@ def test_ordinary_hosts_are_accepted_without_a_lookup(net: Net, host: str) -> No
 
 def test_a_literal_loopback_host_connects_to_that_address(net: Net, sim: HostSim) -> None:
     net.forget()
-    with TclPortClient("127.0.0.1", sim.port, settings=FAST) as client:
+    with TclPortClient("127.0.0.1", sim.port, settings=PATIENT) as client:
         assert client.server_info().product == "ListManager"
     assert net.connects == [("127.0.0.1", sim.port)]
     assert net.outside() == []
@@ -272,7 +272,7 @@ def test_a_name_is_resolved_once_and_the_checked_address_is_connected(
     net.forget()
     # DNS rebinding: a second lookup would get the metadata address; there is none.
     net.answers["rebind.test"] = [["127.0.0.1"], ["169.254.169.254"]]
-    with TclPortClient("rebind.test", sim.port, settings=FAST) as client:
+    with TclPortClient("rebind.test", sim.port, settings=PATIENT) as client:
         assert client.peer == ("127.0.0.1", sim.port)
     assert net.lookups == ["rebind.test"]
     assert net.connects == [("127.0.0.1", sim.port)]
@@ -281,7 +281,7 @@ def test_a_name_is_resolved_once_and_the_checked_address_is_connected(
 def test_refused_addresses_among_the_resolved_ones_are_skipped(net: Net, sim: HostSim) -> None:
     net.forget()
     net.answers["mixed.test"] = [["169.254.169.254", "::ffff:169.254.169.254", "127.0.0.1"]]
-    with TclPortClient("mixed.test", sim.port, settings=FAST) as client:
+    with TclPortClient("mixed.test", sim.port, settings=PATIENT) as client:
         assert client.connected
     assert net.connects == [("127.0.0.1", sim.port)]
 
@@ -301,7 +301,7 @@ def test_a_name_that_resolves_only_to_refused_addresses_is_not_connected(
     net: Net, answer: list[str], words: str
 ) -> None:
     net.answers["evil.test"] = [answer]
-    client = TclPortClient("evil.test", 2021, name="Evil", settings=FAST)
+    client = TclPortClient("evil.test", 2021, name="Evil", settings=PATIENT)
     with pytest.raises(TclPortError) as failed:
         client.connect()
     assert failed.value.code == "ADDRESS_REFUSED"
@@ -379,7 +379,7 @@ def test_the_app_settings_reach_the_forms_and_the_check(
     make_app: Callable[..., Flask], net: Net, sim: HostSim
 ) -> None:
     net.forget()
-    app = make_app(**FAST_CONFIG, LM_BILLING_ALLOW_LOOPBACK=False)
+    app = make_app(**PAGES_CONFIG, LM_BILLING_ALLOW_LOOPBACK=False)
     web = app.test_client()
     data = {"name": "Here", "host": "127.0.0.1", "port": str(sim.port), "password": ""}
     page = text_of(post(web, "/billing/servers/new", data, token_from="/billing/servers/new"))
@@ -474,7 +474,7 @@ def test_a_peer_that_is_not_a_tclport_is_counted_not_quoted_and_gets_no_password
     banner: bytes,
 ) -> None:
     with RawPeer(banner) as peer:
-        client = TclPortClient("127.0.0.1", peer.port, PASSWORD, settings=FAST)
+        client = TclPortClient("127.0.0.1", peer.port, PASSWORD, settings=PATIENT)
         with pytest.raises(TclPortError) as failed:
             client.connect()
         client.close()
@@ -493,14 +493,14 @@ def test_a_peer_that_is_not_a_tclport_is_counted_not_quoted_and_gets_no_password
 def test_the_password_goes_only_to_a_peer_that_greeted_as_tclport() -> None:
     # Positive control: the same raw server, greeting as a TclPort, does get the auth line.
     with RawPeer(GREETING, then=frame("OK", b"")) as peer:
-        client = TclPortClient("127.0.0.1", peer.port, PASSWORD, settings=FAST)
+        client = TclPortClient("127.0.0.1", peer.port, PASSWORD, settings=PATIENT)
         client.connect()
         client.close()
     assert peer.received.startswith(f"auth {PASSWORD}\n".encode())
     denied = frame("ERR", encode_list(["HOST_DENIED", "127.0.0.1 is not in TCLPORT Hosts"])
                    .encode())
     with RawPeer(denied) as peer, pytest.raises(TclPortError):
-        TclPortClient("127.0.0.1", peer.port, PASSWORD, settings=FAST).connect()
+        TclPortClient("127.0.0.1", peer.port, PASSWORD, settings=PATIENT).connect()
     assert peer.received == b""
     with pytest.raises(RuntimeError, match="before a valid TclPort greeting"):
-        TclPortClient("127.0.0.1", 1, PASSWORD, settings=FAST)._auth(0.0)
+        TclPortClient("127.0.0.1", 1, PASSWORD, settings=PATIENT)._auth(0.0)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _pages import FAST_CONFIG, csrf, plain
+from _pages import PAGES_CONFIG, csrf, plain
 from flask import Flask
 
 from lm_billing_plugin.catalog import assignment, terminate
@@ -177,7 +177,7 @@ def test_a_failure_rolls_back_the_assignment_and_the_problems(
 def test_pages_stop_showing_the_problem_after_the_assign_page(
     make_app: Callable[..., Flask], sim: HostSim
 ) -> None:
-    app = make_app(**FAST_CONFIG)
+    app = make_app(**PAGES_CONFIG)
     client = app.test_client()
     ids = _synced(app, sim)
     server_page = f"/billing/servers/{ids['server']}"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pages import FAST_CONFIG, add_group, add_server
+from _pages import PAGES_CONFIG, add_group, add_server
 from conftest import build_app, skip_or_fail
 from flask import Flask
 from werkzeug.serving import make_server
@@ -41,7 +41,7 @@ HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
 def live(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
     """The host app on a real socket (file SQLite: the server thread and the batch threads
     each have their own connection)."""
-    app = build_app(f"sqlite:///{tmp_path / 'browser.sqlite'}", **FAST_CONFIG)
+    app = build_app(f"sqlite:///{tmp_path / 'browser.sqlite'}", **PAGES_CONFIG)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="browser-app", daemon=True)
     thread.start()
@@ -153,7 +153,7 @@ def test_seed_flow_in_chromium(live: tuple[Flask, str], browser_page: Any) -> No
         page.locator("#assign").get_by_label("Select all rows on this page").check()
         page.get_by_label("Billing group").select_option(label="Acme Hosting: Acme Gold")
         page.get_by_role("button", name="Assign selected lists to this billing group").click()
-        expect(page.locator(".lmb-flash").first).to_contain_text("8 list(s) assigned")
+        expect(page.locator(".lmb-flash").first).to_contain_text("8 lists assigned")
         page.get_by_role("button", name="Sync", exact=True).click()
         expect(page.locator("#lmb-progress")).to_contain_text("Finished: 1 of 1")
         expect(page.get_by_text("Sync was successful: no errors found.")).to_be_visible()
@@ -217,3 +217,36 @@ def test_core_actions_work_without_javascript(live: tuple[Flask, str], browser_p
         expect(page.locator(".lmb-flash").first).to_contain_text("4 fixed")
         expect(page.locator("#lmb-problems")).to_contain_text("list has no owner")
     context.close()
+
+
+def test_what_the_script_writes_is_in_the_page_language(tmp_path: Path,
+                                                         browser_page: Any) -> None:
+    """The select-all label and the running batch's progress, which the script writes, are
+    German on a German page (the script once wrote English over the German sentence)."""
+    from playwright.sync_api import expect
+
+    from lm_billing_plugin.engine import batches
+
+    app = build_app(f"sqlite:///{tmp_path / 'de.sqlite'}", LM_BILLING_DEFAULT_LOCALE="de",
+                    **PAGES_CONFIG)
+    sid = add_server(app, "Queued")
+    with app.app_context():
+        batch_id = batches.create_batch("validate", [sid], actor="test")  # never started
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="browser-de", daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        page = browser_page
+        page.goto(f"{base}/billing/")
+        expect(page.get_by_label("Alle Zeilen dieser Seite auswählen")).to_have_count(1)
+        page.goto(f"{base}/billing/batches/{batch_id}")
+        status = page.locator("#lmb-progress")
+        expect(status).to_have_text("Läuft: 0 von 1 Server erledigt.")
+        page.wait_for_timeout(2500)  # the script has polled the JSON at least once
+        expect(status).to_have_text("Läuft: 0 von 1 Server erledigt.")
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+        shutdown_executor(app)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pages import FAST_CONFIG
+from _pages import PAGES_CONFIG
 from conftest import build_app
 from flask import Flask
 from test_billing_send import Inbox, smtp  # noqa: F401  (fixture)
@@ -57,7 +57,7 @@ def sim() -> Iterator[HostSim]:
 def live(tmp_path: Path, smtp: tuple[Inbox, int]  # noqa: F811
          ) -> Iterator[tuple[Flask, str]]:
     """test_browser's live app, with its mail going to the test's aiosmtpd server."""
-    app = build_app(f"sqlite:///{tmp_path / 'browser.sqlite'}", **FAST_CONFIG, **MAIL_CONFIG,
+    app = build_app(f"sqlite:///{tmp_path / 'browser.sqlite'}", **PAGES_CONFIG, **MAIL_CONFIG,
                     LM_BILLING_SMTP_PORT=smtp[1])
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="browser-app", daemon=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _pages import FAST_CONFIG
+from _pages import PAGES_CONFIG
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -80,7 +80,7 @@ def sim() -> Iterator[HostSim]:
 def edit_app(make_app: Callable[..., Flask], db_url: str) -> Flask:
     # No app context held around the requests: each request gets its own (and its own g,
     # where Flask-WTF keeps the CSRF token), as in a real server.
-    app: Flask = make_app(db_url, **FAST_CONFIG)
+    app: Flask = make_app(db_url, **PAGES_CONFIG)
     return app
 
 
@@ -274,6 +274,13 @@ def test_customer_edit_while_a_sync_runs_keeps_both(edit_app: Flask, sim: HostSi
     assert _fresh(edit_app, Server, sid).synced_at is not None
 
 
+PLAN_FORM = {"name": "Gold", "billing_method": "standard", "monthly_price": "10",
+             **{k: "0" for k in ("max_members", "max_members_per_list", "max_lists",
+                                 "max_lists_per_site", "max_sites", "overage_cpm",
+                                 "included_messages", "max_message_size_kb",
+                                 "monthly_price_per_server", "cost_per_gb", "included_gb")}}
+
+
 def test_second_plan_and_group_edits_are_refused(edit_app: Flask) -> None:
     with ctx(edit_app) as session:
         plan = HostingPlan(name="Gold", monthly_price=10)
@@ -285,12 +292,7 @@ def test_second_plan_and_group_edits_are_refused(edit_app: Flask) -> None:
         session.flush()
         pid, gid = plan.id, group.id
 
-    plan_form = {"name": "Gold", "billing_method": "standard", "monthly_price": "10",
-                 **{k: "0" for k in ("max_members", "max_members_per_list", "max_lists",
-                                     "max_lists_per_site", "max_sites", "overage_cpm",
-                                     "included_messages", "max_message_size_kb",
-                                     "monthly_price_per_server", "cost_per_gb",
-                                     "included_gb")}}
+    plan_form = PLAN_FORM
     alice = Editor(edit_app.test_client(), f"/billing/plans/{pid}/edit")
     bob = Editor(edit_app.test_client(), f"/billing/plans/{pid}/edit")
     alice.open(**plan_form)
@@ -312,3 +314,135 @@ def test_second_plan_and_group_edits_are_refused(edit_app: Flask) -> None:
     assert "This billing group " + CHANGED in page
     assert _value(page, "name") == "Main contract"
     assert _fresh(edit_app, BillingGroup, gid).name == "Main contract"
+
+
+# --- A POST without the form's version (a stale page, a script): refused, never unchecked ---
+
+
+def _plan_and_group(app: Flask) -> tuple[int, int]:
+    with ctx(app) as session:
+        plan = HostingPlan(name="Gold", monthly_price=10)
+        customer = Customer(company="Groups Ltd")
+        session.add_all([plan, customer])
+        session.flush()
+        group = BillingGroup(customer_id=customer.id, name="Main")
+        session.add(group)
+        session.flush()
+        return int(plan.id), int(group.id)
+
+
+def test_every_edit_form_posted_without_its_version_is_refused(
+    edit_app: Flask, sim: HostSim
+) -> None:
+    """The server, customer, hosting plan and billing group forms, each posted with a valid
+    CSRF token and a real change but no ``loaded_version``: the form comes back (200) with
+    "changed by someone else", the stored values and their version; nothing is saved. Saved
+    again with that version (the reviewed form), the change goes through."""
+    sid = _server(edit_app, sim.host, sim.port)
+    cid = _customer(edit_app)
+    pid, gid = _plan_and_group(edit_app)
+    cases: list[tuple[str, str, dict[str, Any], str, str, Any, int]] = [
+        ("server", f"/billing/servers/{sid}/edit",
+         {**SERVER_FORM, "host": sim.host, "port": str(sim.port)}, "comments", "script",
+         Server, sid),
+        ("customer", f"/billing/customers/{cid}/edit", CUSTOMER_FORM, "notes", "script",
+         Customer, cid),
+        ("hosting plan", f"/billing/plans/{pid}/edit", PLAN_FORM, "name", "Platinum",
+         HostingPlan, pid),
+        ("billing group", f"/billing/groups/{gid}/edit", {"name": "Main", "plan_id": "0"},
+         "name", "Script's name", BillingGroup, gid),
+    ]
+    for kind, url, form, field, typed, model, row_id in cases:
+        before = getattr(_fresh(edit_app, model, row_id), field)
+        editor = Editor(edit_app.test_client(), url)
+        editor.open(**form)
+        version = editor.fields.pop("loaded_version")
+        refused = editor.save(**{field: typed})
+        assert refused.status_code == 200, (kind, refused.status_code)
+        page = html.unescape(refused.get_data(as_text=True))
+        assert f"This {kind} {CHANGED}" in page, kind
+        assert getattr(_fresh(edit_app, model, row_id), field) == before, kind
+        # The form shows the stored value (not what was typed) and the current version.
+        assert _value(page, field) != typed, kind
+        assert _hidden(page, "loaded_version") == version, kind
+
+        editor.fields["loaded_version"] = _hidden(page, "loaded_version")
+        saved = editor.save(**{field: typed})
+        assert saved.status_code == 302, (kind, html.unescape(saved.get_data(as_text=True))[:2000])
+        assert str(getattr(_fresh(edit_app, model, row_id), field)) == typed, kind
+
+
+def test_a_server_form_without_its_version_is_refused_after_a_sync_and_the_sync_stays(
+    edit_app: Flask, sim: HostSim
+) -> None:
+    """The page is opened, a sync writes the server's version, status and lists, then the
+    form comes back without ``loaded_version``: refused, the operator's field and the sync's
+    columns as they were; the reviewed save keeps the sync's data too."""
+    sid = _server(edit_app, sim.host, sim.port)
+    editor = Editor(edit_app.test_client(), f"/billing/servers/{sid}/edit")
+    editor.open(**SERVER_FORM, host=sim.host, port=str(sim.port))
+    del editor.fields["loaded_version"]
+    sim.set_version("9.9-sync")
+    assert _sync(edit_app, sid) in (0, 1)  # 1: problems found, still synced
+    synced = _fresh(edit_app, Server, sid)
+    assert synced.version == "9.9-sync" and synced.synced_at is not None
+
+    refused = editor.save(comments="from a stale page")
+    assert refused.status_code == 200
+    page = html.unescape(refused.get_data(as_text=True))
+    assert "This server " + CHANGED in page
+    after = _fresh(edit_app, Server, sid)
+    assert after.comments == "first"
+    assert (after.version, after.synced_at) == ("9.9-sync", synced.synced_at)
+
+    editor.fields["loaded_version"] = _hidden(page, "loaded_version")
+    assert editor.save(comments="reviewed").status_code == 302
+    after = _fresh(edit_app, Server, sid)
+    assert after.comments == "reviewed"
+    assert (after.version, after.synced_at) == ("9.9-sync", synced.synced_at)
+    with ctx(edit_app) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(MailingList)
+                              .where(MailingList.server_id == sid)) == 5
+
+
+# --- The JSON API: If-Match on PATCH /servers/{id} (428 without, 412 when stale) ----------
+
+API = "/billing/api/v1"
+TOKEN = {"Authorization": "Bearer robot"}
+
+
+def test_api_update_needs_if_match_and_a_sync_in_between_makes_it_stale(
+    edit_app: Flask, sim: HostSim
+) -> None:
+    """The API's ETag is of the whole server document (status, version, synced_at
+    included), so a sync between the GET and the PATCH makes the PATCH 412: nothing written,
+    the sync's data kept. Without If-Match it is 428. With the ETag the 412 hands back, the
+    change passes and the sync's data stays."""
+    get_state(edit_app).extension.token_checker(lambda t: "robot" if t == "robot" else None)
+    sid = _server(edit_app, sim.host, sim.port)
+    api = edit_app.test_client()
+    url = f"{API}/servers/{sid}"
+    etag = api.get(url, headers=TOKEN).headers["ETag"]
+
+    missing = api.patch(url, json={"comments": "no if-match"}, headers=TOKEN)
+    assert missing.status_code == 428
+    assert _fresh(edit_app, Server, sid).comments == "first"
+
+    sim.set_version("9.9-sync")
+    assert _sync(edit_app, sid) in (0, 1)  # 1: problems found, still synced
+    synced = _fresh(edit_app, Server, sid)
+    assert synced.version == "9.9-sync"
+
+    stale = api.patch(url, json={"comments": "stale"}, headers={**TOKEN, "If-Match": etag})
+    assert stale.status_code == 412
+    assert stale.get_json()["error"]["code"] == "precondition_failed"
+    assert stale.headers["ETag"] != etag
+    after = _fresh(edit_app, Server, sid)
+    assert after.comments == "first" and after.version == "9.9-sync"
+
+    fresh = api.patch(url, json={"comments": "after re-reading"},
+                      headers={**TOKEN, "If-Match": stale.headers["ETag"]})
+    assert fresh.status_code == 200, fresh.get_json()
+    after = _fresh(edit_app, Server, sid)
+    assert after.comments == "after re-reading"
+    assert (after.version, after.synced_at) == ("9.9-sync", synced.synced_at)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
-from _pages import FAST_CONFIG, add_group, add_server, plain, post, text_of
+from _pages import PAGES_CONFIG, add_group, add_server, plain, post, text_of
 from _sim import closed_port
 from flask import Flask
 from flask.testing import FlaskClient
@@ -24,7 +24,7 @@ from lm_billing_plugin.web.views.runs import shutdown_executor, wait_for_batches
 
 @pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Iterator[Flask]:
-    app = make_app(**FAST_CONFIG)
+    app = make_app(**PAGES_CONFIG)
     yield app
     shutdown_executor(app)
 
@@ -63,7 +63,7 @@ def test_validate_selected_runs_in_background_and_shows_errors(
     sid = add_server(app, "Sim", port=sim.port)
     batch_url = _validate(client, app, sid)
     page = plain(client.get(batch_url))
-    assert "Finished: 1 of 1 server(s) done." in page
+    assert "Finished: 1 of 1 server done." in page
     assert "Errors Were Found, Click Here to Fix" in page
     assert '<meta http-equiv="refresh"' not in page
     data = client.get(batch_url + ".json").get_json()
@@ -83,10 +83,28 @@ def test_a_running_batch_page_refreshes_itself(app: Flask, client: FlaskClient) 
         batch_id = batches.create_batch("validate", [sid], actor="test")
     page = plain(client.get(f"/billing/batches/{batch_id}"))
     assert '<meta http-equiv="refresh" content="2">' in page
-    assert "Running: 0 of 1 server(s) done." in page
-    assert client.get(f"/billing/batches/{batch_id}.json").get_json()["finished"] is False
+    assert "Running: 0 of 1 server done." in page
+    data = client.get(f"/billing/batches/{batch_id}.json").get_json()
+    # The page's script puts this sentence in place while the batch runs: the same words.
+    assert data["finished"] is False and data["progress_text"] == "Running: 0 of 1 server done."
     assert client.get("/billing/batches/999").status_code == 404
     assert client.get("/billing/batches/999.json").status_code == 404
+
+
+def test_the_progress_sentence_is_in_the_page_language(make_app: Callable[..., Flask]) -> None:
+    german = make_app(LM_BILLING_DEFAULT_LOCALE="de", **PAGES_CONFIG)
+    sid = add_server(german, "Queued")
+    from lm_billing_plugin.engine import batches
+
+    with german.app_context():
+        one = batches.create_batch("validate", [sid], actor="test")
+        two = batches.create_batch("validate", [sid, add_server(german, "Other")], actor="test")
+    client = german.test_client()
+    assert client.get(f"/billing/batches/{one}.json").get_json()["progress_text"] == (
+        "Läuft: 0 von 1 Server erledigt.")
+    assert client.get(f"/billing/batches/{two}.json").get_json()["progress_text"] == (
+        "Läuft: 0 von 2 Servern erledigt.")
+    assert "Läuft: 0 von 2 Servern erledigt." in plain(client.get(f"/billing/batches/{two}"))
 
 
 def test_validate_all_and_unreachable_server_shows_failure_not_500(
@@ -96,7 +114,7 @@ def test_validate_all_and_unreachable_server_shows_failure_not_500(
     dead = add_server(app, "Dead", port=closed_port())
     batch_url = _validate(client, app, scope="all")
     page = plain(client.get(batch_url))
-    assert "Finished: 2 of 2 server(s) done, 1 failed." in page
+    assert "Finished: 2 of 2 servers done, 1 failed." in page
     assert "nothing listens on 127.0.0.1" in page
     detail = plain(client.get(f"/billing/servers/{dead}"))
     assert "unreachable" in detail and "Nothing listens on" in detail
@@ -118,7 +136,7 @@ def test_sync_all_servers_syncs_every_active_one_in_one_batch(
     response = post(client, "/billing/servers/sync", {"scope": "all"})
     assert response.status_code == 302 and re.fullmatch(r"/billing/batches/\d+", response.location)
     wait_for_batches(app)
-    assert "Finished: 1 of 1 server(s) done." in plain(client.get(response.location))
+    assert "Finished: 1 of 1 server done." in plain(client.get(response.location))
     with app.app_context():
         batch = get_state(app).session.scalars(sa.select(Batch)).one()
         synced = get_state(app).session.get(Server, sid)
@@ -156,7 +174,7 @@ def test_validate_and_sync_need_a_selection(app: Flask, client: FlaskClient) -> 
     assert "Nothing was synced" in text
     gone = add_server(app, "Gone", active=False)
     text = plain(post(client, "/billing/servers/sync", {"server_ids": str(gone)}, follow=True))
-    assert "Skipped deactivated server(s): Gone" in text and "Nothing was synced" in text
+    assert "Skipped a deactivated server: Gone" in text and "Nothing was synced" in text
     with app.app_context():
         assert get_state(app).session.scalar(sa.select(sa.func.count(Batch.id))) == 0
 
@@ -208,7 +226,7 @@ def test_fix_selected_objects_then_assign_owner_then_sync_clears_errors(
             follow=True,
         )
     )
-    assert '6 list(s) assigned to the billing group "Gold".' in assigned
+    assert '6 lists assigned to the billing group "Gold".' in assigned
     assert "Acme: Gold" in assigned
     sync = post(client, "/billing/servers/sync", {"server_ids": str(sid)})
     wait_for_batches(app)
@@ -377,7 +395,7 @@ def test_filter_by_server_and_kind_and_links_to_solve(app: Flask, client: FlaskC
 
 
 def test_problems_page_paging(make_app: Callable[..., Flask]) -> None:
-    app = make_app(LM_BILLING_PAGE_SIZE=2, **FAST_CONFIG)
+    app = make_app(LM_BILLING_PAGE_SIZE=2, **PAGES_CONFIG)
     client = app.test_client()
     sid = add_server(app, "S")
     with app.app_context():
@@ -399,6 +417,15 @@ def test_problems_page_paging(make_app: Callable[..., Flask]) -> None:
     assert "Page 1 of 3 (5 in all)" in first and "l0" in first and "l2" not in first
     last = plain(client.get("/billing/errors?sort=object&page=9"))
     assert "l4" in last and "Page 3 of 3" in last
+    # Every page in turn, both directions: each problem once, in order (the page's ids are
+    # sorted and cut first, then only their rows are read).
+    for direction, expected in (("asc", [f"l{i}" for i in range(5)]),
+                                ("desc", [f"l{i}" for i in reversed(range(5))])):
+        seen = []
+        for number in (1, 2, 3):
+            text = plain(client.get(f"/billing/errors?sort=object&dir={direction}&page={number}"))
+            seen += dict.fromkeys(re.findall(r"\bl\d\b", text))  # a row names it twice
+        assert seen == expected, (direction, seen)
 
 
 def test_the_password_never_reaches_a_page(app: Flask, client: FlaskClient) -> None:

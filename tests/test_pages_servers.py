@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 import pytest
 import sqlalchemy as sa
 from _pages import (
-    FAST_CONFIG,
+    PAGES_CONFIG,
     add_group,
     add_server,
     count_statements,
@@ -43,7 +43,7 @@ SECRET = "s3cret-Tcl-pw"
 
 @pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
-    return make_app(**FAST_CONFIG)
+    return make_app(**PAGES_CONFIG)
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_banner_links_to_errors_when_problems_are_open(app: Flask, client: Flask
 
 
 def test_sorting_and_paging(make_app: Callable[..., Flask]) -> None:
-    app = make_app(LM_BILLING_PAGE_SIZE=3, **FAST_CONFIG)
+    app = make_app(LM_BILLING_PAGE_SIZE=3, **PAGES_CONFIG)
     client = app.test_client()
     for name, host in (("b", "h3"), ("a", "h2"), ("e", "h1"), ("c", "h5"), ("d", "h4")):
         add_server(app, name, host=host)
@@ -222,7 +222,7 @@ def test_index_statement_count_does_not_grow_with_servers(
 ) -> None:
     counts = []
     for n, count in enumerate((5, 1000)):
-        app = make_app(f"sqlite:///{tmp_path}/count{n}.sqlite", **FAST_CONFIG)
+        app = make_app(f"sqlite:///{tmp_path}/count{n}.sqlite", **PAGES_CONFIG)
         _bulk_servers(app, count)
         client = app.test_client()
         client.get("/billing/")  # warm-up: first-request work is not the page's
@@ -574,7 +574,7 @@ def test_check_on_get_is_not_allowed(app: Flask, client: FlaskClient) -> None:
 def test_detail_shows_lists_with_owner_usage_search_paging_and_escapes_names(
     make_app: Callable[..., Flask],
 ) -> None:
-    app = make_app(LM_BILLING_PAGE_SIZE=4, **FAST_CONFIG)
+    app = make_app(LM_BILLING_PAGE_SIZE=4, **PAGES_CONFIG)
     client = app.test_client()
     sid = add_server(app, "Lists", status="ok")
     gid = add_group(app, "Acme <Ltd>", "Gold")
@@ -647,7 +647,7 @@ def test_detail_history_and_problems(app: Flask, client: FlaskClient) -> None:
 
 
 def test_view_only_user_sees_no_buttons_and_cannot_post(make_app: Callable[..., Flask]) -> None:
-    app = make_app(permission_check=lambda user, action: action == "view", **FAST_CONFIG)
+    app = make_app(permission_check=lambda user, action: action == "view", **PAGES_CONFIG)
     client = app.test_client()
     sid = add_server(app, "Lists")
     text = text_of(client.get("/billing/"))

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
-from _pages import FAST_CONFIG, post, text_of
-from _sim import FAST, GREETING, frame
+from _pages import PAGES_CONFIG, post, text_of
+from _sim import GREETING, PATIENT, frame
 from flask import Flask
 
 from lm_billing_plugin.cli.output import echo, table
@@ -162,7 +162,7 @@ def test_the_client_never_puts_an_echoed_password_in_an_error_or_log(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with EchoPeer(mode) as peer:
-        client = TclPortClient("127.0.0.1", peer.port, password, name="Echo", settings=FAST)
+        client = TclPortClient("127.0.0.1", peer.port, password, name="Echo", settings=PATIENT)
         with pytest.raises(TclPortError) as failed:
             client.connect()
             client.server_info()
@@ -181,7 +181,7 @@ def test_the_client_never_puts_an_echoed_password_in_an_error_or_log(
 def test_a_message_without_the_password_is_still_shown_after_auth() -> None:
     # Withholding is for text that holds the password, not for every server message.
     with EchoPeer("cmd_err") as peer:
-        client = TclPortClient("127.0.0.1", peer.port, "Zq-other", settings=FAST)
+        client = TclPortClient("127.0.0.1", peer.port, "Zq-other", settings=PATIENT)
         client.connect()
         client._password = "not-what-it-echoes"  # the server echoes "Zq-other"
         with pytest.raises(TclPortError) as failed:
@@ -192,7 +192,7 @@ def test_a_message_without_the_password_is_still_shown_after_auth() -> None:
 
 @pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
-    return make_app(**FAST_CONFIG)
+    return make_app(**PAGES_CONFIG)
 
 
 @pytest.mark.parametrize("mode", ["auth_err_line", "auth_odd_code", "auth_header", "cmd_err",
@@ -303,7 +303,7 @@ def test_nothing_a_peer_says_in_reply_to_auth_is_quoted_even_without_the_passwor
                 return reply
 
         with Peer("auth") as peer:
-            client = TclPortClient("127.0.0.1", peer.port, password, settings=FAST)
+            client = TclPortClient("127.0.0.1", peer.port, password, settings=PATIENT)
             with pytest.raises(TclPortError) as failed:
                 client.connect()
             client.close()
@@ -323,7 +323,7 @@ def test_the_public_default_password_withholds_nothing() -> None:
             return frame("ERR", encode_list(["INTERNAL", message]).encode())
 
     with Peer("cmd_err") as peer:
-        client = TclPortClient("127.0.0.1", peer.port, settings=FAST)
+        client = TclPortClient("127.0.0.1", peer.port, settings=PATIENT)
         client.connect()
         with pytest.raises(TclPortError) as failed:
             client.server_info()

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 
 import pytest
-from _pages import FAST_CONFIG, add_server, text_of
+from _pages import PAGES_CONFIG, add_server, text_of
 from flask import Flask
 
 from lm_billing_plugin.reports.overview import BUCKET_ORDER, BUCKET_SLUGS, STATUS_BUCKETS
@@ -30,7 +30,7 @@ def filter_links(page: str) -> dict[str, str]:
 
 @pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
-    app = make_app(LM_BILLING_PAGE_SIZE=2, **FAST_CONFIG)
+    app = make_app(LM_BILLING_PAGE_SIZE=2, **PAGES_CONFIG)
     for name, status in (("ok-a", "ok"), ("ok-b", "ok"), ("ok-c", "ok"), ("denied", "host_denied"),
                          ("badpw", "auth_failed"), ("down", "unreachable"),
                          ("nolog", "logging_off"), ("new", "unchecked"), ("odd", "error")):
@@ -64,7 +64,7 @@ def test_paging_and_sorting_keep_the_filter(app: Flask) -> None:
     first = text_of(client.get("/billing/?status=reachable&sort=name&dir=desc"))
     assert names(first) == ["ok-c", "ok-b"]
     assert "Page 1 of 2 (3 in all)" in first
-    assert "Showing the 3 active server(s) whose status is reachable." in first
+    assert "Showing the 3 active servers whose status is reachable." in first
     assert '<strong aria-current="page">reachable (3)</strong>' in first
     nxt = re.search(r'<a[^>]*href="([^"]+)"[^>]*rel="next"|rel="next"[^>]*href="([^"]+)"', first)
     assert nxt
@@ -93,7 +93,7 @@ def test_a_bad_status_value_is_ignored_with_a_note(app: Flask, value: str) -> No
 
 
 def test_an_empty_bucket_says_so(make_app: Callable[..., Flask]) -> None:
-    app = make_app(**FAST_CONFIG)
+    app = make_app(**PAGES_CONFIG)
     add_server(app, "only", status="ok")
     page = text_of(app.test_client().get("/billing/?status=unreachable"))
     assert "No active server has this status." in page
