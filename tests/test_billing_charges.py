@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _pages import csrf, plain
+from _pages import csrf, loaded_version, plain
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -232,7 +232,8 @@ def test_duplicate_names_refused_on_every_backend(db_app: Flask) -> None:
     token = csrf(client, "/billing/charges/new")
 
     def send(url: str, data: dict[str, str]) -> Any:
-        return client.post(url, data={**data, "csrf_token": token})
+        version = {"loaded_version": loaded_version(client, url)} if url.endswith("/edit") else {}
+        return client.post(url, data={**data, "csrf_token": token, **version})
 
     assert send("/billing/charges/new", charge_form(DUPLICATES[0])).status_code == 302
     for variant in DUPLICATES[1:]:
@@ -375,7 +376,8 @@ def test_backfill_keeps_old_duplicates_and_refuses_new_ones(
     # The old duplicate stays editable under its name; a new one is refused.
     kept = client.post("/billing/customers/2/edit",
                        data={"company": "acme  publishing", "email": "x@y.example",
-                             "csrf_token": token})
+                             "csrf_token": token,
+                             "loaded_version": loaded_version(client, "/billing/customers/2/edit")})
     assert kept.status_code == 302
     refused = client.post("/billing/customers/new",
                           data={"company": "ACME PUBLISHING", "csrf_token": token})

@@ -237,6 +237,89 @@ CASES = [
          (Group("Main", (term(plan(monthly_price=D("10.00"))),), (server(),)),
           Group("Setup", charges=(charge("50.00", recurring=False, start=date(2026, 3, 1)),))),
          (("plan", "10.00"), ("charge", "50.00")), "60.00", consumed=(1,)),
+    # --- rules the second review (docs/billing-conformance.md) found without their own case ---
+    # §1 server > site > list: a site assignment covers its own site's lists only.
+    Case("a site assignment covers only that site's lists: one list line, 5.00",
+         g(term(plan(monthly_price=D("5.00"), bill_by_list=True)),
+           objects=(ObjectAssignment("site", "alpha", OPEN, site="s1"),)),
+         (("plan", "5.00"),), "5.00",
+         lists=(ListUsage("alpha", "in", site="s1"), ListUsage("alpha", "out", site="s2"))),
+    # §2 "No line when zero": 1,000 units over, CPM 0.0040: 1 x 0.004 = 0.004, 0.00 at cents.
+    Case("Standard overage worth less than a cent: no overage line",
+         g(term(plan(monthly_price=D("10.00"), overage_cpm=D("0.0040")))),
+         (("plan", "10.00"),), "10.00", lists=(ListUsage("alpha", "l1", recipients=1000),)),
+    # §2 Bill by List No: "one line Monthly Price x f" per plan assignment, paid lists or not.
+    Case("Bill by List No with no paid object: the plan line 10.00 x 31/31 stays",
+         g(term(plan(monthly_price=D("10.00"))), objects=()), (("plan", "10.00"),), "10.00"),
+    # §1 days = End - Start + 1: 15 Jan..14 Feb 2026 = 17 + 14 = 31 days; plan from 1 Feb:
+    # 14 days, 31.00 x 14/31 = 14.00.
+    Case("a period across a month boundary, 15 Jan-14 Feb: 31 days, plan from 1 Feb 14/31",
+         g(term(plan(monthly_price=D("31.00")), date(2026, 2, 1))), (("plan", "14.00"),),
+         "14.00", period=Period(date(2026, 1, 15), date(2026, 2, 14))),
+    # A one-day period (29 Feb 2028): days = 1, f = 1/1: 29.00.
+    Case("a one-day period, 29 Feb 2028: f = 1/1",
+         g(term(plan(monthly_price=D("29.00")))), (("plan", "29.00"),), "29.00",
+         period=Period(date(2028, 2, 29), date(2028, 2, 29))),
+    # Leap February: a plan ending 28 Feb 2028 is in force 28 of 29 days: 29.00 x 28/29.
+    Case("leap February, plan ends the 28th: 29.00 x 28/29 = 28.00",
+         g(term(plan(monthly_price=D("29.00")), end=date(2028, 2, 28))), (("plan", "28.00"),),
+         "28.00", period=Period(date(2028, 2, 1), date(2028, 2, 29))),
+    # End dates are inclusive: a plan ending 31 March bills all 31 days, one ending the 30th 30.
+    Case("plan ends on the 31st of a 31-day month: 31/31",
+         g(term(plan(monthly_price=D("31.00")), end=date(2026, 3, 31))), (("plan", "31.00"),),
+         "31.00"),
+    Case("plan ends on the 30th of a 31-day month: 31.00 x 30/31 = 30.00",
+         g(term(plan(monthly_price=D("31.00")), end=date(2026, 3, 30))), (("plan", "30.00"),),
+         "30.00"),
+    # A 30-day month: a plan from 30 April is in force 1 of its 30 days.
+    Case("a 30-day month: plan from the 30th, 30.00 x 1/30 = 1.00",
+         g(term(plan(monthly_price=D("30.00")), date(2026, 4, 30))), (("plan", "1.00"),),
+         "1.00", period=Period(date(2026, 4, 1), date(2026, 4, 30))),
+    # §2 negative amounts, half up at cents away from zero: -0.45 x 1/30 = -0.015 -> -0.02;
+    # 10.00 - 0.02 = 9.98.
+    Case("a prorated credit's half cent rounds away from zero: -0.45 x 1/30 = -0.02",
+         g(term(plan(monthly_price=D("10.00"))),
+           charges=(charge("-0.45", recurring=True, prorate=True, start=date(2026, 4, 30)),)),
+         (("plan", "10.00"), ("charge", "-0.02")), "9.98",
+         period=Period(date(2026, 4, 1), date(2026, 4, 30))),
+    # §2 Bandwidth: only servers with a paid object get lines; alpha is Is Free, beta paid:
+    # 20.00 x 31/31; beta's 2 GB - 1 GB included = 1 GB x 0.50 = 0.50.
+    Case("Bandwidth: an Is Free server has no lines, the paid one 20.00 and 0.50",
+         g(term(plan(billing_method="bandwidth", monthly_price_per_server=D("20.00"),
+                     included_gb=D("1"), cost_per_gb=D("0.50"))),
+           objects=(server("alpha", free=True), server("beta"))),
+         (("server", "20.00"), ("bandwidth", "0.50")), "20.50",
+         lists=(ListUsage("alpha", "a1", bytes=9 * 10**9), ListUsage("beta", "b1",
+                                                                      bytes=2 * 10**9))),
+    # §2 overage "over the group's paid lists together" (Bill by List No): 600 + 600 = 1,200
+    # units, 1,000 included: 200 / 1,000 x 5.00 = 1.00; per list it would be nothing.
+    Case("Bill by List No pools the allowance: (600 + 600 - 1,000) / 1,000 x 5.00 = 1.00",
+         g(term(plan(included_messages=1000, overage_cpm=D("5.00")))),
+         (("plan", "0.00"), ("overage", "1.00")), "1.00",
+         lists=(ListUsage("alpha", "l1", recipients=600), ListUsage("alpha", "l2",
+                                                                   recipients=600))),
+    Case("Bill by List Yes allows each list its own: 600 and 600 under 1,000 each, no overage",
+         g(term(plan(included_messages=1000, overage_cpm=D("5.00"), bill_by_list=True))),
+         (("plan", "0.00"), ("plan", "0.00")), "0.00",
+         lists=(ListUsage("alpha", "l1", recipients=600), ListUsage("alpha", "l2",
+                                                                   recipients=600))),
+    # §2 recurring, not proratable, across a month boundary: one day (14 Feb) of 15 Jan..14 Feb
+    # overlaps: the whole 12.00.
+    Case("recurring, not proratable, overlapping one day of a cross-month period: 12.00",
+         g(term(plan()), charges=(charge("12.00", recurring=True, start=date(2026, 2, 14)),)),
+         (("plan", "0.00"), ("charge", "12.00")), "12.00",
+         period=Period(date(2026, 1, 15), date(2026, 2, 14))),
+    # §2 one-time charge with an end date: still billed once, in full, in the period of its
+    # start date (its end date does not prorate it).
+    Case("one-time charge with an end date: in full, 99.00",
+         g(term(plan()), charges=(charge("99.00", recurring=False, start=date(2026, 3, 20),
+                                         end=date(2026, 3, 21), key=4),)),
+         (("plan", "0.00"), ("charge", "99.00")), "99.00", consumed=(4,)),
+    # §2 carry-over: credits exactly equal to the charges: total 0.00, nothing carried.
+    Case("credit equal to the charges: total 0.00, no carried-over line",
+         g(term(plan(monthly_price=D("30.00"))),
+           charges=(charge("-30.00", recurring=False, start=date(2026, 3, 1), key=5),)),
+         (("plan", "30.00"), ("charge", "-30.00")), "0.00", consumed=(5,)),
 ]
 
 

@@ -12,6 +12,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from lm_billing_plugin.billing.numbers import format_number, next_invoice_number, take_number
+from lm_billing_plugin.settings import Settings
 from lm_billing_plugin.state import get_state
 
 
@@ -22,10 +23,25 @@ def engine_of(app: Flask) -> sa.Engine:
 
 @pytest.mark.parametrize(("fmt", "expected"), [
     ("{year}-{seq:05d}", "2026-00042"), ("INV/{year}/{seq}", "INV/2026/42"),
-    ("{seq:06d}", "000042"),
+    ("{seq:06d}/{year}", "000042/2026"),
 ])
 def test_format(fmt: str, expected: str) -> None:
     assert format_number(2026, 42, fmt) == expected
+
+
+@pytest.mark.parametrize("fmt", ["{seq:06d}", "INV-{seq}", "{year}", "INV", "{year}-{nope}",
+                                 "{year}-" + "x" * 40 + "{seq}"])
+def test_a_format_without_year_and_seq_is_refused_at_start(fmt: str) -> None:
+    """Each year's sequence starts at 1 (billing-cycle.md §3): without {year}, 2027's first
+    invoice would print 2026's first number again and the unique number would refuse it."""
+    with pytest.raises(ValueError, match="LM_BILLING_INVOICE_NUMBER_FORMAT"):
+        Settings.from_config({"LM_BILLING_INVOICE_NUMBER_FORMAT": fmt})
+
+
+@pytest.mark.parametrize("fmt", ["{year}-{seq:05d}", "{seq:06d}/{year}", "INV/{year}/{seq}"])
+def test_a_format_with_year_and_seq_is_taken(fmt: str) -> None:
+    assert Settings.from_config({"LM_BILLING_INVOICE_NUMBER_FORMAT": fmt}
+                                ).invoice_number_format == fmt
 
 
 def test_numbers_are_gapless_per_year_and_a_rollback_gives_one_back(any_db_app: Flask) -> None:
@@ -80,3 +96,16 @@ def test_concurrent_transactions_get_distinct_consecutive_numbers(
         thread.join(20)
     assert got == {"first": base + 1, "second": base + 2}
     assert second_done_at[0] >= released_at
+
+
+@pytest.mark.parametrize("code", ["ABC", "EURO", "US", "", "€"])
+def test_a_currency_that_is_not_iso_4217_is_refused_at_start(code: str) -> None:
+    """billing-cycle.md §3: the invoice's currency is LM_BILLING_CURRENCY, ISO 4217 (ABC has
+    the shape of a code but is none)."""
+    with pytest.raises(ValueError, match="LM_BILLING_CURRENCY must be an ISO 4217 code"):
+        Settings.from_config({"LM_BILLING_CURRENCY": code})
+
+
+@pytest.mark.parametrize(("code", "taken"), [("EUR", "EUR"), (" chf ", "CHF"), ("JPY", "JPY")])
+def test_an_iso_4217_currency_is_taken(code: str, taken: str) -> None:
+    assert Settings.from_config({"LM_BILLING_CURRENCY": code}).currency == taken

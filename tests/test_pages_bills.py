@@ -7,7 +7,8 @@ import csv
 import html
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import date
 
 import pytest
 import sqlalchemy as sa
@@ -73,7 +74,7 @@ def test_run_bills_view_the_invoice_void_and_run_again(papp: Flask, client: Flas
         assert get_state().session.query(Invoice).count() == 0
 
     result = text(client.get(run_november(client, papp)))
-    assert "Finished: 2 of 2 customer(s) done" in result
+    assert "Finished: 2 of 2 customers done" in result
     assert "2026-00001: $32.00" in result
     assert "Lonely" in result and "No billing group: add a billing group" in result
     with papp.app_context():
@@ -126,8 +127,57 @@ def test_selected_customers_only(papp: Flask, client: FlaskClient) -> None:
                    token_from="/billing/bills/run?show=all")
     wait_for_batches(papp)
     result = text(client.get(started.headers["Location"]))
-    assert "1 of 1 customer(s) done" in result and "Lonely" not in result
+    assert "1 of 1 customer done" in result and "Lonely" not in result
     bad = post(client, "/billing/bills/run", {"start": "2026-11-30", "end": "2026-11-01",
                                               "run_all": "Run All Customers"},
                token_from="/billing/bills/run")
     assert "The End Date must be on or after the Start Date." in text(bad)
+
+
+def test_the_invoice_shows_a_cpm_unit_price_with_its_decimals(app: Flask, client: FlaskClient,
+                                                              sim: HostSim) -> None:
+    """billing-cycle.md §3: each line's unit price is on the invoice. An Overage CPM of 0.0125
+    is shown as $0.0125 (it was $0.01, which times the quantity is not the amount)."""
+    from decimal import Decimal
+
+    from lm_billing_plugin.billing.runs import bill_customers
+
+    with app.app_context():
+        sid = add_server(sim)
+        billed_customer(sid, plan_id=plan(overage_cpm=Decimal("0.0125"),
+                                          monthly_price=Decimal("19.95")))
+        [outcome] = bill_customers(date(2026, 11, 1), date(2026, 11, 30), actor="t").outcomes
+        assert outcome.status == "invoiced"
+        invoice_id = outcome.invoice_id
+    page = text(client.get(f"/billing/invoices/{invoice_id}"))
+    # November: 2,000 units, 1,000 included: 1,000 / 1,000 x 0.0125 = 0.0125 -> 0.01.
+    assert re.search(r"Overage, Standard</td>\s*<td[^>]*>1</td>\s*<td[^>]*>\$0\.0125</td>"
+                     r"\s*<td[^>]*>\$0\.01</td>", page), page
+    # the plan line: 19.95 x 30/30, its unit price with the currency's two decimals
+    assert re.search(r"Hosting plan Standard</td>\s*<td[^>]*>1</td>\s*<td[^>]*>\$19\.95</td>"
+                     r"\s*<td[^>]*>\$19\.95</td>", page), page
+    assert "Total: $19.96" in page
+
+
+def test_amounts_keep_their_cents_in_a_currency_without_decimals(
+    make_app: Callable[..., Flask], sim: HostSim,
+) -> None:
+    """billing-cycle.md §2 rounds every amount to cents; the invoice shows what it holds, also
+    in yen (whose own format has no decimals): 19.95 + 0.01 = 19.96, not ¥20 = ¥20 + ¥0."""
+    from decimal import Decimal
+
+    from lm_billing_plugin.billing.runs import bill_customers
+
+    app = make_app(LM_BILLING_CURRENCY="JPY")
+    with app.app_context():
+        sid = add_server(sim)
+        billed_customer(sid, plan_id=plan(overage_cpm=Decimal("0.0125"),
+                                          monthly_price=Decimal("19.95")))
+        [outcome] = bill_customers(date(2026, 11, 1), date(2026, 11, 30), actor="t").outcomes
+        invoice_id = outcome.invoice_id
+    page = text(app.test_client().get(f"/billing/invoices/{invoice_id}"))
+    assert "Total: ¥19.96" in page
+    assert re.search(r"Overage, Standard</td>\s*<td[^>]*>1</td>\s*<td[^>]*>¥0\.0125</td>"
+                     r"\s*<td[^>]*>¥0\.01</td>", page), page
+    assert re.search(r"Hosting plan Standard</td>\s*<td[^>]*>1</td>\s*<td[^>]*>¥19\.95</td>"
+                     r"\s*<td[^>]*>¥19\.95</td>", page), page

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from ..i18n import M_, N_, Words, gettext
 from ..models import Customer, Invoice, InvoiceLine, InvoiceTemplate
+from .invoices import issued_day
 
 __all__ = [
     "DEFAULT_SOURCES",
@@ -186,7 +187,7 @@ def invoice_context(session: Session, invoice: Invoice) -> InvoiceContext:
         status=invoice.status,
         period_start=invoice.period_start.isoformat(),
         period_end=invoice.period_end.isoformat(),
-        issued=invoice.created_at.date().isoformat(),
+        issued=issued_day(invoice.created_at).isoformat(),
         currency=invoice.currency,
         customer=CustomerData(
             company=invoice.company,

@@ -44,6 +44,7 @@ __all__ = [
     "invoice_document",
     "invoice_lines",
     "invoice_usage",
+    "issued_day",
     "line_document",
     "price_text",
     "store_invoice",
@@ -144,7 +145,9 @@ def store_invoice(
         raise AlreadyBilled(*existing)
     settings = get_state().settings
     now = utcnow()
-    year = now.year
+    # The year of the billing day it is issued on (LM_BILLING_BILLING_TIMEZONE): an invoice
+    # issued at 00:30 on 1 January in Berlin starts the new year's sequence, not UTC's old one.
+    year = issued_day(now).year
     seq, number = next_invoice_number(session, year, settings.invoice_number_format)
     invoice = Invoice(
         number=number, year=year, seq=seq, customer_id=customer.customer_id, run_id=run_id,
@@ -189,6 +192,16 @@ def store_invoice(
                          "start": period.start.isoformat(), "end": period.end.isoformat(),
                          "total": str(draft.total), "currency": settings.currency})
     return invoice
+
+
+def issued_day(created_at: datetime) -> date:
+    """The billing day (LM_BILLING_BILLING_TIMEZONE) an invoice was issued on: the day its
+    year and its printed "Issued" date are; UTC outside an app."""
+    from flask import has_app_context
+
+    if has_app_context():
+        return get_state().settings.billing_today(created_at)
+    return created_at.date()
 
 
 def find_invoice(session: Session, key: str | int) -> Invoice | None:
@@ -318,7 +331,7 @@ def export_rows(start: date, *, customer_type: str = "", fields: Sequence[str] =
         for row in result:
             created: datetime = row.created_at
             values = {
-                "number": row.number, "issued": created.date().isoformat(),
+                "number": row.number, "issued": issued_day(created).isoformat(),
                 "start": row.period_start.isoformat(), "end": row.period_end.isoformat(),
                 "customer": row.company, "customer_type": row.customer_type or "",
                 "group": row.group_name, "kind": row.kind, "line": row.description,

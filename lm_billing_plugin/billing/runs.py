@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -381,7 +381,17 @@ def _lists(session: Session, server_ids: Sequence[int], period: c.Period,
     by_server: dict[int, list[c.ListUsage]] = defaultdict(list)
     if not server_ids:
         return by_server
-    first_moment = datetime.combine(period.start, datetime.min.time(), tzinfo=UTC)
+    # Billing days start at midnight of LM_BILLING_BILLING_TIMEZONE: a list last seen at 00:30
+    # on the 1st there existed on the 1st (UTC may still say the 31st of the month before).
+    settings = get_state().settings
+    first_moment = datetime.combine(period.start, datetime.min.time(),
+                                    tzinfo=settings.billing_timezone)
+    assigned = (
+        sa.select(Assignment.list_id)
+        .where(Assignment.list_id.is_not(None),
+               Assignment.server_id.in_(sorted(set(server_ids))),
+               Assignment.start_date <= period.end,
+               sa.or_(Assignment.end_date.is_(None), Assignment.end_date > period.start)))
     rows = session.execute(
         sa.select(MailingList.server_id, Server.name.label("server_name"),
                   MailingList.name.label("list_name"), MailingList.site_name,
@@ -389,14 +399,19 @@ def _lists(session: Session, server_ids: Sequence[int], period: c.Period,
         .join(Server, Server.id == MailingList.server_id)
         .where(MailingList.server_id.in_(sorted(set(server_ids))),
                sa.or_(MailingList.status == "active",
-                      MailingList.last_seen_at >= first_moment))
+                      MailingList.last_seen_at >= first_moment,
+                      # a list removed before the period that a list assignment still names:
+                      # its removal date says it had no day in the period (left out, compute
+                      # would count a missing list as there all the period)
+                      MailingList.id.in_(assigned)))
     ).all()
     for row in rows:
         figures = (usage[row.server_id].usage.get(row.list_name) if row.server_id in usage
                    else None)
         # A removed list surely existed until it was last seen (the sync that missed it may
         # have come days later).
-        removed = row.last_seen_at.date() if row.status != "active" else None
+        removed = (settings.billing_today(row.last_seen_at) if row.status != "active"
+                   else None)
         by_server[row.server_id].append(c.ListUsage(
             row.server_name, row.list_name, row.site_name or "",
             messages=figures.messages if figures else 0,

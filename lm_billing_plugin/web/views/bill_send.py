@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
+from flask import Flask, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from ...billing.sending import (
@@ -174,10 +174,3 @@ def bill_send_resend(send_run_id: int) -> BaseResponse:
         return back
     submit_background(lambda app: _send_in_app(app, new_id))
     return redirect(url_for("lm_billing.bill_send_run", send_run_id=new_id))
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/bills/send", "bill_send", bill_send, methods=["GET", "POST"])
-    blueprint.add_url_rule("/bills/sends/<int:send_run_id>", "bill_send_run", bill_send_run)
-    blueprint.add_url_rule("/bills/sends/<int:send_run_id>/resend", "bill_send_resend",
-                           bill_send_resend, methods=["POST"])

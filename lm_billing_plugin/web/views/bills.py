@@ -6,12 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import date, timedelta
-from decimal import Decimal
 from typing import Any, Final
 
 import sqlalchemy as sa
 from flask import (
-    Blueprint,
     Flask,
     Response,
     abort,
@@ -52,7 +50,7 @@ from ...sqlite import writes
 from ...state import get_state
 from ..access import actor_name, requires
 from ..forms.bills import RerunForm, RunBillingForm, VoidForm
-from ..l10n import locale_name
+from ..l10n import format_currency as money
 from ..said import said_sentence
 from .runs import submit_background
 
@@ -77,14 +75,6 @@ EXPORT_FIELD_WORDS: Final = {
 }
 DRY_RUNS_KEY: Final = "bills.dry_runs"
 _KEEP_DRY_RUNS: Final = 20
-
-
-def money(amount: Decimal | int | None, currency: str | None = None) -> str:
-    """An amount in the currency, formatted by Babel (LM_BILLING_CURRENCY by default)."""
-    from babel.numbers import format_currency
-
-    code = currency or get_state().settings.currency
-    return str(format_currency(Decimal(amount or 0), code, locale=locale_name()))
 
 
 def _parse_day(text: str | None) -> date | None:
@@ -306,19 +296,3 @@ def invoice_export() -> str | BaseResponse:
 
     return Response(stream_with_context(rows()), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="invoices-from-{start}.csv"'})
-
-
-def register(blueprint: Blueprint) -> None:
-    rules: list[tuple[str, str, Any, list[str]]] = [
-        ("/bills", "bills", bills, ["GET"]),
-        ("/bills/run", "run_billing", run_billing, ["GET", "POST"]),
-        ("/bills/runs/<int:bill_run_id>", "bill_run", bill_run, ["GET"]),
-        ("/invoices/<int:invoice_id>", "invoice", invoice, ["GET"]),
-        ("/invoices/<int:invoice_id>.pdf", "invoice_pdf", invoice_pdf, ["GET"]),
-        ("/invoices/<int:invoice_id>/void", "invoice_void", invoice_void, ["POST"]),
-        ("/invoices/<int:invoice_id>/rerun", "invoice_rerun", invoice_rerun, ["POST"]),
-        ("/invoices/export", "invoice_export", invoice_export, ["GET"]),
-    ]
-    for rule, endpoint, view, methods in rules:
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods)
-    blueprint.add_app_template_filter(money, "lmb_money")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
@@ -155,15 +155,3 @@ def invoice_template_edit(template_id: int) -> Any:
     if template is None:
         abort(404, description=N_("No such invoice template. Go back to Invoice Templates."))
     return _edit(template.kind, template)
-
-
-def register(blueprint: Blueprint) -> None:
-    rules: list[tuple[str, str, Any, list[str]]] = [
-        ("/invoice-templates", "invoice_templates", invoice_templates, ["GET"]),
-        ("/invoice-templates/new", "invoice_template_new", invoice_template_new,
-         ["GET", "POST"]),
-        ("/invoice-templates/<int:template_id>/edit", "invoice_template_edit",
-         invoice_template_edit, ["GET", "POST"]),
-    ]
-    for rule, endpoint, view, methods in rules:
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods)

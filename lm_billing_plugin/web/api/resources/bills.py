@@ -5,23 +5,14 @@ same billing.runs / billing.invoices functions as the Bill pages and `flask lm-b
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import Response, jsonify, request, url_for
 
-from ....billing.invoices import (
-    InvoiceError,
-    invoice_lines,
-    invoice_usage,
-    line_document,
-    void_invoice,
-)
-from ....billing.runs import BillRunError, BillRunResult, run_outcomes
 from ....models import BillRun, Invoice
 from ....state import get_state
 from ...access import actor_name
-from ...views.bills import DRY_RUNS_KEY, start_bill_run
 from ..core import (
     PAGE_QUERY,
     ApiError,
@@ -38,6 +29,11 @@ from ..core import (
     schema,
     with_etag,
 )
+
+# The billing services (and the Bill pages' module, whose bill runs these are) are imported
+# by the routes that use them: mounting the API at init_app must not load the billing cycle.
+if TYPE_CHECKING:
+    from ....billing.runs import BillRunResult
 
 RUN_FIELDS = ("id", "status", "dry_run", "customers", "invoiced", "skipped", "already_billed",
               "actor", "created_at", "finished_at")
@@ -142,6 +138,9 @@ def bill_run_create() -> Response:
         errors["end"] = f"The end ({end}) is before the start ({start})."
     invalid(errors)
     assert start is not None and end is not None
+    from ....billing.runs import BillRunError
+    from ...views.bills import start_bill_run
+
     try:
         run_id = start_bill_run(start, end, ids, dry_run=dry_run)
     except BillRunError as exc:
@@ -169,6 +168,9 @@ def bill_run_get(bill_run_id: int) -> Response:
     run = session.get(BillRun, bill_run_id)
     if run is None:
         raise ApiError(404, f"There is no bill run {bill_run_id}.")
+    from ....billing.runs import run_outcomes
+    from ...views.bills import DRY_RUNS_KEY
+
     doc = bill_run_dict(run)
     result = run_outcomes(bill_run_id)
     if result.dry_run:
@@ -202,6 +204,8 @@ def invoice_dict(invoice: Invoice) -> dict[str, Any]:
 
 
 def invoice_full(invoice: Invoice) -> dict[str, Any]:
+    from ....billing.invoices import invoice_lines, invoice_usage, line_document
+
     session = get_state().session
     return {
         **invoice_dict(invoice),
@@ -293,6 +297,8 @@ def invoice_void(invoice_id: int) -> Response:
     except ApiError:
         session.rollback()
         raise
+    from ....billing.invoices import InvoiceError, void_invoice
+
     try:
         # Commits the transaction the lock began.
         void_invoice(invoice.id, reason=reason, actor=actor_name())
