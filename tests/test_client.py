@@ -20,6 +20,7 @@ from _sim import (
     AUTH_OK,
     FAST,
     GREETING,
+    PATIENT,
     TCL_SERVER,
     blackhole,
     closed_port,
@@ -233,7 +234,7 @@ def test_reads_replies_built_by_tcl_itself(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
-        with TclPortClient("127.0.0.1", port, settings=FAST) as client:
+        with TclPortClient("127.0.0.1", port, settings=PATIENT) as client:
             got = client.lists()
             sites = client.sites()
     finally:
@@ -311,7 +312,7 @@ def test_oversized_body_of_100_mb_is_refused_without_reading_it(sim: HostSim) ->
     ],
 )
 def test_framing_edge_cases(script: list[bytes], code: str) -> None:
-    with scripted_server(script) as address, TclPortClient(*address, settings=FAST) as client:
+    with scripted_server(script) as address, TclPortClient(*address, settings=PATIENT) as client:
         with pytest.raises(TclPortError) as info:
             client.logging()
         assert info.value.code == code
@@ -340,7 +341,7 @@ def test_bad_field_values_name_the_field(fields: dict[str, str], named: str) -> 
     script = [GREETING, AUTH_OK, lists_reply(**fields)]
     with (
         scripted_server(script) as address,
-        TclPortClient(*address, settings=FAST) as client,
+        TclPortClient(*address, settings=PATIENT) as client,
         pytest.raises(TclPortError) as info,
     ):
         client.lists()
@@ -492,7 +493,7 @@ def test_auth_failed_says_the_password_was_rejected_and_never_shows_it(sim: Host
 def test_a_server_echoing_the_password_does_not_put_it_on_screen() -> None:
     echo = frame("ERR", encode_list(["BAD_ARGS", f"auth {WRONG} rejected"]).encode())
     with scripted_server([GREETING, echo]) as address:
-        client = TclPortClient(*address, WRONG, settings=FAST)
+        client = TclPortClient(*address, WRONG, settings=PATIENT)
         with pytest.raises(TclPortError) as info:
             client.connect()
         client.close()
@@ -521,10 +522,10 @@ def test_unknown_command_and_command_mapping(dataset: Dataset) -> None:
 
 
 def test_ipv6_and_localhost(dataset: Dataset) -> None:
-    with HostSim(dataset, host="::1") as sim, TclPortClient("::1", sim.port, settings=FAST) as c:
+    with HostSim(dataset, host="::1") as sim, TclPortClient("::1", sim.port, settings=PATIENT) as c:
         assert c.server_info().product == "ListManager"
         assert c.label == f"[::1]:{sim.port}"
-    with HostSim(dataset) as sim, TclPortClient("localhost", sim.port, settings=FAST) as client:
+    with HostSim(dataset) as sim, TclPortClient("localhost", sim.port, settings=PATIENT) as client:
         assert client.sites() == dataset.sites
 
 

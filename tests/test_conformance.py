@@ -101,6 +101,9 @@ returned). D8 a greeting ERR that is not `{CODE message}` was MALFORMED, not "no
 D9 malformed-reply messages did not say how large the reply was. D10 BAD_ARGS, BAD_REQUEST,
 INTERNAL and REQUEST_TOO_LONG did not say what to do. D12 the simulator counted every unknown
 command name (unbounded). D13 repeated site names, or two usage rows for one list, were taken.
+Second review (docs/protocol-conformance.md holds the whole rule table): D14 the simulator
+reset (RST) instead of closing after HOST_DENIED, AUTH_FAILED and quit when the peer's input
+was pending. D15 the simulator sent empty `created` and `joined`, which are dates.
 
 Hardening without a failing case: an unexpected error in a simulator session is logged and
 ends that session (it used to escape the thread); the simulator fuzz asserts none is logged.
@@ -141,10 +144,13 @@ from tclsh_oracle import Tclsh, tclsh_path
 
 from lm_billing_plugin.engine.checks import check_logging
 from lm_billing_plugin.tclport import ClientSettings, TclPortClient, TclPortError
-from lm_billing_plugin.tclport.codec import decode_list, encode_dict, encode_list
-from lm_billing_plugin.testing.simulator import Dataset, HostSim
+from lm_billing_plugin.tclport.codec import decode_dict, decode_list, encode_dict, encode_list
+from lm_billing_plugin.tclport.records import ListRecord
+from lm_billing_plugin.testing import simulator
+from lm_billing_plugin.testing.simulator import UNDATED, Dataset, HostSim, MemberEntry
 
 FAST = ClientSettings(connect_timeout=0.5, read_timeout=0.4, operation_timeout=0.8)
+PATIENT = ClientSettings(connect_timeout=10.0, read_timeout=10.0, operation_timeout=20.0)
 LISTS_LABEL = b"Yes, Log All Messages that ListManager Sends to Mailing Lists"
 
 # -- a raw server for the client: literal bytes out, request lines recorded -------------------
@@ -209,7 +215,7 @@ def raw_server(replies: Sequence[bytes], **kw: Any) -> Iterator[RawServer]:
 
 
 def client(server: RawServer, password: str = "TCLPORTPasswd",
-           settings: ClientSettings = FAST) -> TclPortClient:
+           settings: ClientSettings = PATIENT) -> TclPortClient:
     return TclPortClient(*server.address, password, name="Lists", settings=settings)
 
 
@@ -609,7 +615,7 @@ def test_unknown_logging_mode_is_shown_as_it_is() -> None:
     """K2: another mode token with its own label is shown as it is; it cannot count."""
     reply = ok(b"mode errors label {Log Errors Only}")
     with raw_server([GREETING, AUTH_OK, reply, QUIT_OK]) as server:
-        report = check_logging(*server.address, settings=FAST)
+        report = check_logging(*server.address, settings=PATIENT)
     assert (report.mode, report.label, report.ok) == ("errors", "Log Errors Only", False)
     assert '"Log Errors Only"' in report.message
     assert LISTS_LABEL.decode() in report.message
@@ -788,6 +794,110 @@ def test_sim_quit_bytes(sim: HostSim) -> None:
         wire.send(b"quit\n")
         wire.expect(b"OK 0\n\n")
         assert wire.closed()
+
+
+# Bytes a peer sends that the server has not read when a rule makes it close: more than one
+# recv (64 KiB) takes, so some are still in the kernel's buffer at the close.
+_PENDING = b"x" * 100_000
+
+
+def _reply_then_clean_end(wire: Wire, expected: bytes) -> None:
+    wire.expect(expected)
+    # A clean end of stream (FIN), not a reset: a reset can lose the reply on a real network
+    # and makes a peer read "connection reset by peer" instead of the end.
+    assert wire.sock.recv(1) == b""
+
+
+def test_sim_host_denied_close_is_not_a_reset(fresh: HostSim) -> None:
+    """S3 [D14]: HOST_DENIED, then a close that keeps the reply, even with input pending."""
+    fresh.set_allowed_hosts(["10.0.0.0/8"])
+    with Wire(fresh.address) as wire:
+        wire.send(b"auth TCLPORTPasswd\n" + _PENDING)
+        _reply_then_clean_end(
+            wire, frame("ERR", b"HOST_DENIED {127.0.0.1 is not in TCLPORT Hosts}"))
+
+
+def test_sim_auth_failed_close_is_not_a_reset(sim: HostSim) -> None:
+    """S5 [D14]: AUTH_FAILED, then a clean close, even with the next request pending."""
+    with Wire(sim.address) as wire:
+        wire.expect(GREETING)
+        wire.send(b"auth nope\n" + _PENDING)
+        _reply_then_clean_end(wire, frame("ERR", b"AUTH_FAILED {wrong TclPort password}"))
+
+
+def test_sim_quit_close_is_not_a_reset(sim: HostSim) -> None:
+    """S7 [D14]: quit -> OK, then a clean close, even with more input pending."""
+    with Wire(sim.address) as wire:
+        wire.login()
+        wire.send(b"quit\n" + _PENDING)
+        _reply_then_clean_end(wire, AUTH_OK)
+
+
+def test_sim_closing_session_ends_when_the_peer_stays_silent(fresh: HostSim) -> None:
+    """S7 [D14]: the drain before the close is bounded: a peer that neither sends nor hangs
+    up after quit does not keep the session (about one second of silence ends it)."""
+    with Wire(fresh.address) as wire:
+        wire.login()
+        wire.send(b"quit\n")
+        wire.expect(AUTH_OK)
+        started = time.monotonic()
+        settle(fresh, timeout=5)
+        assert fresh.active_sessions == 0
+        assert time.monotonic() - started < 4
+        assert wire.sock.recv(1) == b""
+
+
+def test_sim_closing_session_ends_when_the_peer_keeps_sending(
+    fresh: HostSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S7 [D14]: a peer that keeps sending after quit cannot hold the session open: the drain
+    stops at its overall bound (10 s; 0.5 s here)."""
+    monkeypatch.setattr(simulator, "_DRAIN_SECONDS", 0.5)
+    with Wire(fresh.address) as wire:
+        wire.login()
+        wire.send(b"quit\n")
+        wire.expect(AUTH_OK)
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            while fresh.active_sessions and time.monotonic() - started < 5:
+                wire.send(b"x" * 1024)
+                time.sleep(0.05)
+        settle(fresh, timeout=2)
+        assert fresh.active_sessions == 0
+        assert time.monotonic() - started < 3
+
+
+def test_sim_sends_dates_for_records_without_one() -> None:
+    """K5, V4, 4b [D15]: `created` and `joined` are YYYY-MM-DD dates on the wire, never empty
+    (the profile lets only `site`, `admin` and an admin's `name` be empty): a dataset record
+    without a date goes out as 2000-01-01, and `started` is always a time."""
+    data = Dataset(lists=[ListRecord("l1", "", "", None, 1, "a@example.com")],
+                   members=[MemberEntry("l1", "pat@example.org")])
+    with HostSim(data) as server, Wire(server.address) as wire:
+        server.add_list("l2")
+        server.add_member("l2", "PAT@example.org")
+        wire.login()
+        wire.send(b"lists 0 10\n")
+        wire.expect(frame("OK", b"total 2 items {{name l1 site {} descr {} created 2000-01-01 "
+                                b"members 1 admin a@example.com} {name l2 site {} descr {} "
+                                b"created 2000-01-01 members 0 admin {}}}"))
+        wire.send(b"find_member pat@example.org\n")
+        wire.expect(frame("OK", b"items {{list l1 site {} email pat@example.org type normal "
+                                b"joined 2000-01-01} {list l2 site {} email PAT@example.org "
+                                b"type normal joined 2000-01-01}} truncated 0"))
+        wire.send(b"server_info\n")
+        status, body = wire.status_body()
+        assert status == b"OK"
+        assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z",
+                            decode_dict(body.decode())["started"])
+
+
+def test_generated_datasets_date_every_list() -> None:
+    """D15: generated lists all have a creation date; the seed's other data is as before."""
+    data = Dataset.generate(lists=60, seed=3)
+    assert all(rec.created is not None for rec in data.lists)
+    assert [rec.created for rec in data.lists[::11]] == [UNDATED] * 6
+    assert data.lists[1].created == date(2023, 11, 8)  # drawn as before this change
 
 
 def test_sim_ignores_cr_before_lf(sim: HostSim) -> None:

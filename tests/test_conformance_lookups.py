@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from datetime import date
 
 import pytest
-from _sim import AUTH_OK, GREETING, frame
+from _sim import AUTH_OK, GREETING, PATIENT, frame
 from tclsh_oracle import Tclsh, tclsh_path
-from test_conformance import FAST, QUIT_OK, Wire, client, fails, ok, raw_server
+from test_conformance import QUIT_OK, Wire, client, fails, ok, raw_server
 
 from lm_billing_plugin.tclport import TclPortClient, TclPortError
 from lm_billing_plugin.tclport.codec import decode_dict, decode_list
@@ -254,7 +254,7 @@ def test_sim_find_member_is_case_insensitive_and_keeps_stored_case(sim: HostSim)
         wire.send(b"find_member Pat@EXAMPLE.org\n")
         wire.expect(frame(
             "OK",
-            b"items {{list {l 2} site {} email PAT@Example.ORG type held joined {}} "
+            b"items {{list {l 2} site {} email PAT@Example.ORG type held joined 2000-01-01} "
             b"{list l1 site s email pat@example.org type normal joined 2025-01-02}} truncated 0"))
 
 
@@ -324,7 +324,7 @@ def test_sim_that_forbids_deletions_keeps_the_member() -> None:
 def test_sim_cuts_at_5000_and_says_truncated() -> None:
     lists = [ListRecord(f"l{i:05d}", "", "", None, 0, f"a{i}@example.com") for i in range(5001)]
     data = Dataset(lists=lists, members=[MemberEntry(r.name, "m@x.org") for r in lists])
-    with HostSim(data) as sim, TclPortClient(*sim.address, settings=FAST) as c, \
+    with HostSim(data) as sim, TclPortClient(*sim.address, settings=PATIENT) as c, \
             Wire(sim.address) as wire:
         wire.login()
         for line in (b"find_admin example.com\n", b"find_member M@X.ORG\n"):

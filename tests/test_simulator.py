@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from _sim import FAST, TCL_CLIENT, RawConn, settle, thread_count
+from _sim import PATIENT, TCL_CLIENT, RawConn, settle, thread_count
 
 from lm_billing_plugin.tclport import TclPortClient, TclPortError
 from lm_billing_plugin.tclport.codec import decode_dict, decode_list
@@ -164,7 +164,7 @@ def test_logging_set_when_not_permitted(sim: HostSim) -> None:
 
 def test_unknown_logging_mode_is_reported_with_its_own_label(sim: HostSim) -> None:
     sim.set_logging("bounces", "Log Bounces Only")
-    with TclPortClient(*sim.address, settings=FAST) as client:
+    with TclPortClient(*sim.address, settings=PATIENT) as client:
         state = client.logging()
     assert (state.mode, state.label, state.counts_messages) == (
         "bounces", "Log Bounces Only", False
@@ -177,7 +177,7 @@ def test_lists_are_sorted_by_utf8_bytes_and_case_sensitive() -> None:
     with HostSim(data) as sim:
         for name in names:
             sim.add_list(name)
-        with TclPortClient(*sim.address, settings=FAST) as client:
+        with TclPortClient(*sim.address, settings=PATIENT) as client:
             got = [r.name for r in client.lists()]
     assert got == sorted(names, key=lambda n: n.encode("utf-8"))
     assert got.index("B") < got.index("a")
@@ -191,7 +191,7 @@ def test_usage_sums_the_sending_log_over_the_inclusive_range() -> None:
         SendLogEntry("beta", "s2", date(2026, 2, 28), 7, 7),
         SendLogEntry("beta", "s2", date(2026, 3, 15), 10, 10),
     ]
-    with HostSim(Dataset(log=log)) as sim, TclPortClient(*sim.address, settings=FAST) as c:
+    with HostSim(Dataset(log=log)) as sim, TclPortClient(*sim.address, settings=PATIENT) as c:
         rows = {u.list: u for u in c.usage(date(2026, 3, 1), date(2026, 3, 31))}
     assert (rows["alpha"].messages, rows["alpha"].recipients, rows["alpha"].bytes) == (
         2, 150, 100 * 2_000 + 50 * 1_000
@@ -200,7 +200,7 @@ def test_usage_sums_the_sending_log_over_the_inclusive_range() -> None:
 
 
 def test_live_changes_show_in_the_next_command(sim: HostSim) -> None:
-    with TclPortClient(*sim.address, settings=FAST) as client:
+    with TclPortClient(*sim.address, settings=PATIENT) as client:
         before = {r.name: r for r in client.lists()}
         sim.add_list("new list", site="site1", members=3)
         sim.remove_list("list-00001")
@@ -218,9 +218,9 @@ def test_live_changes_show_in_the_next_command(sim: HostSim) -> None:
         assert client.server_info().version == "10.2b"
     sim.set_password("changed")
     with pytest.raises(TclPortError) as info:
-        TclPortClient(*sim.address, settings=FAST).connect()
+        TclPortClient(*sim.address, settings=PATIENT).connect()
     assert info.value.code == "AUTH_FAILED"
-    with TclPortClient(*sim.address, "changed", settings=FAST) as client:
+    with TclPortClient(*sim.address, "changed", settings=PATIENT) as client:
         sim.set_latency(0.1)
         started = time.monotonic()
         client.server_info()
@@ -257,7 +257,7 @@ def test_stop_ends_idle_and_hostile_sessions_and_joins_threads() -> None:
         stuck = RawConn(sim.address)
         assert stuck.sock.recv(1) == b"O"
         sim.set_hostile(None)
-        idle = TclPortClient(*sim.address, settings=FAST).connect()
+        idle = TclPortClient(*sim.address, settings=PATIENT).connect()
         assert sim.active_sessions == 3
         started = time.monotonic()
         sim.stop()
@@ -341,7 +341,7 @@ def test_cli_serves_a_generated_dataset_in_another_process() -> None:
     proc, address = start_cli("--generate-lists", "1234", "--generate-sites", "5", "--seed",
                               "2", "--logging", "no", "--version-string", "11.b")
     try:
-        with TclPortClient(*address, "from-env", settings=FAST) as client:
+        with TclPortClient(*address, "from-env", settings=PATIENT) as client:
             assert client.server_info().version == "11.b"
             assert len(client.lists()) == 1234
             assert len(client.sites()) == 5
@@ -353,7 +353,7 @@ def test_cli_serves_a_generated_dataset_in_another_process() -> None:
         results: list[int] = []
 
         def work() -> None:
-            with TclPortClient(*address, "from-env", settings=FAST) as client:
+            with TclPortClient(*address, "from-env", settings=PATIENT) as client:
                 results.append(len(client.lists()))
 
         workers = [threading.Thread(target=work) for _ in range(4)]
@@ -374,14 +374,14 @@ def test_cli_serves_a_json_dataset_with_allow_list_and_hostile_mode(tmp_path: Pa
     proc, address = start_cli("--data", str(path), "--password", "pw", "--allow", "10.1.1.1")
     try:
         with pytest.raises(TclPortError) as info:
-            TclPortClient(*address, "pw", settings=FAST).connect()
+            TclPortClient(*address, "pw", settings=PATIENT).connect()
         assert info.value.code == "HOST_DENIED"
     finally:
         stop_cli(proc)
     proc, address = start_cli("--data", str(path), "--hostile", "garbage_greeting")
     try:
         with pytest.raises(TclPortError) as info:
-            TclPortClient(*address, settings=FAST).connect()
+            TclPortClient(*address, settings=PATIENT).connect()
         assert info.value.code == "NOT_TCLPORT"
     finally:
         stop_cli(proc)

@@ -107,6 +107,10 @@ class ClientSettings:
     read_timeout: float = 10.0
     operation_timeout: float = 30.0
     max_reply_bytes: int = 64 * 1024 * 1024
+    # Most reply bytes one client object (one read of a server: a validate, a sync, a check)
+    # takes in all (LM_BILLING_MAX_READ_BYTES; 0 = no limit): with max_lists it bounds what
+    # one read holds whatever a peer sends — pages of just under max_reply_bytes included.
+    max_read_bytes: int = 128 * 1024 * 1024
     page_size: int = 5000
     # Most lists one server may announce (LM_BILLING_MAX_LISTS_PER_SERVER; 0 = no limit):
     # with it, what one read holds is bounded whatever a peer claims.
@@ -125,6 +129,8 @@ class ClientSettings:
                 raise ValueError(f"ClientSettings.{field} must be positive")
         if self.max_reply_bytes < 1:
             raise ValueError("ClientSettings.max_reply_bytes must be positive")
+        if self.max_read_bytes < 0:
+            raise ValueError("ClientSettings.max_read_bytes must be 0 (no limit) or positive")
         if self.max_lists < 0:
             raise ValueError("ClientSettings.max_lists must be 0 (no limit) or positive")
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
@@ -187,6 +193,8 @@ class TclPortConnection:
         self._reply_bytes = 0
         # Bytes received on this connection, for messages that must not quote them.
         self._received = 0
+        # Reply body bytes announced to this object over all its connections (the read budget).
+        self._read_total = 0
         # Whether this connection carried the password (from then on, peer text may echo it).
         self._password_sent = False
         #: Milliseconds spent in each connect step (resolve, connect, greeting, auth).
@@ -694,6 +702,17 @@ class TclPortConnection:
                 detail=f"it announced a reply of {size_text(length)}, more than the "
                 f"{size_text(self.settings.max_reply_bytes)} limit (LM_BILLING_MAX_REPLY_BYTES)",
             )
+        budget = self.settings.max_read_bytes
+        if budget and self._read_total + length > budget:
+            # Also refused before reading: the replies one read may hold are bounded in all.
+            raise self._error(
+                phase, OVERSIZED,
+                detail=f"its replies came to {size_text(self._read_total)} and the next one "
+                f"announced {size_text(length)}, more than the {size_text(budget)} one read of a "
+                "server may take (LM_BILLING_MAX_READ_BYTES; raise it if the server really "
+                "holds that much)",
+            )
+        self._read_total += length
         need = length + 1
         body = bytearray(buf[:need])
         del buf[:need]

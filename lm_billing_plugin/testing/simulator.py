@@ -21,6 +21,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -55,6 +56,7 @@ from ..tclport.records import (
 
 __all__ = [
     "HOSTILE_MODES",
+    "UNDATED",
     "Dataset",
     "HostSim",
     "MemberEntry",
@@ -81,10 +83,18 @@ log = logging.getLogger("lm_billing_plugin.tclport.simulator")
 # Distinct unknown command names counted in HostSim.requests; a peer sending endless new
 # names must not grow the counter without bound.
 _MAX_COUNTED_UNKNOWN: Final = 256
+# How long a session that must close drains what its peer still sends (see close_gracefully).
+_DRAIN_IDLE: Final = 1.0
+_DRAIN_SECONDS: Final = 10.0
 # What a port that is not TclPort typically says first.
 GARBAGE_BANNER: Final = b"SSH-2.0-OpenSSH_9.6p1 Debian-4\r\n"
 OVERSIZED_BYTES: Final = 100 * 1024 * 1024
 _BASE_DAY: Final = date(2026, 1, 1)
+# What goes on the wire as ``created`` (lists) or ``joined`` (find_member) of a record whose
+# dataset gives no date: the profile's dates are YYYY-MM-DD and never empty (only ``site``,
+# ``admin`` and an admin's ``name`` may be empty).  A day before every period tests bill, so
+# billing counts such a list for whole periods, as it would an unknown date.
+UNDATED: Final = date(2000, 1, 1)
 _HOSTILE_NAMES: Final = (
     "a b",
     "  leading and trailing  ",
@@ -204,7 +214,8 @@ class Dataset:
                     name=name,
                     site=site,
                     descr=f"Description of {name}" if n % 5 else "",
-                    created=_BASE_DAY - timedelta(days=rng.randint(0, 3000)) if n % 11 else None,
+                    # Every 11th list: UNDATED, without a draw, so the rest of a seed's data stays.
+                    created=_BASE_DAY - timedelta(days=rng.randint(0, 3000)) if n % 11 else UNDATED,
                     members=members,
                     admin=f"owner{n}@example.com" if n % 13 else "",
                 )
@@ -419,6 +430,10 @@ class HostSim:
         self._password = password
         self._allowed = self._parse_allowed(allowed_hosts)
         self._latency = latency
+        # Replies held back by the latency right now, and how many such waits began: a
+        # client is blocked on its socket meanwhile (see pausing_reply).
+        self._pausing = 0
+        self._pauses = 0
         self.allow_logging_set = allow_logging_set
         self._hostile: str | None = None
         self._hostile_on = "greeting"
@@ -528,6 +543,14 @@ class HostSim:
     def active_sessions(self) -> int:
         with self._lock:
             return len(self._conns)
+
+    @property
+    def pausing_reply(self) -> int | None:
+        """The number of the reply being held back by the latency now (None when none is):
+        a client waits on its socket for it, so seeing the same number before and after a
+        look at the client's side proves that look happened during network I/O."""
+        with self._lock:
+            return self._pauses if self._pausing else None
 
     def _accept_loop(self) -> None:
         listener, wake = self._listener, self._wake_r
@@ -761,7 +784,7 @@ class HostSim:
                 m = found[n]
                 items.append(encode_dict({
                     "list": n, "site": self._lists[n].site, "email": m.email, "type": m.type,
-                    "joined": m.joined.isoformat() if m.joined else "",
+                    "joined": (m.joined or UNDATED).isoformat(),
                 }))
         truncated = len(items) > MAX_MATCHES
         return encode_dict(
@@ -817,7 +840,7 @@ class HostSim:
                             "name": r.name,
                             "site": r.site,
                             "descr": r.descr,
-                            "created": r.created.isoformat() if r.created else "",
+                            "created": (r.created or UNDATED).isoformat(),
                             "members": str(r.members),
                             "admin": r.admin,
                         }
@@ -918,15 +941,21 @@ class _Session:
                 raise _Closed from None
 
     def close_gracefully(self) -> NoReturn:
-        """Close after an error without a reset: a peer still sending must get the reply.
+        """Close after the last reply without a reset: a peer still sending must get it.
 
-        Closing with unread input would send RST, and the peer could lose the ERR reply.
+        Every close a rule asks for (HOST_DENIED, AUTH_FAILED, a too-long line, quit) ends here.
+        Closing with unread input would send RST instead of FIN, and the peer could lose the
+        reply (and reads "connection reset" instead of the end of the stream).  The drain ends
+        when the peer hangs up, after _DRAIN_IDLE seconds of silence, or after _DRAIN_SECONDS
+        whatever the peer keeps sending.
         """
+        deadline = time.monotonic() + _DRAIN_SECONDS
         try:
             self.conn.shutdown(socket.SHUT_WR)
-            self.conn.settimeout(1.0)
-            while self.conn.recv(65536):
-                pass
+            while (left := deadline - time.monotonic()) > 0:
+                self.conn.settimeout(min(left, _DRAIN_IDLE))
+                if not self.conn.recv(65536):
+                    break
         except OSError:
             pass
         raise _Closed
@@ -955,7 +984,13 @@ class _Session:
         with self.sim._lock:
             hostile = self.sim._hostile if self.sim._hostile_on == phase else None
             latency = self.sim._latency
-        self.pause(latency)
+            self.sim._pausing += 1
+            self.sim._pauses += 1
+        try:
+            self.pause(latency)
+        finally:
+            with self.sim._lock:
+                self.sim._pausing -= 1
         try:
             raw = body.encode("utf-8")
         except UnicodeEncodeError:
@@ -1021,7 +1056,7 @@ class _Session:
         sim = self.sim
         if not sim.allowed(self.ip):
             self.error("HOST_DENIED", f"{self.ip} is not in TCLPORT Hosts", phase="greeting")
-            raise _Closed
+            self.close_gracefully()
         self.reply("OK", encode_dict({"protocol": "1", "product": "ListManager"}), phase="greeting")
         while True:
             line = self.read_line()
@@ -1049,14 +1084,14 @@ class _Session:
                     self.reply("OK", "", phase="auth")
                     continue
                 self.error("AUTH_FAILED", "wrong TclPort password", phase="auth")
-                raise _Closed
+                self.close_gracefully()
             if not self.authenticated:
                 # Spec 3.2: any command but auth before a successful auth, quit included.
                 self.error("AUTH_REQUIRED", "send auth first")
                 continue
             if logical == "quit":
                 self.reply("OK", "", phase="quit")
-                raise _Closed
+                self.close_gracefully()
             if logical is None:
                 self.error("UNKNOWN_COMMAND", f"unknown command {wire}")
                 continue
