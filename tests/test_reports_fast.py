@@ -93,6 +93,9 @@ def test_fast_paths_equal_the_per_row_statement(any_db_app: Flask, by: str) -> N
                             column = {"messages": 6, "recipients": 7, "bytes": 8}[sort]
                             values = [row[column] for row in got]
                             assert values == sorted(values, reverse=descending), where
+                        elif by == "list" and first == last and sort == "units":
+                            # Units, then list id (see test_units_per_list_...).
+                            assert got == _by_units(want, descending), where
                         else:
                             assert got == want, where
                         if by != "list":
@@ -136,3 +139,178 @@ def test_a_page_past_the_end_shows_the_last_one(make_app: Any, sort: str) -> Non
     assert len(last) == 4
     page = text(get(app, url + "&page=99"))
     assert table_rows(page, "lmb-usage") == last and "Page 3 of 3 (24 in all)" in page
+
+
+def _by_units(rows: list[tuple[Any, ...]], descending: bool) -> list[tuple[Any, ...]]:
+    """The per-row statement's rows in the fast path's order: units, then list id."""
+    return sorted(rows, key=lambda r: (r[9], r[0][2]), reverse=descending)
+
+
+def _check_units(session: Any, server_ids: list[Any], where: str) -> None:
+    for server_id in (None, *server_ids):
+        for descending in (True, False):
+            q = report.UsageQuery("list", THIS, THIS, server_id, "units", descending)
+            want = _by_units(_slow(session, q), descending)
+            for size in (1, 3, 4, 50):
+                got, total = _paged(session, q, size=size)
+                assert total == len(want), (where, server_id, descending, size)
+                assert got == want, (where, server_id, descending, size)
+
+
+def _mixed_sizes(app: Flask) -> None:
+    """This month's rows made different: some far over 100 KB per recipient (heavy), some
+    under, some with no recipients but bytes, ties in recipients and in units."""
+    from lm_billing_plugin.models import Usage, usage_kb_per_recipient
+
+    with app.app_context():
+        s = get_state(app).session
+        rows = s.execute(sa.select(Usage.id, Usage.list_id).where(Usage.period == THIS)
+                         .order_by(Usage.id)).all()
+        for n, (uid, _lid) in enumerate(rows):
+            recipients = (0, 7, 7, 12, 30, 3)[n % 6]
+            kb = (150, 500, 20, 1, 200, 99)[n % 6]
+            sent = max(recipients, 1) * kb * 1024 + (n % 5) * 999
+            s.execute(sa.update(Usage).where(Usage.id == uid).values(
+                recipients=recipients, bytes=sent,
+                kb_per_recipient=usage_kb_per_recipient(sent, recipients)))
+        s.commit()
+
+
+def test_units_per_list_equal_the_per_row_statement(any_db_app: Flask) -> None:
+    """Sorted by message units (one month): every page equals the per-row statement, in
+    (units, list id) order, on every database — and stays equal after each edit that moves
+    units (a plan's size and method, an assignment given, ended, a size plan removed), since
+    the fast path stores nothing that those edits would have to recompute."""
+    from lm_billing_plugin.models import HostingPlan
+
+    app = any_db_app
+    ids = seed(app, lists=7, servers=3)
+    _more_owners(app, ids)
+    _mixed_sizes(app)
+    servers = [ids["servers"][0], ids["servers"][1]]
+    with app.app_context():
+        s = get_state(app).session
+        _check_units(s, servers, "seeded")
+        small = s.scalar(sa.select(HostingPlan).where(HostingPlan.name == "Small"))
+        big = s.scalar(sa.select(HostingPlan).where(HostingPlan.name == "Big"))
+        assert small is not None and big is not None
+        # A smaller size makes more rows heavy (the smallest size is read per statement).
+        small.max_message_size_kb = 10
+        s.commit()
+        _check_units(s, servers, "Small at 10 KB")
+        # Globex's plan gains a size: its list's units change.
+        big.max_message_size_kb = 50
+        s.commit()
+        _check_units(s, servers, "Big at 50 KB")
+        # A bandwidth plan counts recipients, whatever its size.
+        small.billing_method = "bandwidth"
+        s.commit()
+        _check_units(s, servers, "Small by bandwidth")
+        small.billing_method = "standard"
+        # Server 3 gets an owner (Acme's Small); server 1's ends yesterday.
+        acme_group = s.scalar(sa.select(BillingGroup.id).where(
+            BillingGroup.customer_id == ids["acme"]))
+        s.add(Assignment(group_id=acme_group, object_type="server",
+                         server_id=ids["servers"][2], start_date=date(2021, 1, 1)))
+        ended = s.scalar(sa.select(Assignment).where(
+            Assignment.object_type == "server", Assignment.server_id == ids["servers"][0]))
+        assert ended is not None
+        ended.end_date = date.today()
+        s.commit()
+        _check_units(s, [*servers, ids["servers"][2]], "assignments changed")
+        # No Standard plan with a size left: every row's units are its recipients.
+        small.max_message_size_kb = 0
+        big.max_message_size_kb = 0
+        s.commit()
+        assert report.smallest_size(s) is None
+        _check_units(s, servers, "no size")
+        s.commit()
+
+
+def test_units_page_reads_the_kb_and_recipients_indexes(make_app: Any) -> None:
+    """EXPLAIN on SQLite: the light rows walk (period, recipients, list_id), the heavy ones
+    the kb index; the month is never scanned or sorted as a whole."""
+    app = make_app()
+    seed(app, lists=7, servers=3)
+    with app.app_context():
+        s = get_state(app).session
+        q = report.UsageQuery("list", THIS, THIS, None, "units", True)
+        stmt = report._units_candidates(s, q, offset=0, limit=50)
+        sql = str(stmt.compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
+        plan = " | ".join(str(r[-1]) for r in s.execute(sa.text("EXPLAIN QUERY PLAN " + sql)))
+        assert "ix_lm_billing_usage_period_recipients" in plan, plan
+        assert "ix_lm_billing_usage_kb_period" in plan, plan
+        assert "SCAN lm_billing_usage" not in plan.replace(
+            "SCAN lm_billing_usage USING", ""), plan
+        s.commit()
+
+
+def test_a_range_by_name_counts_each_list_once(any_db_app: Flask) -> None:
+    """A range of months sorted by name (the name index walked, EXISTS over the range): lists
+    with rows in one month only, in both, in neither; each is one row, counted once, and the
+    pages equal the per-row statement (both directions, with and without a server)."""
+    from lm_billing_plugin.models import Usage
+
+    app = any_db_app
+    ids = seed(app, lists=7, servers=3)
+    _more_owners(app, ids)
+    with app.app_context():
+        s = get_state(app).session
+        lists = list(s.scalars(sa.select(MailingList.id).order_by(MailingList.id)))
+        s.execute(sa.delete(Usage).where(Usage.list_id.in_(lists[0::3]), Usage.period == THIS))
+        s.execute(sa.delete(Usage).where(Usage.list_id.in_(lists[1::5]), Usage.period == LAST))
+        s.execute(sa.delete(Usage).where(Usage.list_id.in_(lists[2::7])))
+        s.commit()
+        with_rows = set(s.scalars(sa.select(Usage.list_id).where(
+            Usage.period.in_((LAST, THIS)))))
+        assert 0 < len(with_rows) < len(lists)
+        for server_id in (None, ids["servers"][1]):
+            for descending in (False, True):
+                q = report.UsageQuery("list", LAST, THIS, server_id, "name", descending)
+                want = _slow(s, q)
+                for size in (1, 4, 50):
+                    got, total = _paged(s, q, size=size)
+                    assert got == want and total == len(want), (server_id, descending, size)
+                assert report.usage_count(s, q) == len(want)
+        assert len(_slow(s, report.UsageQuery("list", LAST, THIS, None, "name"))) == len(
+            with_rows)
+        s.commit()
+
+
+@pytest.mark.parametrize("sort", ["name", "messages", "units"])
+def test_a_deep_page_is_read_from_the_other_end(make_app: Any, sort: str) -> None:
+    """Past the middle, a one-month per-list page is the reversed order's page with the
+    smaller offset (the last page costs what the first does), turned round: the same rows as
+    walking from the front, in both directions."""
+    app = make_app()
+    seed(app, lists=12)  # 24 rows this month
+    with app.app_context():
+        s = get_state(app).session
+        seen: list[tuple[Any, ...]] = []
+
+        def grab(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+            seen.append(tuple(parameters or ()))
+
+        sa.event.listen(s.get_bind(), "before_cursor_execute", grab)
+        try:
+            for descending in (True, False):
+                q = report.UsageQuery("list", THIS, THIS, None, sort, descending)
+                whole, total = report.usage_page(s, q, offset=0, limit=24)
+                assert total == 24 and len(whole) == 24
+                for offset, limit in ((20, 5), (19, 5), (15, 10), (12, 5), (23, 1), (11, 2)):
+                    rows, _ = report.usage_page(s, q, offset=offset, limit=limit)
+                    assert [_figures(r) for r in rows] == [
+                        _figures(r) for r in whole[offset:offset + limit]], (offset, limit)
+                # The last page (offset 20 of 24) asks for the reversed order's first 4 rows:
+                # no statement carries the offset 20.
+                seen.clear()
+                report.usage_page(s, q, offset=20, limit=5)
+                params = [p for st in seen for p in st]
+                assert 20 not in params and 4 in params, params
+                # A page before the middle is read from the front.
+                seen.clear()
+                report.usage_page(s, q, offset=5, limit=5)
+                assert 5 in [p for st in seen for p in st]
+        finally:
+            sa.event.remove(s.get_bind(), "before_cursor_execute", grab)
+        s.commit()

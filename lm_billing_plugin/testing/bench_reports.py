@@ -37,11 +37,15 @@ PAGES = (
     ("Usage per server", "/billing/reports/usage?by=server"),
     ("Usage per list, sorted by messages", "/billing/reports/usage?by=list"),
     ("Usage per list, sorted by name", "/billing/reports/usage?by=list&sort=name&dir=asc"),
-    # Still the grouped statement (every row's plan; per-list sums of a range): shown so the
-    # figure is measured, not assumed.
-    ("Usage per list, by units (grouped)", "/billing/reports/usage?by=list&sort=units"),
+    ("Usage per list, sorted by name, last page",
+     "/billing/reports/usage?by=list&sort=name&dir=asc&page=999999"),
+    ("Usage per list, by units", "/billing/reports/usage?by=list&sort=units"),
     ("Usage per list, 2 months, by name", "/billing/reports/usage?by=list&sort=name&dir=asc"
      "&start={last}&end={this}"),
+    # Still the grouped statement (per-list sums of a range, sorted by a sum): shown so the
+    # figure is measured, not assumed.
+    ("Usage per list, 2 months, by messages (grouped)",
+     "/billing/reports/usage?by=list&start={last}&end={this}"),
     ("Usage per customer", "/billing/reports/usage?by=customer"),
     ("Revenue", "/billing/reports/revenue"),
     ("Plan limits", "/billing/reports/limits"),

@@ -11,7 +11,7 @@ from datetime import date
 from typing import Any, Final
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
+from flask import Response, render_template, request, stream_with_context, url_for
 
 from ...i18n import N_, Words, gettext
 from ...models import Server
@@ -218,10 +218,3 @@ def limits_page() -> str:
     return render_template("lm_billing/reports_limits.html", rows=shown, page=page,
                            chart=chart, near=limits.NEAR,
                            over=sum(1 for r in found if r.over), total=len(found))
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/reports", "reports", reports)
-    blueprint.add_url_rule("/reports/usage", "report_usage", usage)
-    blueprint.add_url_rule("/reports/revenue", "report_revenue", revenue_page)
-    blueprint.add_url_rule("/reports/limits", "report_limits", limits_page)
