@@ -23,8 +23,11 @@ demo: $(VENV)/.demo-installed
 	$(FLASK_DEMO) lm-billing db upgrade
 	$(PY) -m lm_billing_plugin.demo
 
+# Two worker processes (pytest-xdist), a test file each at a time: module fixtures (simulated
+# servers, a browser) are started once per file. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.test-installed lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The suite's SQLite part (no browser) on another Python, e.g.
 # `make test-python OTHER_PYTHON=~/.pyenv/versions/3.13.0/bin/python` (.ci/run does 3.12 and 3.13).
@@ -36,7 +39,8 @@ test-python:
 	$(OTHER_VENV)/bin/python -m pip install -q --upgrade pip
 	$(OTHER_VENV)/bin/python -m pip install -q -e '.[demo,test,dev,pdf]'
 	env -u LM_BILLING_TEST_POSTGRES_URL -u LM_BILLING_TEST_MARIADB_URL LM_BILLING_TEST_SQLITE_ONLY=1 \
-	  $(OTHER_VENV)/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
+	  $(OTHER_VENV)/bin/python -m pytest -q -m "not browser" -p no:cacheprovider \
+	  -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check lm_billing_plugin migrations tests setup.py

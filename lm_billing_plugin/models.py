@@ -1098,5 +1098,6 @@ class DeleteRunItem(Base):
     email: Mapped[str] = mapped_column(sa.String(320))
     outcome: Mapped[str] = mapped_column(sa.String(20), default="pending")
     code: Mapped[str | None] = mapped_column(sa.String(40))
-    message: Mapped[str | None] = mapped_column(sa.Text)
+    # A server's own error text can be part of it: cut like every stored peer text.
+    message: Mapped[str | None] = mapped_column(BoundedText)
     finished_at: Mapped[datetime | None]

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+_UNDECRYPTABLE = ("a stored TclPort password cannot be decrypted with LM_BILLING_ENCRYPTION_KEYS "
+                  "(was the key that encrypted it removed?); enter the password again")
+
 
 class SecretsError(RuntimeError):
     """A password cannot be stored or read; the message says which setting to fix."""
@@ -38,6 +41,18 @@ class SecretBox:
             )
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
 
+    def rotate(self, token: str) -> str:
+        """``token`` encrypted again with the first key (same plaintext), so the keys after
+        it can be removed. Raises SecretsError when no key decrypts it."""
+        if self._fernet is None:
+            raise SecretsError(
+                "cannot re-encrypt the TclPort passwords: LM_BILLING_ENCRYPTION_KEYS is not set"
+            )
+        try:
+            return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+        except InvalidToken as exc:
+            raise SecretsError(_UNDECRYPTABLE) from exc
+
     def decrypt(self, token: str) -> str:
         if self._fernet is None:
             raise SecretsError(
@@ -46,10 +61,7 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode("ascii")).decode("utf-8")
         except InvalidToken as exc:
-            raise SecretsError(
-                "a stored TclPort password cannot be decrypted with LM_BILLING_ENCRYPTION_KEYS "
-                "(was the key that encrypted it removed?); enter the password again"
-            ) from exc
+            raise SecretsError(_UNDECRYPTABLE) from exc
 
 
 def generate_key() -> str:

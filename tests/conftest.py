@@ -3,6 +3,7 @@ SQLite always and on PostgreSQL / MariaDB when their URLs are set."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sqlite3
@@ -39,6 +40,42 @@ EXTERNAL_DATABASES = {
     "postgresql": "LM_BILLING_TEST_POSTGRES_URL",
     "mariadb": "LM_BILLING_TEST_MARIADB_URL",
 }
+
+
+def _worker_database(url: str, worker: str) -> str:
+    """The URL of this xdist worker's own database beside ``url``'s (``test`` -> ``test_gw0``),
+    created when missing: tests reset their schema, so two workers must never share one."""
+    base = sa.engine.make_url(url)
+    name = f"{base.database}_{worker}"
+    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if base.get_backend_name() == "postgresql":
+                exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                      {"n": name}).scalar()
+                if not exists:
+                    conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            else:
+                conn.execute(sa.text(
+                    f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4"))
+    finally:
+        engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers) each worker gets its own PostgreSQL
+    and MariaDB database; the environment is rewritten so the processes tests start inherit it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    for env in EXTERNAL_DATABASES.values():
+        url = os.environ.get(env)
+        if not url:
+            continue
+        # Unreachable: the tests that need it skip or fail with the reason.
+        with contextlib.suppress(sa.exc.OperationalError):
+            os.environ[env] = _worker_database(url, worker)
 
 
 def skip_or_fail(reason: str, *, external_db: bool = False) -> None:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from _sim import FAST, blackhole, closed_port
+from _sim import FAST, PATIENT, blackhole, closed_port
 
 from lm_billing_plugin.engine.checks import (
     CONNECTION_STEPS,
@@ -30,7 +30,7 @@ def sim() -> Iterator[HostSim]:
 
 
 def test_healthy_server_passes_every_step(sim: HostSim) -> None:
-    report = check_connection(sim.host, sim.port, SECRET, name="Lists", settings=FAST)
+    report = check_connection(sim.host, sim.port, SECRET, name="Lists", settings=PATIENT)
     assert report.ok
     assert [s.step for s in report.steps] == list(CONNECTION_STEPS)
     assert all(s.status == "ok" and s.elapsed_ms is not None for s in report.steps)
@@ -62,7 +62,7 @@ def test_check_stops_at_the_first_failing_step(sim: HostSim, failing: str, code:
         password = "wrong"
     else:
         sim.set_hostile("malformed_list", on="command")
-    report = check_connection(sim.host, sim.port, password, settings=FAST)
+    report = check_connection(sim.host, sim.port, password, settings=PATIENT)
     assert not report.ok
     index = CONNECTION_STEPS.index(failing)
     expected = {s: "ok" for s in CONNECTION_STEPS[:index]}
@@ -77,7 +77,7 @@ def test_check_stops_at_the_first_failing_step(sim: HostSim, failing: str, code:
 
 
 def test_dns_failure_is_the_resolve_step() -> None:
-    report = check_connection("billing-test.invalid", 2021, settings=FAST)
+    report = check_connection("billing-test.invalid", 2021, settings=PATIENT)
     assert statuses(report)["resolve"] == "failed"
     assert report.failed_step is not None and report.failed_step.code == "DNS"
     assert "does not resolve" in report.message
@@ -86,7 +86,7 @@ def test_dns_failure_is_the_resolve_step() -> None:
 
 def test_refused_is_the_connect_step() -> None:
     port = closed_port()
-    report = check_connection("127.0.0.1", port, settings=FAST)
+    report = check_connection("127.0.0.1", port, settings=PATIENT)
     assert statuses(report) == {"resolve": "ok", "connect": "failed", "greeting": "not_run",
                                 "password": "not_run", "version": "not_run"}
     assert f"nothing listens on 127.0.0.1:{port}" in report.message
@@ -105,21 +105,21 @@ def test_timeouts_say_how_long(sim: HostSim) -> None:
 
 def test_host_denied_is_the_greeting_step_with_what_to_do(sim: HostSim) -> None:
     sim.set_allowed_hosts(["10.0.0.0/8"])
-    report = check_connection(sim.host, sim.port, SECRET, settings=FAST)
+    report = check_connection(sim.host, sim.port, SECRET, settings=PATIENT)
     assert report.failed_step is not None
     assert (report.failed_step.step, report.failed_step.code) == ("greeting", "HOST_DENIED")
     assert "TCLPORT Hosts" in report.message and "lm tclport 127.0.0.1" in report.message
 
 
 def test_logging_lists_is_ok(sim: HostSim) -> None:
-    report = check_logging(sim.host, sim.port, SECRET, settings=FAST)
+    report = check_logging(sim.host, sim.port, SECRET, settings=PATIENT)
     assert report.ok and report.mode == "lists" and report.label == LISTS_LABEL
     assert json.loads(report.to_json())["ok"] is True
 
 
 def test_logging_no_is_not_ok_and_says_what_to_set(sim: HostSim) -> None:
     sim.set_logging("no")
-    report = check_logging(sim.host, sim.port, SECRET, settings=FAST)
+    report = check_logging(sim.host, sim.port, SECRET, settings=PATIENT)
     assert not report.ok and (report.mode, report.label) == ("no", "No")
     assert LISTS_LABEL in report.message
     assert "Server Settings: Automatic Maintenance: Logging" in report.message
@@ -128,22 +128,22 @@ def test_logging_no_is_not_ok_and_says_what_to_set(sim: HostSim) -> None:
 
 def test_unknown_logging_mode_is_shown_with_its_label(sim: HostSim) -> None:
     sim.set_logging("errors", "Log Errors Only (custom build)")
-    report = check_logging(sim.host, sim.port, SECRET, settings=FAST)
+    report = check_logging(sim.host, sim.port, SECRET, settings=PATIENT)
     assert not report.ok and report.mode == "errors"
     assert "Log Errors Only (custom build)" in report.message
 
 
 def test_logging_check_on_unreachable_server_reports_the_connection_error() -> None:
-    report = check_logging("127.0.0.1", closed_port(), settings=FAST)
+    report = check_logging("127.0.0.1", closed_port(), settings=PATIENT)
     assert not report.ok and report.mode is None and report.code == "REFUSED"
 
 
 def test_enable_logging_switches_it_on(sim: HostSim) -> None:
     sim.set_logging("no")
-    report = enable_logging(sim.host, sim.port, SECRET, settings=FAST)
+    report = enable_logging(sim.host, sim.port, SECRET, settings=PATIENT)
     assert report.ok and report.changed and report.mode == "lists"
     assert sim.dataset.logging_mode == "lists"
-    again = enable_logging(sim.host, sim.port, SECRET, settings=FAST)
+    again = enable_logging(sim.host, sim.port, SECRET, settings=PATIENT)
     assert again.ok and not again.changed
     assert sim.requests["logging_set"] == 1
 
@@ -151,7 +151,7 @@ def test_enable_logging_switches_it_on(sim: HostSim) -> None:
 def test_enable_logging_not_permitted_says_to_do_it_on_the_server(sim: HostSim) -> None:
     sim.set_logging("no")
     sim.allow_logging_set = False
-    report = enable_logging(sim.host, sim.port, SECRET, settings=FAST)
+    report = enable_logging(sim.host, sim.port, SECRET, settings=PATIENT)
     assert not report.ok and report.code == "NOT_PERMITTED"
     assert report.mode == "no"
     assert "on the hosting server itself" in report.message
@@ -160,14 +160,14 @@ def test_enable_logging_not_permitted_says_to_do_it_on_the_server(sim: HostSim) 
 
 
 def test_check_server_combines_both_over_one_connection(sim: HostSim) -> None:
-    result = check_server(sim.host, sim.port, SECRET, name="Lists", settings=FAST)
+    result = check_server(sim.host, sim.port, SECRET, name="Lists", settings=PATIENT)
     assert result.ok and result.logging is not None and result.logging.ok
     assert sim.sessions == 1
     sim.set_logging("no")
-    result = check_server(sim.host, sim.port, SECRET, settings=FAST)
+    result = check_server(sim.host, sim.port, SECRET, settings=PATIENT)
     assert result.connection.ok and not result.ok
     data = json.loads(result.to_json())
     assert data["logging"]["mode"] == "no" and data["connection"]["ok"] is True
-    failed = check_server(sim.host, sim.port, "wrong", settings=FAST)
+    failed = check_server(sim.host, sim.port, "wrong", settings=PATIENT)
     assert not failed.ok and failed.logging is None
     assert failed.as_dict()["connection"]["code"] == "AUTH_FAILED"

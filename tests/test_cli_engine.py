@@ -19,11 +19,12 @@ from lm_billing_plugin.models import BillingGroup, Customer, MailingList, Server
 from lm_billing_plugin.state import get_state
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
-FAST = {
-    "LM_BILLING_CONNECT_TIMEOUT": 0.5,
-    "LM_BILLING_READ_TIMEOUT": 0.5,
-    "LM_BILLING_OPERATION_TIMEOUT": 1.0,
-    "LM_BILLING_SERVER_DEADLINE": 3.0,
+# Every peer here answers: patient timeouts cost nothing and survive a loaded CI machine.
+PATIENT = {
+    "LM_BILLING_CONNECT_TIMEOUT": 10.0,
+    "LM_BILLING_READ_TIMEOUT": 10.0,
+    "LM_BILLING_OPERATION_TIMEOUT": 20.0,
+    "LM_BILLING_SERVER_DEADLINE": 30.0,
 }
 SERVER_KEYS = {
     "name",
@@ -41,8 +42,8 @@ LIST_KEYS = {"name", "site", "descr", "members", "admin", "status", "customer", 
 
 @pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
-    """Short timeouts; conftest's ``runner`` runs the CLI on this app."""
-    return make_app(**FAST)
+    """Patient timeouts; conftest's ``runner`` runs the CLI on this app."""
+    return make_app(**PATIENT)
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def assign_whole_server(app: Flask, server_name: str) -> None:
 def test_hostile_names_survive_validate_sync_lists_byte_for_byte(
     make_app: Callable[..., Flask], db_url: str
 ) -> None:
-    app = make_app(db_url, **FAST)
+    app = make_app(db_url, **PATIENT)
     runner = app.test_cli_runner()
     data = Dataset.generate(sites=3, lists=40, seed=3, hostile_names=True)
     with HostSim(data) as sim:

@@ -1,7 +1,8 @@
 """A delete run whose process is killed (SIGKILL) after the server deleted a member but before
 the outcome was stored: the run stays "running" with nothing moving, and once the lease's time
 has passed the next delete run marks it interrupted, its memberships "may or may not have been
-deleted" (true: the server did delete this one), on every database."""
+deleted" (true: the server did delete this one), on every database; so do its page, the API's
+reads and the next validate or sync batch, without another delete run."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,14 @@ from flask import Flask
 
 from lm_billing_plugin.engine import deletions
 from lm_billing_plugin.engine.lookups import Membership
-from lm_billing_plugin.models import DeleteRun, DeleteRunItem, Server
+from lm_billing_plugin.models import DeleteRun, DeleteRunItem, Server, utcnow
 from lm_billing_plugin.state import get_state
 from lm_billing_plugin.testing.simulator import Dataset, HostSim
 
 ROOT = Path(__file__).resolve().parent.parent
-LEASE = 1.0
+# Long enough that no sweep before _backdate can take the dead run for stale however slow the
+# machine is (a 1 s lease once let the first, "too early" sweep close it under load).
+LEASE = 30.0
 PAT = "pat.jones@example.org"
 
 # The child deletes the memberships and stops for good at the first write of an outcome,
@@ -64,9 +67,9 @@ def crash_app(make_app: Callable[..., Flask], db_url: str) -> Iterator[Flask]:
         yield app
 
 
-def test_sigkill_mid_delete_run_is_marked_interrupted_by_the_next(
-    crash_app: Flask, db_url: str, sim: HostSim
-) -> None:
+def _killed_mid_store(db_url: str, sim: HostSim) -> tuple[int, int, list[str]]:
+    """A child process deletes one membership and is SIGKILLed before it stores the outcome;
+    returns the dead run's id, the server's id and the lists the address is on."""
     session = get_state().session
     server = Server(name="Lists", host=sim.host, port=sim.port)
     session.add(server)
@@ -102,11 +105,67 @@ def test_sigkill_mid_delete_run_is_marked_interrupted_by_the_next(
     assert (dead.status, dead.actor, dead.finished_at) == ("running", "doomed", None)
     assert set(session.scalars(sa.select(DeleteRunItem.outcome))) == {"pending"}
     session.commit()
+    return dead_id, sid, lists
 
-    time.sleep(LEASE + 0.2)
-    result = deletions.delete_memberships([Membership(sid, lists[1], PAT)], actor="t")
-    assert [d.outcome for d in result.deletions] == ["deleted"]
+
+def _backdate(dead_id: int) -> None:
+    """As if the lease had passed since the dead run last moved (instead of waiting for it)."""
+    session = get_state().session
+    session.execute(sa.update(DeleteRun).where(DeleteRun.id == dead_id).values(
+        updated_at=utcnow() - timedelta(seconds=LEASE + 1)))
+    session.commit()
+
+
+def _is_interrupted(dead_id: int, lists: list[str]) -> None:
     old = deletions.delete_outcomes(dead_id)
     assert old.status == "interrupted" and old.finished
     assert [(d.list, d.outcome) for d in old.deletions] == [(lists[0], "interrupted")]
     assert "may or may not have been deleted" in (old.deletions[0].message or "")
+
+
+def test_sigkill_mid_delete_run_is_marked_interrupted_by_the_next(
+    crash_app: Flask, db_url: str, sim: HostSim
+) -> None:
+    dead_id, sid, lists = _killed_mid_store(db_url, sim)
+    _backdate(dead_id)
+    result = deletions.delete_memberships([Membership(sid, lists[1], PAT)], actor="t")
+    assert [d.outcome for d in result.deletions] == ["deleted"]
+    _is_interrupted(dead_id, lists)
+
+
+@pytest.mark.parametrize("where", ["page", "api", "batch"])
+def test_sigkill_mid_delete_run_is_swept_without_another_delete_run(
+    crash_app: Flask, db_url: str, sim: HostSim, where: str
+) -> None:
+    """Where other stale work is swept: the run's own page (and the Utilities page), the
+    API's reads, the next validate or sync batch. Before the lease has passed they leave the
+    run alone (a slow run is not a dead one)."""
+    from lm_billing_plugin.engine import batches
+
+    dead_id, sid, lists = _killed_mid_store(db_url, sim)
+    client = crash_app.test_client()
+
+    def sweep() -> None:
+        if where == "page":
+            page = client.get(f"/billing/utilities/deletions/{dead_id}")
+            assert page.status_code == 200
+            assert client.get("/billing/utilities").status_code == 200
+        elif where == "api":
+            got = client.get(f"/billing/api/v1/delete-runs/{dead_id}")
+            assert got.status_code == 200, got.get_json()
+        else:
+            batches.create_batch("validate", [sid], actor="t")
+
+    sweep()
+    assert deletions.delete_outcomes(dead_id).status == "running"
+    _backdate(dead_id)
+    sweep()
+    _is_interrupted(dead_id, lists)
+    if where == "page":
+        page = client.get(f"/billing/utilities/deletions/{dead_id}").get_data(as_text=True)
+        assert "1 interrupted (the run stopped" in page
+        assert '<meta http-equiv="refresh"' not in page
+    elif where == "api":
+        doc = client.get(f"/billing/api/v1/delete-runs/{dead_id}").get_json()
+        assert doc["status"] == "interrupted" and doc["finished"]
+        assert doc["outcomes"]["interrupted"] == 1 and doc["outcomes"]["pending"] == 0

@@ -118,6 +118,11 @@ def test_login_next_only_allows_local_paths(demo: Flask) -> None:
         "//evil.example/": "/",
         "/\\evil.example/": "/",
         "javascript:alert(1)": "/",
+        "\\\\evil.example": "/",
+        "https:evil.example": "/",
+        "///evil.example/": "/",
+        "HTTPS://EVIL.EXAMPLE/": "/",
+        "data:text/html,<script>alert(1)</script>": "/",
         # Browsers drop tabs and newlines from URLs: these would become //evil.example/.
         "/\t/evil.example/": "/",
         "/\n/evil.example/": "/",
@@ -147,3 +152,33 @@ def test_the_demo_has_a_favicon(demo: Flask) -> None:
     assert response.status_code == 200 and response.mimetype == "image/svg+xml"
     assert b"<svg" in response.data
     assert 'rel="icon" href="/favicon.ico"' in client.get("/login").get_data(as_text=True)
+
+
+def test_workers_starting_at_once_share_one_instance_secret(tmp_path: Path) -> None:
+    """gunicorn's workers create the app at the same moment on a fresh instance folder: each
+    must end with the same, whole secret (a worker once read the other's empty file and
+    refused to start without SECRET_KEY; two could each keep a key of their own)."""
+    from lm_billing_plugin.demo import _instance_secret
+
+    app = Flask("host", instance_path=str(tmp_path))
+    both_made = threading.Barrier(2, timeout=10)
+    made = iter(["first-secret", "second-secret"])
+    lock = threading.Lock()
+
+    def make() -> str:
+        with lock:
+            value = next(made)
+        both_made.wait()  # both found no file and made a secret before either wrote
+        return value
+
+    got: list[str] = []
+    workers = [threading.Thread(target=lambda: got.append(_instance_secret(app, "k", make)))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert len(got) == 2 and got[0] == got[1] and got[0] in ("first-secret", "second-secret")
+    assert (tmp_path / "k").read_text(encoding="utf-8") == got[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # no temporary file left
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600

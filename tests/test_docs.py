@@ -46,3 +46,18 @@ def test_good_url_prefixes_mount_pages_and_api(tmp_path: Path, prefix: str) -> N
     client = app.test_client()
     assert client.get(f"{base}/").status_code == 200
     assert client.get(f"{base}/api/v1/servers").status_code == 200
+
+
+def test_the_hardening_map_names_only_tests_that_exist() -> None:
+    """docs/operations.md's "What the hardening tests prove": every tests/FILE::TEST it
+    names is a test function of that file (a renamed or deleted test breaks the map)."""
+    text = (Path(__file__).parent.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("## What the hardening tests prove", 1)[1]
+    named = re.findall(r"`tests/(test_\w+\.py)::(test_\w+)`", section)
+    assert len(named) >= 40
+    missing = []
+    for file, test in named:
+        source = (Path(__file__).parent / file).read_text(encoding="utf-8")
+        if not re.search(rf"^(async )?def {test}\(", source, re.M):
+            missing.append(f"{file}::{test}")
+    assert not missing, missing

@@ -81,6 +81,32 @@ def test_summary_counts_by_kind_and_server(
     assert f'href="/billing/errors?server={north}&kind=changed_list"' in html
 
 
+def test_by_server_names_the_busiest_and_counts_the_rest(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lm_billing_plugin.web.views import problem_summary
+
+    monkeypatch.setattr(problem_summary, "SERVERS_SHOWN", 3)
+    app = make_app()
+    client = app.test_client()
+    ids = [add_server(app, f"S{n}") for n in range(6)]
+    for n, sid in enumerate(ids):
+        _problems(app, sid, {"unknown_list": 10 - n}, f"s{n}-")  # S0 has the most
+    response = client.get("/billing/errors")
+    assert _counts(plain(response), "server") == {"All servers": "45", "S0": "10", "S1": "9",
+                                                  "S2": "8"}
+    assert ("and 3 more servers with fewer problems: choose one in the Server filter"
+            in text_of(response))
+    # Filtered to a quiet server: it is named (marked current) beside the busiest ones.
+    response = client.get(f"/billing/errors?server={ids[5]}")
+    html = plain(response)
+    assert _counts(html, "server") == {"All servers": "45", "S0": "10", "S1": "9", "S2": "8",
+                                       "S5": "5"}
+    assert "and 2 more servers" in text_of(response)
+    # Every server stays in the Server filter.
+    assert all(f'<option value="{sid}"' in html for sid in ids)
+
+
 def test_counts_are_set_based(
     app: Flask, client: FlaskClient, two_servers: tuple[int, int]
 ) -> None:

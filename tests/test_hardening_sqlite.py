@@ -158,21 +158,31 @@ def test_a_failing_batch_is_closed_even_while_another_process_writes(
                              for i, s in enumerate(sims)])
             session.commit()
             batch_id = batches.create_batch("validate", None, actor="t")
-            real_claim = batches.claim_server
+            real_claim, real_claims = batches.claim_server, batches.claim_servers
             calls: list[int] = []
             held = threading.Event()
             others: list[threading.Thread] = []
 
-            def claim(*args: Any, **kwargs: Any) -> bool:
-                calls.append(1)
-                if len(calls) == 3:
-                    # Another process grabs the lock, and this batch meets an error.
-                    # Longer than the driver's default 5 s wait, shorter than ours.
+            def meet_error(servers: int) -> None:
+                calls.extend([1] * servers)
+                if len(calls) >= 3:
+                    # Claiming the third server, another process grabs the lock, and this
+                    # batch meets an error. Longer than the driver's default 5 s wait,
+                    # shorter than ours.
                     others.append(hold_write_lock(app, 5.5, held))
                     raise RuntimeError("the batch stops here")
+
+            def claim(*args: Any, **kwargs: Any) -> bool:
+                meet_error(1)
                 return real_claim(*args, **kwargs)
 
+            def claims(session: Any, runs: Any, *args: Any, **kwargs: Any) -> Any:
+                # (The servers handed ahead at the start are claimed together.)
+                meet_error(len(runs))
+                return real_claims(session, runs, *args, **kwargs)
+
             monkeypatch.setattr(batches, "claim_server", claim)
+            monkeypatch.setattr(batches, "claim_servers", claims)
             with pytest.raises(RuntimeError):
                 batches.run_batch(batch_id)
             for t in others:

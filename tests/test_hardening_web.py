@@ -6,13 +6,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from _pages import post
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from lm_billing_plugin import LMBilling
-from lm_billing_plugin.models import Problem, Server
+from lm_billing_plugin.models import BillingGroup, Customer, HostingPlan, Problem, Server
 from lm_billing_plugin.secrets import generate_key
 from lm_billing_plugin.settings import CONTENT_SECURITY_POLICY
 from lm_billing_plugin.state import get_state
@@ -125,3 +128,86 @@ def test_a_complete_production_app_starts(tmp_path: Path) -> None:
     app = bare_app(tmp_path, SECRET_KEY="s" * 32, LM_BILLING_ENCRYPTION_KEYS=generate_key())
     LMBilling(app)
     assert "lm_billing" in app.extensions
+
+
+# --- No mass assignment: only a form's own fields are written ------------------------------
+
+FORGED_SERVER = {"id": "999", "status": "ok", "status_message": "forged", "active": "",
+                 "password_encrypted": "forged", "version": "forged", "lease_owner": "forged",
+                 "hostname_reported": "forged", "created_at": "2000-01-01T00:00:00"}
+
+
+def _row(app: Flask, model: type[Any], row_id: int) -> dict[str, Any]:
+    with app.app_context():
+        session = get_state(app).session
+        row = session.get(model, row_id)
+        assert row is not None, (model, row_id)
+        values = {c.key: getattr(row, c.key) for c in sa.inspect(model).column_attrs}
+        session.commit()
+        return values
+
+
+def test_extra_form_fields_are_ignored_on_create_and_edit(app: Flask) -> None:
+    """Columns a form does not show (status, the password's ciphertext, active, lease, the
+    id, a group's customer, name keys), posted beside a real change to the server create and
+    edit, customer, hosting plan and billing group forms: the change is saved, the rest is
+    as it was."""
+    client = app.test_client()
+    created = post(client, "/billing/servers/new",
+                   {"name": "Lists", "host": "127.0.0.1", "port": "2021", **FORGED_SERVER},
+                   token_from="/billing/servers/new")
+    assert created.status_code == 302, created.get_data(as_text=True)[:2000]
+    with app.app_context():
+        session = get_state(app).session
+        [sid] = session.scalars(sa.select(Server.id)).all()
+        session.commit()
+    fresh = _row(app, Server, sid)
+    assert sid != 999 and fresh["status"] == "unchecked" and fresh["active"] is True
+    assert fresh["password_encrypted"] is None and fresh["status_message"] == ""
+    assert (fresh["version"], fresh["lease_owner"], fresh["hostname_reported"]) == (None,) * 3
+
+    edit = f"/billing/servers/{sid}/edit"
+    saved = post(client, edit, {"name": "Lists", "host": "127.0.0.1", "port": "2021",
+                                "comments": "changed", **FORGED_SERVER}, token_from=edit)
+    assert saved.status_code == 302, saved.get_data(as_text=True)[:2000]
+    after = _row(app, Server, sid)
+    assert after["comments"] == "changed"
+    assert {k: v for k, v in after.items() if k not in ("comments", "updated_at")} == {
+        k: v for k, v in fresh.items() if k not in ("comments", "updated_at")}
+
+    with app.app_context():
+        session = get_state(app).session
+        acme, other = Customer(company="Acme"), Customer(company="Other")
+        plan = HostingPlan(name="Gold", monthly_price=10)
+        session.add_all([acme, other, plan])
+        session.flush()
+        group = BillingGroup(customer_id=acme.id, name="Main")
+        session.add(group)
+        session.commit()
+        cid, oid, pid, gid = acme.id, other.id, plan.id, group.id
+    cases: list[tuple[str, type[Any], int, dict[str, str], str, str]] = [
+        (f"/billing/customers/{cid}/edit", Customer, cid,
+         {"company": "Acme", "email_template_id": "0", "web_template_id": "0",
+          "is_active": "y", "id": "999", "company_key": "forged"}, "notes", "changed"),
+        (f"/billing/plans/{pid}/edit", HostingPlan, pid,
+         {"name": "Gold", "billing_method": "standard", "monthly_price": "10",
+          **dict.fromkeys(("max_members", "max_members_per_list", "max_lists",
+                           "max_lists_per_site", "max_sites", "overage_cpm",
+                           "included_messages", "max_message_size_kb",
+                           "monthly_price_per_server", "cost_per_gb", "included_gb"), "0"),
+          "id": "999", "name_key": "forged"}, "description", "changed"),
+        (f"/billing/groups/{gid}/edit", BillingGroup, gid,
+         {"plan_id": "0", "id": "999", "customer_id": str(oid), "name_key": "forged"},
+         "name", "changed"),
+    ]
+    for url, model, row_id, form, field, value in cases:
+        before = _row(app, model, row_id)
+        saved = post(client, url, {**form, field: value}, token_from=url)
+        assert saved.status_code == 302, (url, saved.get_data(as_text=True)[:2000])
+        after = _row(app, model, row_id)
+        assert after[field] == value, url
+        changed = {k for k in after if after[k] != before[k]}
+        # The field and what follows from it (a name's key, the update time), nothing else.
+        assert changed <= {field, "name_key", "updated_at"}, (url, changed)
+        if "name_key" in changed:
+            assert after["name_key"] != "forged"

@@ -42,7 +42,7 @@ def test_overview_figures_link_to_the_pages_behind_them(any_db_app: Flask) -> No
     assert table_rows(page, "lmb-status-table") == [
         ["reachable", "1"], ["refused", "1"], ["unreachable", "0"], ["logging off", "0"],
         ["not checked", "1"], ["other trouble", "0"]]
-    assert "<title>refused: 1 server(s) (refused: not in TCLPORT Hosts: 1)</title>" in page
+    assert "<title>refused: 1 server (refused: not in TCLPORT Hosts: 1)</title>" in page
     assert table_rows(page, "lmb-kinds-table") == [["list has no owner", "2"],
                                                    ["Enable Logging is off", "1"]]
     assert 'href="/billing/errors?kind=unassigned_list"' in page

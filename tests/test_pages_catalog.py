@@ -63,7 +63,14 @@ def token(client: FlaskClient) -> str:
 
 
 def post(client: FlaskClient, url: str, data: dict[str, Any]) -> Any:
-    return client.post(url, data={**data, "csrf_token": token(client)})
+    """POST with a CSRF token; to an edit page, with the version it shows (as a browser)."""
+    form = {**data, "csrf_token": token(client)}
+    if url.endswith("/edit"):
+        page = client.get(url).get_data(True)
+        match = re.search(r'name="loaded_version" type="hidden" value="([^"]+)"', page)
+        assert match, f"no loaded_version on {url}"
+        form.setdefault("loaded_version", match.group(1))
+    return client.post(url, data=form)
 
 
 def text(response: Any) -> str:
@@ -426,7 +433,7 @@ def test_assign_is_refused_before_validate_and_sync_then_accepted(
     # Customer detail: what the group pays for and the totals against the plan's limits.
     detail = client.get(accepted.headers["Location"])
     body = text(detail)
-    assert "Assigned 3 object(s) on server Lists to billing group Acme lists." in body
+    assert "Assigned 3 objects on server Lists to billing group Acme lists." in body
     # news + offers + the 9 lists of site2 = 11 lists, over Max Lists = 1.
     over = r'Lists</th><td>11</td><td>1</td>\s*<td class="lmb-st-bad"><strong>Over the plan'
     assert re.search(over, body)
@@ -448,7 +455,7 @@ def test_assign_is_refused_before_validate_and_sync_then_accepted(
     assert after.end_date is not None
     assert len(rows(app, Assignment)) == 3
     now_page = text(client.get(f"/billing/customers/{customer_id}"))
-    assert "Ended 1 assignment(s)" in now_page and "Lists</th><td>2</td>" in now_page
+    assert "Ended 1 assignment of" in now_page and "Lists</th><td>2</td>" in now_page
     history = text(client.get(f"/billing/customers/{customer_id}?ended=1"))
     assert "site2" in history
 

@@ -330,6 +330,11 @@ def test_tclport_passwords_appear_in_no_page_flash_or_log(
 
             def post(url: str, data: dict[str, str]) -> None:
                 form = {"csrf_token": csrf_token(client), **data}
+                if url.endswith("/edit"):  # the version the edit page shows, as a browser
+                    page = client.get(url, headers=user).get_data(as_text=True)
+                    found = re.search(r'name="loaded_version"[^>]*value="([^"]+)"', page)
+                    assert found
+                    form["loaded_version"] = found.group(1)
                 response = client.post(url, data=form, headers=user, follow_redirects=True)
                 seen.append(_text(response))
 

@@ -1,7 +1,8 @@
 """Problem text is bounded on every database (issue 14): MariaDB's TEXT holds 65,535 bytes, so
 a problem built from what a peer sent (huge names) would fail with DataError there and block
 the server. The detail and object name are cut at engine.store.MAX_TEXT_BYTES on a character
-boundary, with an ellipsis, the same on SQLite, PostgreSQL and MariaDB."""
+boundary, with an ellipsis, the same on SQLite, PostgreSQL and MariaDB; so are a server's
+status message and a delete run's per-membership message (models.BoundedText)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from lm_billing_plugin.engine import batches
+from lm_billing_plugin.engine import batches, deletions, lookups
 from lm_billing_plugin.engine.reconcile import Found
 from lm_billing_plugin.engine.store import ELLIPSIS, MAX_TEXT_BYTES, bounded_text, record_problems
-from lm_billing_plugin.models import Problem, Server
+from lm_billing_plugin.models import DeleteRunItem, Problem, Server
 from lm_billing_plugin.state import get_state
 from lm_billing_plugin.tclport.records import SiteRecord
 from lm_billing_plugin.testing.simulator import Dataset, HostSim, _Err
@@ -156,3 +157,48 @@ def test_a_validation_failing_with_a_huge_peer_error_stores_it_bounded(
         stored = _status_message(sid)
     assert len(stored.encode()) <= MAX_TEXT_BYTES
     assert stored.endswith(ELLIPSIS) and "名" * 100 in stored
+
+
+# --- A delete run's per-membership message (DeleteRunItem.message, models.BoundedText) -----
+
+
+class _HugeDeleteErrorSim(HostSim):
+    """A server that refuses every delete_member with a 90,000-byte INTERNAL message."""
+
+    def handle(self, logical: str, args: Sequence[str]) -> str:
+        if logical == "delete_member":
+            raise _Err("INTERNAL", "名" * 30_000)
+        return super().handle(logical, args)
+
+
+def test_a_delete_refused_with_a_huge_peer_error_stores_the_message_bounded(
+    make_app: Callable[..., Flask], db_url: str,
+) -> None:
+    """A real delete run over a real socket, the server answering each delete with a
+    90,000-byte error: the run finishes (no DataError on MariaDB), each membership is failed
+    with the message cut at MAX_TEXT_BYTES like every other stored peer text (not at an own,
+    shorter cap: more than 10,000 characters of the server's text are kept)."""
+    app = make_app(db_url)
+    email = "pat@example.org"
+    dataset = Dataset(sites=[SiteRecord("s1", "Site 1")])
+    with _HugeDeleteErrorSim(dataset) as sim, app.app_context():
+        for name in ("l1", "l2"):
+            sim.add_member(name, email)
+        session = get_state().session
+        server = Server(name="Lists", host=sim.host, port=sim.port)
+        session.add(server)
+        session.commit()
+        result = deletions.delete_memberships(
+            [lookups.Membership(server.id, name, email) for name in ("l1", "l2")],
+            actor="test")
+        assert [d.outcome for d in result.deletions] == ["failed", "failed"]
+        assert {d.code for d in result.deletions} == {"INTERNAL"}
+        stored = session.scalars(sa.select(DeleteRunItem.message)).all()
+        session.commit()
+    assert len(stored) == 2
+    for text in stored:
+        assert text is not None
+        assert len(text.encode()) <= MAX_TEXT_BYTES < MARIADB_TEXT
+        assert text.endswith(ELLIPSIS) and "名" * 100 in text
+        assert len(text) > 10_000
+    assert [d.message for d in result.deletions] == stored

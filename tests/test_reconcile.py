@@ -296,6 +296,10 @@ def test_sync_converges(world: tuple[BillingSnapshot, Inventory]) -> None:
     second = reconcile(synced, inventory)
     assert second.drift == []
     assert second.changes.empty
+    # So a sync judges billing after it without comparing the lists again: the same result.
+    skipped = reconcile(synced, inventory, synced=True)
+    assert (skipped.problems, skipped.changes, skipped.judged_groups) == (
+        second.problems, second.changes, second.judged_groups)
     # Rules judge billing's rows: after the sync, every server list is held and active.
     held = {r.name for r in synced.lists if r.status == "active"}
     assert held == {r.name for r in inventory.lists}

@@ -34,6 +34,7 @@ from lm_billing_plugin.schedule.service import (
     default_work,
 )
 from lm_billing_plugin.state import get_state
+from lm_billing_plugin.testing.load import gunicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = Path(sys.executable).parent / "flask"
@@ -342,14 +343,8 @@ def test_gunicorn_workers_start_lazily_and_share_the_schedule(tmp_path: Path) ->
     }
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "--workers",
-                "2",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "tests.sched_app:create_app()",
-            ],
+            gunicorn_command("--workers", "2", "--bind", f"127.0.0.1:{port}",
+                             "tests.sched_app:create_app()"),
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -244,3 +244,71 @@ def test_check_with_an_undecryptable_password_says_what_to_do(
         assert SECRET not in str(err.value)
     result = second.test_cli_runner().invoke(args=["lm-billing", "servers", "check", "K"])
     assert result.exit_code == 2 and "cannot be decrypted" in result.output
+
+
+def test_key_rotation_old_rows_still_decrypt_and_rotate_keys_re_encrypts(
+    make_app: Callable[..., Flask], db_url: str
+) -> None:
+    """A new key put first: passwords stored under the old key still decrypt (the check
+    sends them). ``flask lm-billing rotate-keys`` re-encrypts each with the new key, so the
+    old key can then be removed; a password no key decrypts is named, left as it is, exit 2."""
+    old_key, new_key, lost_key = generate_key(), generate_key(), generate_key()
+    first = make_app(db_url, LM_BILLING_ENCRYPTION_KEYS=[old_key])
+    with HostSim(Dataset.generate(lists=2), password=SECRET) as sim:
+        with first.app_context():
+            kept_id = registry.create_server("Kept", sim.host, sim.port, password=SECRET,
+                                             actor="a").id
+            default_id = registry.create_server("Default", "d.example", actor="a").id
+        lost = make_app(db_url, create_tables=False, LM_BILLING_ENCRYPTION_KEYS=[lost_key])
+        with lost.app_context():
+            lost_id = registry.create_server("Lost", "l.example", password="gone",
+                                             actor="a").id
+
+        def tokens(app: Flask) -> dict[int, str | None]:
+            with app.app_context():
+                session = get_state().session
+                out = {row.id: row.password_encrypted for row in session.execute(
+                    sa.select(Server.id, Server.password_encrypted))}
+                session.commit()
+                return out
+
+        before = tokens(first)
+        rotated = make_app(db_url, create_tables=False,
+                           LM_BILLING_ENCRYPTION_KEYS=[new_key, old_key])
+        with rotated.app_context():
+            # Old rows decrypt with the old key kept after the new one.
+            connection, _logging = registry.check_server(kept_id, actor="a")
+            assert connection.ok, connection
+        result = rotated.test_cli_runner().invoke(args=["lm-billing", "rotate-keys"])
+        assert result.exit_code == 2, result.output
+        assert "Re-encrypted 1 stored TclPort password(s)" in result.output
+        assert "server 'Lost': its stored password cannot be decrypted" in result.output
+        assert SECRET not in result.output and "gAAAA" not in result.output
+        after = tokens(rotated)
+        assert after[kept_id] != before[kept_id] and after[kept_id] is not None
+        assert after[lost_id] == before[lost_id]  # untouched, to be entered again
+        assert after[default_id] is None  # the default password stays "none stored"
+
+        # The old key removed: the re-encrypted password still reaches the server.
+        new_only = make_app(db_url, create_tables=False, LM_BILLING_ENCRYPTION_KEYS=[new_key])
+        with new_only.app_context():
+            connection, _logging = registry.check_server(kept_id, actor="a")
+            assert connection.ok, connection
+            session = get_state().session
+            entry = session.scalars(sa.select(AuditEntry)
+                                    .where(AuditEntry.action == "rotate_keys")).one()
+            assert entry.detail == {"rotated": 1, "unreadable": ["Lost"]}
+            session.commit()
+
+    # All readable: exit 0 and the old keys may go; no key at all: exit 2, says which setting.
+    with new_only.app_context():
+        registry.update_server(lost_id, password="typed again", keep_password=False,
+                               actor="a")
+    again = new_only.test_cli_runner().invoke(args=["lm-billing", "rotate-keys"])
+    assert again.exit_code == 0, again.output
+    assert "Re-encrypted 2 stored TclPort password(s)" in again.output
+    assert "The keys after the first one can now be removed." in again.output
+    none = make_app(db_url, create_tables=False, LM_BILLING_ENCRYPTION_KEYS=[])
+    refused = none.test_cli_runner().invoke(args=["lm-billing", "rotate-keys"])
+    assert refused.exit_code == 2
+    assert "LM_BILLING_ENCRYPTION_KEYS is not set" in refused.output

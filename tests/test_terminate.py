@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _pages import csrf, plain
+from _pages import csrf, loaded_version, plain
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -116,7 +116,7 @@ def test_terminate_lists_button_on_the_assign_page(client: FlaskClient, app: Fla
         "csrf_token": csrf(client), "server_id": str(ids["server"]),
         "list_id": [str(ids["two"])], "start": "2026-03-15", "group_id": "0"},
         follow_redirects=True)
-    assert "Terminated 1 list(s)" in plain(done)
+    assert "Terminated 1 list:" in plain(done)
     assert "Customer: Terminated" in plain(done)
     nothing = client.post("/billing/lists/terminate", data={
         "csrf_token": csrf(client), "server_id": str(ids["server"])}, follow_redirects=True)
@@ -136,12 +136,15 @@ def test_remove_selected_objects_and_end_date_on_the_customer(
     assert done.status_code == 302
     assert rows(app, Assignment, Assignment.id == first.id)[0].end_date == date(2026, 4, 1)
     assert len(rows(app, Assignment)) == 3  # ended, not deleted
-    saved = client.post(f"/billing/customers/{ids['customer']}/edit", data={
-        "csrf_token": csrf(client), "company": "Acme", "email": "a@acme.example",
+    edit = f"/billing/customers/{ids['customer']}/edit"
+    saved = client.post(edit, data={
+        "csrf_token": csrf(client), "loaded_version": loaded_version(client, edit),
+        "company": "Acme", "email": "a@acme.example",
         "end_date": "2026-04-15", "start_date": "2026-05-01"})
     assert "must not be before the start date" in plain(saved)
-    saved = client.post(f"/billing/customers/{ids['customer']}/edit", data={
-        "csrf_token": csrf(client), "company": "Acme", "email": "a@acme.example",
+    saved = client.post(edit, data={
+        "csrf_token": csrf(client), "loaded_version": loaded_version(client, edit),
+        "company": "Acme", "email": "a@acme.example",
         "end_date": "2026-04-15"})
     assert saved.status_code == 302
     [acme] = rows(app, Customer, Customer.id == ids["customer"])

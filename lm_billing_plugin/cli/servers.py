@@ -1,5 +1,6 @@
-"""`flask lm-billing servers add|list|check|enable-logging`: the hosting-server registry from
-the command line, through the same service functions as the pages (engine.servers)."""
+"""`flask lm-billing servers add|list|check|enable-logging` and `rotate-keys`: the
+hosting-server registry from the command line, through the same service functions as the
+pages (engine.servers)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from ..engine import servers as registry
 from ..engine.checks import ConnectionReport, LoggingReport
 from ..models import Server
+from ..secrets import SecretsError
 from ..state import get_state
 from ..tclport.client import DEFAULT_PORT
 from . import cli
@@ -270,3 +272,28 @@ def enable_logging_command(name: str, as_json: bool) -> None:
         else:
             echo(f"{server.name}: {report.message}", err=code == EXIT_FAILED)
     raise SystemExit(code)
+
+
+@cli.command("rotate-keys")
+def rotate_keys_command() -> None:
+    """Re-encrypt the stored TclPort passwords with the first key.
+
+    Key rotation: put a new key (flask lm-billing generate-key) first in
+    LM_BILLING_ENCRYPTION_KEYS, keep the old ones after it, restart, run this command; then
+    the old keys can be removed. Exit status: 0 = every stored password is re-encrypted;
+    2 = no key is set, or a stored password no key decrypts (its server is named: enter the
+    password again on its edit page).
+    """
+    try:
+        rotated, unreadable = registry.rotate_passwords(actor=actor())
+    except SecretsError as exc:
+        fail(str(exc))
+    echo(f"Re-encrypted {rotated} stored TclPort password(s) with the first key of "
+         "LM_BILLING_ENCRYPTION_KEYS.")
+    if unreadable:
+        for name in unreadable:
+            echo(f"Error: server {name!r}: its stored password cannot be decrypted with any key "
+                 "of LM_BILLING_ENCRYPTION_KEYS; enter the password again.", err=True)
+        echo("Keep the old keys until those passwords are entered again.", err=True)
+        raise SystemExit(EXIT_FAILED)
+    echo("The keys after the first one can now be removed.")

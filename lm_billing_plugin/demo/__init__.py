@@ -3,9 +3,11 @@ instance folder. `create_app` only builds the app; `python -m lm_billing_plugin.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,8 +56,17 @@ def _instance_secret(app: Flask, filename: str, make: Any) -> str:
     the stored TclPort passwords readable."""
     path = Path(app.instance_path) / filename
     if not path.exists():
-        path.write_text(make(), encoding="utf-8")
-        path.chmod(0o600)
+        # Written whole under another name, then linked in place: gunicorn's workers start
+        # the app at the same moment, and none may read a half-written (empty) secret or
+        # keep a key of its own that another worker's link replaced.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{filename}.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(make())
+            with contextlib.suppress(FileExistsError):  # another worker's came first
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
     return path.read_text(encoding="utf-8").strip()
 
 

@@ -18,11 +18,12 @@ member, or ``failed`` with the code and what to do) and one audit entry each nam
 and the run's counters and ``updated_at`` move — one short transaction. A server that cannot
 be reached fails its own items (the rest of its items are not tried again); the others go on.
 
-A run whose process stops stays ``running`` with nothing moving; the next run (or a CLI
-``find-member --delete``) marks it ``interrupted`` once LM_BILLING_LEASE_SECONDS passed
-without progress, and its pending items ``interrupted``: the server may or may not have
-deleted them (search again). The progress page says "stalled" meanwhile (a GET writes
-nothing).
+A run whose process stops stays ``running`` with nothing moving; once LM_BILLING_LEASE_SECONDS
+passed without progress, :func:`sweep_stale_delete_runs` marks it ``interrupted`` and its
+pending items ``interrupted``: the server may or may not have deleted them (search again).
+The sweep runs where other stale work is swept: the next delete run (or a CLI
+``find-member --delete``), the next validate or sync batch (the scheduler's too), and the
+delete-run pages and API reads (a plain read; they write only when a run is stale).
 
 No worker thread touches the database; results are plain dataclasses.
 """
@@ -72,7 +73,6 @@ log = logging.getLogger("lm_billing_plugin.deletions")
 # Memberships one server is asked to delete in one session (one round). Each is one short
 # command, so a round ends well within LM_BILLING_SERVER_DEADLINE even on a slow link.
 DELETE_CHUNK: Final = 100
-_MESSAGE_MAX: Final = 10_000
 INTERRUPTED_MESSAGE: Final = (
     "the delete run stopped (its process ended) before this server's answer was stored: the "
     "member may or may not have been deleted; search for the address again on Find Member"
@@ -334,7 +334,7 @@ class _Recorder:
                     sa.update(DeleteRunItem)
                     .where(DeleteRunItem.id == item.id, DeleteRunItem.outcome == "pending")
                     .values(outcome=outcome, code=code,
-                            message=(message or "")[:_MESSAGE_MAX] or None, finished_at=now)
+                            message=message or None, finished_at=now)
                     .execution_options(synchronize_session=False))
                 counts[outcome] += 1
                 audit.record(

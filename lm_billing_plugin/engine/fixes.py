@@ -59,6 +59,9 @@ __all__ = ["ENABLE_LOGGING_HINT", "FIX_OUTCOMES", "RULE_ACTIONS", "FixItem", "Fi
 
 # Problem ids per look-up statement (fix_problems): below every backend's parameter limit.
 _ID_CHUNK: Final = 900
+# "Fix all that match this filter" (the Errors page, the API) fixes at most this many per
+# request: the fix runs inside it, and one click must not hold a web worker for minutes.
+FIX_ALL_LIMIT: Final = 1000
 # The runner's logger name, kept so hosts' logging config still reaches fix messages.
 log = logging.getLogger("lm_billing_plugin.runner")
 

@@ -25,6 +25,7 @@ __all__ = [
     "STALE_BATCH_MESSAGE",
     "LeaseLost",
     "claim_server",
+    "claim_servers",
     "end_unfinished_runs",
     "expire_leases",
     "hold_lease",
@@ -90,6 +91,49 @@ def claim_server(
                     server_id, previous.lease_owner)
     if commit:
         session.commit()
+    return claimed
+
+
+def claim_servers(
+    session: Session,
+    runs: Sequence[tuple[int, int | None]],
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+) -> set[int]:
+    """Claim several servers, each for its run (``runs``: (server id, run id) pairs), with ONE
+    conditional UPDATE; returns the ids claimed (the others are held by a live lease). Like
+    :func:`claim_server`, a claim over an expired lease marks that lease's run interrupted.
+    Does not commit: the caller commits (three statements more, whatever the count).
+    """
+    ids = sorted({sid for sid, _run in runs})
+    if not ids:
+        return set()
+    previous = {
+        r.id: r for r in session.execute(
+            sa.select(SERVER.c.id, SERVER.c.lease_owner, SERVER.c.lease_run_id)
+            .where(SERVER.c.id.in_(ids), SERVER.c.lease_owner.is_not(None)))
+    }
+    run_of = {sid: run for sid, run in runs}
+    session.execute(
+        SERVER.update()
+        .where(SERVER.c.id.in_(ids),
+               sa.or_(SERVER.c.lease_owner.is_(None), SERVER.c.lease_expires_at < now))
+        .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                lease_run_id=sa.case(run_of, value=SERVER.c.id, else_=None))
+    )
+    # The owner names this batch worker alone, so its rows are the ones just claimed.
+    claimed = set(session.execute(
+        sa.select(SERVER.c.id).where(SERVER.c.id.in_(ids), SERVER.c.lease_owner == owner)
+    ).scalars())
+    expired = [previous[sid] for sid in sorted(claimed) if sid in previous]
+    if expired:
+        stale = [r.lease_run_id for r in expired if r.lease_run_id is not None]
+        if stale:
+            _interrupt_runs(session, stale, now)
+        for r in expired:
+            log.warning("server %s: lease of %s expired; its run is marked interrupted",
+                        r.id, r.lease_owner)
     return claimed
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Final, TypeVar
 
-__all__ = ["GRACE", "run_parallel"]
+__all__ = ["GRACE", "handed_ahead", "run_parallel"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -22,6 +22,12 @@ O = TypeVar("O")  # noqa: E741 - the outcome type
 # How long past its own deadline a worker may take before the runner stops waiting for it
 # (the client's deadline normally ends it first; this only guards against surprises).
 GRACE: Final = 5.0
+
+
+def handed_ahead(workers: int, items: int) -> int:
+    """How many items :func:`run_parallel` starts before the first fetch is done: twice the
+    workers it uses (so a caller may prepare them together)."""
+    return 2 * max(1, min(workers, items))
 
 
 def run_parallel(
@@ -53,7 +59,7 @@ def run_parallel(
     # Each submitted item with the moment its worker began (empty until then).
     running: dict[Future[R], tuple[T, list[float]]] = {}
     size = max(1, min(workers, len(items)))
-    ahead = 2 * size
+    ahead = handed_ahead(workers, len(items))
     pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=thread_name_prefix)
 
     def timed(item: T, began: list[float]) -> R:

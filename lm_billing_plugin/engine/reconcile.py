@@ -590,11 +590,11 @@ _FIELD_SENTENCES: Final = {
         "Server %(server)s sent a host name %(problem)s; billing keeps this server's host "
         "name empty until it is corrected on the hosting server. Everything else was stored."),
     ("server", "mode"): M_(
-        "Server %(server)s sent a Enable Logging mode %(problem)s; billing keeps this "
+        "Server %(server)s sent an Enable Logging mode %(problem)s; billing keeps this "
         "server's Enable Logging mode empty until it is corrected on the hosting server. "
         "Everything else was stored."),
     ("server", "label"): M_(
-        "Server %(server)s sent a Enable Logging label %(problem)s; billing keeps this "
+        "Server %(server)s sent an Enable Logging label %(problem)s; billing keeps this "
         "server's Enable Logging label empty until it is corrected on the hosting server. "
         "Everything else was stored."),
     ("site", "title"): M_(
@@ -652,17 +652,26 @@ def field_problems(snapshot: BillingSnapshot, rejected: Iterable[Any]) -> list[F
     return out
 
 
-def reconcile(snapshot: BillingSnapshot, inventory: Any, *, rules: bool = True
-              ) -> Reconciliation:
+def reconcile(snapshot: BillingSnapshot, inventory: Any, *, rules: bool = True,
+              synced: bool = False) -> Reconciliation:
     """Everything one run finds for one server.
 
     ``inventory`` is an :class:`lm_billing_plugin.engine.inventory.Inventory` (typed loosely so this
     module stays free of the network layer's imports): ``sites``, ``lists``, ``logging``,
     ``usage_error``, ``rejected``. ``rules=False`` leaves out the billing-rule problems (they
     depend on the snapshot only: a caller that knows them already) and judges no group.
+    ``synced=True``: ``snapshot`` is :func:`apply_to_snapshot` of this inventory's changes
+    (billing as a sync of it leaves it), which has no drift by construction (every drift
+    problem is one of the changes applied; ``tests/test_reconcile.py`` checks it), so the
+    comparison of every site and list is skipped.
     """
     rejected = getattr(inventory, "rejected", ())
-    problems, changes = drift(snapshot, inventory.sites, inventory.lists, rejected=rejected)
+    problems: list[Found]
+    if synced:
+        problems, changes = [], Changes()
+    else:
+        problems, changes = drift(snapshot, inventory.sites, inventory.lists,
+                                  rejected=rejected)
     if not rules:
         problems.extend(field_problems(snapshot, rejected))
         off = logging_problem(snapshot, inventory.logging,

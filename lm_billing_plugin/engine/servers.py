@@ -59,6 +59,7 @@ __all__ = [
     "delete_server",
     "enable_logging",
     "get_server",
+    "rotate_passwords",
     "run_message",
     "server_json",
     "servers_by_name",
@@ -321,6 +322,43 @@ def tclport_password(token: str | None) -> str:
     if token is None:
         return DEFAULT_PASSWORD
     return get_state().secrets.decrypt(token)
+
+
+def rotate_passwords(*, actor: str) -> tuple[int, list[str]]:
+    """Re-encrypt every stored TclPort password with the first key of
+    LM_BILLING_ENCRYPTION_KEYS (``flask lm-billing rotate-keys``), in one transaction, so the
+    keys after it can be removed. Returns (passwords re-encrypted, names of the servers
+    whose stored password no key decrypts: left as they are, to be entered again). Raises
+    SecretsError when no key is set."""
+    state = get_state()
+    session = state.session
+    box = state.secrets
+    if not box.configured:
+        raise SecretsError("cannot re-encrypt the TclPort passwords: LM_BILLING_ENCRYPTION_KEYS "
+                           "is not set")
+    rows = session.execute(
+        sa.select(Server.id, Server.name, Server.password_encrypted)
+        .where(Server.password_encrypted.is_not(None)).order_by(Server.id)).all()
+    rotated, unreadable = 0, []
+    for server_id, name, token in rows:
+        if token is None:  # not selected; the type allows it
+            continue
+        try:
+            new_token = box.rotate(token)
+        except SecretsError:
+            unreadable.append(name)
+            continue
+        # Only if the row still holds what was read: a password changed meanwhile is already
+        # encrypted with the first key.
+        rotated += session.execute(
+            sa.update(Server).where(Server.id == server_id, Server.password_encrypted == token)
+            .values(password_encrypted=new_token)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    audit.record(session, actor=actor, action="rotate_keys", object_type="server",
+                 detail={"rotated": rotated, "unreadable": unreadable})
+    session.commit()
+    return rotated, unreadable
 
 
 # --- create, update, delete -----------------------------------------------------------------

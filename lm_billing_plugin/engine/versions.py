@@ -101,10 +101,11 @@ def check_version(session: Session, kind: str, model: type[T], row_id: int,
                   fields: Iterable[str], expected: str | None) -> T | None:
     """Lock the row and compare its operator-owned fields with the version the form loaded.
 
-    ``expected`` None means the caller sent no version (a script's POST without the hidden
-    field, the CLI): the row is not locked and not compared. Returns the locked row (None
-    when it is gone); raises ChangedMeanwhile (after a rollback, so nothing is held) when
-    the fields changed."""
+    ``expected`` None means the caller has no form version to give (the CLI, the API, which
+    checks its own If-Match): the row is not locked and not compared. The edit forms always
+    pass a text; a POST without the hidden field passes "", which never matches. Returns
+    the locked row (None when it is gone); raises ChangedMeanwhile (after a rollback, so
+    nothing is held) when the fields changed."""
     if expected is None:
         return None
     fields = tuple(fields)

@@ -10,7 +10,6 @@ import threading
 from flask import Flask, current_app, request
 
 from ..state import get_state
-from .service import SERVICE_EXTRA, SchedulerService
 
 
 def should_autostart(app: Flask) -> bool:
@@ -52,6 +51,10 @@ def install_autostart(app: Flask) -> None:
     """Arrange for the scheduler to start lazily in a serving process (never here)."""
 
     def start_on_first_request() -> None:
+        # The service module (batches, notifications, SMTP) when a request comes, not at
+        # init_app: a CLI process installs this hook but never serves a request.
+        from .service import SERVICE_EXTRA, SchedulerService
+
         state = get_state(app)
         if SERVICE_EXTRA in state.extras:
             return
@@ -76,6 +79,8 @@ def install_autostart(app: Flask) -> None:
 
 def stop_service(app: Flask) -> None:
     """Stop this process's ticker for ``app`` (a run going on is recorded as interrupted)."""
+    from .service import SERVICE_EXTRA, SchedulerService
+
     state = get_state(app)
     with _AUTOSTART_LOCK:
         service = state.extras.pop(SERVICE_EXTRA, None)

@@ -1,5 +1,5 @@
 """The `lm_billing` blueprint: access guard, security headers and template context shared
-by every page; the pages themselves live in views/."""
+by every page; the pages themselves live in views/ (imported on their first request)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
-from flask_wtf.csrf import validate_csrf
 from werkzeug.exceptions import HTTPException
-from wtforms.validators import ValidationError
 
 from ..i18n import M_, N_, gettext, say, template_functions
 from ..settings import DEFAULTS
@@ -60,6 +58,10 @@ def guard_csrf() -> None:
         return
     field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
     token = request.form.get(field) or request.headers.get("X-CSRFToken")
+    # Here, not at import: a CLI process registers the blueprint but never checks a form.
+    from flask_wtf.csrf import validate_csrf
+    from wtforms.validators import ValidationError
+
     try:
         validate_csrf(token)
     except ValidationError as exc:

@@ -19,6 +19,9 @@
   }
 
   function addSelectAll(form) {
+    // The labels come translated from the page (the attributes' values).
+    var pageLabel = form.getAttribute("data-lmb-select-form") || "Select all rows on this page";
+    var kindLabel = form.getAttribute("data-lmb-select-kind") || "Select all rows of this kind";
     var slot = form.querySelector("[data-lmb-select-all-slot]");
     var tables = slot ? form.querySelectorAll("table") : [form.querySelector("table")];
     tables.forEach(function (table) {
@@ -27,7 +30,7 @@
       var boxes = table.querySelectorAll("tbody input[type=checkbox]");
       if (!head || boxes.length === 0) { return; }
       // On a page of several tables (the Errors page's kinds) each selects its own rows.
-      var parts = selectBox(slot ? "Select all rows of this kind" : "Select all rows on this page", boxes, false);
+      var parts = selectBox(slot ? kindLabel : pageLabel, boxes, false);
       head.textContent = "";
       head.appendChild(parts[0]);
       head.appendChild(parts[1]);
@@ -35,7 +38,7 @@
     if (slot) {
       var every = form.querySelectorAll("tbody input[type=checkbox]");
       if (every.length === 0) { return; }
-      var parts = selectBox("Select all rows on this page", every, true);
+      var parts = selectBox(pageLabel, every, true);
       slot.className = "lmb-check-field";
       slot.appendChild(parts[0]);
       slot.appendChild(document.createTextNode(" "));
@@ -54,8 +57,8 @@
         .then(function (data) {
           if (data.finished) { window.location.reload(); return; }
           if (status) {
-            status.textContent = "Running: " + data.done + " of " + data.total + " server(s) done" +
-              (data.failed ? ", " + data.failed + " failed" : "") + ".";
+            // The sentence comes translated, in the page's language, from the server.
+            status.textContent = data.progress_text;
           }
           if (bar) { bar.max = data.total || 1; bar.value = data.done; }
           window.setTimeout(tick, 1000);

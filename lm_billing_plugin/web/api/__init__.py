@@ -10,7 +10,14 @@ from .core import API_PREFIX, api, exempt_from_host_csrf, unrouted_as_json
 
 # Adding a resource: a module in resources/ whose views use core.route() (its OpenAPI
 # operation comes with it), imported here. The URL-map tests and the OpenAPI test see it.
-from .resources import bills, catalog, problems, runs, servers  # noqa: F401  (they register routes)
+from .resources import (  # noqa: F401  (they register routes)
+    bills,
+    catalog,
+    deletions,
+    problems,
+    runs,
+    servers,
+)
 
 
 def install(app: Flask, url_prefix: str) -> None:

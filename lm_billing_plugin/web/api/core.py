@@ -17,9 +17,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from flask_wtf.csrf import validate_csrf
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from wtforms.validators import ValidationError
 
 from ...state import get_state
 from ..access import TOKEN_USER_ATTR, action_of, is_allowed, requires
@@ -191,6 +189,10 @@ def guard() -> None:
         return
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return
+    # Here, not at import: a CLI process mounts the API but never checks a token.
+    from flask_wtf.csrf import validate_csrf
+    from wtforms.validators import ValidationError
+
     try:
         validate_csrf(request.headers.get("X-CSRFToken"))
     except ValidationError as exc:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from apispec import APISpec
 from flask import Response, jsonify, request
 
 from ..access import ACTIONS
@@ -89,6 +88,8 @@ def _version() -> str:
 
 
 def build_spec(server_url: str) -> dict[str, Any]:
+    from apispec import APISpec  # only when the document is asked for
+
     spec = APISpec(
         title="ListManager Billing API",
         version=_version(),

@@ -26,6 +26,7 @@ ACTION_WORDS: dict[str, str] = {
     "server_update": N_("changed the server"),
     "server_deactivate": N_("deactivated the server"),
     "server_delete": N_("deleted the server"),
+    "rotate_keys": N_("re-encrypted the stored TclPort passwords"),
     "customer_create": N_("created the customer"),
     "customer_update": N_("changed the customer"),
     "customer_activate": N_("made the customer active"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
 from wtforms import HiddenField
 
 __all__ = ["loaded_version_field", "posted_version"]
@@ -17,10 +16,8 @@ def loaded_version_field() -> Any:
     return HiddenField()
 
 
-def posted_version(form: Any) -> str | None:
-    """The version the posted form was loaded with; None when the POST has no such field (a
-    script's form made before the field existed: saved unchecked, as it always was — every
-    page's form sends it)."""
-    if "loaded_version" not in request.form:
-        return None
+def posted_version(form: Any) -> str:
+    """The version the posted form was loaded with. A POST without the field is not from
+    this plugin's page (every edit page sends it): a stale or foreign client, whose save is
+    refused like a stale version ("" never matches a row's digest), never saved unchecked."""
     return str(form.loaded_version.data or "")

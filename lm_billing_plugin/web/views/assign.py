@@ -7,12 +7,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
-from ...i18n import N_, gettext
+from ...i18n import N_, gettext, ngettext
 from ...models import (
     Assignment,
     BillingGroup,
@@ -184,8 +184,9 @@ def _do_assign(
     except assignment.AssignmentError as exc:
         form.whole_server.errors = [gettext("Nothing was assigned: %(why)s.", why=said(exc))]
         return ""
-    flash(gettext("Assigned %(count)s object(s) on server %(server)s to billing group "
-                  "%(group)s.", count=count, server=server.name, group=group.name))
+    flash(ngettext("Assigned %(num)s object on server %(server)s to billing group %(group)s.",
+                   "Assigned %(num)s objects on server %(server)s to billing group %(group)s.",
+                   count, server=server.name, group=group.name))
     return redirect(url_for("lm_billing.customer_detail", customer_id=group.customer_id))
 
 
@@ -286,15 +287,7 @@ def unassign() -> Any:
         message = gettext("Nothing was unassigned: %(why)s. Reload the page and try again.",
                           why=said(exc))
         return render_customer_detail(session, customer, form, message, status=400)
-    flash(gettext("Ended %(count)s assignment(s) of %(customer)s; their history is kept.",
-                  count=count, customer=customer.company))
+    flash(ngettext("Ended %(num)s assignment of %(customer)s; its history is kept.",
+                   "Ended %(num)s assignments of %(customer)s; their history is kept.",
+                   count, customer=customer.company))
     return redirect(url_for("lm_billing.customer_detail", customer_id=customer.id))
-
-
-def register(blueprint: Blueprint) -> None:
-    rules: list[tuple[str, str, Any, list[str]]] = [
-        ("/assign", "assign", assign, ["GET", "POST"]),
-        ("/unassign", "unassign", unassign, ["POST"]),
-    ]
-    for rule, endpoint, view, methods in rules:
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, render_template, request, stream_with_context
+from flask import render_template, request, stream_with_context
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
@@ -157,8 +157,3 @@ def audit_log_csv() -> Any:
 
     return Response(stream_with_context(_csv_lines(rows())), mimetype="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="billing-audit.csv"'})
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/audit", "audit_log", audit_log)
-    blueprint.add_url_rule("/audit.csv", "audit_log_csv", audit_log_csv)

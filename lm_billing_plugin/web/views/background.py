@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask import current_app, flash, redirect, render_template, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 
@@ -126,10 +126,3 @@ def background_run_now() -> Response:
             "message",
         )
     return back
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/background", "background", background)
-    blueprint.add_url_rule(
-        "/background/run-now", "background_run_now", background_run_now, methods=["POST"]
-    )

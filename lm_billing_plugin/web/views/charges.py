@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask import abort, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
 
@@ -207,20 +207,3 @@ def group_charge_remove(group_charge_id: int) -> Response:
     else:
         flash(gettext("Charge removed from the billing group."))
     return _back_to_customer(group_id)
-
-
-def register(blueprint: Blueprint) -> None:
-    rules: list[tuple[str, str, Any, list[str]]] = [
-        ("/charges", "charges", charges, ["GET"]),
-        ("/charges/new", "charge_new", charge_new, ["GET", "POST"]),
-        ("/charges/<int:charge_id>/edit", "charge_edit", charge_edit, ["GET", "POST"]),
-        ("/charges/<int:charge_id>/delete", "charge_delete", charge_delete, ["GET", "POST"]),
-        ("/groups/<int:group_id>/charges/new", "group_charge_new", group_charge_new,
-         ["GET", "POST"]),
-        ("/group-charges/<int:group_charge_id>/end", "group_charge_end", group_charge_end,
-         ["POST"]),
-        ("/group-charges/<int:group_charge_id>/remove", "group_charge_remove",
-         group_charge_remove, ["POST"]),
-    ]
-    for rule, endpoint, view, methods in rules:
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods)

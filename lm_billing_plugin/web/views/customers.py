@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice
@@ -444,16 +444,3 @@ def group_edit(group_id: int) -> str | Response:
 
 
 # --- Hosting plans ------------------------------------------------------------------------
-
-
-def register(blueprint: Blueprint) -> None:
-    rules: list[tuple[str, str, Any, list[str]]] = [
-        ("/customers", "customers", customers, ["GET"]),
-        ("/customers/new", "customer_new", customer_new, ["GET", "POST"]),
-        ("/customers/<int:customer_id>", "customer_detail", customer_detail, ["GET"]),
-        ("/customers/<int:customer_id>/edit", "customer_edit", customer_edit, ["GET", "POST"]),
-        ("/customers/<int:customer_id>/groups/new", "group_new", group_new, ["GET", "POST"]),
-        ("/groups/<int:group_id>/edit", "group_edit", group_edit, ["GET", "POST"]),
-    ]
-    for rule, endpoint, view, methods in rules:
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, render_template, request
+from flask import render_template, request
 
 from ...models import Assignment, BillingGroup, Customer, GroupPlan, HostingPlan
 from .catalog import active_assignment_clause, billing_day, db_session, page_size, search_clause
@@ -103,7 +103,3 @@ def billing_groups() -> str:
     ).all()
     return render_template("lm_billing/billing_groups.html", rows=rows, page=page,
                            customer_q=customer_q, plan_q=plan_q)
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/groups", "billing_groups", billing_groups)

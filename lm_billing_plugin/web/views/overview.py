@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, render_template, request, url_for
+from flask import current_app, render_template, request, url_for
 
-from ...i18n import gettext
+from ...i18n import gettext, ngettext
 from ...models import Server
 from ...reports import overview as figures
 from ...reports.charts import Point, columns, rows
@@ -40,8 +40,8 @@ def overview() -> str:
     status_points = [
         Point(BUCKET_WORDS.get(bucket, bucket), sum(codes.values()),
               url_for("lm_billing.servers", status=figures.BUCKET_SLUGS[bucket]),
-              gettext("%(bucket)s: %(num)s server(s)", bucket=BUCKET_WORDS.get(bucket, bucket),
-                      num=sum(codes.values()))
+              ngettext("%(bucket)s: %(num)s server", "%(bucket)s: %(num)s servers",
+                       sum(codes.values()), bucket=BUCKET_WORDS.get(bucket, bucket))
               + ("" if not codes else " (" + ", ".join(
                   f"{_status(c)}: {n}" for c, n in sorted(codes.items())) + ")"))
         for bucket, codes in statuses.items()
@@ -117,7 +117,3 @@ def overview() -> str:
         month_label=month_label,
         endpoints=current_app.view_functions,
     )
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/overview", "overview", overview)

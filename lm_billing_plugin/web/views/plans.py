@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask import abort, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
 from ...catalog.customers import CatalogError
@@ -88,13 +88,3 @@ def plan_edit(plan_id: int) -> str | Response:
 
 
 # --- Assignment ----------------------------------------------------------------------------
-
-
-def register(blueprint: Blueprint) -> None:
-    rules: list[tuple[str, str, Any, list[str]]] = [
-        ("/plans", "plans", plans, ["GET"]),
-        ("/plans/new", "plan_new", plan_new, ["GET", "POST"]),
-        ("/plans/<int:plan_id>/edit", "plan_edit", plan_edit, ["GET", "POST"]),
-    ]
-    for rule, endpoint, view, methods in rules:
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods)

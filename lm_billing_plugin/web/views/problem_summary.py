@@ -75,11 +75,20 @@ class Count:
     count: int
 
 
+# The "By server" list shows the servers with the most problems; the others are counted (the
+# Server filter below names every server). A list of 1,000 links reads as nothing and was most
+# of the page's time.
+SERVERS_SHOWN = 20
+
+
 @dataclass
 class Summary:
     total: int = 0
     by_kind: list[Count] = field(default_factory=list)
     by_server: list[Count] = field(default_factory=list)
+    # Within the kind filter: the problems on every server, and the servers not in by_server.
+    all_servers: int = 0
+    more_servers: int = 0
 
     def kind_count(self, kind: str) -> int:
         return next((c.count for c in self.by_kind if c.key == kind), 0)
@@ -112,9 +121,14 @@ def summarise(
         .group_by(Problem.server_id, Server.name)
         .order_by(func.count().desc(), Server.name)
     ).all()
+    # The busiest servers, and the filtered one wherever it ranks.
+    shown = [r for i, r in enumerate(servers)
+             if i < SERVERS_SHOWN or (server_id is not None and r.server_id == server_id)]
     summary = Summary(
         by_kind=[Count(r.kind, kind_words.get(r.kind, r.kind), int(r.n)) for r in kinds],
-        by_server=[Count(r.server_id, r.name or gettext("no server"), int(r.n)) for r in servers],
+        by_server=[Count(r.server_id, r.name or gettext("no server"), int(r.n)) for r in shown],
+        all_servers=sum(int(r.n) for r in servers),
+        more_servers=len(servers) - len(shown),
     )
     summary.total = summary.kind_count(kind) if kind else sum(c.count for c in summary.by_kind)
     return summary

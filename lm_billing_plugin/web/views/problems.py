@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from sqlalchemy import ColumnElement, func, or_, select
+from flask import current_app, flash, redirect, render_template, request, url_for
+from sqlalchemy import ColumnElement, or_, select
 from werkzeug.wrappers import Response
 
+from ...engine.fixes import FIX_ALL_LIMIT
 from ...i18n import N_, Words, gettext, say
 from ...models import PROBLEM_KINDS, Batch, Problem, Run, Server
 from ...state import get_state
@@ -49,10 +50,6 @@ FIX_WORDS = Words({
     "invalid_field": N_("Fixing cannot change what the hosting server sends: correct the value "
     "there (shorten it, remove the NUL character), then validate the server again."),
 })
-
-# "Fix all that match this filter" fixes at most this many per click: the fix runs inside the
-# request, and one click must not hold a web worker for minutes.
-FIX_ALL_LIMIT = 1000
 
 DRIFT_KINDS = ("unknown_site", "unknown_list", "missing_site", "missing_list", "changed_list")
 PLAN_KINDS = (
@@ -150,36 +147,36 @@ def problems() -> str:
         size=state.settings.page_size,
         keep={"server": server_id, "kind": kind, "batch": batch_id},
     )
-    stmt = (
-        select(Problem, Server.name.label("server_name"), func.count().over().label("total"))
-        .outerjoin(Server, Server.id == Problem.server_id)
-        .where(*where)
-    )
-
-    def fetch() -> list[Any]:
-        return list(
-            session.execute(
-                # Grouped by kind on the page: kind first, then the chosen order.
-                stmt.order_by(problem_summary.kind_order(), *order_by(page, sort_keys, Problem.id))
-                .limit(page.size)
-                .offset(page.offset)
-            ).all()
-        )
-
-    rows = fetch()
-    if rows:
-        page.total = int(rows[0].total)
-    elif page.number > 1:
-        page.total = int(
-            session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
-        )
-        clamp(page)
-        rows = fetch()
     servers = session.execute(select(Server.id, Server.name).order_by(Server.name)).all()
     base = [Problem.status == "open"] + ([found_by_batch(batch.id)] if batch else [])
     summary = problem_summary.summarise(
         session, base, server_id=server_id, kind=kind, kind_words=KIND_WORDS
     )
+    # The summary's total is this filter's count (same status, server, kind and batch).
+    page.total = summary.total
+    clamp(page)
+    # The page's ids from narrow rows (sorting only the keys, not every problem's detail and
+    # data), then only those rows whole: at 6,000 open problems this is a third of the time
+    # one wide sorted statement with a window count took.
+    ids = list(session.scalars(
+        select(Problem.id)
+        .outerjoin(Server, Server.id == Problem.server_id)
+        .where(*where)
+        # Grouped by kind on the page: kind first, then the chosen order.
+        .order_by(problem_summary.kind_order(), *order_by(page, sort_keys, Problem.id))
+        .limit(page.size)
+        .offset(page.offset)
+    ))
+    found = {
+        row[0].id: row
+        for row in session.execute(
+            select(Problem, Server.name.label("server_name"))
+            .outerjoin(Server, Server.id == Problem.server_id)
+            .where(Problem.id.in_(ids))
+        )
+    } if ids else {}
+    # A row removed between the two statements (its server deleted) is left out.
+    rows = [found[i] for i in ids if i in found]
     return render_template(
         "lm_billing/problems.html",
         rows=rows,
@@ -325,9 +322,3 @@ def _flash_lines(lines: list[str], category: str, limit: int = 10) -> None:
         flash(line, category)
     if len(lines) > limit:
         flash(gettext("... and %(num)s more like these.", num=len(lines) - limit), category)
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/errors", "problems", problems)
-    blueprint.add_url_rule("/errors.csv", "problems_csv", problems_csv)
-    blueprint.add_url_rule("/errors/fix", "problems_fix", problems_fix, methods=["POST"])

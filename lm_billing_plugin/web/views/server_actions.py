@@ -3,13 +3,13 @@ on a server's detail page; Validate and Sync (in the background) from the Server
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, request, url_for
+from flask import flash, redirect, request, url_for
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from ...engine import servers as service
 from ...engine.servers import ServerError
-from ...i18n import gettext, say
+from ...i18n import gettext, ngettext, say
 from ...models import BillingGroup, MailingList, Server
 from ...state import get_state
 from ..access import actor_name, requires
@@ -104,11 +104,14 @@ def server_assign(server_id: int) -> Response:
     group_name = group.name if group else str(form.group_id.data)
     had = len(list_ids) - created
     if had:
-        flash(gettext('%(count)s list(s) assigned to the billing group "%(group)s" (%(had)s had '
-                      "it already).", count=created, group=group_name, had=had), "message")
+        flash(ngettext('%(num)s list assigned to the billing group "%(group)s" (%(had)s had it '
+                       "already).",
+                       '%(num)s lists assigned to the billing group "%(group)s" (%(had)s had '
+                       "it already).", created, group=group_name, had=had), "message")
     else:
-        flash(gettext('%(count)s list(s) assigned to the billing group "%(group)s".',
-                      count=created, group=group_name), "message")
+        flash(ngettext('%(num)s list assigned to the billing group "%(group)s".',
+                       '%(num)s lists assigned to the billing group "%(group)s".',
+                       created, group=group_name), "message")
     return back
 
 
@@ -127,9 +130,11 @@ def _selected_server_ids(form: ServerSelectionForm) -> list[int]:
     inactive = [row.name for row in rows if not row.active]
     if inactive:
         # A deactivated server only keeps history; reading it again would bill nothing.
-        flash(gettext("Skipped deactivated server(s): %(names)s (kept as billing history; "
-                      "deactivated servers are not validated or synced).",
-                      names=", ".join(inactive)), "message")
+        flash(ngettext("Skipped a deactivated server: %(names)s (kept as billing history; "
+                       "deactivated servers are not validated or synced).",
+                       "Skipped %(num)s deactivated servers: %(names)s (kept as billing "
+                       "history; deactivated servers are not validated or synced).",
+                       len(inactive), names=", ".join(inactive)), "message")
     active = {row.id for row in rows if row.active}
     return [i for i in ids if i in active]
 
@@ -188,22 +193,3 @@ def servers_sync() -> Response:
     if not ids:
         return _back_to_servers(gettext("Nothing was synced: tick the servers to sync first."))
     return _start("sync", ids)
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule(
-        "/servers/<int:server_id>/check", "server_check", server_check, methods=["POST"]
-    )
-    blueprint.add_url_rule(
-        "/servers/<int:server_id>/enable-logging",
-        "server_enable_logging",
-        server_enable_logging,
-        methods=["POST"],
-    )
-    blueprint.add_url_rule(
-        "/servers/<int:server_id>/assign", "server_assign", server_assign, methods=["POST"]
-    )
-    blueprint.add_url_rule(
-        "/servers/validate", "servers_validate", servers_validate, methods=["POST"]
-    )
-    blueprint.add_url_rule("/servers/sync", "servers_sync", servers_sync, methods=["POST"])

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
@@ -565,15 +565,3 @@ def server_detail(server_id: int) -> str:
     if not (isinstance(check, dict) and check.get("server_id") == server_id):
         check = None
     return render_template("lm_billing/server_detail.html", **detail_context(server, check))
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/", "servers", servers)
-    blueprint.add_url_rule("/servers/new", "server_new", server_new, methods=["GET", "POST"])
-    blueprint.add_url_rule("/servers/<int:server_id>", "server_detail", server_detail)
-    blueprint.add_url_rule(
-        "/servers/<int:server_id>/edit", "server_edit", server_edit, methods=["GET", "POST"]
-    )
-    blueprint.add_url_rule(
-        "/servers/<int:server_id>/delete", "server_delete", server_delete, methods=["GET", "POST"]
-    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from ...catalog import assignment, terminate
 from ...catalog.customer_checks import CHECK_KINDS, validate_customers
-from ...i18n import N_, gettext
+from ...i18n import N_, gettext, ngettext
 from ...models import Customer
 from ..access import actor_name, requires
 from ..forms.charges import ConfirmForm, TerminateListsForm
@@ -45,10 +45,12 @@ def lists_terminate() -> Response:
         flash(gettext("Nothing was terminated: %(why)s.", why=said(exc)), "error")
         return redirect(back)
     flash(
-        gettext("Terminated %(count)s list(s): moved to %(company)s: %(group)s, %(ended)s "
-                "assignment(s) ended; history kept.", count=len(list_ids),
-                company=terminate.PLACEHOLDER_COMPANY, group=terminate.PLACEHOLDER_GROUP,
-                ended=result.ended)
+        ngettext("Terminated %(num)s list: moved to %(company)s: %(group)s, %(ended)s "
+                 "assignment(s) ended; history kept.",
+                 "Terminated %(num)s lists: moved to %(company)s: %(group)s, %(ended)s "
+                 "assignment(s) ended; history kept.", len(list_ids),
+                 company=terminate.PLACEHOLDER_COMPANY, group=terminate.PLACEHOLDER_GROUP,
+                 ended=result.ended)
     )
     return redirect(url_for("lm_billing.customer_detail", customer_id=result.customer_id))
 
@@ -82,14 +84,3 @@ def customer_checks() -> str:
     return render_template(
         "lm_billing/customer_checks.html", findings=findings, kinds=CHECK_KINDS, today=today
     )
-
-
-def register(blueprint: Blueprint) -> None:
-    rules: list[tuple[str, str, Any, list[str]]] = [
-        ("/lists/terminate", "lists_terminate", lists_terminate, ["POST"]),
-        ("/customers/<int:customer_id>/delete", "customer_delete", customer_delete,
-         ["GET", "POST"]),
-        ("/customers/validate", "customer_checks", customer_checks, ["GET"]),
-    ]
-    for rule, endpoint, view, methods in rules:
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods)

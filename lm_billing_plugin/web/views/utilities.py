@@ -16,16 +16,15 @@ import csv
 import io
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
-from flask import Blueprint, Flask, Response, abort, redirect, render_template, request, url_for
+from flask import Flask, Response, abort, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
 from ...engine import deletions, lookups
 from ...i18n import N_, gettext, say
-from ...models import Server, utcnow
+from ...models import Server
 from ...sqlite import writes
 from ...state import get_state
 from ...tclport.records import MAX_MATCHES
@@ -61,6 +60,7 @@ def utilities() -> str:
     its page and CSV: where an operator finds the record of an erasure request again)."""
     runs = []
     if is_allowed("run"):
+        _sweep()
         runs = deletions.recent_delete_runs(get_state().session)
     return render_template("lm_billing/utilities_index.html", runs=runs)
 
@@ -136,7 +136,7 @@ def delete_members() -> Any:
         )
     get_state().session.commit()
     try:
-        run_id = deletions.create_delete_run(items, actor=actor_name(), email=form.email.data)
+        run_id = start_delete_run(items, email=form.email.data)
     except lookups.LookupInputError as exc:
         form.form_errors.append(gettext("Nothing was deleted: %(why)s",
                                             why=sentence(say(str(exc)))))
@@ -144,8 +144,16 @@ def delete_members() -> Any:
             "lm_billing/utilities_delete_confirm.html", form=form, email=form.email.data,
             items=items, names=names, membership_value=membership_value, confirmable=False,
         ), 409
-    submit_background(lambda app: _delete_in_app(app, run_id))
     return redirect(url_for("lm_billing.delete_run", delete_run_id=run_id), 303)
+
+
+def start_delete_run(items: Iterable[lookups.Membership], *, email: str) -> int:
+    """Store the delete run (the actor is the request's user or token) and run it on the
+    background executor, as "Delete Them" does; returns its id. Raises LookupInputError
+    (nothing stored). The page and the API both start runs here."""
+    run_id = deletions.create_delete_run(items, actor=actor_name(), email=email)
+    submit_background(lambda app: _delete_in_app(app, run_id))
+    return run_id
 
 
 def _delete_in_app(app: Flask, run_id: int) -> None:
@@ -159,6 +167,13 @@ def _delete_in_app(app: Flask, run_id: int) -> None:
             get_state(app).remove_session()
 
 
+def _sweep() -> None:
+    """Mark interrupted the delete runs whose process stopped (nothing moved for
+    LM_BILLING_LEASE_SECONDS): a plain read, and writes only when one did."""
+    state = get_state()
+    deletions.sweep_stale_delete_runs(state.session, state.settings.lease_seconds)
+
+
 def _run_or_404(run_id: int) -> deletions.DeleteResult:
     try:
         return deletions.delete_outcomes(run_id)
@@ -170,15 +185,13 @@ def _run_or_404(run_id: int) -> deletions.DeleteResult:
 @requires("run")
 def delete_run(delete_run_id: int) -> str:
     """The delete run's progress (refreshing itself while it runs) and, once finished, what
-    was deleted where. "Stalled" when nothing moved for LM_BILLING_LEASE_SECONDS (its process
-    stopped; the next delete run marks it interrupted); this GET writes nothing."""
+    was deleted where. A run whose process stopped (nothing moved for LM_BILLING_LEASE_SECONDS)
+    is marked interrupted first, so its page says so without waiting for another run."""
+    _sweep()
     result = _run_or_404(delete_run_id)
-    stalled = (not result.finished and result.updated_at is not None
-               and utcnow() - result.updated_at > timedelta(
-                   seconds=get_state().settings.lease_seconds))
     return render_template(
         "lm_billing/utilities_deleted.html", result=result, email=result.email,
-        outcome_words=outcome_words(), stalled=stalled,
+        outcome_words=outcome_words(),
     )
 
 
@@ -202,17 +215,4 @@ def delete_run_csv(delete_run_id: int) -> Response:
         out.getvalue(), mimetype="text/csv",
         headers={"Content-Disposition":
                  f'attachment; filename="deleted-memberships-run-{result.run_id}.csv"'},
-    )
-
-
-def register(blueprint: Blueprint) -> None:
-    blueprint.add_url_rule("/utilities", "utilities", utilities)
-    blueprint.add_url_rule("/utilities/find-admin", "find_admin", find_admin)
-    blueprint.add_url_rule("/utilities/find-member", "find_member", find_member)
-    blueprint.add_url_rule(
-        "/utilities/find-member/delete", "delete_members", delete_members, methods=["POST"]
-    )
-    blueprint.add_url_rule("/utilities/deletions/<int:delete_run_id>", "delete_run", delete_run)
-    blueprint.add_url_rule(
-        "/utilities/deletions/<int:delete_run_id>.csv", "delete_run_csv", delete_run_csv
     )

@@ -9,7 +9,6 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Response, jsonify, request
 
-from ....catalog.assignment import AssignmentError, GateError, assign, unassign
 from ....models import Assignment, BillingGroup, Customer, HostingPlan
 from ....state import get_state
 from ...access import actor_name
@@ -126,6 +125,8 @@ def assignment_get(assignment_id: int) -> Response:
 
 
 def _refusal(exc: Exception) -> ApiError:
+    from ....catalog.assignment import GateError
+
     if isinstance(exc, GateError):
         return ApiError(409, str(exc), code="gate")
     return ApiError(422, str(exc))
@@ -154,6 +155,10 @@ def assignment_create() -> Response:
     for name in sorted(set(body) - known):
         errors[name] = "Unknown field."
     invalid(errors)
+    # The assignment service (and the gate's checks) when an assignment is made, not when
+    # init_app mounts the API.
+    from ....catalog.assignment import AssignmentError, GateError, assign
+
     try:
         created = assign(group_id, server_id=server_id, site_ids=site_ids, list_ids=list_ids,
                          whole_server=whole, actor=actor_name(), start=start)
@@ -170,6 +175,8 @@ def assignment_create() -> Response:
                   409: ("The gate: validate and sync first", None)})
 def assignment_delete(assignment_id: int) -> Response:
     get_or_404(Assignment, assignment_id, "assignment")
+    from ....catalog.assignment import AssignmentError, GateError, unassign
+
     try:
         ended = unassign([assignment_id], actor=actor_name())
     except (GateError, AssignmentError) as exc:

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from flask import Response, jsonify, request
 
 from ....engine import fixes
+from ....engine.fixes import FIX_ALL_LIMIT
 from ....models import PROBLEM_KINDS, Problem
 from ...access import actor_name
-from ...views.problems import FIX_ALL_LIMIT, found_by_batch
 from ..core import (
     PAGE_QUERY,
     ApiError,
@@ -72,6 +72,9 @@ def problems_list() -> Response:
     query = id_filters(query, server_id=Problem.server_id)
     batch_id = int_arg("batch_id")
     if batch_id is not None:
+        # The Errors page's query, imported with that page's module when first asked for.
+        from ...views.problems import found_by_batch
+
         query = query.where(found_by_batch(batch_id))
     return page(query, Problem.id, problem_dict)
 

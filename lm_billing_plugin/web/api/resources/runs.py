@@ -10,7 +10,6 @@ from flask import Response, jsonify, request, url_for
 
 from ....models import Batch, Run
 from ....state import get_state
-from ...views.runs import start_batch
 from ..core import (
     PAGE_QUERY,
     PAGE_SCHEMA,
@@ -72,6 +71,9 @@ def _start(kind: str) -> Response:
     for name in sorted(set(body) - {"server_ids", "dry_run"}):
         errors[name] = "Unknown field."
     invalid(errors)
+    # The pages' background batch runner (the Batch page's module), when a batch starts.
+    from ...views.runs import start_batch
+
     try:
         batch_id = start_batch(kind, ids, dry_run=dry_run)
     except LookupError as exc:
