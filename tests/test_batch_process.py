@@ -172,10 +172,13 @@ def test_a_process_that_cannot_start_fails_its_batch_and_says_what_to_check(
 def test_a_process_on_another_database_runs_nothing(
     host: Callable[..., Flask], tmp_path: Path, sims: list[HostSim]
 ) -> None:
-    other = f"sqlite:///{tmp_path / 'other.sqlite'}"
+    # Long paths (as CI's are): the child's message is long, and its end says what to do.
+    deep = tmp_path / ("d" * 100) / ("e" * 100)
+    deep.mkdir(parents=True)
+    other = f"sqlite:///{deep / 'other.sqlite'}"
     other_engine = sa.create_engine(other)
     Base.metadata.create_all(other_engine)
-    app = host(f"sqlite:///{tmp_path / 'billing.sqlite'}", child_db=other)
+    app = host(f"sqlite:///{deep / 'billing.sqlite'}", child_db=other)
     add_servers(app, sims)
     with app.app_context():
         batch_id = batches.create_batch("validate", None, actor="test")

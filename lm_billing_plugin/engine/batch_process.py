@@ -48,6 +48,7 @@ log = logging.getLogger("lm_billing_plugin.engine.batch_process")
 DATABASE_ENV: Final = "LM_BILLING_BATCH_DATABASE"
 # How much of the child's output goes to the log when it fails.
 OUTPUT_TAIL: Final = 4000
+SAID_CHARS: Final = 400  # of the child's last line, in the error
 
 
 class BatchProcessError(RuntimeError):
@@ -100,7 +101,9 @@ def run_in_process(batch_id: int) -> BatchResult:
               f" ({closed} server(s) not done)")
     lines = [line for line in tail.strip().splitlines() if line.strip()]
     if lines:
-        reason += f"; it said: {lines[-1][:300]}"
+        # A long last line keeps its end: that is where the CLI's errors say what to do.
+        said = lines[-1] if len(lines[-1]) <= SAID_CHARS else "\u2026" + lines[-1][-SAID_CHARS:]
+        reason += f"; it said: {said}"
     raise BatchProcessError(
         reason + ". Check LM_BILLING_BATCH_PROCESS_APP (the child runs `flask --app "
         f"{app_import} lm-billing run-batch`) and the billing server's log, then run it again")
