@@ -939,6 +939,28 @@ class UsageRollup(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+NO_PREVIOUS: Final = date(1000, 1, 1)  # UsagePrevious.previous of a list's first month
+
+
+class UsagePrevious(Base):
+    """How many of one server's Usage rows of ``period`` have their list's previous Usage row
+    in month ``previous`` (NO_PREVIOUS: the list's first month with usage). The number of
+    lists with usage in a range of months is then the rows of the range whose previous month
+    lies before it — each list counted once, at its first month in the range — read from at
+    most months² rows instead of one probe per list (reports.usage). Written with the Usage
+    rows it counts (engine.store, when a sync adds or removes rows; engine.rollup for anything
+    else), so it always equals them."""
+
+    __tablename__ = "lm_billing_usage_previous"
+    __table_args__ = (TABLE_OPTIONS,)
+
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"),
+                                           primary_key=True, autoincrement=False)
+    period: Mapped[date] = mapped_column(primary_key=True)
+    previous: Mapped[date] = mapped_column(primary_key=True)
+    lists: Mapped[int] = mapped_column(default=0)
+
+
 class ListCount(Base):
     """The active lists of one site of one server (site_name "" = lists in no site): how many,
     their members and the largest list's. What the Plan limits report reads instead of every
@@ -963,6 +985,7 @@ __all__ = [
     "ELLIPSIS",
     "KB_CAP",
     "MAX_TEXT_BYTES",
+    "NO_PREVIOUS",
     "AdditionalCharge",
     "Assignment",
     "AuditEntry",
@@ -993,6 +1016,7 @@ __all__ = [
     "TaskState",
     "UTCDateTime",
     "Usage",
+    "UsagePrevious",
     "UsageRollup",
     "bounded_text",
     "charge_name_key",

@@ -15,6 +15,7 @@ from test_reports import LAST, THIS, seed
 
 from lm_billing_plugin.models import Assignment, BillingGroup, MailingList, Site
 from lm_billing_plugin.reports import usage as report
+from lm_billing_plugin.reports.periods import add_months
 from lm_billing_plugin.state import get_state
 
 
@@ -247,33 +248,58 @@ def test_units_page_reads_the_kb_and_recipients_indexes(make_app: Any) -> None:
 
 def test_a_range_by_name_counts_each_list_once(any_db_app: Flask) -> None:
     """A range of months sorted by name (the name index walked, EXISTS over the range): lists
-    with rows in one month only, in both, in neither; each is one row, counted once, and the
-    pages equal the per-row statement (both directions, with and without a server)."""
+    with rows in one month only, in several, with a gap, in none; each is one row, counted
+    once (models.UsagePrevious), and the pages equal the per-row statement (both directions,
+    with and without a server, pages past the middle read from the other end)."""
+    from lm_billing_plugin.engine.rollup import rebuild_rollups
     from lm_billing_plugin.models import Usage
 
     app = any_db_app
     ids = seed(app, lists=7, servers=3)
     _more_owners(app, ids)
+    before = add_months(LAST, -1)
     with app.app_context():
         s = get_state(app).session
         lists = list(s.scalars(sa.select(MailingList.id).order_by(MailingList.id)))
         s.execute(sa.delete(Usage).where(Usage.list_id.in_(lists[0::3]), Usage.period == THIS))
         s.execute(sa.delete(Usage).where(Usage.list_id.in_(lists[1::5]), Usage.period == LAST))
         s.execute(sa.delete(Usage).where(Usage.list_id.in_(lists[2::7])))
+        # A month before: some lists with a row then and this month but not last (a gap).
+        server_of = {lid: sid for lid, sid in s.execute(
+            sa.select(MailingList.id, MailingList.server_id))}
+        s.add_all([Usage(server_id=server_of[lid], list_id=lid, period=before, messages=lid,
+                         recipients=2 * lid, bytes=100 * lid) for lid in lists[1::2]])
+        s.flush()
+        rebuild_rollups(s)  # written directly: what a sync would have kept
         s.commit()
-        with_rows = set(s.scalars(sa.select(Usage.list_id).where(
-            Usage.period.in_((LAST, THIS)))))
-        assert 0 < len(with_rows) < len(lists)
-        for server_id in (None, ids["servers"][1]):
-            for descending in (False, True):
-                q = report.UsageQuery("list", LAST, THIS, server_id, "name", descending)
-                want = _slow(s, q)
-                for size in (1, 4, 50):
-                    got, total = _paged(s, q, size=size)
-                    assert got == want and total == len(want), (server_id, descending, size)
-                assert report.usage_count(s, q) == len(want)
-        assert len(_slow(s, report.UsageQuery("list", LAST, THIS, None, "name"))) == len(
-            with_rows)
+        months = (before, LAST, THIS)
+        for i, first in enumerate(months):
+            for last in months[i + 1:]:
+                with_rows = set(s.scalars(sa.select(Usage.list_id).where(
+                    Usage.period >= first, Usage.period <= last)))
+                assert 0 < len(with_rows) < len(lists)
+                for server_id in (None, ids["servers"][1]):
+                    for descending in (False, True):
+                        q = report.UsageQuery("list", first, last, server_id, "name",
+                                              descending)
+                        want = _slow(s, q)
+                        for size in (1, 4, 50):
+                            got, total = _paged(s, q, size=size)
+                            assert got == want and total == len(want), (
+                                first, last, server_id, descending, size)
+                        assert report.usage_count(s, q) == len(want)
+                        # Deep and past-the-end pages (read from the other end).
+                        for offset, limit in ((len(want) - 3, 5), (len(want) - 1, 1),
+                                              (len(want) // 2, 3), (len(want), 5)):
+                            rows, total = report.usage_page(s, q, offset=offset, limit=limit)
+                            assert [_figures(r) for r in rows] == want[offset:offset + limit]
+                            assert total == len(want)
+                    # By a figure the rows come from the grouped statement; the count is the
+                    # same lists'.
+                    q = report.UsageQuery("list", first, last, server_id, "messages")
+                    assert report.usage_count(s, q) == len(_slow(s, q))
+                q = report.UsageQuery("list", first, last, None, "name")
+                assert len(_slow(s, q)) == len(with_rows)
         s.commit()
 
 

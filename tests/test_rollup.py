@@ -19,13 +19,15 @@ from test_reports import THIS, seed
 
 from lm_billing_plugin import downgrade, upgrade
 from lm_billing_plugin.engine import batches as runner
-from lm_billing_plugin.engine.rollup import rebuild_rollups
+from lm_billing_plugin.engine.rollup import previous_select, rebuild_rollups
 from lm_billing_plugin.engine.servers import delete_server
 from lm_billing_plugin.models import (
+    NO_PREVIOUS,
     HostingPlan,
     MailingList,
     Server,
     Usage,
+    UsagePrevious,
     UsageRollup,
     usage_kb_per_recipient,
     utcnow,
@@ -64,6 +66,21 @@ def rollups_and_sums() -> tuple[dict[Any, tuple[int, ...]], dict[Any, tuple[int,
     return rolled, summed
 
 
+def previous_rows_agree() -> bool:
+    """UsagePrevious equals what its definition computes from the Usage rows now."""
+    s = get_state().session
+    stored = {(r.server_id, r.period, r.previous): r.lists
+              for r in s.scalars(sa.select(UsagePrevious))}
+    computed = {(sid, _day(p), _day(prev)): int(n)
+                for sid, p, prev, n in s.execute(previous_select())}
+    s.commit()
+    return stored == computed and all(n > 0 for n in stored.values())
+
+
+def _day(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
 def kb_columns_agree() -> bool:
     s = get_state().session
     rows = s.execute(sa.select(Usage.bytes, Usage.recipients, Usage.kb_per_recipient)).all()
@@ -88,7 +105,7 @@ def test_rollups_equal_the_usage_rows_through_syncs(make_app: Callable[..., Flas
         rolled, summed = rollups_and_sums()
         assert rolled == summed and len(rolled) == 2
         assert rolled[(sid1, today.replace(day=1))] == (2, 2, 103, 2000 * 100 + 900_000 * 3)
-        assert kb_columns_agree()
+        assert kb_columns_agree() and previous_rows_agree()
         # Re-sync with changes: more sends, a new list with usage, a list removed.
         one.add_send("a", today, 10, 10)
         one.add_list("d", site="s1")
@@ -101,7 +118,7 @@ def test_rollups_equal_the_usage_rows_through_syncs(make_app: Callable[..., Flas
         rolled, summed = rollups_and_sums()
         assert rolled == summed
         assert rolled[(sid1, today.replace(day=1))][:3] == (3, 4, 118)
-        assert kb_columns_agree()
+        assert kb_columns_agree() and previous_rows_agree()
         # An unchanged re-sync writes neither (test_engine: no usage statement at all).
         assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)
         assert rollups_and_sums()[0] == rolled
@@ -115,8 +132,47 @@ def test_rollups_equal_the_usage_rows_through_syncs(make_app: Callable[..., Flas
         s.commit()
         rolled, summed = rollups_and_sums()
         assert rolled == summed and {k[0] for k in rolled} == {sid1}
+        assert previous_rows_agree()
         assert delete_server(sid1, actor="t") == "erased"
         assert rollups_and_sums() == ({}, {})
+        assert previous_rows_agree() and s.scalar(sa.select(sa.func.count()).select_from(
+            UsagePrevious)) == 0
+
+
+def test_a_sync_adding_a_months_rows_records_each_lists_previous_month(
+        make_app: Callable[..., Flask], db_url: str, sims: Callable[..., HostSim]) -> None:
+    """The rows a sync adds for this month name their list's previous month with a row (here
+    last month, and none for a list new this month): what the range count of the Usage report
+    reads (reports.usage._list_range_count)."""
+    app = make_app(db_url, **FAST)
+    with app.app_context():
+        today = utcnow().date()
+        this = today.replace(day=1)
+        last = (this - timedelta(days=1)).replace(day=1)
+        one = sims(small(lst("a"), lst("b")))
+        for name in ("a", "b"):
+            one.add_send(name, today, 5, 500)
+        sid = add_server("One", one)
+        assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)
+        s = get_state().session
+        # What the syncs wrote is last month's now (rows moved back, roll-ups rebuilt).
+        s.execute(sa.update(Usage).values(period=last))
+        rebuild_rollups(s)
+        s.commit()
+        one.add_list("c")
+        one.add_send("c", today, 1, 10)
+        assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)
+        assert previous_rows_agree()
+        stored = {(r.period, r.previous): r.lists for r in s.scalars(
+            sa.select(UsagePrevious).where(UsagePrevious.server_id == sid))}
+        s.commit()
+        assert stored == {(last, NO_PREVIOUS): 2, (this, last): 2, (this, NO_PREVIOUS): 1}
+        for first, want in ((last, 3), (this, 3)):
+            q = report.UsageQuery("list", first, this, None, "name")
+            assert report.usage_count(s, q) == want
+        # An unchanged re-sync adds no row and leaves them.
+        assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)
+        assert previous_rows_agree()
 
 
 def test_migration_backfills_rollups_from_existing_usage(bare_app: Flask) -> None:  # noqa: F811
@@ -150,8 +206,16 @@ def test_migration_backfills_rollups_from_existing_usage(bare_app: Flask) -> Non
     assert rolled == {date(2026, 1, 1): (2, 4, 10, 10 * 300 * 1024 + 5000),
                       date(2026, 2, 1): (1, 2, 4, 100)}
     assert [k[2] for k in kbs] == [300, 0, usage_kb_per_recipient(5000, 0)]
+    with engine.connect() as conn:
+        previous = {(_day(p), _day(prev)): n for p, prev, n in conn.execute(sa.text(
+            "SELECT period, previous, lists FROM lm_billing_usage_previous"))}
+    # List 1's February row follows its January one; January is both lists' first month.
+    assert previous == {(date(2026, 1, 1), NO_PREVIOUS): 2,
+                        (date(2026, 2, 1), date(2026, 1, 1)): 1}
     downgrade(bare_app, "0006")
-    assert "lm_billing_usage_rollup" not in sa.inspect(engine).get_table_names()
+    tables = sa.inspect(engine).get_table_names()
+    assert "lm_billing_usage_rollup" not in tables
+    assert "lm_billing_usage_previous" not in tables
 
 
 def test_per_server_report_equals_the_per_list_sums(any_db_app: Flask) -> None:

@@ -6,6 +6,11 @@ the fleet- and server-level reports read a row per server instead of one per lis
 month, so it writes the totals it knows (one statement). ``rebuild_rollups`` recomputes them
 set-based from Usage, for writers that insert Usage rows directly (tests, benchmarks, imports).
 
+``write_previous`` keeps models.UsagePrevious (per server and month, how many lists had
+their previous usage in which month: the count of lists with usage in a range) equal to a
+server's Usage rows from a month on; engine.store calls it when a sync adds Usage rows,
+``rebuild_rollups`` rebuilds it with the roll-ups.
+
 The same for lists: ``rebuild_list_counts`` keeps models.ListCount (active lists, members and
 the largest list per server and site, what the Plan limits report reads) equal to a server's
 lists; engine.store calls ``write_list_counts`` (the same, writing only the rows that
@@ -22,10 +27,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..models import ListCount, MailingList, Usage, UsageRollup, utcnow
+from ..models import NO_PREVIOUS, ListCount, MailingList, Usage, UsagePrevious, UsageRollup, utcnow
 
-__all__ = ["list_count_select", "rebuild_list_counts", "rebuild_rollups", "rollup_select",
-           "write_list_counts", "write_rollup"]
+__all__ = ["list_count_select", "previous_select", "rebuild_list_counts", "rebuild_rollups",
+           "rollup_select", "write_list_counts", "write_previous", "write_rollup"]
 
 ROLLUP = cast(sa.Table, UsageRollup.__table__)
 USAGE = cast(sa.Table, Usage.__table__)
@@ -70,10 +75,66 @@ def rollup_select(usage: Any = USAGE) -> sa.Select[Any]:
     )
 
 
+def previous_select(usage: Any = USAGE, *, since: date | None = None,
+                    server_ids: Collection[int] | None = None) -> sa.Select[Any]:
+    """(server_id, period, previous, lists) of ``usage`` (the table, or a table clause naming
+    its columns, as the migration does) of ``server_ids`` (or all) from month ``since`` on
+    (or all months): each row's list's previous month with a row, one probe of the
+    (list_id, period) key per row."""
+    earlier = usage.alias("earlier")
+    previous = sa.func.coalesce(
+        sa.select(sa.func.max(earlier.c.period))
+        .where(earlier.c.list_id == usage.c.list_id, earlier.c.period < usage.c.period)
+        .scalar_subquery(),
+        sa.literal(NO_PREVIOUS, sa.Date()),
+    )
+    rows = sa.select(usage.c.server_id.label("server_id"), usage.c.period.label("period"),
+                     previous.label("previous"))
+    if since is not None:
+        rows = rows.where(usage.c.period >= since)
+    if server_ids is not None:
+        rows = rows.where(usage.c.server_id.in_(list(server_ids)))
+    each = rows.subquery("each")
+    return (sa.select(each.c.server_id, each.c.period, each.c.previous,
+                      sa.func.count().label("lists"))
+            .group_by(each.c.server_id, each.c.period, each.c.previous))
+
+
+PREVIOUS = cast(sa.Table, UsagePrevious.__table__)
+_PREVIOUS_COLUMNS = ["server_id", "period", "previous", "lists"]
+
+
+def write_previous(session: Session, server_id: int, since: date) -> None:
+    """Set the server's UsagePrevious rows of month ``since`` and later to those of its Usage
+    rows as they are in this transaction (engine.store, after adding rows of month ``since``:
+    only they and the rows after them can have a new previous month). Two plain reads (the
+    probes are those rows', not the server's history), then only the rows that differ, each
+    by its key: as write_list_counts, no range of the table is locked."""
+    now = {(p, prev): int(n) for _sid, p, prev, n in session.execute(
+        previous_select(since=since, server_ids=[server_id]))}
+    was = {(p, prev): n for p, prev, n in session.execute(
+        sa.select(PREVIOUS.c.period, PREVIOUS.c.previous, PREVIOUS.c.lists)
+        .where(PREVIOUS.c.server_id == server_id, PREVIOUS.c.period >= since))}
+    key = (PREVIOUS.c.server_id == server_id, PREVIOUS.c.period == sa.bindparam("b_period"),
+           PREVIOUS.c.previous == sa.bindparam("b_previous"))
+    gone = [{"b_period": p, "b_previous": prev} for p, prev in was if (p, prev) not in now]
+    if gone:
+        session.execute(PREVIOUS.delete().where(*key), gone)
+    changed = [{"b_period": p, "b_previous": prev, "b_lists": n}
+               for (p, prev), n in now.items() if (p, prev) in was and was[(p, prev)] != n]
+    if changed:
+        session.execute(PREVIOUS.update().where(*key).values(lists=sa.bindparam("b_lists")),
+                        changed)
+    new = [{"server_id": server_id, "period": p, "previous": prev, "lists": n}
+           for (p, prev), n in now.items() if (p, prev) not in was]
+    if new:
+        session.execute(PREVIOUS.insert(), new)
+
+
 def rebuild_rollups(session: Session, server_ids: Collection[int] | None = None,
                     *, now: datetime | None = None) -> None:
-    """Recompute the roll-ups (of ``server_ids``, or all) from Usage: two statements. Does
-    not commit."""
+    """Recompute the roll-ups and the UsagePrevious rows (of ``server_ids``, or all) from
+    Usage: four statements. Does not commit."""
     delete = ROLLUP.delete()
     select = rollup_select()
     if server_ids is not None:
@@ -85,6 +146,12 @@ def rebuild_rollups(session: Session, server_ids: Collection[int] | None = None,
     session.execute(ROLLUP.insert().from_select(
         ["server_id", "period", "lists", "messages", "recipients", "bytes", "updated_at"],
         select))
+    delete = PREVIOUS.delete()
+    if server_ids is not None:
+        delete = delete.where(PREVIOUS.c.server_id.in_(list(server_ids)))
+    session.execute(delete)
+    session.execute(PREVIOUS.insert().from_select(
+        _PREVIOUS_COLUMNS, previous_select(server_ids=server_ids)))
 
 
 # --- counts of active lists per server and site (models.ListCount) ------------------------

@@ -33,6 +33,7 @@ from ..models import (
     Server,
     Site,
     Usage,
+    UsagePrevious,
     UsageRollup,
     utcnow,
 )
@@ -581,6 +582,7 @@ def delete_server(server_id: int, *, actor: str) -> str:
     # Children first (foreign keys); audit rows are kept but let go of the server.
     session.execute(sa.update(AuditEntry).where(AuditEntry.server_id == sid).values(server_id=None))
     session.execute(sa.delete(UsageRollup).where(UsageRollup.server_id == sid))
+    session.execute(sa.delete(UsagePrevious).where(UsagePrevious.server_id == sid))
     session.execute(sa.delete(ListCount).where(ListCount.server_id == sid))
     session.execute(sa.delete(Usage).where(Usage.server_id == sid))
     session.execute(sa.delete(ProblemRun).where(ProblemRun.server_id == sid))

@@ -54,7 +54,7 @@ from .reconcile import (
     SiteRow,
     rule_problems,
 )
-from .rollup import write_list_counts, write_rollup
+from .rollup import write_list_counts, write_previous, write_rollup
 
 __all__ = [
     "ELLIPSIS",
@@ -399,6 +399,9 @@ def _store_usage(session: Session, server_id: int, inventory: Inventory, now: da
                     server_id, unknown)
     if inserts:
         session.execute(USAGE.insert(), inserts)
+        # New rows of this month: they, and any later rows of their lists, have a new
+        # previous month (the range count of reports.usage).
+        write_previous(session, server_id, inventory.period)
     if updates:
         session.execute(
             USAGE.update().where(USAGE.c.id == sa.bindparam("b_id")).values(
