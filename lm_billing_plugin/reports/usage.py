@@ -227,6 +227,11 @@ def _grouped(session: Session, q: UsageQuery, *, with_total: bool) -> sa.Select[
     sort_by: Any = {"name": name, "messages": sums[0], "recipients": sums[1],
                     "bytes": sums[2], "units": sums[3]}[q.sort]
     order = sort_by.desc() if q.descending else sort_by.asc()
+    if q.by == "list" and q.sort in _RANGE_FIGURES:
+        # Per list by a figure, ties end on list id in the same direction, as the pages
+        # through the months' indexes (_list_month_page, _list_range_figure_page) order them.
+        return stmt.order_by(order, MailingList.id.desc() if q.descending
+                             else MailingList.id.asc())
     # The group's own columns break ties, so paging is stable.
     return stmt.order_by(order, *columns)
 
@@ -242,7 +247,8 @@ def _grouped(session: Session, q: UsageQuery, *, with_total: bool) -> sa.Select[
 # lists of the (name, server_id) index that have a row in the month. Sorted by message
 # units, the page is merged from the few rows whose size can count (their units computed)
 # and the recipients index (see _units_candidates). Ranges of months sorted by name walk the
-# name index too (_list_range_page); by a figure they use the grouped statement.
+# name index too (_list_range_page); by messages, recipients or bytes they merge the months'
+# indexes (_list_range_figure_page); by units, the grouped statement.
 
 _INDEXED_SORTS: Final = ("messages", "recipients", "bytes", "name", "units")
 
@@ -473,6 +479,17 @@ def _list_range_page(session: Session, q: UsageQuery, *, offset: int, limit: int
     if q.server_id is not None:
         picked = picked.where(MailingList.server_id == q.server_id)
     page_q = picked.subquery("page")
+    rows = _range_sums(session, q, page_q, [
+        page_q.c.name.desc() if desc else page_q.c.name.asc(),
+        getattr(page_q.c.server_id, server_dir)()])
+    if flip:
+        rows.reverse()
+    return [_row(r, q.by) for r in rows], total
+
+
+def _range_sums(session: Session, q: UsageQuery, page_q: Any, order: list[Any]) -> list[Any]:
+    """The range's sums of the lists of ``page_q`` (id, name, server_id, site_name), with
+    their names and owners, in ``order``."""
     plan = aliased(HostingPlan)
     sums = [
         sa.func.sum(Usage.messages).label("messages"),
@@ -497,11 +514,178 @@ def _list_range_page(session: Session, q: UsageQuery, *, offset: int, limit: int
     stmt = (stmt.outerjoin(BillingGroup, BillingGroup.id == group_id)
             .outerjoin(plan, plan.id == BillingGroup.plan_id)
             .group_by(*columns)
-            .order_by(page_q.c.name.desc() if desc else page_q.c.name.asc(),
-                      getattr(page_q.c.server_id, server_dir)()))
-    rows = list(session.execute(stmt).all())
+            .order_by(*order))
+    return list(session.execute(stmt).all())
+
+
+# --- Per list, a range of months, by a figure: the months' indexes merged ----------------
+#
+# The page is the first lists by the sum of their rows over the range. Each month's rows are
+# read in the order of that month's (period, figure, list_id) index, all months alike, a
+# chunk at a time (Fagin's threshold algorithm): each list met is summed over the range (its
+# (list_id, period) key), and a list not met yet can sum at most the figures the cursors
+# stand at (descending; ascending: at least the smallest of them). Once the page's lists
+# beat that bound, no other list can enter the page: the cost follows how deep the page's
+# lists lie in the months' indexes — where a list's figures are alike from month to month,
+# about the page's depth — not the fleet. Ties end on list id, as for one month. Where the
+# bound does not close within ROUND_BUDGET rows (figures that vary wildly between months,
+# or a page deep in a long tie), the grouped statement answers: the same rows, exactly.
+
+_RANGE_FIGURES: Final = ("messages", "recipients", "bytes", "units")
+RANGE_MONTHS_MAX: Final = 24  # longer ranges: the grouped statement
+RANGE_ROWS_BUDGET: Final = 200_000  # index rows read, over all months, before giving up
+RANGE_FIRST_CHUNK: Final = 64  # index rows a month in the first round (then doubled)
+RANGE_HEAVY_MAX: Final = 20_000  # lists whose size can count units, summed first
+_SUM_CHUNK: Final = 500  # lists summed per statement
+
+
+def _list_range_by_figure(q: UsageQuery) -> bool:
+    return q.by == "list" and q.first != q.last and q.sort in _RANGE_FIGURES
+
+
+def _months_of(q: UsageQuery) -> list[date]:
+    months: list[date] = []
+    month = q.first
+    while month <= q.last and len(months) <= RANGE_MONTHS_MAX:
+        months.append(month)
+        month = add_months(month, 1)
+    return months
+
+
+def _top_lists(session: Session, q: UsageQuery, want: int, desc: bool, figure: str,
+               known: dict[int, Any]) -> list[int] | None:
+    """The ids of the first ``want`` lists of the range by the sum of ``figure`` (ties on
+    list id, the same direction), or None when the bound does not close within the budget.
+    ``known``: lists whose sums are given (and count as met), not the sum of ``figure``."""
+    months = _months_of(q)
+    if len(months) > RANGE_MONTHS_MAX:
+        return None
+    column = getattr(Usage, figure)
+    order = ([column.desc(), Usage.list_id.desc()] if desc
+             else [column.asc(), Usage.list_id.asc()])
+    depth = {m: 0 for m in months}
+    # Where each month's cursor stands: (figure, list id) of the last row read (absent:
+    # the month is read to its end).
+    at: dict[date, tuple[int, int]] = {}
+    sums: dict[int, Any] = dict(known)
+    chunk, read = max(want, RANGE_FIRST_CHUNK), 0
+    while True:
+        met: list[int] = []
+        for m in months:
+            if m not in depth:
+                continue
+            stmt = (sa.select(Usage.list_id, column).where(Usage.period == m)
+                    .order_by(*order).offset(depth[m]).limit(chunk))
+            if q.server_id is not None:
+                stmt = stmt.where(Usage.server_id == q.server_id)
+            rows = session.execute(stmt).all()
+            read += len(rows)
+            depth[m] += len(rows)
+            if rows:
+                at[m] = (int(rows[-1][1] or 0), int(rows[-1][0]))
+            if len(rows) < chunk:
+                del depth[m]
+                at.pop(m, None)
+            met += [lid for lid, _v in rows if lid not in sums]
+        new = list(dict.fromkeys(met))
+        for i in range(0, len(new), _SUM_CHUNK):
+            part = new[i:i + _SUM_CHUNK]
+            got = dict.fromkeys(part, 0)
+            got.update({lid: int(total or 0) for lid, total in session.execute(
+                sa.select(Usage.list_id, sa.func.sum(column))
+                .where(Usage.list_id.in_(part), Usage.period >= q.first,
+                       Usage.period <= q.last)
+                .group_by(Usage.list_id))})
+            sums.update(got)
+        ranked = sorted(sums, key=lambda lid: (sums[lid], lid), reverse=desc)
+        if not depth:
+            return ranked[:want]  # every month read to its end: exact
+        if len(ranked) >= want and _closed(sums[ranked[want - 1]], ranked[want - 1],
+                                           list(at.values()), desc):
+            return ranked[:want]
+        if read >= RANGE_ROWS_BUDGET:
+            return None
+        chunk *= 2
+
+
+def _closed(figure: int, list_id: int, cursors: list[tuple[int, int]], desc: bool) -> bool:
+    """Whether no list the cursors have not reached can come before (``figure``,
+    ``list_id``), the page's last list. Descending, such a list sums at most the cursors'
+    figures, and where it ties that sum it stands at each cursor's figure, after its row:
+    a smaller id than the cursor's. Ascending, it sums at least the smallest cursor's figure,
+    and ties it only at a cursor standing there, after that row: a larger id."""
+    if desc:
+        bound = sum(f for f, _id in cursors)
+        return figure > bound or (figure == bound and list_id >= max(i for _f, i in cursors))
+    bound = min(f for f, _id in cursors)
+    return figure < bound or (figure == bound and list_id <= min(i for _f, i in cursors))
+
+
+def _heavy_units(session: Session, q: UsageQuery) -> dict[int, Any] | None:
+    """By message units: the range's units of every list with a row whose size can count
+    (kb_per_recipient reaching the smallest Standard plan's size, the kb index), computed
+    under the owner in force on the report's last day; every other list's units are its
+    recipients, so the recipients indexes bound them. None when more than RANGE_HEAVY_MAX
+    lists are heavy (the grouped statement then)."""
+    smallest = smallest_size(session)
+    if smallest is None:
+        return {}
+    month = sa.func.coalesce(Usage.period, Usage.period)  # the kb index, not the month's
+    found = (sa.select(Usage.list_id).distinct()
+             .where(Usage.kb_per_recipient >= smallest, month >= q.first, month <= q.last)
+             .limit(RANGE_HEAVY_MAX + 1))
+    if q.server_id is not None:
+        found = found.where(sa.func.coalesce(Usage.server_id, 0) == q.server_id)
+    heavy = list(session.scalars(found))
+    if len(heavy) > RANGE_HEAVY_MAX:
+        return None
+    plan = aliased(HostingPlan)
+    units: dict[int, Any] = {}
+    for i in range(0, len(heavy), _SUM_CHUNK):
+        part = heavy[i:i + _SUM_CHUNK]
+        stmt, group_id = _owner_joins(cast("sa.Select[Any]", (
+            sa.select(Usage.list_id).select_from(Usage)
+            .join(MailingList, MailingList.id == Usage.list_id))), _last_day(q.last))
+        stmt = (stmt.outerjoin(BillingGroup, BillingGroup.id == group_id)
+                .outerjoin(plan, plan.id == BillingGroup.plan_id)
+                .add_columns(sa.func.sum(_units_of(Usage, plan)))
+                .where(Usage.list_id.in_(part), Usage.period >= q.first,
+                       Usage.period <= q.last)
+                .group_by(Usage.list_id))
+        units.update({lid: Decimal(total or 0) for lid, total in session.execute(stmt)})
+    return units
+
+
+def _list_range_figure_page(session: Session, q: UsageQuery, *, offset: int, limit: int
+                            ) -> tuple[list[UsageRow], int] | None:
+    total = _list_range_count(session, q)
+    if offset >= total or limit <= 0:
+        return [], total
+    flip = offset > 0 and offset > total - offset - limit
     if flip:
-        rows.reverse()
+        offset, limit = max(0, total - offset - limit), min(limit, total - offset)
+    desc = q.descending != flip
+    figure, known = q.sort, {}
+    if q.sort == "units":
+        heavy = _heavy_units(session, q)
+        if heavy is None:
+            return None
+        figure, known = "recipients", heavy
+    top = _top_lists(session, q, offset + limit, desc, figure, known)
+    if top is None:
+        return None
+    ids = top[offset:offset + limit]
+    if flip:
+        ids.reverse()
+    if not ids:
+        return [], total
+    page_q = (sa.select(MailingList.id.label("id"), MailingList.name.label("name"),
+                        MailingList.server_id.label("server_id"),
+                        MailingList.site_name.label("site_name"))
+              .where(MailingList.id.in_(ids)).subquery("page"))
+    place = {lid: i for i, lid in enumerate(ids)}
+    rows = sorted(_range_sums(session, q, page_q, [page_q.c.id]),
+                  key=lambda r: place[r.list_id])
     return [_row(r, q.by) for r in rows], total
 
 
@@ -649,6 +833,10 @@ def usage_page(session: Session, q: UsageQuery, *, offset: int, limit: int
         return _list_month_page(session, q, offset=offset, limit=limit)
     if _list_range_by_name(q):
         return _list_range_page(session, q, offset=offset, limit=limit)
+    if _list_range_by_figure(q):
+        merged = _list_range_figure_page(session, q, offset=offset, limit=limit)
+        if merged is not None:
+            return merged
     if q.by in ("customer", "group"):
         stmt = _owners_from_rollups(session, q, with_total=True)
     else:

@@ -1,6 +1,7 @@
 """`python -m lm_billing_plugin.testing.bench_reports [--rounds N] [LISTS...]`: times the
 Overview and the report pages on SQLite for fleets of 1,000 and 500,000 lists (this month's
-usage on each): the minimum and median of N rounds (default 5) a page, and their ratios."""
+usage on each, last month's on nine in ten): the minimum and median of N rounds (default 5)
+a page, and their ratios."""
 
 from __future__ import annotations
 
@@ -42,10 +43,15 @@ PAGES = (
     ("Usage per list, by units", "/billing/reports/usage?by=list&sort=units"),
     ("Usage per list, 2 months, by name", "/billing/reports/usage?by=list&sort=name&dir=asc"
      "&start={last}&end={this}"),
-    # Still the grouped statement (per-list sums of a range, sorted by a sum): shown so the
-    # figure is measured, not assumed.
-    ("Usage per list, 2 months, by messages (grouped)",
+    ("Usage per list, 2 months, by name, last page", "/billing/reports/usage?by=list"
+     "&sort=name&dir=asc&start={last}&end={this}&page=999999"),
+    ("Usage per list, 2 months, by messages",
      "/billing/reports/usage?by=list&start={last}&end={this}"),
+    ("Usage per list, 2 months, by messages, last page",
+     "/billing/reports/usage?by=list&start={last}&end={this}&page=999999"),
+    ("Usage per list, 2 months, by units",
+     "/billing/reports/usage?by=list&sort=units&start={last}&end={this}"),
+    ("Usage per site", "/billing/reports/usage?by=site"),
     ("Usage per customer", "/billing/reports/usage?by=customer"),
     ("Revenue", "/billing/reports/revenue"),
     ("Plan limits", "/billing/reports/limits"),
@@ -89,6 +95,12 @@ def build(path: Path, lists: int) -> Flask:
         s.execute(sa.insert(Usage), [
             {"server_id": sid, "list_id": lid, "period": month, "messages": lid % 7,
              "recipients": lid % 700, "bytes": (lid % 700) * 40_000} for lid, sid in ids])
+        # Last month too, for nine lists in ten, with other figures: the ranges of two months
+        # sum rows that disagree.
+        s.execute(sa.insert(Usage), [
+            {"server_id": sid, "list_id": lid, "period": add_months(month, -1),
+             "messages": (lid * 3 + 1) % 9, "recipients": lid * 7 % 650,
+             "bytes": (lid * 7 % 650) * 40_000} for lid, sid in ids if lid % 10])
         rebuild_rollups(s)  # what the syncs would have written with these rows
         rebuild_list_counts(s)
         s.commit()
