@@ -939,6 +939,28 @@ class UsageRollup(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class UsageSiteRollup(Base):
+    """The sums of one site's Usage rows of one server for one month (site_name "" = lists
+    in no site; a list's rows count where the list is now, as the per-row report groups
+    them): what Usage per site reads instead of every list's row. Written with those rows
+    (engine.store: the month's rows when a sync writes usage, every month of the server when
+    a sync moves a list to another site; engine.rollup.rebuild_rollups for anything else),
+    so it always equals them. A row exists while the site has usage rows for the month."""
+
+    __tablename__ = "lm_billing_usage_site_rollup"
+    __table_args__ = (sa.Index("ix_lm_billing_usage_site_rollup_period", "period"),
+                      TABLE_OPTIONS)
+
+    server_id: Mapped[int] = mapped_column(sa.ForeignKey("lm_billing_server.id"),
+                                           primary_key=True, autoincrement=False)
+    site_name: Mapped[str] = mapped_column(NameType(), primary_key=True)
+    period: Mapped[date] = mapped_column(primary_key=True)
+    lists: Mapped[int] = mapped_column(default=0)
+    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    recipients: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
 NO_PREVIOUS: Final = date(1000, 1, 1)  # UsagePrevious.previous of a list's first month
 
 
@@ -1018,6 +1040,7 @@ __all__ = [
     "Usage",
     "UsagePrevious",
     "UsageRollup",
+    "UsageSiteRollup",
     "bounded_text",
     "charge_name_key",
     "confirmed_sighting",

@@ -19,7 +19,7 @@ from test_reports import THIS, seed
 
 from lm_billing_plugin import downgrade, upgrade
 from lm_billing_plugin.engine import batches as runner
-from lm_billing_plugin.engine.rollup import previous_select, rebuild_rollups
+from lm_billing_plugin.engine.rollup import previous_select, rebuild_rollups, site_rollup_select
 from lm_billing_plugin.engine.servers import delete_server
 from lm_billing_plugin.models import (
     NO_PREVIOUS,
@@ -29,6 +29,7 @@ from lm_billing_plugin.models import (
     Usage,
     UsagePrevious,
     UsageRollup,
+    UsageSiteRollup,
     usage_kb_per_recipient,
     utcnow,
 )
@@ -77,6 +78,18 @@ def previous_rows_agree() -> bool:
     return stored == computed and all(n > 0 for n in stored.values())
 
 
+def site_rollups_agree() -> bool:
+    """The site roll-ups equal the sums of the Usage rows by the lists' sites now."""
+    s = get_state().session
+    stored = {(r.server_id, r.site_name, r.period): (r.lists, r.messages, r.recipients,
+                                                     r.bytes)
+              for r in s.scalars(sa.select(UsageSiteRollup))}
+    computed = {(sid, site, _day(p)): (int(n), int(m), int(r), int(b))
+                for sid, site, p, n, m, r, b in s.execute(site_rollup_select())}
+    s.commit()
+    return stored == computed
+
+
 def _day(value: Any) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
@@ -105,11 +118,12 @@ def test_rollups_equal_the_usage_rows_through_syncs(make_app: Callable[..., Flas
         rolled, summed = rollups_and_sums()
         assert rolled == summed and len(rolled) == 2
         assert rolled[(sid1, today.replace(day=1))] == (2, 2, 103, 2000 * 100 + 900_000 * 3)
-        assert kb_columns_agree() and previous_rows_agree()
+        assert kb_columns_agree() and previous_rows_agree() and site_rollups_agree()
         # Re-sync with changes: more sends, a new list with usage, a list removed.
         one.add_send("a", today, 10, 10)
         one.add_list("d", site="s1")
         one.add_send("d", today, 5, 5000)
+        one.set_site("b", "s2")  # b's usage moves with it to site s2
         two.remove_list("y")
         assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)
         s = get_state().session
@@ -118,7 +132,7 @@ def test_rollups_equal_the_usage_rows_through_syncs(make_app: Callable[..., Flas
         rolled, summed = rollups_and_sums()
         assert rolled == summed
         assert rolled[(sid1, today.replace(day=1))][:3] == (3, 4, 118)
-        assert kb_columns_agree() and previous_rows_agree()
+        assert kb_columns_agree() and previous_rows_agree() and site_rollups_agree()
         # An unchanged re-sync writes neither (test_engine: no usage statement at all).
         assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)
         assert rollups_and_sums()[0] == rolled
@@ -132,18 +146,21 @@ def test_rollups_equal_the_usage_rows_through_syncs(make_app: Callable[..., Flas
         s.commit()
         rolled, summed = rollups_and_sums()
         assert rolled == summed and {k[0] for k in rolled} == {sid1}
-        assert previous_rows_agree()
+        assert previous_rows_agree() and site_rollups_agree()
         assert delete_server(sid1, actor="t") == "erased"
         assert rollups_and_sums() == ({}, {})
         assert previous_rows_agree() and s.scalar(sa.select(sa.func.count()).select_from(
             UsagePrevious)) == 0
+        assert site_rollups_agree() and s.scalar(sa.select(sa.func.count()).select_from(
+            UsageSiteRollup)) == 0
 
 
 def test_a_sync_adding_a_months_rows_records_each_lists_previous_month(
         make_app: Callable[..., Flask], db_url: str, sims: Callable[..., HostSim]) -> None:
     """The rows a sync adds for this month name their list's previous month with a row (here
     last month, and none for a list new this month): what the range count of the Usage report
-    reads (reports.usage._list_range_count)."""
+    reads (reports.usage._list_range_count). A list the sync moves to another site takes its
+    earlier months' usage with it in the site roll-ups."""
     app = make_app(db_url, **FAST)
     with app.app_context():
         today = utcnow().date()
@@ -161,8 +178,13 @@ def test_a_sync_adding_a_months_rows_records_each_lists_previous_month(
         s.commit()
         one.add_list("c")
         one.add_send("c", today, 1, 10)
+        one.set_site("a", "s2")  # last month's usage of a moves to s2 with it
         assert all(o.ok for o in runner.sync_servers(None, actor="t").servers)
-        assert previous_rows_agree()
+        assert previous_rows_agree() and site_rollups_agree()
+        by_site = {(r.site_name, r.period): r.lists for r in s.scalars(
+            sa.select(UsageSiteRollup).where(UsageSiteRollup.server_id == sid))}
+        s.commit()
+        assert by_site[("s2", last)] == 1
         stored = {(r.period, r.previous): r.lists for r in s.scalars(
             sa.select(UsagePrevious).where(UsagePrevious.server_id == sid))}
         s.commit()
@@ -212,10 +234,17 @@ def test_migration_backfills_rollups_from_existing_usage(bare_app: Flask) -> Non
     # List 1's February row follows its January one; January is both lists' first month.
     assert previous == {(date(2026, 1, 1), NO_PREVIOUS): 2,
                         (date(2026, 2, 1), date(2026, 1, 1)): 1}
+    with engine.connect() as conn:
+        sites = {(site, _day(p)): tuple(rest) for site, p, *rest in conn.execute(sa.text(
+            "SELECT site_name, period, lists, messages, recipients, bytes "
+            "FROM lm_billing_usage_site_rollup"))}
+    assert sites == {("", date(2026, 1, 1)): (2, 4, 10, 10 * 300 * 1024 + 5000),
+                     ("", date(2026, 2, 1)): (1, 2, 4, 100)}
     downgrade(bare_app, "0006")
     tables = sa.inspect(engine).get_table_names()
     assert "lm_billing_usage_rollup" not in tables
     assert "lm_billing_usage_previous" not in tables
+    assert "lm_billing_usage_site_rollup" not in tables
 
 
 def test_per_server_report_equals_the_per_list_sums(any_db_app: Flask) -> None:

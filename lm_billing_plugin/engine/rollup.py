@@ -6,6 +6,10 @@ the fleet- and server-level reports read a row per server instead of one per lis
 month, so it writes the totals it knows (one statement). ``rebuild_rollups`` recomputes them
 set-based from Usage, for writers that insert Usage rows directly (tests, benchmarks, imports).
 
+``write_site_rollups`` does the same per site (models.UsageSiteRollup: a list's rows count in
+the site it is in now), from the figures the sync knows; ``rebuild_site_rollups`` redoes a
+server's months when a sync moved one of its lists to another site.
+
 ``write_previous`` keeps models.UsagePrevious (per server and month, how many lists had
 their previous usage in which month: the count of lists with usage in a range) equal to a
 server's Usage rows from a month on; engine.store calls it when a sync adds Usage rows,
@@ -27,13 +31,24 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..models import NO_PREVIOUS, ListCount, MailingList, Usage, UsagePrevious, UsageRollup, utcnow
+from ..models import (
+    NO_PREVIOUS,
+    ListCount,
+    MailingList,
+    Usage,
+    UsagePrevious,
+    UsageRollup,
+    UsageSiteRollup,
+    utcnow,
+)
 
 __all__ = ["list_count_select", "previous_select", "rebuild_list_counts", "rebuild_rollups",
-           "rollup_select", "write_list_counts", "write_previous", "write_rollup"]
+           "rebuild_site_rollups", "rollup_select", "site_rollup_select", "write_list_counts",
+           "write_previous", "write_rollup", "write_site_rollups"]
 
 ROLLUP = cast(sa.Table, UsageRollup.__table__)
 USAGE = cast(sa.Table, Usage.__table__)
+LIST = cast(sa.Table, MailingList.__table__)
 _SUMS = ("lists", "messages", "recipients", "bytes", "updated_at")
 
 
@@ -73,6 +88,75 @@ def rollup_select(usage: Any = USAGE) -> sa.Select[Any]:
                   sa.func.coalesce(sa.func.sum(usage.c.bytes), 0).label("bytes"))
         .group_by(usage.c.server_id, usage.c.period)
     )
+
+
+SITE_ROLLUP = cast(sa.Table, UsageSiteRollup.__table__)
+_SITE_COLUMNS = ["server_id", "site_name", "period", "lists", "messages", "recipients", "bytes"]
+
+
+def site_rollup_select(usage: Any = USAGE, lists: Any = None,
+                       server_ids: Collection[int] | None = None) -> sa.Select[Any]:
+    """(server_id, site_name, period, lists, messages, recipients, bytes) per server, site
+    (the list's site now) and month of ``usage`` (table clauses as the migration does)."""
+    lists = LIST if lists is None else lists
+    stmt = (
+        sa.select(usage.c.server_id, lists.c.site_name, usage.c.period,
+                  sa.func.count().label("lists"),
+                  sa.func.coalesce(sa.func.sum(usage.c.messages), 0).label("messages"),
+                  sa.func.coalesce(sa.func.sum(usage.c.recipients), 0).label("recipients"),
+                  sa.func.coalesce(sa.func.sum(usage.c.bytes), 0).label("bytes"))
+        .select_from(usage).join(lists, lists.c.id == usage.c.list_id)
+        .group_by(usage.c.server_id, lists.c.site_name, usage.c.period)
+    )
+    if server_ids is not None:
+        stmt = stmt.where(usage.c.server_id.in_(list(server_ids)))
+    return stmt
+
+
+def write_site_rollups(session: Session, server_id: int, period: date,
+                       figures: Iterable[tuple[str, int, int, int]]) -> None:
+    """Set the server's (site, ``period``) rows to the totals of ``figures`` — (site,
+    messages, recipients, bytes) of EVERY Usage row of that server and month, as they are
+    after this write. Only the rows that differ are written, each by its key (as
+    write_list_counts: no range of the table is locked)."""
+    now: dict[str, list[int]] = {}
+    for site, messages, recipients, size in figures:
+        totals = now.setdefault(site, [0, 0, 0, 0])
+        totals[0] += 1
+        totals[1] += messages
+        totals[2] += recipients
+        totals[3] += size
+    t = SITE_ROLLUP
+    was = {site: [n, m, r, b] for site, n, m, r, b in session.execute(
+        sa.select(t.c.site_name, t.c.lists, t.c.messages, t.c.recipients, t.c.bytes)
+        .where(t.c.server_id == server_id, t.c.period == period))}
+    key = (t.c.server_id == server_id, t.c.period == period,
+           t.c.site_name == sa.bindparam("b_site"))
+    gone = [{"b_site": site} for site in was if site not in now]
+    if gone:
+        session.execute(t.delete().where(*key), gone)
+    changed = [{"b_site": site, "b_lists": v[0], "b_messages": v[1], "b_recipients": v[2],
+                "b_bytes": v[3]} for site, v in now.items() if site in was and was[site] != v]
+    if changed:
+        session.execute(t.update().where(*key).values(
+            lists=sa.bindparam("b_lists"), messages=sa.bindparam("b_messages"),
+            recipients=sa.bindparam("b_recipients"), bytes=sa.bindparam("b_bytes")), changed)
+    new = [{"server_id": server_id, "site_name": site, "period": period, "lists": v[0],
+            "messages": v[1], "recipients": v[2], "bytes": v[3]}
+           for site, v in now.items() if site not in was]
+    if new:
+        session.execute(t.insert(), new)
+
+
+def rebuild_site_rollups(session: Session, server_ids: Collection[int] | None = None) -> None:
+    """Recompute the site roll-ups (of ``server_ids``, or all) from Usage and the lists' sites
+    now: two statements. Does not commit."""
+    delete = SITE_ROLLUP.delete()
+    if server_ids is not None:
+        delete = delete.where(SITE_ROLLUP.c.server_id.in_(list(server_ids)))
+    session.execute(delete)
+    session.execute(SITE_ROLLUP.insert().from_select(
+        _SITE_COLUMNS, site_rollup_select(server_ids=server_ids)))
 
 
 def previous_select(usage: Any = USAGE, *, since: date | None = None,
@@ -133,8 +217,8 @@ def write_previous(session: Session, server_id: int, since: date) -> None:
 
 def rebuild_rollups(session: Session, server_ids: Collection[int] | None = None,
                     *, now: datetime | None = None) -> None:
-    """Recompute the roll-ups and the UsagePrevious rows (of ``server_ids``, or all) from
-    Usage: four statements. Does not commit."""
+    """Recompute the roll-ups, the site roll-ups and the UsagePrevious rows (of
+    ``server_ids``, or all) from Usage: six statements. Does not commit."""
     delete = ROLLUP.delete()
     select = rollup_select()
     if server_ids is not None:
@@ -152,12 +236,12 @@ def rebuild_rollups(session: Session, server_ids: Collection[int] | None = None,
     session.execute(delete)
     session.execute(PREVIOUS.insert().from_select(
         _PREVIOUS_COLUMNS, previous_select(server_ids=server_ids)))
+    rebuild_site_rollups(session, server_ids)
 
 
 # --- counts of active lists per server and site (models.ListCount) ------------------------
 
 COUNT = cast(sa.Table, ListCount.__table__)
-LIST = cast(sa.Table, MailingList.__table__)
 
 
 def list_count_select(lists: Any = LIST) -> sa.Select[Any]:

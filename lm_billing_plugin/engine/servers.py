@@ -35,6 +35,7 @@ from ..models import (
     Usage,
     UsagePrevious,
     UsageRollup,
+    UsageSiteRollup,
     utcnow,
 )
 from ..secrets import SecretsError
@@ -583,6 +584,7 @@ def delete_server(server_id: int, *, actor: str) -> str:
     session.execute(sa.update(AuditEntry).where(AuditEntry.server_id == sid).values(server_id=None))
     session.execute(sa.delete(UsageRollup).where(UsageRollup.server_id == sid))
     session.execute(sa.delete(UsagePrevious).where(UsagePrevious.server_id == sid))
+    session.execute(sa.delete(UsageSiteRollup).where(UsageSiteRollup.server_id == sid))
     session.execute(sa.delete(ListCount).where(ListCount.server_id == sid))
     session.execute(sa.delete(Usage).where(Usage.server_id == sid))
     session.execute(sa.delete(ProblemRun).where(ProblemRun.server_id == sid))

@@ -54,7 +54,13 @@ from .reconcile import (
     SiteRow,
     rule_problems,
 )
-from .rollup import write_list_counts, write_previous, write_rollup
+from .rollup import (
+    rebuild_site_rollups,
+    write_list_counts,
+    write_previous,
+    write_rollup,
+    write_site_rollups,
+)
 
 __all__ = [
     "ELLIPSIS",
@@ -332,7 +338,15 @@ def apply_sync(
          "b_admin": r.admin}
         for lid, r in changes.reactivate_lists + changes.update_lists
     ]
+    moved = False
     if list_updates:
+        # A list moved to another site takes its usage of every month with it (the site
+        # roll-ups count a list's rows where it is now): read the sites before the write.
+        sites = {r["b_id"]: r["b_site"] for r in list_updates}
+        ids = list(sites)
+        for i in range(0, len(ids), 500):  # bounded IN lists
+            moved = moved or any(sites[lid] != site for lid, site in session.execute(
+                sa.select(LIST.c.id, LIST.c.site_name).where(LIST.c.id.in_(ids[i:i + 500]))))
         session.execute(
             LIST.update().where(LIST.c.id == sa.bindparam("b_id")).values(
                 site_name=sa.bindparam("b_site"), descr=sa.bindparam("b_descr"),
@@ -354,17 +368,20 @@ def apply_sync(
     usage = 0
     if with_usage and inventory.usage_available and inventory.usage:
         usage = _store_usage(session, server_id, inventory, now)
+    if moved:
+        rebuild_site_rollups(session, [server_id])
     return ChangeCounts(changes.created, changes.updated, changes.removed, usage)
 
 
 def _store_usage(session: Session, server_id: int, inventory: Inventory, now: datetime) -> int:
     """Upsert this period's usage rows (two reads, at most one insert and one update)."""
-    ids = {
-        name: lid
-        for lid, name in session.execute(
-            sa.select(LIST.c.id, LIST.c.name).where(LIST.c.server_id == server_id)
-        )
-    }
+    ids: dict[str, int] = {}
+    site_of: dict[int, str] = {}
+    for lid, name, site in session.execute(
+            sa.select(LIST.c.id, LIST.c.name, LIST.c.site_name)
+            .where(LIST.c.server_id == server_id)):
+        ids[name] = lid
+        site_of[lid] = site
     existing = {
         r.list_id: r
         for r in session.execute(
@@ -413,6 +430,8 @@ def _store_usage(session: Session, server_id: int, inventory: Inventory, now: da
         )
     if inserts or updates:
         write_rollup(session, server_id, inventory.period, figures.values(), now)
+        write_site_rollups(session, server_id, inventory.period,
+                           ((site_of[lid], *f) for lid, f in figures.items()))
     return len(inserts) + len(updates)
 
 

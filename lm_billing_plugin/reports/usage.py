@@ -32,6 +32,7 @@ from ..models import (
     Usage,
     UsagePrevious,
     UsageRollup,
+    UsageSiteRollup,
 )
 from .periods import add_months
 
@@ -109,25 +110,31 @@ def _owner_joins(stmt: sa.Select[Any], day: date, lists: Any = None
 
 
 def _per_server(q: UsageQuery, smallest: int | None, *, with_total: bool) -> sa.Select[Any]:
-    """By server, from the roll-ups (a row per server and month, engine.rollup): messages,
-    recipients and bytes summed; units = recipients plus what sizes add over them. Sizes add
-    only on lists of a Standard plan with a Max Message Size whose bytes per recipient exceed
-    it: Usage rows with kb_per_recipient >= ``smallest`` such size, read through that index
-    alone (the month is checked on those rows, not looked up: a month holds every list)."""
-    r = UsageRollup
+    """By server (or by site: the site roll-ups, grouped by server and site), from the
+    roll-ups (a row per server and month, engine.rollup): messages, recipients and bytes
+    summed; units = recipients plus what sizes add over them. Sizes add only on lists of a
+    Standard plan with a Max Message Size whose bytes per recipient exceed it: Usage rows
+    with kb_per_recipient >= ``smallest`` such size, read through that index alone (the
+    month is checked on those rows, not looked up: a month holds every list)."""
+    by_site = q.by == "site"
+    r: Any = UsageSiteRollup if by_site else UsageRollup
+    keys = [r.server_id, r.site_name] if by_site else [r.server_id]
     totals = (
-        sa.select(r.server_id, sa.func.sum(r.messages).label("messages"),
+        sa.select(*keys, sa.func.sum(r.messages).label("messages"),
                   sa.func.sum(r.recipients).label("recipients"),
                   sa.func.sum(r.bytes).label("bytes"))
         .where(r.period >= q.first, r.period <= q.last)
-        .group_by(r.server_id)
+        .group_by(*keys)
     )
     if q.server_id is not None:
         totals = totals.where(r.server_id == q.server_id)
     totals_q = totals.subquery("totals")
     units: Any = sa.cast(totals_q.c.recipients, sa.Numeric(24, 6))
+    names: list[Any] = [Server.id.label("server_id"), Server.name.label("server")]
+    if by_site:
+        names.append(totals_q.c.site_name.label("site"))
     stmt: sa.Select[Any] = cast("sa.Select[Any]", (
-        sa.select(Server.id.label("server_id"), Server.name.label("server"))
+        sa.select(*names)
         .select_from(totals_q)
         .join(Server, Server.id == totals_q.c.server_id)
     ))
@@ -139,8 +146,11 @@ def _per_server(q: UsageQuery, smallest: int | None, *, with_total: bool) -> sa.
         # would walk every row of the month or every list in server order instead).
         month = sa.func.coalesce(Usage.period, Usage.period)
         server = sa.func.coalesce(Usage.server_id, 0).label("server_id")
+        heavy_keys: list[Any] = [server]
+        if by_site:
+            heavy_keys.append(MailingList.site_name.label("site_name"))
         base = cast("sa.Select[Any]", (
-            sa.select(server,
+            sa.select(*heavy_keys,
                       sa.func.sum(per_size - sa.cast(Usage.recipients, sa.Numeric(24, 6)))
                       .label("extra"))
             .select_from(Usage)
@@ -152,22 +162,27 @@ def _per_server(q: UsageQuery, smallest: int | None, *, with_total: bool) -> sa.
             .join(plan, plan.id == BillingGroup.plan_id)
             .where(Usage.kb_per_recipient >= smallest, month >= q.first, month <= q.last,
                    kb > 0, plan.billing_method == "standard", per_size > Usage.recipients)
-            .group_by(server)
+            .group_by(*(server, MailingList.site_name) if by_site else (server,))
         )
         if q.server_id is not None:
             heavy = heavy.where(server == q.server_id)
         extra_q = heavy.subquery("extra")
-        stmt = stmt.outerjoin(extra_q, extra_q.c.server_id == totals_q.c.server_id)
+        joined = extra_q.c.server_id == totals_q.c.server_id
+        if by_site:
+            joined = sa.and_(joined, extra_q.c.site_name == totals_q.c.site_name)
+        stmt = stmt.outerjoin(extra_q, joined)
         units = units + sa.func.coalesce(extra_q.c.extra, 0)
     extra = [sa.func.count().over().label("total")] if with_total else []
     stmt = stmt.add_columns(
         totals_q.c.messages.label("messages"), totals_q.c.recipients.label("recipients"),
         totals_q.c.bytes.label("bytes"), units.label("units"), *extra)
-    sort_by: Any = {"name": Server.name, "messages": totals_q.c.messages,
-                    "recipients": totals_q.c.recipients, "bytes": totals_q.c.bytes,
-                    "units": units}[q.sort]
+    sort_by: Any = {"name": totals_q.c.site_name if by_site else Server.name,
+                    "messages": totals_q.c.messages, "recipients": totals_q.c.recipients,
+                    "bytes": totals_q.c.bytes, "units": units}[q.sort]
     order = sort_by.desc() if q.descending else sort_by.asc()
-    return stmt.order_by(order, Server.id, Server.name)
+    # As the per-row statement: the group's own columns break ties.
+    ties = [Server.id, Server.name] + ([totals_q.c.site_name] if by_site else [])
+    return stmt.order_by(order, *ties)
 
 
 def smallest_size(session: Session) -> int | None:
@@ -179,9 +194,16 @@ def smallest_size(session: Session) -> int | None:
 
 def _grouped(session: Session, q: UsageQuery, *, with_total: bool) -> sa.Select[Any]:
     """One row per group of ``q.by`` with its sums (and the number of groups, for paging).
-    By server it reads the smallest plan size first (one more, small, statement)."""
-    if q.by == "server":
+    By server and by site from the roll-ups (reading the smallest plan size first: one
+    more, small, statement); else _per_row."""
+    if q.by in ("server", "site"):
         return _per_server(q, smallest_size(session), with_total=with_total)
+    return _per_row(q, with_total=with_total)
+
+
+def _per_row(q: UsageQuery, *, with_total: bool) -> sa.Select[Any]:
+    """One row per group of ``q.by``, summed from the Usage rows of the range themselves (the
+    definition the roll-ups and the index paths stand in for)."""
     plan = aliased(HostingPlan)
     # Units per list and month, as billing counts them (see the module docstring).
     units = _units_of(Usage, plan)

@@ -682,6 +682,12 @@ class HostSim:
             self._log = [replace(e, list=new) if e.list == old else e for e in self._log]
             self._order = None
 
+    def set_site(self, name: str, site: str) -> None:
+        """Move list ``name`` to ``site`` ("" = no site)."""
+        with self._lock:
+            self._lists[name] = replace(self._lists[name], site=site)
+            self._order = None
+
     def set_members(self, name: str, members: int) -> None:
         with self._lock:
             self._lists[name] = replace(self._lists[name], members=members)
