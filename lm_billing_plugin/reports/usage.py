@@ -557,7 +557,7 @@ _RANGE_FIGURES: Final = ("messages", "recipients", "bytes", "units")
 RANGE_MONTHS_MAX: Final = 24  # longer ranges: the grouped statement
 RANGE_ROWS_BUDGET: Final = 200_000  # index rows read, over all months, before giving up
 RANGE_FIRST_CHUNK: Final = 64  # index rows a month in the first round (then doubled)
-RANGE_HEAVY_MAX: Final = 20_000  # lists whose size can count units, summed first
+RANGE_HEAVY_MAX: Final = 20_000  # rows whose size can count units (their lists summed first)
 _SUM_CHUNK: Final = 500  # lists summed per statement
 
 
@@ -648,19 +648,22 @@ def _heavy_units(session: Session, q: UsageQuery) -> dict[int, Any] | None:
     (kb_per_recipient reaching the smallest Standard plan's size, the kb index), computed
     under the owner in force on the report's last day; every other list's units are its
     recipients, so the recipients indexes bound them. None when more than RANGE_HEAVY_MAX
-    lists are heavy (the grouped statement then)."""
+    rows are heavy (the grouped statement then)."""
     smallest = smallest_size(session)
     if smallest is None:
         return {}
     month = sa.func.coalesce(Usage.period, Usage.period)  # the kb index, not the month's
-    found = (sa.select(Usage.list_id).distinct()
+    # The heavy rows through the kb index; no DISTINCT (SQLite would walk the (list_id,
+    # period) key of every row for it): their lists are deduplicated here.
+    found = (sa.select(Usage.list_id)
              .where(Usage.kb_per_recipient >= smallest, month >= q.first, month <= q.last)
              .limit(RANGE_HEAVY_MAX + 1))
     if q.server_id is not None:
         found = found.where(sa.func.coalesce(Usage.server_id, 0) == q.server_id)
-    heavy = list(session.scalars(found))
-    if len(heavy) > RANGE_HEAVY_MAX:
+    rows = list(session.scalars(found))
+    if len(rows) > RANGE_HEAVY_MAX:
         return None
+    heavy = list(dict.fromkeys(rows))
     plan = aliased(HostingPlan)
     units: dict[int, Any] = {}
     for i in range(0, len(heavy), _SUM_CHUNK):
