@@ -72,6 +72,36 @@ def test_overview_of_one_server(app: Flask) -> None:
     assert "all servers" in text(get(app, "/billing/overview?server=987654"))
 
 
+def test_the_usage_table_shows_the_busiest_servers_and_links_to_every_one(app: Flask) -> None:
+    """A network of many servers: the Overview's table lists the 20 busiest (every server
+    stays in the server menu) and links to Usage per server for the rest."""
+    from lm_billing_plugin.models import UsageRollup
+    from lm_billing_plugin.web.views.overview import OVERVIEW_SERVERS
+
+    seed(app)
+    with app.app_context():
+        s = get_state(app).session
+        for n in range(OVERVIEW_SERVERS + 5):
+            server = Server(name=f"many{n:02d}", host="127.0.0.1", comments="")
+            s.add(server)
+            s.flush()
+            s.add(UsageRollup(server_id=server.id, period=THIS, lists=1, messages=1000 + n,
+                              recipients=10, bytes=0))
+        s.commit()
+        total = s.query(Server).count()
+        s.commit()
+    page = text(get(app, "/billing/overview"))
+    rows = table_rows(page, "lmb-usage-servers")
+    assert len(rows) == OVERVIEW_SERVERS
+    assert rows[0][0] == f"many{OVERVIEW_SERVERS + 4:02d}"  # the most messages first
+    assert f"The {OVERVIEW_SERVERS} busiest of {total} servers." in page
+    month = THIS.strftime("%Y-%m")
+    assert "Every server: Usage per server" in page
+    assert page.count('<option value="') == total + 1  # the menu: All servers, and each one
+    assert re.search(rf"/billing/reports/usage\?by=server&start=\d{{4}}-\d{{2}}&end={month}\"",
+                     page)
+
+
 def test_charts_are_svg_without_inline_script_or_style(app: Flask) -> None:
     seed(app)
     response = get(app, "/billing/overview")

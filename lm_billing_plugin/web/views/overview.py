@@ -20,6 +20,8 @@ from .paging import MAX_ID
 from .problem_summary import KIND_WORDS
 from .servers import BUCKET_WORDS, STATUS_WORDS
 
+OVERVIEW_SERVERS = 20  # servers in the Overview's usage table (the busiest)
+
 
 def _status(code: str) -> str:
     return gettext(STATUS_WORDS[code]) if code in STATUS_WORDS else code
@@ -94,6 +96,7 @@ def overview() -> str:
                 f"{label}: {currency} {amount or 0:,.2f}"))
         revenue_charts.append((currency, columns(points, height=200)))
     per_server = figures.usage_by_server(session, today)
+    first, last = month_label(months[0].month), month_label(months[-1].month)
     freshness = figures.fleet_freshness(session)
     schedule = schedule_summary(session)
     session.commit()  # no transaction stays open while the page renders
@@ -111,6 +114,10 @@ def overview() -> str:
         currencies=currencies,
         revenue_charts=revenue_charts,
         per_server=per_server,
+        # The landing page lists the busiest servers only: the whole fleet is the Usage per
+        # server report, which pages (a network of 1,000 servers is not 1,000 rows here).
+        busiest=per_server[:OVERVIEW_SERVERS],
+        usage_range={"start": first, "end": last},
         chosen=chosen,
         freshness=freshness,
         schedule=schedule,
