@@ -1,7 +1,9 @@
-"""`python -m lm_billing_plugin.testing.bench_reports [--rounds N] [LISTS...]`: times the
-Overview and the report pages on SQLite for fleets of 1,000 and 500,000 lists (this month's
-usage on each, last month's, alike, on nine in ten): the minimum and median of N rounds (default 5)
-a page, and their ratios."""
+"""`python -m lm_billing_plugin.testing.bench_reports [--rounds N] [--servers N] [LISTS...]`:
+times the Overview and the report pages on SQLite for fleets of 1,000 and 500,000 lists (this
+month's usage on each, last month's, alike, on nine in ten): the minimum and median of N
+rounds (default 5) a page, and their ratios. ``--servers N`` spreads every fleet over N
+servers (and N customers), so the fleets differ in lists only; by default one server holds
+up to 5,000 lists."""
 
 from __future__ import annotations
 
@@ -59,7 +61,10 @@ PAGES = (
 LISTS_PER_SERVER = 5000
 
 
-def build(path: Path, lists: int) -> Flask:
+def build(path: Path, lists: int, servers: int | None = None) -> Flask:
+    """A fleet of ``lists`` lists on ``servers`` servers (default one per LISTS_PER_SERVER
+    lists), a customer per server, half of them paying for their whole server under a plan
+    whose list limit the server's lists reach (so Plan limits has rows at every size)."""
     app = Flask("bench_reports")
     app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{path}", LM_BILLING_ALLOW_ALL=True,
                       LM_BILLING_ENCRYPTION_KEYS=[generate_key()], SECRET_KEY=generate_key(),
@@ -71,10 +76,11 @@ def build(path: Path, lists: int) -> Flask:
     with app.app_context():
         Base.metadata.create_all(db.engine)
         s = get_state(app).session
-        plan = HostingPlan(name="Bench", max_lists=LISTS_PER_SERVER, max_message_size_kb=100)
+        servers = servers or max(1, lists // LISTS_PER_SERVER)
+        per_server = -(-lists // servers)
+        plan = HostingPlan(name="Bench", max_lists=per_server, max_message_size_kb=100)
         s.add(plan)
         s.flush()
-        servers = max(1, lists // LISTS_PER_SERVER)
         for n in range(servers):
             server = Server(name=f"server{n:04d}", host="127.0.0.1", comments="")
             customer = Customer(company=f"Customer {n:04d}")
@@ -86,7 +92,7 @@ def build(path: Path, lists: int) -> Flask:
             if n % 2 == 0:  # half the fleet is paid for by whole servers, half unowned
                 s.add(Assignment(group_id=group.id, object_type="server", server_id=server.id,
                                  start_date=date(2020, 1, 1)))
-            count = min(LISTS_PER_SERVER, lists - n * LISTS_PER_SERVER)
+            count = max(0, min(per_server, lists - n * per_server))
             s.execute(sa.insert(MailingList), [
                 {"server_id": server.id, "name": f"list-{i:05d}", "site_name": f"site{i % 4}",
                  "members": i % 5000} for i in range(count)])
@@ -135,12 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         at = args.index("--rounds")
         rounds = int(args[at + 1])
         del args[at:at + 2]
+    servers = None
+    if "--servers" in args:
+        at = args.index("--servers")
+        servers = int(args[at + 1])
+        del args[at:at + 2]
     sizes = [int(a) for a in args] or [1000, 500_000]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             start = time.perf_counter()
-            app = build(Path(tmp) / f"{size}.sqlite", size)
+            app = build(Path(tmp) / f"{size}.sqlite", size, servers)
             print(f"built {size:,} lists in {time.perf_counter() - start:.1f} s", flush=True)
             results[size] = time_pages(app, rounds)
             with app.app_context():
