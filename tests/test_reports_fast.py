@@ -357,6 +357,19 @@ def test_a_range_by_a_figure_merges_the_months_indexes(
             for offset, limit in ((len(want) - 3, 5), (len(want) // 2, 3), (len(want), 5)):
                 rows, total = report.usage_page(s, q, offset=offset, limit=limit)
                 assert [_figures(r) for r in rows] == want[offset:offset + limit], (q, offset)
+        # Many ties (three values a month, different by month): the bound is decided by list
+        # ids against the cursors'.
+        tied = {THIS: Usage.list_id % 3, LAST: (Usage.list_id + 1) % 3}
+        value = sa.case(*[(Usage.period == p, v) for p, v in tied.items()],
+                        else_=(Usage.list_id * 2) % 3)
+        s.execute(sa.update(Usage).values(messages=value, recipients=value, bytes=value * 10,
+                                          kb_per_recipient=0))
+        s.commit()
+        for q in wants:
+            want = _slow(s, q)
+            for size in (1, 4):
+                got, total = _paged(s, q, size=size)
+                assert got == want and total == len(want), (q, size)
         # Where a list's figures are alike from month to month, the first page closes after
         # a few rows of each month's index, not all of them.
         s.execute(sa.update(Usage).values(messages=Usage.list_id * 10,
@@ -416,3 +429,32 @@ def test_a_deep_page_is_read_from_the_other_end(make_app: Any, sort: str) -> Non
         finally:
             sa.event.remove(s.get_bind(), "before_cursor_execute", grab)
         s.commit()
+
+
+@pytest.mark.parametrize(("figure", "list_id", "cursors", "desc", "closed"), [
+    # Descending: a list not met yet sums at most the cursors' figures (5 + 3 = 8).
+    (9, 1, [(5, 100), (3, 40)], True, True),
+    (7, 999, [(5, 100), (3, 40)], True, False),
+    # ... and to tie 8 it is in both months after both cursors: an id below 40.
+    (8, 40, [(5, 100), (3, 40)], True, True),
+    (8, 39, [(5, 100), (3, 40)], True, False),
+    # A month at 0 does not bind it (it may have no row there): below 100, not below 40.
+    (5, 100, [(5, 100), (0, 40)], True, True),
+    (5, 50, [(5, 100), (0, 40)], True, False),
+    # All at 0: its one row may be in the month whose cursor id is largest.
+    (0, 100, [(0, 100), (0, 40)], True, True),
+    (0, 50, [(0, 100), (0, 40)], True, False),
+    # Ascending: at least the smallest cursor's figure (3), tying it only there: above 40.
+    (2, 999, [(5, 100), (3, 40)], False, True),
+    (3, 40, [(5, 100), (3, 40)], False, True),
+    (3, 41, [(5, 100), (3, 40)], False, False),
+    (3, 41, [(3, 100), (3, 40)], False, False),
+    (3, 40, [(3, 100), (3, 40)], False, True),
+    (4, 1, [(5, 100), (3, 40)], False, False),
+])
+def test_the_bound_of_the_index_merge(figure: int, list_id: int,
+                                      cursors: list[tuple[int, int]], desc: bool,
+                                      closed: bool) -> None:
+    """report._closed on the cases its docstring argues: the page's last list (figure, id)
+    against what a list the cursors have not reached could be."""
+    assert report._closed(figure, list_id, cursors, desc) is closed

@@ -632,15 +632,24 @@ def _top_lists(session: Session, q: UsageQuery, want: int, desc: bool, figure: s
 
 def _closed(figure: int, list_id: int, cursors: list[tuple[int, int]], desc: bool) -> bool:
     """Whether no list the cursors have not reached can come before (``figure``,
-    ``list_id``), the page's last list. Descending, such a list sums at most the cursors'
-    figures, and where it ties that sum it stands at each cursor's figure, after its row:
-    a smaller id than the cursor's. Ascending, it sums at least the smallest cursor's figure,
-    and ties it only at a cursor standing there, after that row: a larger id."""
+    ``list_id``), the page's last list.
+
+    Descending, such a list sums at most the cursors' figures (``bound``); to tie it, it
+    stands at each cursor's figure in every month where it has a row — after the cursor's
+    row, so with a smaller id — and has a row in every month whose cursor stands above 0:
+    its id is below the smallest id of those cursors (when all stand at 0: below the
+    largest cursor id, the list having a row in one month at least).
+    Ascending, it sums at least the smallest cursor's figure (``bound``), and ties it only
+    with a row in one month whose cursor stands there (and none elsewhere, unless the bound is
+    0): its id is above the smallest id of those cursors."""
     if desc:
         bound = sum(f for f, _id in cursors)
-        return figure > bound or (figure == bound and list_id >= max(i for _f, i in cursors))
+        above = [i for f, i in cursors if f > 0]
+        below = min(above) if above else max(i for _f, i in cursors)
+        return figure > bound or (figure == bound and list_id >= below)
     bound = min(f for f, _id in cursors)
-    return figure < bound or (figure == bound and list_id <= min(i for _f, i in cursors))
+    return figure < bound or (figure == bound
+                              and list_id <= min(i for f, i in cursors if f == bound))
 
 
 def _heavy_units(session: Session, q: UsageQuery) -> dict[int, Any] | None:
