@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from ..models import utcnow
 from ..sqlite import writing
 from ..state import get_state
-from .batches import BatchResult
+from .batches import BatchResult, run_batch
 from .leases import end_unfinished_runs
 from .store import BATCH, RUN, SERVER
 
@@ -69,6 +69,16 @@ def command(app_import: str, batch_id: int, record: Path, nice: int = 0) -> list
            str(batch_id), "--record", str(record)]
     tool = shutil.which("nice") if nice else None
     return [tool, "-n", str(nice), *cli] if tool else cli
+
+
+def run_queued(batch_id: int) -> BatchResult:
+    """Run the queued batch ``batch_id`` where the settings say: in a process of its own
+    when LM_BILLING_BATCH_PROCESS_APP names the host app, else in this thread (what the
+    pages, the API and the scheduler call). Needs an app context."""
+    if get_state().settings.batch_process_app:
+        # This thread only waits for the batch's own process.
+        return run_in_process(batch_id)
+    return run_batch(batch_id)
 
 
 def run_in_process(batch_id: int) -> BatchResult:

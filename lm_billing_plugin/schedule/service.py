@@ -99,9 +99,7 @@ def default_work(request: WorkRequest) -> BatchResult:
     """Validate (or sync) every server through the engine, as the "scheduler" actor."""
     batch_id = batches.create_batch(request.kind, None, actor=ACTOR, dry_run=False)
     request.record_batch(batch_id)
-    if get_state().settings.batch_process_app:
-        return batch_process.run_in_process(batch_id)
-    return batches.run_batch(batch_id)
+    return batch_process.run_queued(batch_id)
 
 
 def summarize(result: BatchResult, missed: int, kind: str) -> tuple[str, dict[str, Any]]:

@@ -60,15 +60,11 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 
 
 def _run_in_app(app: Flask, batch_id: int) -> None:
-    from ...engine import batch_process, batches
+    from ...engine import batch_process
 
     with app.app_context(), writes():
         try:
-            if get_state(app).settings.batch_process_app:
-                # This thread only waits for the batch's own process (see batch_process).
-                batch_process.run_in_process(batch_id)
-            else:
-                batches.run_batch(batch_id)
+            batch_process.run_queued(batch_id)
         except Exception:
             # The batch row keeps the failure (the runner records its runs); the page shows it.
             log.exception("background batch %s failed", batch_id)
