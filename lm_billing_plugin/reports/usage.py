@@ -369,18 +369,25 @@ def _list_month_count(session: Session, q: UsageQuery) -> int:
     return int(session.scalar(stmt) or 0)
 
 
+def _nearer_end(total: int, offset: int, limit: int) -> tuple[bool, int, int]:
+    """Where to read a page of ``total`` rows from: (flip, offset, limit). A page past the
+    middle is the same rows of the reversed order (every order here is a total one: ties end
+    on a unique key) at the smaller offset, to be turned round (flip). The last page then
+    costs what the first does; the middle one is the dearest (OFFSET total/2)."""
+    flip = offset > 0 and offset > total - offset - limit
+    if flip:
+        return True, max(0, total - offset - limit), min(limit, total - offset)
+    return False, offset, limit
+
+
 def _list_month_page(session: Session, q: UsageQuery, *, offset: int, limit: int
                      ) -> tuple[list[UsageRow], int]:
-    # A deep page is read from the other end: the count comes first (from the roll-ups), and
-    # a page past the middle is the same rows of the reversed order (every order here is a
-    # total one: ties end on a unique key), fetched with the smaller offset and turned round.
-    # The last page costs what the first does; the middle page is the dearest (OFFSET n/2).
+    # A deep page is read from the other end (_nearer_end): the count comes first (from the
+    # roll-ups).
     total = _list_month_count(session, q)
     if offset >= total or limit <= 0:
         return [], total  # past the end (the page clamps to the last one): nothing to walk
-    flip = offset > 0 and offset > total - offset - limit
-    if flip:
-        offset, limit = max(0, total - offset - limit), min(limit, total - offset)
+    flip, offset, limit = _nearer_end(total, offset, limit)
     desc = q.descending != flip
     # The servers of one name: ascending in the grouped statement's order, whichever way
     # names go.
@@ -475,14 +482,11 @@ def _list_range_count(session: Session, q: UsageQuery) -> int:
 
 def _list_range_page(session: Session, q: UsageQuery, *, offset: int, limit: int
                      ) -> tuple[list[UsageRow], int]:
-    # The count first (cheap), so that a page past the middle is read from the other end, as
-    # for one month (_list_month_page).
+    # The count first (cheap), so that a page past the middle is read from the other end.
     total = _list_range_count(session, q)
     if offset >= total or limit <= 0:
         return [], total
-    flip = offset > 0 and offset > total - offset - limit
-    if flip:
-        offset, limit = max(0, total - offset - limit), min(limit, total - offset)
+    flip, offset, limit = _nearer_end(total, offset, limit)
     desc = q.descending != flip
     server_dir = "desc" if flip else "asc"
     in_range = (sa.select(Usage.id)
@@ -695,9 +699,7 @@ def _list_range_figure_page(session: Session, q: UsageQuery, *, offset: int, lim
     total = _list_range_count(session, q)
     if offset >= total or limit <= 0:
         return [], total
-    flip = offset > 0 and offset > total - offset - limit
-    if flip:
-        offset, limit = max(0, total - offset - limit), min(limit, total - offset)
+    flip, offset, limit = _nearer_end(total, offset, limit)
     desc = q.descending != flip
     figure, known = q.sort, {}
     if q.sort == "units":
