@@ -495,9 +495,7 @@ def _list_range_page(session: Session, q: UsageQuery, *, offset: int, limit: int
                 .correlate(MailingList))
     name = MailingList.name.desc() if desc else MailingList.name.asc()
     picked = (
-        sa.select(MailingList.id.label("id"), MailingList.name.label("name"),
-                  MailingList.server_id.label("server_id"),
-                  MailingList.site_name.label("site_name"))
+        _page_lists()
         .where(in_range.exists())
         .order_by(name, getattr(MailingList.server_id, server_dir)())
         .offset(offset).limit(limit)
@@ -511,6 +509,14 @@ def _list_range_page(session: Session, q: UsageQuery, *, offset: int, limit: int
     if flip:
         rows.reverse()
     return [_row(r, q.by) for r in rows], total
+
+
+def _page_lists() -> sa.Select[Any]:
+    """The columns of a page's lists that _range_sums reads (id, name, server_id,
+    site_name)."""
+    return cast("sa.Select[Any]", sa.select(
+        MailingList.id.label("id"), MailingList.name.label("name"),
+        MailingList.server_id.label("server_id"), MailingList.site_name.label("site_name")))
 
 
 def _range_sums(session: Session, q: UsageQuery, page_q: Any, order: list[Any]) -> list[Any]:
@@ -715,10 +721,7 @@ def _list_range_figure_page(session: Session, q: UsageQuery, *, offset: int, lim
         ids.reverse()
     if not ids:
         return [], total
-    page_q = (sa.select(MailingList.id.label("id"), MailingList.name.label("name"),
-                        MailingList.server_id.label("server_id"),
-                        MailingList.site_name.label("site_name"))
-              .where(MailingList.id.in_(ids)).subquery("page"))
+    page_q = _page_lists().where(MailingList.id.in_(ids)).subquery("page")
     place = {lid: i for i, lid in enumerate(ids)}
     rows = sorted(_range_sums(session, q, page_q, [page_q.c.id]),
                   key=lambda r: place[r.list_id])
